@@ -1,0 +1,260 @@
+//! The request database: the requester's record of its outstanding requests.
+//!
+//! Entry `i` of a side's database owns buffer `i` of the same side's pool, so allocating a
+//! request id also allocates its payload buffer and a reply gives both back. Ids carry a
+//! generation so that a late or forged reply to a reused entry is recognised:
+//!
+//! ```text
+//!   RequestId = generation << 32 | index        (generation never 0, so id 0 is "none")
+//!   entry     = { state, generation, next free, opcode|flags, payload off, payload len,
+//!                 inline words }                                  (64 bytes: the request)
+//!   state     : FREE --alloc--> SENT --reply--> REPLIED --free--> FREE
+//! ```
+//!
+//! The entries live in the owner's part of the shared region so that they survive the restart
+//! of either side (after a restart, [`Endpoint::outstanding`](crate::Endpoint::outstanding)
+//! lists what to resubmit or fail). The free list is threaded through the entries and its head
+//! is private; like everything else in the region, every entry read is validated.
+
+use core::sync::atomic::Ordering;
+
+use crate::error::Corruption;
+use crate::layout::DB_ENTRY_LEN;
+use crate::region::Region;
+use crate::wire::INLINE_WORDS;
+
+/// Entry not in use (on the free list).
+pub const FREE: u32 = 0;
+/// Request sent, reply not yet received.
+pub const SENT: u32 = 1;
+/// Reply received, not yet freed by the application.
+pub const REPLIED: u32 = 2;
+
+const E_STATE: usize = 0;
+const E_GEN: usize = 4;
+const E_NEXT: usize = 8;
+const E_OPCODE: usize = 12;
+const E_OFF: usize = 16;
+const E_LEN: usize = 20;
+const E_INLINE: usize = 24;
+
+/// End of the free list.
+const NONE: u32 = u32::MAX;
+
+/// Identifies one outstanding request of one endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+impl RequestId {
+    fn new(index: u32, generation: u32) -> RequestId {
+        RequestId(u64::from(generation) << 32 | u64::from(index))
+    }
+
+    /// Index of the database entry (and pool buffer).
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn index(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// Generation of the entry when the id was issued.
+    pub fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// What the database remembers about an outstanding request: enough to send it again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// Opcode of the request.
+    pub opcode: u16,
+    /// Offset of the payload in the entry's pool buffer.
+    pub payload_off: u32,
+    /// Payload length of the request (0: none).
+    pub payload_len: u32,
+    /// Inline words of the request.
+    pub inline: [u64; INLINE_WORDS],
+}
+
+/// Lay out a fresh database: every entry free, linked in index order.
+pub(crate) fn format(region: &Region, base: usize, cap: u32) -> Option<()> {
+    for i in 0..cap {
+        let e = base + i as usize * DB_ENTRY_LEN;
+        region.u32_at(e + E_STATE)?.store(FREE, Ordering::Relaxed);
+        region.u32_at(e + E_GEN)?.store(0, Ordering::Relaxed);
+        let next = if i + 1 < cap { i + 1 } else { NONE };
+        region.u32_at(e + E_NEXT)?.store(next, Ordering::Relaxed);
+    }
+    Some(())
+}
+
+/// The owner's handle on its database.
+#[derive(Debug)]
+pub struct RequestDb {
+    base: usize,
+    cap: u32,
+    free_head: u32,
+    outstanding: u32,
+}
+
+impl RequestDb {
+    /// Take over the database at `base`: rebuild the free list from the entries' states (so
+    /// that entries still SENT or REPLIED from a previous incarnation stay outstanding).
+    pub fn attach(region: &Region, base: usize, cap: u32) -> Result<RequestDb, Corruption> {
+        let mut db = RequestDb {
+            base,
+            cap,
+            free_head: NONE,
+            outstanding: 0,
+        };
+        for i in (0..cap).rev() {
+            match db.get(region, i, E_STATE)? {
+                FREE => {
+                    db.set(region, i, E_NEXT, db.free_head)?;
+                    db.free_head = i;
+                }
+                SENT | REPLIED => db.outstanding += 1,
+                _ => return Err(Corruption::RequestDb),
+            }
+        }
+        Ok(db)
+    }
+
+    #[inline(always)]
+    fn field(&self, index: u32, field: usize) -> usize {
+        self.base + index as usize * DB_ENTRY_LEN + field
+    }
+
+    #[inline(always)]
+    fn get(&self, region: &Region, index: u32, field: usize) -> Result<u32, Corruption> {
+        region
+            .u32_at(self.field(index, field))
+            .map(|a| a.load(Ordering::Relaxed))
+            .ok_or(Corruption::RequestDb)
+    }
+
+    #[inline(always)]
+    fn set(&self, region: &Region, index: u32, field: usize, v: u32) -> Result<(), Corruption> {
+        region
+            .u32_at(self.field(index, field))
+            .map(|a| a.store(v, Ordering::Relaxed))
+            .ok_or(Corruption::RequestDb)
+    }
+
+    /// Allocate an entry for a new request. `Ok(None)`: all entries are in use.
+    pub fn alloc(
+        &mut self,
+        region: &Region,
+        entry: &Entry,
+    ) -> Result<Option<RequestId>, Corruption> {
+        let i = self.free_head;
+        if i == NONE {
+            return Ok(None);
+        }
+        if i >= self.cap || self.get(region, i, E_STATE)? != FREE {
+            return Err(Corruption::RequestDb);
+        }
+        let next = self.get(region, i, E_NEXT)?;
+        if next != NONE && next >= self.cap {
+            return Err(Corruption::RequestDb);
+        }
+        let generation = match self.get(region, i, E_GEN)?.wrapping_add(1) {
+            0 => 1,
+            g => g,
+        };
+        self.set(region, i, E_GEN, generation)?;
+        self.set(region, i, E_OPCODE, u32::from(entry.opcode))?;
+        self.set(region, i, E_OFF, entry.payload_off)?;
+        self.set(region, i, E_LEN, entry.payload_len)?;
+        for (k, w) in entry.inline.iter().enumerate() {
+            region
+                .u64_at(self.field(i, E_INLINE + 8 * k))
+                .ok_or(Corruption::RequestDb)?
+                .store(*w, Ordering::Relaxed);
+        }
+        self.set(region, i, E_STATE, SENT)?;
+        self.free_head = next;
+        self.outstanding += 1;
+        Ok(Some(RequestId::new(i, generation)))
+    }
+
+    /// The entry of `id` if it is in state `state`; `None` if `id` does not name such an entry.
+    pub fn lookup(
+        &self,
+        region: &Region,
+        id: RequestId,
+        state: u32,
+    ) -> Result<Option<Entry>, Corruption> {
+        let i = id.index();
+        if i >= self.cap
+            || id.generation() == 0
+            || self.get(region, i, E_STATE)? != state
+            || self.get(region, i, E_GEN)? != id.generation()
+        {
+            return Ok(None);
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        let mut entry = Entry {
+            opcode: self.get(region, i, E_OPCODE)? as u16,
+            payload_off: self.get(region, i, E_OFF)?,
+            payload_len: self.get(region, i, E_LEN)?,
+            inline: [0; INLINE_WORDS],
+        };
+        for (k, w) in entry.inline.iter_mut().enumerate() {
+            *w = region
+                .u64_at(self.field(i, E_INLINE + 8 * k))
+                .ok_or(Corruption::RequestDb)?
+                .load(Ordering::Relaxed);
+        }
+        Ok(Some(entry))
+    }
+
+    /// Move `id` from `from` to `to` (SENT -> REPLIED on a reply). `Ok(false)`: `id` is not
+    /// in state `from`.
+    pub fn transition(
+        &mut self,
+        region: &Region,
+        id: RequestId,
+        from: u32,
+        to: u32,
+    ) -> Result<bool, Corruption> {
+        let i = id.index();
+        if i >= self.cap
+            || id.generation() == 0
+            || self.get(region, i, E_STATE)? != from
+            || self.get(region, i, E_GEN)? != id.generation()
+        {
+            return Ok(false);
+        }
+        self.set(region, i, E_STATE, to)?;
+        Ok(true)
+    }
+
+    /// Return `id` (in state `from`) to the free list. `Ok(false)`: `id` is not in that state.
+    pub fn free(&mut self, region: &Region, id: RequestId, from: u32) -> Result<bool, Corruption> {
+        if !self.transition(region, id, from, FREE)? {
+            return Ok(false);
+        }
+        self.set(region, id.index(), E_NEXT, self.free_head)?;
+        self.free_head = id.index();
+        self.outstanding = self.outstanding.saturating_sub(1);
+        Ok(true)
+    }
+
+    /// The id of entry `index` if it is SENT (for listing outstanding requests).
+    pub fn sent_at(&self, region: &Region, index: u32) -> Result<Option<RequestId>, Corruption> {
+        if index >= self.cap || self.get(region, index, E_STATE)? != SENT {
+            return Ok(None);
+        }
+        Ok(Some(RequestId::new(index, self.get(region, index, E_GEN)?)))
+    }
+
+    /// Entries allocated and not freed.
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding
+    }
+
+    /// Number of entries.
+    pub fn capacity(&self) -> u32 {
+        self.cap
+    }
+}

@@ -1,0 +1,157 @@
+//! Fast-path channels: the data path between compart's servers.
+//!
+//! A *channel pair* connects two endpoints, side [`Side::A`] and side [`Side::B`], through
+//! one shared region (a memfd mapped into two guests, or into two host threads or
+//! processes). Each side can send requests to the other and serve the other's requests; a
+//! request's payload travels in the requester's pool and comes back with the reply. No
+//! system call and no VM exit is needed while both sides are busy: a receiver polls while it
+//! has work, and a sender rings the peer's doorbell only when the peer sleeps.
+//!
+//! # Layout
+//!
+//! The region holds a header and one area per side. Everything is addressed by offsets from
+//! the region's base (the two sides map it at different addresses); the offsets are computed
+//! from the three sizes in the header ([`PairConfig`]) by [`PairLayout::new`], never read
+//! from the region.
+//!
+//! ```text
+//!  offset 0   ┌────────────────────────────────────────────────┐
+//!             │ header: magic, version, header len, total len, │ 256 B, written once by
+//!             │ queue_depth, max_outstanding, buf_size          │ initialize(); magic last
+//!             ├──────────────── area of side A ─────────────────┤
+//!             │ notification area: state, sleeps, kicks         │ 128 B
+//!             │ request queue  B → A   tail │ head │ slots[qd]  │ 128 + 128 + 64·qd
+//!             │ reply queue    B → A   tail │ head │ slots[mo]  │ 128 + 128 + 64·mo
+//!             │ request database of A  entries[mo]              │ 64·mo
+//!             │ pool of A (page aligned)  buffers[mo]           │ buf_size·mo
+//!             ├──────────────── area of side B ─────────────────┤
+//!             │ ... the same, with A and B swapped ...          │
+//!             └────────────────────────────────────────────────┘
+//!  qd = queue_depth, mo = max_outstanding; each `tail`, `head` and notification area has
+//!  128 bytes to itself, so that data written by different sides never share a line.
+//! ```
+//!
+//! A side's area holds what it *receives* (its two queues and its notification area) and
+//! what it *owns* (its request database and pool). Request-database entry `i` and pool
+//! buffer `i` go together: allocating a request id allocates its buffer.
+//!
+//! # Protocol
+//!
+//! ```text
+//!        side A (requester)                                   side B (server)
+//!  send_request(op, inline, payload)
+//!    id = db.alloc()          (entry i, buffer i)
+//!    copy payload → pool A[i]
+//!    push {id, op, off, len} ──── request queue of B ────► poll_request() → Request
+//!                                                          read_request_payload(pool A[i])
+//!                                                          reply(req, status, data)
+//!    poll_reply() → Reply ◄────── reply queue of A ─────── (data → pool A[i])
+//!    read_reply_payload(pool A[i])
+//!    free(reply)              (entry i, buffer i free again)
+//! ```
+//!
+//! * The queues are single-producer single-consumer rings of 64-byte messages ([`wire`])
+//!   with cached peer indices and batched index publication ([`ring`]).
+//! * A reply never waits for space: the reply queue a side receives on has
+//!   `max_outstanding` slots, as many as that side can have requests outstanding.
+//! * *Kick only when the receiver sleeps* ([`notify`]): a receiver out of work stores
+//!   `SLEEPING`, fences, re-checks its queues and only then blocks in the embedder's
+//!   [`Waiter`]; a sender publishes, fences, and calls the embedder's [`Notifier`] only if
+//!   it sees `SLEEPING` (and wins the CAS to `WAKING`). The loom model in `tests/loom.rs`
+//!   checks that neither a message nor a wake-up is lost.
+//! * *A hostile peer cannot hurt us.* Every index, offset, length and id read from the
+//!   region is checked before it is used; every access is bounds-checked and atomic or
+//!   volatile. A failed check returns [`ChannelError::Corrupt`] and marks the endpoint broken
+//!   ([`ChannelError::Broken`] from then on); there is no panic and no out-of-bounds access.
+//!   What a hostile peer *can* do is stop answering, or send wrong data inside bounds.
+//! * *Restarts.* Ring indices and request databases live in the region, so an endpoint that
+//!   attaches again continues where its predecessor stopped; [`Endpoint::outstanding`] lists
+//!   the requests to [`resubmit`](Endpoint::resubmit) or [`abandon`](Endpoint::abandon).
+//!
+//! # Use
+//!
+//! ```
+//! # use compart_channel::*;
+//! # #[repr(align(4096))] struct Page([u8; 4096]);
+//! let config = PairConfig::new(64, 16, 256);
+//! let size = PairLayout::new(&config)?.size();
+//! let mut mem: Vec<Page> = (0..size.div_ceil(4096)).map(|_| Page([0; 4096])).collect();
+//! // SAFETY: `mem` outlives the region and is only used through it.
+//! let region = unsafe { Region::from_raw(mem.as_mut_ptr().cast(), size) }?;
+//! initialize(&region, &config)?; // once, by the creator of the region
+//!
+//! let mut client = Endpoint::attach(region, Side::A, NoKick)?;
+//! let mut server = Endpoint::attach(region, Side::B, NoKick)?;
+//!
+//! let id = client.send_request(7, [1, 2, 3, 4, 5], b"ping")?;
+//! client.flush()?;
+//! let req = server.poll_request()?.expect("a request");
+//! let mut buf = [0u8; 4];
+//! server.read_request_payload(&req, &mut buf)?;
+//! server.reply(req, 0, [0; 5], b"pong")?;
+//! server.flush()?;
+//! let reply = client.poll_reply()?.expect("a reply");
+//! assert_eq!(reply.id(), id);
+//! client.read_reply_payload(&reply, &mut buf)?;
+//! assert_eq!(&buf, b"pong");
+//! client.free(reply)?;
+//! # Ok::<(), ChannelError>(())
+//! ```
+//!
+//! With the `std` feature, [`host`] provides memfd regions and eventfd notifiers for host
+//! threads and processes.
+
+#![no_std]
+#![warn(missing_docs)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod db;
+mod endpoint;
+mod error;
+pub mod layout;
+pub mod notify;
+pub mod pool;
+pub mod region;
+pub mod ring;
+pub mod wire;
+
+#[cfg(feature = "std")]
+pub mod host;
+
+pub use db::RequestId;
+pub use endpoint::{
+    counters, occupancy, Counters, Endpoint, Occupancy, Reply, Request, DEFAULT_PUBLISH_BATCH,
+};
+pub use error::{ChannelError, Corruption};
+pub use layout::{initialize, PairConfig, PairLayout, MAGIC, VERSION};
+pub use notify::{NoKick, Notifier, SpinWait, Waiter};
+pub use region::Region;
+pub use wire::{Message, INLINE_WORDS};
+
+/// One of the two endpoints of a channel pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The first endpoint.
+    A,
+    /// The second endpoint.
+    B,
+}
+
+impl Side {
+    /// The other side.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The image's first bytes and its only hand-written code: the firmware header, the
+//! ring-3 entry point, and ring 0 (exception stubs, whose #GP handler is the stub that
+//! performs `hlt`, `rdmsr` and `wrmsr` for ring 3, and the interrupt entry).
+//!
+//! Ring-0 code here uses general-purpose registers only: no SSE, no x87, no Rust
+//! (the compiler may emit SSE), because guest ring 0 may be emulated.
+
+use compart_abi::{ports, FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, GP_VECTOR};
+
+core::arch::global_asm!(
+    // --- the firmware header, at IMAGE_GPA (see the linker script) ---
+    ".pushsection .compart_header, \"a\"",
+    ".balign 8",
+    ".quad {magic}",
+    ".long {version}",
+    ".long {header_size}",
+    ".quad _start",
+    ".quad compart_exception_stubs",
+    ".quad compart_irq_entry",
+    ".popsection",
+
+    // --- ring-3 entry: rdi = boot info, rsi = vCPU index, rsp = top of stack ---
+    ".pushsection .text.compart_entry, \"ax\"",
+    ".global _start",
+    "_start:",
+    "    and rsp, -16",
+    "    xor ebp, ebp",
+    "    call compart_rust_start",
+    "2:  jmp 2b",
+    ".popsection",
+
+    // --- ring 0 from here on ---
+    ".pushsection .text.compart_ring0, \"ax\"",
+
+    // Exception stubs, {stub_size} bytes apart: push a zero error code where the CPU
+    // pushes none, then the vector.
+    ".balign {stub_size}",
+    ".global compart_exception_stubs",
+    "compart_exception_stubs:",
+    ".irp vec, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+    ".balign {stub_size}",
+    ".if (\\vec == 8) || (\\vec == 10) || (\\vec == 11) || (\\vec == 12) || (\\vec == 13) || (\\vec == 14) || (\\vec == 17) || (\\vec == 21) || (\\vec == 29) || (\\vec == 30)",
+    "    push \\vec",
+    ".else",
+    "    push 0",
+    "    push \\vec",
+    ".endif",
+    "    jmp compart_exception_common",
+    ".endr",
+
+    // Stack: [rsp] vector, +8 error code, +16 RIP, +24 CS, +32 RFLAGS, +40 RSP, +48 SS.
+    "compart_exception_common:",
+    "    cmp qword ptr [rsp], {gp}",
+    "    jne 90f",
+    "    push rax",
+    // (one push: RIP is at +24, CS at +32)
+    // A nested #GP on the stub's own rdmsr/wrmsr: the VMM refused the access.
+    "    mov rax, [rsp + 24]",
+    "    cmp rax, offset compart_rdmsr_insn",
+    "    je 30f",
+    "    cmp rax, offset compart_wrmsr_insn",
+    "    je 30f",
+    // Only ring 3's own privileged instructions are performed for it.
+    "    test qword ptr [rsp + 32], 3",
+    "    jz 89f",
+    "    cmp byte ptr [rax], 0xf4",
+    "    je 10f",
+    "    cmp word ptr [rax], 0x320f",
+    "    je 11f",
+    "    cmp word ptr [rax], 0x300f",
+    "    je 12f",
+    "89: pop rax",
+    "    jmp 90f",
+    // hlt: the `sti` shadow covers `hlt`, so no interrupt is lost in between.
+    "10: pop rax",
+    "    sti",
+    "    hlt",
+    "    cli",
+    "    add qword ptr [rsp + 16], 1",
+    "    add rsp, 16",
+    "    iretq",
+    // rdmsr / wrmsr with ring 3's own ecx, edx:eax.
+    "11: pop rax",
+    ".global compart_rdmsr_insn",
+    "compart_rdmsr_insn:",
+    "    rdmsr",
+    "    jmp 20f",
+    "12: pop rax",
+    ".global compart_wrmsr_insn",
+    "compart_wrmsr_insn:",
+    "    wrmsr",
+    // Success: skip the 2-byte instruction, CF clear.
+    "20: add qword ptr [rsp + 16], 2",
+    "    and qword ptr [rsp + 32], -2",
+    "    add rsp, 16",
+    "    iretq",
+    // Refused: the nested #GP returns to compart_msr_refused in the outer handler, which skips the
+    // instruction with CF set.
+    "30: mov qword ptr [rsp + 24], offset compart_msr_refused",
+    "    pop rax",
+    "    add rsp, 16",
+    "    iretq",
+    "compart_msr_refused:",
+    "    add qword ptr [rsp + 16], 2",
+    "    or qword ptr [rsp + 32], 1",
+    "    add rsp, 16",
+    "    iretq",
+    // Anything else is fatal: report it and stop this vCPU.
+    "90: mov rax, [rsp]",
+    "    mov rdi, [rsp + 8]",
+    "    mov rsi, [rsp + 16]",
+    "    mov rcx, cr2",
+    "    mov dx, {fault_port}",
+    "    out dx, al",
+    "91: cli",
+    "    hlt",
+    "    jmp 91b",
+
+    // External interrupts (doorbells, kicks) only wake a halted vCPU: acknowledge and
+    // return. xAPIC EOI register at 0xFEE000B0.
+    ".global compart_irq_entry",
+    "compart_irq_entry:",
+    "    push rax",
+    "    mov rax, 0xfee000b0",
+    "    mov dword ptr [rax], 0",
+    "    pop rax",
+    "    iretq",
+    ".popsection",
+
+    magic = const FirmwareHeader::MAGIC,
+    version = const ABI_VERSION,
+    header_size = const core::mem::size_of::<FirmwareHeader>(),
+    stub_size = const EXCEPTION_STUB_SIZE,
+    gp = const GP_VECTOR,
+    fault_port = const ports::FAULT,
+);

@@ -1,0 +1,99 @@
+//! The runtime every compart guest links.
+//!
+//! A guest image is a `#![no_std] #![no_main]` binary that names its main function
+//! with [`entry!`]. The VMM loads the image, prepares long mode and starts every vCPU
+//! directly in ring 3 at [`_start`](entry) (see `compart-abi`). From there this crate
+//! provides:
+//!
+//! - [`console`]: `print!`/`println!` to the VMM's console, a line per VM exit;
+//! - a heap (`alloc` works) over the memory the boot info hands over;
+//! - a panic handler that reports message and location to the VMM;
+//! - [`ring0`]: the few privileged operations (halt until an interrupt, MSR access),
+//!   performed by the ring-0 stub when ring 3 traps on them. The stub is hand-written
+//!   assembly without SSE, because ring 0 is emulated instruction by instruction on
+//!   the machines we target and the emulator cannot execute SSE;
+//! - [`exit`]: end the guest with a status the VMM reports.
+#![no_std]
+
+pub mod console;
+mod entry;
+mod heap;
+mod mem;
+mod panic;
+pub mod ring0;
+
+pub use compart_abi as abi;
+pub use compart_abi::BootInfo;
+
+/// Port output of a 32-bit value: the guest's way to call the VMM.
+///
+/// # Safety
+/// `port` must be one of the ports the VMM opened for ring 3 (`abi::ports::RING3`),
+/// with `value` meaning what that port expects; any other port faults.
+#[inline(always)]
+pub(crate) unsafe fn outl(port: u16, value: u32) {
+    // SAFETY: the caller guarantees the port is open to ring 3; `out` touches no
+    // memory and no other register.
+    unsafe {
+        core::arch::asm!("out dx, eax", in("dx") port, in("eax") value,
+            options(nomem, nostack, preserves_flags));
+    }
+}
+
+/// Ends the guest: the VMM stops all its vCPUs and records `status`.
+pub fn exit(status: i32) -> ! {
+    console::flush();
+    // SAFETY: EXIT is a ring-3 port; its value is the exit status.
+    unsafe { outl(abi::ports::EXIT, status as u32) };
+    // The VMM does not resume a guest that exited; halt if it ever does.
+    loop {
+        ring0::halt();
+    }
+}
+
+/// The boot info the VMM handed over, valid from the first instruction on.
+pub fn boot_info() -> &'static BootInfo {
+    // SAFETY: the VMM writes a BootInfo at BOOT_INFO_GPA before the first
+    // instruction and never changes it; memory is identity-mapped.
+    unsafe { &*(abi::BOOT_INFO_GPA as *const BootInfo) }
+}
+
+/// Names the guest's main function: `fn main(info: &'static BootInfo) -> i32`. It runs
+/// on vCPU 0 once the heap and console are ready; its return value is the guest's exit
+/// status. Other vCPUs sleep in `hlt`.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[no_mangle]
+        pub extern "Rust" fn compart_main(info: &'static $crate::BootInfo) -> i32 {
+            let main: fn(&'static $crate::BootInfo) -> i32 = $main;
+            main(info)
+        }
+    };
+}
+
+extern "Rust" {
+    fn compart_main(info: &'static BootInfo) -> i32;
+}
+
+/// Called by the assembly entry point on every vCPU.
+#[no_mangle]
+extern "C" fn compart_rust_start(info: *const BootInfo, vcpu: u64) -> ! {
+    // SAFETY: see `boot_info`; the pointer is the same fixed address.
+    let info: &'static BootInfo = unsafe { &*info };
+    if info.magic != BootInfo::MAGIC || info.abi_version != abi::ABI_VERSION {
+        // Nothing is set up; the console is the only thing that can still work.
+        console::write_raw(b"firmware: boot info has the wrong magic or ABI version\n");
+        exit(-1);
+    }
+    if vcpu != 0 {
+        // Secondary vCPUs have no work yet; they sleep until the guest is stopped.
+        loop {
+            ring0::halt();
+        }
+    }
+    heap::init(info);
+    // SAFETY: `compart_main` is defined by the guest image through `entry!`.
+    let status = unsafe { compart_main(info) };
+    exit(status)
+}

@@ -1,0 +1,38 @@
+//! Privileged operations, performed for ring 3 by the ring-0 stub (see `entry.rs` and
+//! "Entering ring 0" in `compart_abi`): the instruction traps with #GP and the stub
+//! executes it. Each costs an exception round trip through emulated ring 0, so these
+//! belong off the fast path.
+
+/// Sleeps until an interrupt arrives (a doorbell, or the VMM's kick).
+pub fn halt() {
+    // SAFETY: `hlt` traps to the stub, which halts with interrupts enabled and
+    // returns past the instruction; no register or memory of ours changes.
+    unsafe { core::arch::asm!("hlt", options(nomem, nostack, preserves_flags)) };
+}
+
+/// Reads an MSR. `None` when the VMM refused the access.
+pub fn read_msr(msr: u32) -> Option<u64> {
+    let (lo, hi): (u32, u32);
+    let refused: u8;
+    // SAFETY: `rdmsr` traps to the stub, which reads MSR ecx into edx:eax and
+    // reports a refusal in CF.
+    unsafe {
+        core::arch::asm!("rdmsr", "setc {r}",
+            in("ecx") msr, out("eax") lo, out("edx") hi, r = out(reg_byte) refused,
+            options(nomem, nostack));
+    }
+    (refused == 0).then_some(u64::from(hi) << 32 | u64::from(lo))
+}
+
+/// Writes an MSR. `false` when the VMM refused the value.
+pub fn write_msr(msr: u32, value: u64) -> bool {
+    let refused: u8;
+    // SAFETY: `wrmsr` traps to the stub, which writes edx:eax to MSR ecx and
+    // reports a refusal in CF.
+    unsafe {
+        core::arch::asm!("wrmsr", "setc {r}",
+            in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+            r = out(reg_byte) refused, options(nomem, nostack));
+    }
+    refused == 0
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's test command: installs the Debian packages the tests need, then runs
+# every check CI runs. Needs /dev/kvm (run as root, or as a user in the kvm group);
+# without it the KVM tests fail with a message saying so, unless
+# COMPART_SKIP_KVM_TESTS=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: acpica-tools (iasl, acpiexec) checks the ACPI tables independently.
+need=()
+command -v iasl >/dev/null 2>&1 && command -v acpiexec >/dev/null 2>&1 || need+=(acpica-tools)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "==> apt-get install ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "missing Debian packages: ${need[*]} (run as root, or: sudo apt-get install ${need[*]})" >&2
+        exit 1
+    fi
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "==> cargo test"
+cargo test --workspace
+echo "==> loom model of the channel's sleep/kick protocol"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+    cargo test -p compart-channel --release --test loom

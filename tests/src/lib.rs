@@ -1,0 +1,155 @@
+//! Helpers for tests and benchmarks that boot real guests: the KVM requirement,
+//! topologies from text, console capture, and per-thread facts from `/proc`.
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use compart_vmm::console::{ConsoleLine, ConsoleSink};
+use compart_vmm::topology::ParseFailure;
+use compart_vmm::Topology;
+
+/// Set to `1` to skip (rather than fail) the tests that need `/dev/kvm`.
+pub const SKIP_VAR: &str = "COMPART_SKIP_KVM_TESTS";
+
+/// Whether the calling test may use KVM. Without `/dev/kvm` it fails, with a message
+/// saying why, unless [`SKIP_VAR`] is `1`, in which case it returns `false` and the
+/// test should return early.
+pub fn require_kvm() -> bool {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    match opened {
+        Ok(_) => true,
+        Err(e) if std::env::var(SKIP_VAR).as_deref() == Ok("1") => {
+            eprintln!("skipping: /dev/kvm is not usable ({e}) and {SKIP_VAR}=1");
+            false
+        }
+        Err(e) => panic!(
+            "/dev/kvm is not usable ({e}): this test boots real guests under KVM. \
+             Run it as a user who may open /dev/kvm, or set {SKIP_VAR}=1 to skip it"
+        ),
+    }
+}
+
+/// A topology from text, validated against this host; panics with the problems.
+pub fn topology(text: &str) -> Topology {
+    match Topology::parse(text, Path::new("."), &compart_vmm::host_facts()) {
+        Ok(t) => t,
+        Err(ParseFailure::Syntax(m)) => panic!("topology does not parse: {m}"),
+        Err(ParseFailure::Invalid(p)) => panic!("topology is invalid: {p:?}"),
+    }
+}
+
+/// The shipped default topology.
+pub fn default_topology() -> Topology {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+    Topology::load(&path, &compart_vmm::host_facts()).expect("default topology loads")
+}
+
+/// Collects console lines and lets a test wait for them.
+#[derive(Clone, Default)]
+pub struct Capture {
+    inner: Arc<(Mutex<Vec<ConsoleLine>>, Condvar)>,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.lines()
+                    .iter()
+                    .map(|l| format!("[{}] {}", l.guest, l.text)),
+            )
+            .finish()
+    }
+}
+
+impl Capture {
+    /// A sink that records into this capture.
+    pub fn sink(&self) -> ConsoleSink {
+        let inner = self.inner.clone();
+        Arc::new(move |line: ConsoleLine| {
+            let (lines, cv) = &*inner;
+            lines.lock().unwrap().push(line);
+            cv.notify_all();
+        })
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<ConsoleLine> {
+        self.inner.0.lock().unwrap().clone()
+    }
+
+    /// Lines of one guest.
+    pub fn of(&self, guest: &str) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.guest == guest)
+            .map(|l| l.text)
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the lines seen so far; panics after `timeout`.
+    pub fn wait_until(&self, timeout: Duration, what: &str, pred: impl Fn(&[ConsoleLine]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        let (lines, cv) = &*self.inner;
+        let mut guard = lines.lock().unwrap();
+        while !pred(&guard) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out after {timeout:?} waiting for {what}; console: {:?}",
+                guard
+                    .iter()
+                    .map(|l| format!("[{}] {}", l.guest, l.text))
+                    .collect::<Vec<_>>()
+            );
+            guard = cv.wait_timeout(guard, left).unwrap().0;
+        }
+    }
+
+    /// Waits for a line of `guest` containing `text`.
+    pub fn wait_for(&self, guest: &str, text: &str, timeout: Duration) {
+        self.wait_until(timeout, &format!("[{guest}] …{text}…"), |ls| {
+            ls.iter().any(|l| l.guest == guest && l.text.contains(text))
+        });
+    }
+}
+
+/// CPU time a thread of this process has used, in nanoseconds (from
+/// `/proc/self/task/TID/schedstat`).
+pub fn thread_cpu_ns(tid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .unwrap_or_else(|e| panic!("reading schedstat of thread {tid}: {e}"));
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("schedstat starts with the time on CPU")
+}
+
+/// The CPU list a thread of process `pid` may run on (`Cpus_allowed_list`).
+pub fn thread_affinity(pid: u32, tid: i32) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .unwrap_or_else(|e| panic!("reading status of thread {tid}: {e}"));
+    s.lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .expect("status has Cpus_allowed_list")
+}
+
+/// Waits until `f` returns `Some`, polling every 10 ms; panics after `timeout`.
+pub fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

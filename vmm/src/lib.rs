@@ -1,0 +1,34 @@
+//! `compart`: a KVM virtual machine monitor that runs the servers of an operating
+//! system's network stack as tiny, pinned, isolated guests.
+//!
+//! The pieces, in the order a run uses them:
+//!
+//! - [`topology`]: the TOML topology file, parsed and validated against this host;
+//! - [`images`] and [`loader`]: the guest images built into the binary, loaded into
+//!   guest memory with their firmware header checked;
+//! - [`arch`]: the x86-64 state that starts a guest directly in ring 3;
+//! - [`vstate`]: one KVM VM per guest, one pinned thread per vCPU;
+//! - [`console`]: guest output as prefixed, sanitised lines;
+//! - [`runtime`]: start a topology, coordinate failures and stops, report outcomes.
+//!
+//! `docs/ARCHITECTURE.md` describes how they fit together.
+
+pub mod arch;
+pub mod console;
+pub mod images;
+pub mod loader;
+pub mod logger;
+pub mod runtime;
+pub mod topology;
+pub mod vstate;
+
+pub use runtime::{start, GuestState, RunOutcome, RunningVmm, Stopper, VcpuThreadInfo, VmmError};
+pub use topology::{HostFacts, Topology};
+
+/// What validation knows about this host and this binary.
+pub fn host_facts() -> HostFacts {
+    HostFacts {
+        online_cores: topology::online_host_cores(),
+        builtin_images: images::builtin_names(),
+    }
+}

@@ -1,0 +1,115 @@
+//! The `compart` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use compart_vmm::{console, host_facts, logger, topology::core_list, Topology};
+
+/// Runs an operating system's network stack as isolated servers, each a tiny pinned
+/// KVM guest.
+#[derive(Debug, Parser)]
+#[command(name = "compart", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot every guest of a topology and run until they end or Ctrl-C / SIGTERM.
+    Run {
+        /// The topology file (TOML).
+        topology: PathBuf,
+    },
+    /// Check a topology file against this host without starting anything.
+    Validate {
+        /// The topology file (TOML).
+        topology: PathBuf,
+    },
+    /// List the guest images built into this binary.
+    Images,
+}
+
+fn main() -> ExitCode {
+    logger::init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { topology } => match Topology::load(&topology, &host_facts()) {
+            Ok(t) => {
+                println!("{}: valid", topology.display());
+                println!("host cores: {}", core_list(&t.host_cores));
+                for g in &t.guests {
+                    let cores: Vec<String> = g.vcpu_cores.iter().map(|c| core_list(c)).collect();
+                    println!(
+                        "guest {:<12} role {:<6} image {:<20} {:>4} MiB  vCPUs {} on cores [{}]  on failure: {:?}",
+                        g.name,
+                        g.role.as_str(),
+                        g.image.to_string(),
+                        g.memory_mib,
+                        g.vcpus(),
+                        cores.join("; "),
+                        g.on_failure
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("compart: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Images => {
+            for name in compart_vmm::images::builtin_names() {
+                println!("{name}");
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run { topology } => run(topology),
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let topology = match Topology::load(&path, &host_facts()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("compart: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let vmm = match compart_vmm::start(&topology, console::stdout_sink()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("compart: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!(
+        "{} guest(s) started from {}; Ctrl-C stops them",
+        topology.guests.len(),
+        path.display()
+    );
+    let stopper = vmm.stopper();
+    match signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                let mut count = 0;
+                for sig in signals.forever() {
+                    count += 1;
+                    if count > 1 {
+                        eprintln!("compart: second signal {sig}: exiting without waiting");
+                        std::process::exit(130);
+                    }
+                    stopper.stop();
+                }
+            });
+        }
+        Err(e) => log::warn!("cannot handle SIGINT/SIGTERM ({e}); stop compart with SIGKILL"),
+    }
+    let outcome = vmm.wait();
+    for (name, state) in &outcome.guests {
+        log::info!("guest {name}: {state:?}");
+    }
+    ExitCode::from(outcome.exit_code() as u8)
+}

@@ -1,0 +1,370 @@
+//! Running a topology: build every guest, start every vCPU thread, then coordinate
+//! from the calling thread — apply each guest's failure policy, stop everything on
+//! request, and report how each guest ended.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::console::ConsoleSink;
+use crate::topology::{FailurePolicy, GuestConfig, HostCore, Topology};
+use crate::vstate::vcpu::{install_kick_handler, Failure, GuestShared, VcpuEvent, VcpuThread};
+use crate::vstate::vm::{BuildError, GuestVm};
+
+/// Exit status of `compart run` when a guest failed.
+pub const EXIT_GUEST_FAILED: i32 = 70;
+
+/// Why the VMM could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// /dev/kvm cannot be opened.
+    #[error(
+        "cannot open /dev/kvm: {0} (is KVM available on this host, and may this user use it?)"
+    )]
+    NoKvm(#[source] kvm_ioctls::Error),
+    /// A KVM system call failed.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        /// The call.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// A guest could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A thread could not be started or set up.
+    #[error("{what}: {source}")]
+    Thread {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a guest ended (or that it is still running).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestState {
+    /// Running.
+    Running,
+    /// It exited with a status.
+    Exited(i32),
+    /// It failed.
+    Failed(Failure),
+    /// The VMM stopped it.
+    Stopped,
+}
+
+/// One vCPU thread, for inspection (affinity, CPU time) from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VcpuThreadInfo {
+    /// Guest name.
+    pub guest: String,
+    /// vCPU index.
+    pub vcpu: u32,
+    /// Linux thread id.
+    pub tid: i32,
+    /// Host cores it is pinned to.
+    pub cores: Vec<HostCore>,
+}
+
+enum Msg {
+    Vcpu(VcpuEvent),
+    Stop,
+}
+
+/// Asks a running VMM to stop every guest; cheap to clone and send to other threads
+/// (a signal handler thread, a test).
+#[derive(Debug, Clone)]
+pub struct Stopper(Sender<Msg>);
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Vcpu(e) => write!(f, "{e:?}"),
+            Msg::Stop => f.write_str("Stop"),
+        }
+    }
+}
+
+impl Stopper {
+    /// Requests a clean stop; returns at once.
+    pub fn stop(&self) {
+        let _ = self.0.send(Msg::Stop);
+    }
+}
+
+struct RunningGuest {
+    config: GuestConfig,
+    _vm: VmFd,
+    shared: Arc<GuestShared>,
+    threads: Vec<VcpuThread>,
+    state: GuestState,
+}
+
+impl RunningGuest {
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for t in &self.threads {
+            t.kick();
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.threads.iter().all(|t| t.handle.is_none())
+    }
+}
+
+/// A started topology.
+pub struct RunningVmm {
+    guests: Vec<RunningGuest>,
+    rx: Receiver<Msg>,
+    tx: Sender<Msg>,
+    first_nonzero_exit: Option<i32>,
+}
+
+impl std::fmt::Debug for RunningVmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningVmm")
+            .field("guests", &self.guests.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// Every guest, in topology order, with how it ended.
+    pub guests: Vec<(String, GuestState)>,
+    first_nonzero_exit: Option<i32>,
+}
+
+impl RunOutcome {
+    /// The exit status for `compart run`: [`EXIT_GUEST_FAILED`] if a guest failed;
+    /// otherwise the first non-zero guest exit status (1 when it does not fit 1–255);
+    /// otherwise 0 (every guest exited 0 or was stopped on request).
+    pub fn exit_code(&self) -> i32 {
+        if self
+            .guests
+            .iter()
+            .any(|(_, s)| matches!(s, GuestState::Failed(_)))
+        {
+            return EXIT_GUEST_FAILED;
+        }
+        match self.first_nonzero_exit {
+            Some(s) if (1..=255).contains(&s) => s,
+            Some(_) => 1,
+            None => 0,
+        }
+    }
+
+    /// How guest `name` ended.
+    pub fn state(&self, name: &str) -> Option<&GuestState> {
+        self.guests.iter().find(|(n, _)| n == name).map(|(_, s)| s)
+    }
+}
+
+/// Opens `/dev/kvm`.
+pub fn open_kvm() -> Result<Kvm, VmmError> {
+    Kvm::new().map_err(VmmError::NoKvm)
+}
+
+/// Builds every guest of `topology` and starts their vCPUs. Nothing runs unless every
+/// guest could be built.
+pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmError> {
+    let kvm = open_kvm()?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| VmmError::Kvm {
+            what: "KVM_GET_SUPPORTED_CPUID",
+            source,
+        })?;
+    install_kick_handler().map_err(|source| VmmError::Thread {
+        what: "installing the vCPU kick signal handler".into(),
+        source,
+    })?;
+
+    let mut built = Vec::with_capacity(topology.guests.len());
+    for (i, g) in topology.guests.iter().enumerate() {
+        built.push(GuestVm::build(&kvm, &cpuid, i, g, sink.clone())?);
+    }
+
+    let (tx, rx) = channel();
+    let mut vmm = RunningVmm {
+        guests: Vec::new(),
+        rx,
+        tx: tx.clone(),
+        first_nonzero_exit: None,
+    };
+    for (g, config) in built.into_iter().zip(&topology.guests) {
+        log::debug!(
+            "guest {}: image ends at {:#x}, heap {:#x}+{:#x}",
+            config.name,
+            g.layout.image_end,
+            g.layout.heap_start,
+            g.layout.heap_size
+        );
+        vmm.guests.push(RunningGuest {
+            config: config.clone(),
+            _vm: g.vm,
+            shared: g.shared,
+            threads: Vec::new(),
+            state: GuestState::Running,
+        });
+        let guest = vmm.guests.last_mut().expect("just pushed");
+        for vcpu in g.vcpus {
+            let (name, index) = (config.name.clone(), vcpu.index);
+            let tx = tx.clone();
+            match vcpu.spawn(move |e| {
+                let _ = tx.send(Msg::Vcpu(e));
+            }) {
+                Ok(t) => guest.threads.push(t),
+                Err(source) => {
+                    vmm.stop_all();
+                    vmm.wait();
+                    return Err(VmmError::Thread {
+                        what: format!("guest {name}: starting the thread of vCPU {index}"),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(vmm)
+}
+
+impl RunningVmm {
+    /// A handle that stops this VMM from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.tx.clone())
+    }
+
+    /// The vCPU threads that have started so far.
+    pub fn vcpu_threads(&self) -> Vec<VcpuThreadInfo> {
+        self.guests
+            .iter()
+            .flat_map(|g| {
+                g.threads.iter().filter_map(|t| {
+                    let tid = t.tid.load(Ordering::Acquire);
+                    (tid != 0).then(|| VcpuThreadInfo {
+                        guest: g.config.name.clone(),
+                        vcpu: t.index,
+                        tid,
+                        cores: t.cores.clone(),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    fn stop_all(&mut self) {
+        for g in &mut self.guests {
+            if g.state == GuestState::Running {
+                g.state = GuestState::Stopped;
+            }
+            g.stop();
+        }
+    }
+
+    /// Coordinates until every guest has ended, then reports how each did.
+    pub fn wait(mut self) -> RunOutcome {
+        while !self.guests.iter().all(RunningGuest::finished) {
+            // Block until something happens; while a guest is being stopped, wake up
+            // now and then to kick its vCPUs again (a kick can only be lost if it
+            // lands before a vCPU thread has registered its kvm_run).
+            let stopping = self
+                .guests
+                .iter()
+                .any(|g| g.shared.stop.load(Ordering::Acquire) && !g.finished());
+            let msg = if stopping {
+                self.rx.recv_timeout(Duration::from_millis(20))
+            } else {
+                self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            };
+            match msg {
+                Ok(Msg::Stop) => {
+                    log::info!("stopping all guests");
+                    self.stop_all();
+                }
+                Ok(Msg::Vcpu(e)) => self.on_event(e),
+                Err(RecvTimeoutError::Timeout) => {
+                    for g in &self.guests {
+                        if g.shared.stop.load(Ordering::Acquire) {
+                            g.threads.iter().for_each(VcpuThread::kick);
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        RunOutcome {
+            guests: self
+                .guests
+                .iter()
+                .map(|g| (g.config.name.clone(), g.state.clone()))
+                .collect(),
+            first_nonzero_exit: self.first_nonzero_exit,
+        }
+    }
+
+    fn on_event(&mut self, e: VcpuEvent) {
+        match e {
+            VcpuEvent::Exited { guest, status } => {
+                let g = &mut self.guests[guest];
+                log::info!("guest {}: exited with status {status}", g.config.name);
+                if g.state == GuestState::Running {
+                    g.state = GuestState::Exited(status);
+                    if status != 0 && self.first_nonzero_exit.is_none() {
+                        self.first_nonzero_exit = Some(status);
+                    }
+                }
+                g.stop();
+            }
+            VcpuEvent::Failed {
+                guest,
+                vcpu,
+                failure,
+            } => {
+                let g = &mut self.guests[guest];
+                let what = if failure.is_panic() {
+                    "panicked"
+                } else {
+                    "failed"
+                };
+                log::error!("guest {}: vCPU {vcpu} {what}: {failure}", g.config.name);
+                if g.state == GuestState::Running {
+                    g.state = GuestState::Failed(failure);
+                }
+                g.stop();
+                match g.config.on_failure {
+                    FailurePolicy::StopAll => {
+                        log::error!(
+                            "guest {}: failure policy stop-all: stopping every guest",
+                            g.config.name
+                        );
+                        self.stop_all();
+                    }
+                    FailurePolicy::StopGuest => log::warn!(
+                        "guest {}: failure policy stop-guest: it stays stopped, the others run on",
+                        g.config.name
+                    ),
+                }
+            }
+            VcpuEvent::Finished { guest, vcpu } => {
+                let g = &mut self.guests[guest];
+                if let Some(t) = g.threads.iter_mut().find(|t| t.index == vcpu) {
+                    if let Some(h) = t.handle.take() {
+                        let _ = h.join();
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,795 @@
+//! The topology file: which guests run, with what memory and vCPUs, pinned where.
+//!
+//! Parsing (TOML via serde, unknown keys rejected) and validation against this host
+//! live here, and nowhere else. Validation collects every problem it finds, each one
+//! named by its key path (`guest[2].cores`) and the guest's name, so that a user fixes
+//! a file in one pass.
+//!
+//! ```toml
+//! [host]
+//! cores = [0, 1]            # host cores the stack may use (default: all online)
+//!
+//! [[guest]]
+//! name = "driver"           # unique; [a-z0-9_-], at most 32 bytes
+//! role = "driver"           # driver | ip | pf | tcp | posix | app
+//! image = "idle"            # a built-in image, or a path to an ELF image
+//! memory_mib = 4            # guest RAM (default 4)
+//! vcpus = 1                 # default 1, at most 16
+//! cores = [0]               # host cores every vCPU may run on (default: host.cores)
+//! # vcpu_cores = [[0], [1]] # or one core set per vCPU
+//! on_failure = "stop-all"   # or "stop-guest": leave it stopped, keep the others
+//! cmdline = ""              # handed to the guest in its boot info
+//! ```
+//!
+//! `[[channel]]`, `[pstates]` and `[[nic]]` are reserved for the channel, P-state and
+//! NIC configuration; until the VMM implements them a file that uses them is rejected
+//! with a message saying so, rather than silently ignored.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use compart_abi::{CMDLINE_LEN, MAX_CORES_LISTED, MAX_VCPUS, NAME_LEN};
+
+/// Default guest RAM.
+pub const DEFAULT_MEMORY_MIB: u32 = 4;
+/// Smallest guest RAM: the fixed low 2 MiB plus room for an image, stacks and heap.
+pub const MIN_MEMORY_MIB: u32 = 3;
+/// Largest guest RAM; guests are meant to be tiny, and the address space above RAM
+/// (up to 4 GiB) is kept for device and doorbell pages.
+pub const MAX_MEMORY_MIB: u32 = 2048;
+
+/// A host CPU number, as `sched_setaffinity` and `/sys/devices/system/cpu` count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostCore(pub u32);
+
+impl fmt::Display for HostCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What a guest is in the network stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The NIC driver server.
+    Driver,
+    /// The IP server (Ethernet, ARP, IPv4, ICMP, routing).
+    Ip,
+    /// The packet filter server.
+    Pf,
+    /// The TCP server.
+    Tcp,
+    /// The POSIX socket server.
+    Posix,
+    /// An application.
+    App,
+}
+
+impl Role {
+    /// The role's name as written in topology files and boot info.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Driver => "driver",
+            Role::Ip => "ip",
+            Role::Pf => "pf",
+            Role::Tcp => "tcp",
+            Role::Posix => "posix",
+            Role::App => "app",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the VMM does when a guest fails (panics, faults, triple-faults, or makes an
+/// exit the VMM cannot serve).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Stop every guest and end the run.
+    #[default]
+    StopAll,
+    /// Leave the failed guest stopped and keep the others running.
+    StopGuest,
+}
+
+/// Where a guest's image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// An image built into the `compart` binary (from `guest-servers/`).
+    BuiltIn(String),
+    /// An ELF file on the host.
+    File(PathBuf),
+}
+
+impl fmt::Display for ImageSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageSource::BuiltIn(n) => write!(f, "{n} (built-in)"),
+            ImageSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// One validated guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestConfig {
+    /// Unique name, also the console prefix.
+    pub name: String,
+    /// Role in the stack.
+    pub role: Role,
+    /// The image it runs.
+    pub image: ImageSource,
+    /// RAM in MiB.
+    pub memory_mib: u32,
+    /// Host cores each vCPU may run on, one set per vCPU.
+    pub vcpu_cores: Vec<Vec<HostCore>>,
+    /// Failure policy.
+    pub on_failure: FailurePolicy,
+    /// Command line handed to the guest.
+    pub cmdline: String,
+}
+
+impl GuestConfig {
+    /// Number of vCPUs.
+    pub fn vcpus(&self) -> u32 {
+        self.vcpu_cores.len() as u32
+    }
+
+    /// RAM in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+}
+
+/// A validated topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// The host cores the stack may use.
+    pub host_cores: Vec<HostCore>,
+    /// The guests, in file order.
+    pub guests: Vec<GuestConfig>,
+}
+
+/// What validation needs to know about the host and the binary.
+#[derive(Debug, Clone)]
+pub struct HostFacts {
+    /// Cores online on this host.
+    pub online_cores: Vec<HostCore>,
+    /// Names of the images built into the binary.
+    pub builtin_images: Vec<String>,
+}
+
+/// One problem in a topology file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path, e.g. `guest[1].cores`.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// Why a topology file was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// Cannot read topology file {path}: {source}
+    #[error("cannot read topology file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a valid topology file.
+    #[error("{path}: not a valid topology file:\n{message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// The file parsed but describes something this host cannot run.
+    #[error("{path}: invalid topology:\n{}", list(.problems))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRepr {
+    #[serde(default)]
+    host: HostRepr,
+    #[serde(default, rename = "guest")]
+    guests: Vec<GuestRepr>,
+    #[serde(default, rename = "channel")]
+    channels: Vec<toml::Table>,
+    #[serde(default)]
+    pstates: Option<toml::Table>,
+    #[serde(default, rename = "nic")]
+    nics: Vec<toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostRepr {
+    cores: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuestRepr {
+    name: String,
+    role: Role,
+    image: Option<String>,
+    memory_mib: Option<u32>,
+    vcpus: Option<u32>,
+    cores: Option<Vec<u32>>,
+    vcpu_cores: Option<Vec<Vec<u32>>>,
+    #[serde(default)]
+    on_failure: FailurePolicy,
+    #[serde(default)]
+    cmdline: String,
+}
+
+impl Topology {
+    /// Reads and validates a topology file against this host.
+    pub fn load(path: &Path, host: &HostFacts) -> Result<Topology, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base, host).map_err(|e| match e {
+            ParseFailure::Syntax(message) => TopologyError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            ParseFailure::Invalid(problems) => TopologyError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            },
+        })
+    }
+
+    /// Parses and validates topology text. Relative image paths are taken relative to
+    /// `base` (the file's directory).
+    pub fn parse(text: &str, base: &Path, host: &HostFacts) -> Result<Topology, ParseFailure> {
+        let file: FileRepr =
+            toml::from_str(text).map_err(|e| ParseFailure::Syntax(e.to_string()))?;
+        validate(file, base, host).map_err(ParseFailure::Invalid)
+    }
+}
+
+/// Why [`Topology::parse`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseFailure {
+    /// Not TOML, or not of the topology's shape (the parser's message).
+    Syntax(String),
+    /// Of the right shape, but wrong for this host.
+    Invalid(Vec<Problem>),
+}
+
+fn validate(file: FileRepr, base: &Path, host: &HostFacts) -> Result<Topology, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut problem = |path: String, reason: String| problems.push(Problem { path, reason });
+
+    for (key, used) in [
+        ("channel", !file.channels.is_empty()),
+        ("pstates", file.pstates.is_some()),
+        ("nic", !file.nics.is_empty()),
+    ] {
+        if used {
+            problem(
+                key.to_string(),
+                "reserved: this version of compart does not implement it yet".to_string(),
+            );
+        }
+    }
+
+    let online: BTreeSet<HostCore> = host.online_cores.iter().copied().collect();
+    let host_cores: Vec<HostCore> = match &file.host.cores {
+        None => host.online_cores.clone(),
+        Some(cores) => {
+            if cores.is_empty() {
+                problem("host.cores".into(), "must name at least one core".into());
+            }
+            let mut seen = BTreeSet::new();
+            for &c in cores {
+                if !online.contains(&HostCore(c)) {
+                    problem(
+                        "host.cores".into(),
+                        format!(
+                            "core {c} is not online on this host (online: {})",
+                            core_list(&host.online_cores)
+                        ),
+                    );
+                } else if !seen.insert(c) {
+                    problem("host.cores".into(), format!("core {c} is listed twice"));
+                }
+            }
+            cores.iter().map(|&c| HostCore(c)).collect()
+        }
+    };
+    let allowed: BTreeSet<HostCore> = host_cores.iter().copied().collect();
+
+    if file.guests.is_empty() {
+        problem("guest".into(), "the topology has no guests".into());
+    }
+
+    let mut names = BTreeSet::new();
+    let mut guests = Vec::new();
+    for (i, g) in file.guests.into_iter().enumerate() {
+        let at = |key: &str| format!("guest[{i}] ({}).{key}", g.name);
+
+        if g.name.is_empty() || g.name.len() > NAME_LEN {
+            problem(at("name"), format!("must be 1 to {NAME_LEN} bytes long"));
+        } else if !g
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            problem(
+                at("name"),
+                "may use only lowercase letters, digits, `-` and `_`".into(),
+            );
+        } else if !names.insert(g.name.clone()) {
+            problem(at("name"), format!("duplicate guest name `{}`", g.name));
+        }
+
+        let image = match &g.image {
+            Some(s) if s.contains('/') || s.ends_with(".elf") => {
+                let p = base.join(s);
+                if !p.is_file() {
+                    problem(at("image"), format!("no image file at {}", p.display()));
+                }
+                ImageSource::File(p)
+            }
+            Some(s) => {
+                if !host.builtin_images.iter().any(|b| b == s) {
+                    problem(
+                        at("image"),
+                        format!(
+                            "unknown image `{s}` (built-in images: {}; a file path must contain `/`)",
+                            host.builtin_images.join(", ")
+                        ),
+                    );
+                }
+                ImageSource::BuiltIn(s.clone())
+            }
+            None => {
+                let by_role = g.role.as_str();
+                if host.builtin_images.iter().any(|b| b == by_role) {
+                    ImageSource::BuiltIn(by_role.to_string())
+                } else {
+                    problem(
+                        at("image"),
+                        format!(
+                            "no built-in server image for role `{by_role}` yet; name one with `image` (built-in images: {})",
+                            host.builtin_images.join(", ")
+                        ),
+                    );
+                    ImageSource::BuiltIn(String::new())
+                }
+            }
+        };
+
+        let memory_mib = g.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
+            problem(
+                at("memory_mib"),
+                format!(
+                    "{memory_mib} MiB is out of range ({MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB)"
+                ),
+            );
+        }
+
+        let vcpus = g.vcpus.unwrap_or(match &g.vcpu_cores {
+            Some(v) => v.len() as u32,
+            None => 1,
+        });
+        if vcpus == 0 || vcpus > MAX_VCPUS {
+            problem(
+                at("vcpus"),
+                format!("{vcpus} is out of range (1 to {MAX_VCPUS})"),
+            );
+        }
+
+        let check_set = |problem: &mut dyn FnMut(String, String), key: &str, set: &[u32]| {
+            if set.is_empty() {
+                problem(at(key), "a core set must name at least one core".into());
+            }
+            if set.len() > MAX_CORES_LISTED {
+                problem(
+                    at(key),
+                    format!("a core set may name at most {MAX_CORES_LISTED} cores"),
+                );
+            }
+            for &c in set {
+                if !allowed.contains(&HostCore(c)) {
+                    let why = if online.contains(&HostCore(c)) {
+                        format!(
+                            "core {c} is not one of host.cores ({})",
+                            core_list(&host_cores)
+                        )
+                    } else {
+                        format!(
+                            "core {c} is not online on this host (online: {})",
+                            core_list(&host.online_cores)
+                        )
+                    };
+                    problem(at(key), why);
+                }
+            }
+            let mut v: Vec<HostCore> = set.iter().map(|&c| HostCore(c)).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+
+        let vcpu_cores = match (&g.cores, &g.vcpu_cores) {
+            (Some(_), Some(_)) => {
+                problem(
+                    at("vcpu_cores"),
+                    "give either `cores` or `vcpu_cores`, not both".into(),
+                );
+                Vec::new()
+            }
+            (_, Some(per)) => {
+                if per.len() as u32 != vcpus {
+                    problem(
+                        at("vcpu_cores"),
+                        format!("lists {} core sets for {vcpus} vCPU(s)", per.len()),
+                    );
+                }
+                per.iter()
+                    .map(|s| check_set(&mut problem, "vcpu_cores", s))
+                    .collect()
+            }
+            (Some(set), None) => {
+                let set = check_set(&mut problem, "cores", set);
+                vec![set; vcpus.min(MAX_VCPUS) as usize]
+            }
+            (None, None) => {
+                let set = host_cores
+                    .iter()
+                    .copied()
+                    .take(MAX_CORES_LISTED)
+                    .collect::<Vec<_>>();
+                vec![set; vcpus.min(MAX_VCPUS) as usize]
+            }
+        };
+
+        if g.cmdline.len() > CMDLINE_LEN {
+            problem(
+                at("cmdline"),
+                format!("is {} bytes long; at most {CMDLINE_LEN}", g.cmdline.len()),
+            );
+        }
+
+        guests.push(GuestConfig {
+            name: g.name,
+            role: g.role,
+            image,
+            memory_mib,
+            vcpu_cores,
+            on_failure: g.on_failure,
+            cmdline: g.cmdline,
+        });
+    }
+
+    if problems.is_empty() {
+        Ok(Topology { host_cores, guests })
+    } else {
+        Err(problems)
+    }
+}
+
+/// Formats cores as `0-3,6`.
+pub fn core_list(cores: &[HostCore]) -> String {
+    let mut v: Vec<u32> = cores.iter().map(|c| c.0).collect();
+    v.sort_unstable();
+    v.dedup();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let start = v[i];
+        let mut end = start;
+        while i + 1 < v.len() && v[i + 1] == end + 1 {
+            i += 1;
+            end = v[i];
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+/// Parses a Linux CPU list (`0-3,6`), as in `/sys/devices/system/cpu/online`.
+pub fn parse_core_list(s: &str) -> Option<Vec<HostCore>> {
+    let mut out = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+                if b < a || b - a > 65536 {
+                    return None;
+                }
+                out.extend((a..=b).map(HostCore));
+            }
+            None => out.push(HostCore(part.parse().ok()?)),
+        }
+    }
+    Some(out)
+}
+
+/// The cores online on this host, from `/sys/devices/system/cpu/online`, or failing
+/// that the cores this process may run on.
+pub fn online_host_cores() -> Vec<HostCore> {
+    if let Some(v) = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| parse_core_list(&s))
+    {
+        if !v.is_empty() {
+            return v;
+        }
+    }
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..n as u32).map(HostCore).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostFacts {
+        HostFacts {
+            online_cores: vec![HostCore(0), HostCore(1)],
+            builtin_images: vec!["idle".into(), "selftest".into()],
+        }
+    }
+
+    fn parse(text: &str) -> Result<Topology, ParseFailure> {
+        Topology::parse(text, Path::new("."), &host())
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(text) {
+            Err(ParseFailure::Invalid(p)) => p.iter().map(|p| p.to_string()).collect(),
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    fn syntax(text: &str) -> String {
+        match parse(text) {
+            Err(ParseFailure::Syntax(m)) => m,
+            other => panic!("expected a syntax error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_guest_gets_the_defaults() {
+        let t = parse("[[guest]]\nname = \"a\"\nrole = \"app\"\nimage = \"idle\"\n").unwrap();
+        assert_eq!(t.host_cores, vec![HostCore(0), HostCore(1)]);
+        let g = &t.guests[0];
+        assert_eq!(g.memory_mib, DEFAULT_MEMORY_MIB);
+        assert_eq!(g.vcpu_cores, vec![vec![HostCore(0), HostCore(1)]]);
+        assert_eq!(g.on_failure, FailurePolicy::StopAll);
+        assert_eq!(g.image, ImageSource::BuiltIn("idle".into()));
+    }
+
+    #[test]
+    fn full_guest_is_read_as_written() {
+        let t = parse(
+            r#"
+            [host]
+            cores = [1]
+            [[guest]]
+            name = "tcp-0"
+            role = "tcp"
+            image = "selftest"
+            memory_mib = 8
+            vcpus = 2
+            cores = [1]
+            on_failure = "stop-guest"
+            cmdline = "exit=3"
+            "#,
+        )
+        .unwrap();
+        let g = &t.guests[0];
+        assert_eq!(g.role, Role::Tcp);
+        assert_eq!(g.vcpu_cores, vec![vec![HostCore(1)], vec![HostCore(1)]]);
+        assert_eq!(g.on_failure, FailurePolicy::StopGuest);
+        assert_eq!(g.cmdline, "exit=3");
+        assert_eq!(g.memory_bytes(), 8 << 20);
+    }
+
+    #[test]
+    fn per_vcpu_core_sets_set_the_vcpu_count() {
+        let t = parse(
+            "[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\nvcpu_cores = [[0], [1]]\n",
+        )
+        .unwrap();
+        assert_eq!(t.guests[0].vcpus(), 2);
+        assert_eq!(t.guests[0].vcpu_cores[1], vec![HostCore(1)]);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let m =
+            syntax("[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\nmemroy_mib = 4\n");
+        assert!(m.contains("unknown field `memroy_mib`"), "{m}");
+        assert!(m.contains("line 5"), "{m}");
+    }
+
+    #[test]
+    fn unknown_role_lists_the_roles() {
+        let m = syntax("[[guest]]\nname = \"a\"\nrole = \"dns\"\nimage = \"idle\"\n");
+        assert!(m.contains("unknown variant `dns`"), "{m}");
+        assert!(m.contains("posix"), "{m}");
+    }
+
+    #[test]
+    fn unknown_image_names_the_built_in_ones() {
+        let p = problems("[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"nope\"\n");
+        assert_eq!(
+            p,
+            vec!["guest[0] (a).image: unknown image `nope` (built-in images: idle, selftest; a file path must contain `/`)"]
+        );
+    }
+
+    #[test]
+    fn missing_image_file_is_reported() {
+        let p = problems("[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"./no/such.elf\"\n");
+        assert_eq!(p.len(), 1);
+        assert!(
+            p[0].starts_with("guest[0] (a).image: no image file at "),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn role_without_a_server_image_needs_an_image() {
+        let p = problems("[[guest]]\nname = \"a\"\nrole = \"tcp\"\n");
+        assert_eq!(
+            p,
+            vec!["guest[0] (a).image: no built-in server image for role `tcp` yet; name one with `image` (built-in images: idle, selftest)"]
+        );
+    }
+
+    #[test]
+    fn core_absent_on_this_host_is_reported() {
+        let p = problems("[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\ncores = [7]\n");
+        assert_eq!(
+            p,
+            vec!["guest[0] (a).cores: core 7 is not online on this host (online: 0-1)"]
+        );
+    }
+
+    #[test]
+    fn core_outside_host_cores_is_reported() {
+        let p = problems(
+            "[host]\ncores = [0]\n[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\ncores = [1]\n",
+        );
+        assert_eq!(
+            p,
+            vec!["guest[0] (a).cores: core 1 is not one of host.cores (0)"]
+        );
+    }
+
+    #[test]
+    fn host_core_not_online_is_reported() {
+        let p = problems("[host]\ncores = [0, 5]\n[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\ncores = [0]\n");
+        assert_eq!(
+            p,
+            vec!["host.cores: core 5 is not online on this host (online: 0-1)"]
+        );
+    }
+
+    #[test]
+    fn duplicate_names_are_reported() {
+        let p = problems(
+            "[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\n[[guest]]\nname = \"a\"\nrole = \"pf\"\nimage = \"idle\"\n",
+        );
+        assert_eq!(p, vec!["guest[1] (a).name: duplicate guest name `a`"]);
+    }
+
+    #[test]
+    fn memory_too_small_and_too_many_vcpus_are_both_reported() {
+        let p = problems(
+            "[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\nmemory_mib = 1\nvcpus = 17\n",
+        );
+        assert_eq!(
+            p,
+            vec![
+                "guest[0] (a).memory_mib: 1 MiB is out of range (3 to 2048 MiB)",
+                "guest[0] (a).vcpus: 17 is out of range (1 to 16)",
+            ]
+        );
+    }
+
+    #[test]
+    fn vcpu_core_sets_must_match_the_vcpu_count() {
+        let p = problems(
+            "[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\nvcpus = 3\nvcpu_cores = [[0], [1]]\n",
+        );
+        assert_eq!(
+            p,
+            vec!["guest[0] (a).vcpu_cores: lists 2 core sets for 3 vCPU(s)"]
+        );
+    }
+
+    #[test]
+    fn bad_names_are_reported() {
+        let p = problems("[[guest]]\nname = \"Big Name\"\nrole = \"ip\"\nimage = \"idle\"\n");
+        assert_eq!(
+            p,
+            vec!["guest[0] (Big Name).name: may use only lowercase letters, digits, `-` and `_`"]
+        );
+    }
+
+    #[test]
+    fn reserved_sections_are_refused_not_ignored() {
+        let p = problems(
+            "[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\n[[channel]]\na = \"x\"\n",
+        );
+        assert_eq!(
+            p,
+            vec!["channel: reserved: this version of compart does not implement it yet"]
+        );
+    }
+
+    #[test]
+    fn empty_topology_is_reported() {
+        assert_eq!(problems(""), vec!["guest: the topology has no guests"]);
+    }
+
+    #[test]
+    fn core_lists_round_trip() {
+        let v = parse_core_list("0-3,6,8-9\n").unwrap();
+        assert_eq!(core_list(&v), "0-3,6,8-9");
+        assert!(parse_core_list("3-1").is_none());
+        assert!(parse_core_list("x").is_none());
+    }
+
+    #[test]
+    fn shipped_default_topology_is_valid() {
+        let text = include_str!("../../topologies/default.toml");
+        let t = parse(text).unwrap();
+        let roles: Vec<Role> = t.guests.iter().map(|g| g.role).collect();
+        assert_eq!(
+            roles,
+            vec![Role::Driver, Role::Ip, Role::Pf, Role::Tcp, Role::Posix]
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! One KVM VM per guest: its RAM, the boot state the VMM writes into it (boot info,
+//! page tables, descriptor tables), its in-kernel interrupt controller and vCPUs.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use compart_abi::{
+    fill_str_field, percpu, percpu_gpa, ports, BootInfo, BOOT_INFO_GPA, CONSOLE_BUF_GPA,
+    CONSOLE_BUF_SIZE, IDT_GPA, MAX_CORES_LISTED, MIN_HEAP_SIZE, PAGE_TABLES_GPA, RING3_STACK_SIZE,
+    SPURIOUS_VECTOR,
+};
+use kvm_bindings::{kvm_userspace_memory_region, CpuId};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::arch;
+use crate::console::{ConsoleSink, GuestConsole};
+use crate::loader::{self, LoadError};
+use crate::topology::GuestConfig;
+use crate::vstate::vcpu::{GuestShared, Vcpu};
+
+/// Where Intel VMX wants its three-page TSS area: just below the 4 GiB boundary, in
+/// space the guest does not use (ignored on AMD).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Why a guest VM could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Allocating guest RAM failed.
+    #[error("guest {guest}: cannot allocate {mib} MiB of guest memory: {reason}")]
+    Memory {
+        /// Guest name.
+        guest: String,
+        /// Size asked for.
+        mib: u32,
+        /// The cause.
+        reason: String,
+    },
+    /// A KVM call failed.
+    #[error("guest {guest}: {what} failed: {source}")]
+    Kvm {
+        /// Guest name.
+        guest: String,
+        /// The call.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// The image cannot be read.
+    #[error("guest {guest}: cannot read image {image}: {source}")]
+    ImageRead {
+        /// Guest name.
+        guest: String,
+        /// The image.
+        image: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image cannot be loaded.
+    #[error("guest {guest}: image {image}: {source}")]
+    Image {
+        /// Guest name.
+        guest: String,
+        /// The image.
+        image: String,
+        /// The cause.
+        #[source]
+        source: LoadError,
+    },
+    /// Guest RAM is too small for the image, stacks and heap.
+    #[error(
+        "guest {guest}: {mib} MiB cannot hold its image (ends at {image_end:#x}), {vcpus} \
+         vCPU stack(s) of {stack_kib} KiB and a heap of at least {heap_kib} KiB; raise memory_mib"
+    )]
+    TooSmall {
+        /// Guest name.
+        guest: String,
+        /// RAM.
+        mib: u32,
+        /// End of the image.
+        image_end: u64,
+        /// vCPU count.
+        vcpus: u32,
+        /// Stack size.
+        stack_kib: u64,
+        /// Least heap.
+        heap_kib: u64,
+    },
+}
+
+/// Where the VMM put a guest's image, stacks and heap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLayout {
+    /// First address after the image.
+    pub image_end: u64,
+    /// Heap start.
+    pub heap_start: u64,
+    /// Heap size.
+    pub heap_size: u64,
+}
+
+impl GuestLayout {
+    /// Top of vCPU `i`'s ring-3 stack.
+    pub fn stack_top(&self, i: u32) -> u64 {
+        self.image_end + (u64::from(i) + 1) * RING3_STACK_SIZE
+    }
+}
+
+/// A built guest VM whose vCPUs have not started yet.
+#[derive(Debug)]
+pub struct GuestVm {
+    /// KVM's VM; kept open while the guest runs.
+    pub vm: VmFd,
+    /// What the vCPU threads share.
+    pub shared: Arc<GuestShared>,
+    /// The vCPUs, to be moved onto their threads.
+    pub vcpus: Vec<Vcpu>,
+    /// Memory layout.
+    pub layout: GuestLayout,
+}
+
+impl GuestVm {
+    /// Builds guest `index` of the topology. Order matters for start-up cost: the
+    /// in-kernel irqchip is created after the memory slot (the other way round every
+    /// later slot change costs milliseconds).
+    pub fn build(
+        kvm: &Kvm,
+        supported_cpuid: &CpuId,
+        index: usize,
+        config: &GuestConfig,
+        sink: ConsoleSink,
+    ) -> Result<GuestVm, BuildError> {
+        let name = &config.name;
+        let kvm_err = |what| {
+            move |source| BuildError::Kvm {
+                guest: name.clone(),
+                what,
+                source,
+            }
+        };
+        let size = config.memory_bytes();
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
+            .map_err(|e| BuildError::Memory {
+                guest: name.clone(),
+                mib: config.memory_mib,
+                reason: e.to_string(),
+            })?;
+
+        let image_bytes =
+            crate::images::read(&config.image).map_err(|source| BuildError::ImageRead {
+                guest: name.clone(),
+                image: config.image.to_string(),
+                source,
+            })?;
+        let image =
+            loader::load(&image_bytes, &memory, size).map_err(|source| BuildError::Image {
+                guest: name.clone(),
+                image: config.image.to_string(),
+                source,
+            })?;
+        let vcpus = config.vcpus();
+        let stacks_end = image.end + u64::from(vcpus) * RING3_STACK_SIZE;
+        if stacks_end + MIN_HEAP_SIZE > size {
+            return Err(BuildError::TooSmall {
+                guest: name.clone(),
+                mib: config.memory_mib,
+                image_end: image.end,
+                vcpus,
+                stack_kib: RING3_STACK_SIZE / 1024,
+                heap_kib: MIN_HEAP_SIZE / 1024,
+            });
+        }
+        let layout = GuestLayout {
+            image_end: image.end,
+            heap_start: stacks_end,
+            heap_size: size - stacks_end,
+        };
+        write_boot_state(&memory, config, &layout, &image.header);
+
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        // Intel needs it; AMD and software KVM ignore it. Failure only matters on
+        // Intel, where KVM_RUN would then fail with a clear error.
+        if let Err(e) = vm.set_tss_address(KVM_TSS_ADDRESS) {
+            log::debug!("guest {name}: KVM_SET_TSS_ADDR: {e}");
+        }
+        for (slot, region) in memory.iter().enumerate() {
+            let host = memory
+                .get_host_address(region.start_addr())
+                .expect("the region's own start is inside guest memory");
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the mapping [host, host + len) belongs to `memory`, which the
+            // guest's shared state keeps alive at least as long as the VM fd.
+            unsafe { vm.set_user_memory_region(r) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+
+        let shared = Arc::new(GuestShared {
+            index,
+            name: name.clone(),
+            stop: AtomicBool::new(false),
+            memory,
+            console: GuestConsole::new(sink),
+        });
+
+        let mut vcpu_list = Vec::with_capacity(vcpus as usize);
+        for i in 0..vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(i))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let cpuid = arch::cpuid::for_vcpu(supported_cpuid.clone(), i, vcpus);
+            fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            let sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+            fd.set_sregs(&arch::regs::sregs(sregs, i))
+                .map_err(kvm_err("KVM_SET_SREGS"))?;
+            fd.set_regs(&arch::regs::regs(
+                image.header.entry,
+                layout.stack_top(i),
+                i,
+            ))
+            .map_err(kvm_err("KVM_SET_REGS"))?;
+            fd.set_fpu(&arch::regs::fpu())
+                .map_err(kvm_err("KVM_SET_FPU"))?;
+            let mut lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+            // Spurious-interrupt vector register: software-enable the local APIC so
+            // that doorbell interrupts are accepted, spurious vector 0xff.
+            let svr = 0x100 | u32::from(SPURIOUS_VECTOR);
+            for (k, b) in svr.to_le_bytes().iter().enumerate() {
+                lapic.regs[0xf0 + k] = *b as _;
+            }
+            fd.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
+            vcpu_list.push(Vcpu {
+                fd,
+                index: i,
+                guest: shared.clone(),
+                cores: config.vcpu_cores[i as usize].clone(),
+            });
+        }
+        Ok(GuestVm {
+            vm,
+            shared,
+            vcpus: vcpu_list,
+            layout,
+        })
+    }
+}
+
+/// Writes boot info, page tables, IDT and per-vCPU GDT/TSS. All addresses are fixed
+/// by the ABI and below the 2 MiB the topology guarantees every guest has.
+fn write_boot_state(
+    mem: &GuestMemoryMmap,
+    config: &GuestConfig,
+    layout: &GuestLayout,
+    header: &compart_abi::FirmwareHeader,
+) {
+    let mut info = BootInfo::empty();
+    // Lengths were validated with the topology.
+    info.name_len = fill_str_field(&mut info.name, &config.name).unwrap_or(0);
+    info.role_len = fill_str_field(&mut info.role, config.role.as_str()).unwrap_or(0);
+    info.cmdline_len = fill_str_field(&mut info.cmdline, &config.cmdline).unwrap_or(0);
+    info.mem_size = config.memory_bytes();
+    info.heap_start = layout.heap_start;
+    info.heap_size = layout.heap_size;
+    info.console_buf = CONSOLE_BUF_GPA;
+    info.console_buf_size = CONSOLE_BUF_SIZE;
+    info.vcpu_count = config.vcpus();
+    for (i, cores) in config.vcpu_cores.iter().enumerate() {
+        let v = &mut info.vcpus[i];
+        v.apic_id = i as u32;
+        v.host_core_count = cores.len().min(MAX_CORES_LISTED) as u32;
+        for (slot, c) in v.host_cores.iter_mut().zip(cores) {
+            *slot = c.0;
+        }
+    }
+    let write = |bytes: &[u8], gpa: u64| {
+        mem.write_slice(bytes, GuestAddress(gpa))
+            .expect("fixed ABI addresses lie in the low 2 MiB of every guest");
+    };
+    write(info.as_bytes(), BOOT_INFO_GPA);
+    write(&arch::paging::page_tables(), PAGE_TABLES_GPA);
+    write(&arch::gdt::idt(header), IDT_GPA);
+    for i in 0..config.vcpus() {
+        let gdt: Vec<u8> = arch::gdt::gdt(i)
+            .iter()
+            .flat_map(|d| d.to_le_bytes())
+            .collect();
+        write(&gdt, percpu_gpa(i) + percpu::GDT);
+        write(
+            &arch::gdt::tss_and_io_bitmap(i, &ports::RING3),
+            percpu_gpa(i) + percpu::TSS,
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! The `compart` command as a user runs it: exit status, signals, validation output.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_compart");
+
+/// Like `compart_tests::require_kvm`, which this crate cannot depend on.
+fn require_kvm() -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) if std::env::var("COMPART_SKIP_KVM_TESTS").as_deref() == Ok("1") => {
+            eprintln!("skipping: /dev/kvm is not usable ({e})");
+            false
+        }
+        Err(e) => panic!(
+            "/dev/kvm is not usable ({e}): this test boots real guests under KVM; \
+             set COMPART_SKIP_KVM_TESTS=1 to skip it"
+        ),
+    }
+}
+
+fn write_topology(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("t.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn run_exits_with_the_guest_exit_status() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = write_topology(
+        dir.path(),
+        "[[guest]]\nname = \"solo\"\nrole = \"app\"\nimage = \"selftest\"\ncmdline = \"exit=42\"\n",
+    );
+    let out = Command::new(BIN).arg("run").arg(&t).output().unwrap();
+    assert_eq!(out.status.code(), Some(42), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("[solo] hello from solo (app), exiting with 42"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_default_topology_cleanly() {
+    if !require_kvm() {
+        return;
+    }
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg(default)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut up = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while up.len() < 5 && Instant::now() < deadline {
+        match lines.next() {
+            Some(Ok(l)) if l.contains(" up: ") => up.push(l),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert_eq!(up.len(), 5, "five guests report: {up:?}");
+    for role in ["driver", "ip", "pf", "tcp", "posix"] {
+        assert!(
+            up.iter()
+                .any(|l| l.starts_with(&format!("[{role}] role {role} up"))),
+            "{up:?}"
+        );
+    }
+    // SAFETY: sending SIGTERM to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("compart did not stop within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn validate_names_every_problem_by_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = write_topology(
+        dir.path(),
+        "[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\ncores = [99]\n\
+         [[guest]]\nname = \"a\"\nrole = \"pf\"\nimage = \"nope\"\n",
+    );
+    let out = Command::new(BIN).arg("validate").arg(&t).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("guest[0] (a).cores: core 99 is not online on this host"),
+        "{err}"
+    );
+    assert!(
+        err.contains("guest[1] (a).name: duplicate guest name `a`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("guest[1] (a).image: unknown image `nope`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_accepts_the_default_topology() {
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(default)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("valid"), "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("guest ")).count(),
+        5,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_missing_topology_file_is_reported() {
+    let out = Command::new(BIN)
+        .args(["run", "/no/such/topology.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read topology file /no/such/topology.toml"),
+        "{err}"
+    );
+}
