@@ -6,6 +6,8 @@
 //! provides:
 //!
 //! - [`console`]: `print!`/`println!` to the VMM's console, a line per VM exit;
+//! - [`acpi`]: the platform as the VMM's ACPI tables describe it: processors and
+//!   their P-states (`_PSS`, `_PPC`, `_PSD`, `_PCT`), printed at boot;
 //! - a heap (`alloc` works) over the memory the boot info hands over;
 //! - a panic handler that reports message and location to the VMM;
 //! - [`ring0`]: the few privileged operations (halt until an interrupt, MSR access),
@@ -15,6 +17,7 @@
 //! - [`exit`]: end the guest with a status the VMM reports.
 #![no_std]
 
+pub mod acpi;
 pub mod console;
 mod entry;
 mod heap;
@@ -93,6 +96,7 @@ extern "C" fn compart_rust_start(info: *const BootInfo, vcpu: u64) -> ! {
         }
     }
     heap::init(info);
+    acpi::report();
     // SAFETY: `compart_main` is defined by the guest image through `entry!`.
     let status = unsafe { compart_main(info) };
     exit(status)

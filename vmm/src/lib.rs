@@ -7,12 +7,14 @@
 //! - [`images`] and [`loader`]: the guest images built into the binary, loaded into
 //!   guest memory with their firmware header checked;
 //! - [`arch`]: the x86-64 state that starts a guest directly in ring 3;
+//! - [`acpi`]: each guest's ACPI tables (processors, P-states, `_PSD` domains);
 //! - [`vstate`]: one KVM VM per guest, one pinned thread per vCPU;
 //! - [`console`]: guest output as prefixed, sanitised lines;
 //! - [`runtime`]: start a topology, coordinate failures and stops, report outcomes.
 //!
 //! `docs/ARCHITECTURE.md` describes how they fit together.
 
+pub mod acpi;
 pub mod arch;
 pub mod console;
 pub mod images;
@@ -30,5 +32,7 @@ pub fn host_facts() -> HostFacts {
     HostFacts {
         online_cores: topology::online_host_cores(),
         builtin_images: images::builtin_names(),
+        host_ladder: compart_acpi::PStateTable::from_host(),
+        freq_domains: compart_acpi::HostFreqDomains::probe(std::path::Path::new("/")),
     }
 }

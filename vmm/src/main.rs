@@ -30,6 +30,27 @@ enum Command {
     },
     /// List the guest images built into this binary.
     Images,
+    /// Inspect the ACPI tables the VMM gives its guests.
+    Acpi {
+        #[command(subcommand)]
+        command: AcpiCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AcpiCommand {
+    /// Write one guest's tables (rsdp.dat, xsdt.dat, facp.dat, apic.dat, dsdt.dat) as
+    /// files ACPICA reads (`iasl -d dsdt.dat`, `acpiexec -b … dsdt.dat`).
+    Dump {
+        /// The topology file (TOML).
+        topology: PathBuf,
+        /// The guest whose tables to write.
+        #[arg(long)]
+        guest: String,
+        /// Directory to write them to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +88,54 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { topology } => run(topology),
+        Command::Acpi {
+            command:
+                AcpiCommand::Dump {
+                    topology,
+                    guest,
+                    out,
+                },
+        } => acpi_dump(&topology, &guest, &out),
+    }
+}
+
+fn acpi_dump(path: &std::path::Path, guest: &str, out: &std::path::Path) -> ExitCode {
+    let topology = match Topology::load(path, &host_facts()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("compart: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(g) = topology.guests.iter().find(|g| g.name == guest) else {
+        let names: Vec<&str> = topology.guests.iter().map(|g| g.name.as_str()).collect();
+        eprintln!(
+            "compart: {}: no guest `{guest}` (guests: {})",
+            path.display(),
+            names.join(", ")
+        );
+        return ExitCode::FAILURE;
+    };
+    let tables = match compart_vmm::acpi::guest_tables(&topology, g) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("compart: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let written =
+        std::fs::create_dir_all(out).and_then(|()| compart_acpi::write_dump(&tables, out));
+    match written {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("compart: writing tables to {}: {e}", out.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -38,6 +38,9 @@ pub enum VmmError {
     /// A guest could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// A guest's ACPI tables could not be built.
+    #[error(transparent)]
+    Acpi(#[from] crate::acpi::AcpiError),
     /// A thread could not be started or set up.
     #[error("{what}: {source}")]
     Thread {
@@ -193,7 +196,8 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
 
     let mut built = Vec::with_capacity(topology.guests.len());
     for (i, g) in topology.guests.iter().enumerate() {
-        built.push(GuestVm::build(&kvm, &cpuid, i, g, sink.clone())?);
+        let tables = crate::acpi::guest_tables(topology, g)?;
+        built.push(GuestVm::build(&kvm, &cpuid, i, g, &tables, sink.clone())?);
     }
 
     let (tx, rx) = channel();

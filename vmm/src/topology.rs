@@ -19,11 +19,24 @@
 //! # vcpu_cores = [[0], [1]] # or one core set per vCPU
 //! on_failure = "stop-all"   # or "stop-guest": leave it stopped, keep the others
 //! cmdline = ""              # handed to the guest in its boot info
+//! ppc = 0                   # _PPC: the fastest P-state the guest may use (0 = P0)
+//! coordination = "hw-all"   # this guest's _PSD type (default: pstates.coordination)
+//!
+//! [pstates]                 # optional: the P-states every guest's ACPI tables offer
+//! coordination = "hw-all"   # sw-all | sw-any | hw-all (default hw-all)
+//! ladder = [                # P0 first, strictly falling; default: from the host
+//!     { mhz = 2600, power_mw = 10000 },
+//!     { mhz = 1300, power_mw = 2800, latency_us = 10 },
+//! ]
 //! ```
 //!
-//! `[[channel]]`, `[pstates]` and `[[nic]]` are reserved for the channel, P-state and
-//! NIC configuration; until the VMM implements them a file that uses them is rejected
-//! with a message saying so, rather than silently ignored.
+//! A ladder entry's control and status values are its index (P0 = 0). `_PSD` domains
+//! follow the pinning: vCPUs pinned to single cores of one host frequency domain share
+//! a domain; a vCPU allowed on several cores has a domain of its own.
+//!
+//! `[[channel]]` and `[[nic]]` are reserved for the channel and NIC configuration;
+//! until the VMM implements them a file that uses them is rejected with a message
+//! saying so, rather than silently ignored.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -32,6 +45,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use compart_abi::{CMDLINE_LEN, MAX_CORES_LISTED, MAX_VCPUS, NAME_LEN};
+use compart_acpi::ladder::{DEFAULT_BUS_MASTER_LATENCY, DEFAULT_TRANSITION_LATENCY};
+use compart_acpi::{Coordination, HostFreqDomains, Mhz, Micros, MilliWatts, PState, PStateTable};
 
 /// Default guest RAM.
 pub const DEFAULT_MEMORY_MIB: u32 = 4;
@@ -136,6 +151,10 @@ pub struct GuestConfig {
     pub on_failure: FailurePolicy,
     /// Command line handed to the guest.
     pub cmdline: String,
+    /// `_PPC`: index of the fastest P-state the guest may use.
+    pub ppc: u32,
+    /// `_PSD` coordination type of the guest's processors.
+    pub coordination: Coordination,
 }
 
 impl GuestConfig {
@@ -157,6 +176,10 @@ pub struct Topology {
     pub host_cores: Vec<HostCore>,
     /// The guests, in file order.
     pub guests: Vec<GuestConfig>,
+    /// The P-state ladder every guest's ACPI tables offer.
+    pub pstates: PStateTable,
+    /// The host's frequency domains, which `_PSD` domains follow.
+    pub freq_domains: HostFreqDomains,
 }
 
 /// What validation needs to know about the host and the binary.
@@ -166,6 +189,10 @@ pub struct HostFacts {
     pub online_cores: Vec<HostCore>,
     /// Names of the images built into the binary.
     pub builtin_images: Vec<String>,
+    /// The P-state ladder the host offers (used when the topology gives none).
+    pub host_ladder: PStateTable,
+    /// The host's frequency domains.
+    pub freq_domains: HostFreqDomains,
 }
 
 /// One problem in a topology file.
@@ -231,9 +258,43 @@ struct FileRepr {
     #[serde(default, rename = "channel")]
     channels: Vec<toml::Table>,
     #[serde(default)]
-    pstates: Option<toml::Table>,
+    pstates: Option<PStatesRepr>,
     #[serde(default, rename = "nic")]
     nics: Vec<toml::Table>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum CoordinationRepr {
+    SwAll,
+    SwAny,
+    HwAll,
+}
+
+impl From<CoordinationRepr> for Coordination {
+    fn from(c: CoordinationRepr) -> Self {
+        match c {
+            CoordinationRepr::SwAll => Coordination::SwAll,
+            CoordinationRepr::SwAny => Coordination::SwAny,
+            CoordinationRepr::HwAll => Coordination::HwAll,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PStatesRepr {
+    coordination: Option<CoordinationRepr>,
+    ladder: Option<Vec<PStateRepr>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PStateRepr {
+    mhz: u32,
+    power_mw: u32,
+    latency_us: Option<u32>,
+    bus_master_latency_us: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +317,9 @@ struct GuestRepr {
     on_failure: FailurePolicy,
     #[serde(default)]
     cmdline: String,
+    #[serde(default)]
+    ppc: u32,
+    coordination: Option<CoordinationRepr>,
 }
 
 impl Topology {
@@ -302,7 +366,6 @@ fn validate(file: FileRepr, base: &Path, host: &HostFacts) -> Result<Topology, V
 
     for (key, used) in [
         ("channel", !file.channels.is_empty()),
-        ("pstates", file.pstates.is_some()),
         ("nic", !file.nics.is_empty()),
     ] {
         if used {
@@ -312,6 +375,35 @@ fn validate(file: FileRepr, base: &Path, host: &HostFacts) -> Result<Topology, V
             );
         }
     }
+
+    let default_coordination = file
+        .pstates
+        .as_ref()
+        .and_then(|p| p.coordination)
+        .map_or(Coordination::HwAll, Coordination::from);
+    let pstates = match file.pstates.as_ref().and_then(|p| p.ladder.as_ref()) {
+        None => host.host_ladder.clone(),
+        Some(ladder) => {
+            let states = ladder
+                .iter()
+                .enumerate()
+                .map(|(i, s)| PState {
+                    frequency: Mhz(s.mhz),
+                    power: MilliWatts(s.power_mw),
+                    transition_latency: s.latency_us.map_or(DEFAULT_TRANSITION_LATENCY, Micros),
+                    bus_master_latency: s
+                        .bus_master_latency_us
+                        .map_or(DEFAULT_BUS_MASTER_LATENCY, Micros),
+                    control: i as u64,
+                    status: i as u64,
+                })
+                .collect();
+            PStateTable::new(states).unwrap_or_else(|e| {
+                problem("pstates.ladder".into(), e.to_string());
+                host.host_ladder.clone()
+            })
+        }
+    };
 
     let online: BTreeSet<HostCore> = host.online_cores.iter().copied().collect();
     let host_cores: Vec<HostCore> = match &file.host.cores {
@@ -493,7 +585,23 @@ fn validate(file: FileRepr, base: &Path, host: &HostFacts) -> Result<Topology, V
             );
         }
 
+        if g.ppc as usize >= pstates.len() {
+            problem(
+                at("ppc"),
+                format!(
+                    "P{} does not exist: the ladder has {} P-states (P0 to P{})",
+                    g.ppc,
+                    pstates.len(),
+                    pstates.len() - 1
+                ),
+            );
+        }
+
         guests.push(GuestConfig {
+            ppc: g.ppc,
+            coordination: g
+                .coordination
+                .map_or(default_coordination, Coordination::from),
             name: g.name,
             role: g.role,
             image,
@@ -505,7 +613,12 @@ fn validate(file: FileRepr, base: &Path, host: &HostFacts) -> Result<Topology, V
     }
 
     if problems.is_empty() {
-        Ok(Topology { host_cores, guests })
+        Ok(Topology {
+            host_cores,
+            guests,
+            pstates,
+            freq_domains: host.freq_domains.clone(),
+        })
     } else {
         Err(problems)
     }
@@ -576,6 +689,8 @@ mod tests {
         HostFacts {
             online_cores: vec![HostCore(0), HostCore(1)],
             builtin_images: vec!["idle".into(), "selftest".into()],
+            host_ladder: compart_acpi::ladder::default_ladder(Mhz(2000)),
+            freq_domains: HostFreqDomains::from_sets(vec![vec![0], vec![1]]),
         }
     }
 
@@ -766,6 +881,62 @@ mod tests {
         assert_eq!(
             p,
             vec!["channel: reserved: this version of compart does not implement it yet"]
+        );
+    }
+
+    #[test]
+    fn pstates_default_to_the_host_ladder_and_hw_all() {
+        let t = parse("[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\n").unwrap();
+        assert_eq!(t.pstates, host().host_ladder);
+        assert_eq!(t.guests[0].coordination, Coordination::HwAll);
+        assert_eq!(t.guests[0].ppc, 0);
+    }
+
+    #[test]
+    fn explicit_ladder_and_coordination_are_used() {
+        let t = parse(
+            r#"
+            [pstates]
+            coordination = "sw-any"
+            ladder = [{ mhz = 3000, power_mw = 12000 }, { mhz = 1500, power_mw = 4000, latency_us = 20 }]
+            [[guest]]
+            name = "a"
+            role = "ip"
+            image = "idle"
+            ppc = 1
+            [[guest]]
+            name = "b"
+            role = "ip"
+            image = "idle"
+            coordination = "sw-all"
+            "#,
+        )
+        .unwrap();
+        let s = t.pstates.states();
+        assert_eq!(
+            (s[0].frequency, s[0].power, s[0].control),
+            (Mhz(3000), MilliWatts(12000), 0)
+        );
+        assert_eq!(
+            (s[1].frequency, s[1].transition_latency, s[1].status),
+            (Mhz(1500), Micros(20), 1)
+        );
+        assert_eq!(t.guests[0].coordination, Coordination::SwAny);
+        assert_eq!(t.guests[0].ppc, 1);
+        assert_eq!(t.guests[1].coordination, Coordination::SwAll);
+    }
+
+    #[test]
+    fn bad_ladder_and_ppc_are_reported() {
+        let p = problems(
+            "[pstates]\nladder = [{ mhz = 1000, power_mw = 1 }, { mhz = 2000, power_mw = 2 }]\n\
+             [[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\nppc = 9\n",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].starts_with("pstates.ladder: "), "{p:?}");
+        assert_eq!(
+            p[1],
+            "guest[0] (a).ppc: P9 does not exist: the ladder has 5 P-states (P0 to P4)"
         );
     }
 

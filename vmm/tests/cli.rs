@@ -154,3 +154,55 @@ fn a_missing_topology_file_is_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn acpi_dump_writes_tables_acpica_evaluates_to_the_topology() {
+    let tools = ["iasl", "acpiexec"]
+        .iter()
+        .all(|t| Command::new(t).arg("-v").output().is_ok());
+    if !tools {
+        if std::env::var("COMPART_SKIP_ACPICA_TESTS").as_deref() == Ok("1") {
+            return;
+        }
+        panic!("iasl/acpiexec missing: install acpica-tools (apt-get install acpica-tools)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t = write_topology(
+        dir.path(),
+        "[pstates]\ncoordination = \"sw-all\"\nladder = [{ mhz = 2400, power_mw = 9000 }, { mhz = 1200, power_mw = 2500 }]\n\
+         [[guest]]\nname = \"g\"\nrole = \"tcp\"\nimage = \"idle\"\nvcpus = 2\nvcpu_cores = [[0], [0]]\nppc = 1\n",
+    );
+    let out_dir = dir.path().join("tables");
+    let out = Command::new(BIN)
+        .args(["acpi", "dump"])
+        .arg(&t)
+        .args(["--guest", "g", "--out"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for f in ["rsdp.dat", "xsdt.dat", "facp.dat", "apic.dat", "dsdt.dat"] {
+        assert!(out_dir.join(f).is_file(), "{f} written");
+    }
+    let exec = Command::new("acpiexec")
+        .current_dir(&out_dir)
+        .args([
+            "-b",
+            "evaluate \\_SB.C001._PSS; evaluate \\_SB.C001._PPC; evaluate \\_SB.C001._PSD",
+            "dsdt.dat",
+            "facp.dat",
+            "apic.dat",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&exec.stdout).to_lowercase();
+    for want in [
+        "0000000000000960", // 2400 MHz
+        "0000000000002328", // 9000 mW
+        "00000000000004b0", // 1200 MHz
+        "00000000000009c4", // 2500 mW
+        "00000000000000fc", // SW_ALL
+    ] {
+        assert!(text.contains(want), "acpiexec output lacks {want}:\n{text}");
+    }
+}

@@ -13,6 +13,8 @@ use kvm_bindings::{kvm_userspace_memory_region, CpuId};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use compart_acpi::AcpiTables;
+
 use crate::arch;
 use crate::console::{ConsoleSink, GuestConsole};
 use crate::loader::{self, LoadError};
@@ -130,6 +132,7 @@ impl GuestVm {
         supported_cpuid: &CpuId,
         index: usize,
         config: &GuestConfig,
+        acpi: &AcpiTables,
         sink: ConsoleSink,
     ) -> Result<GuestVm, BuildError> {
         let name = &config.name;
@@ -177,7 +180,7 @@ impl GuestVm {
             heap_start: stacks_end,
             heap_size: size - stacks_end,
         };
-        write_boot_state(&memory, config, &layout, &image.header);
+        write_boot_state(&memory, config, &layout, &image.header, acpi);
 
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         // Intel needs it; AMD and software KVM ignore it. Failure only matters on
@@ -254,15 +257,17 @@ impl GuestVm {
     }
 }
 
-/// Writes boot info, page tables, IDT and per-vCPU GDT/TSS. All addresses are fixed
-/// by the ABI and below the 2 MiB the topology guarantees every guest has.
+/// Writes boot info, ACPI tables, page tables, IDT and per-vCPU GDT/TSS. All addresses
+/// are fixed by the ABI and below the 2 MiB the topology guarantees every guest has.
 fn write_boot_state(
     mem: &GuestMemoryMmap,
     config: &GuestConfig,
     layout: &GuestLayout,
     header: &compart_abi::FirmwareHeader,
+    acpi: &AcpiTables,
 ) {
     let mut info = BootInfo::empty();
+    info.acpi_rsdp = acpi.rsdp_gpa();
     // Lengths were validated with the topology.
     info.name_len = fill_str_field(&mut info.name, &config.name).unwrap_or(0);
     info.role_len = fill_str_field(&mut info.role, config.role.as_str()).unwrap_or(0);
@@ -286,6 +291,8 @@ fn write_boot_state(
             .expect("fixed ABI addresses lie in the low 2 MiB of every guest");
     };
     write(info.as_bytes(), BOOT_INFO_GPA);
+    // Built for ACPI_GPA and at most ACPI_SIZE bytes (see crate::acpi).
+    write(acpi.bytes(), acpi.base_gpa());
     write(&arch::paging::page_tables(), PAGE_TABLES_GPA);
     write(&arch::gdt::idt(header), IDT_GPA);
     for i in 0..config.vcpus() {

@@ -1,0 +1,66 @@
+//! Each guest's ACPI tables: one processor per vCPU with the topology's P-state ladder,
+//! the guest's `_PPC`, and `_PSD` domains that follow its pinning and the host's
+//! frequency domains. The tables are built by `compart-acpi` and placed at the ABI's
+//! `ACPI_GPA`; the boot info carries the RSDP address.
+
+use compart_abi::{ACPI_GPA, ACPI_SIZE};
+use compart_acpi::{psd_from_pinning, AcpiTables, GuestAcpiConfig, IoApicConfig, VcpuAcpi};
+
+/// Where KVM's in-kernel I/O APIC sits.
+const IO_APIC_GPA: u32 = 0xfec0_0000;
+
+use crate::topology::{GuestConfig, Topology};
+
+/// Why a guest's tables could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("guest {guest}: cannot build its ACPI tables: {source}")]
+pub struct AcpiError {
+    /// Guest name.
+    pub guest: String,
+    /// The cause.
+    #[source]
+    pub source: compart_acpi::BuildError,
+}
+
+/// The ACPI description of `guest`.
+pub fn guest_config(topology: &Topology, guest: &GuestConfig) -> GuestAcpiConfig {
+    // A vCPU pinned to a single core is in that core's frequency domain; one allowed
+    // on several cores may run anywhere, so it is its own domain.
+    let pins: Vec<Option<u32>> = guest
+        .vcpu_cores
+        .iter()
+        .map(|cores| match cores.as_slice() {
+            [one] => Some(one.0),
+            _ => None,
+        })
+        .collect();
+    let psd = psd_from_pinning(&pins, &topology.freq_domains, guest.coordination);
+    let vcpus = psd
+        .into_iter()
+        .zip(0u32..)
+        .map(|(psd, i)| VcpuAcpi {
+            apic_id: i,
+            uid: i,
+            psd,
+        })
+        .collect();
+    let mut config = GuestAcpiConfig::new(vcpus, topology.pstates.clone());
+    config.ppc = guest.ppc;
+    // KVM_CREATE_IRQCHIP gives every VM an I/O APIC; the MADT says where.
+    config.io_apic = Some(IoApicConfig {
+        id: 0,
+        address: IO_APIC_GPA,
+        gsi_base: 0,
+    });
+    config
+}
+
+/// Builds `guest`'s tables for `ACPI_GPA`.
+pub fn guest_tables(topology: &Topology, guest: &GuestConfig) -> Result<AcpiTables, AcpiError> {
+    compart_acpi::build(&guest_config(topology, guest), ACPI_GPA, ACPI_SIZE as usize).map_err(
+        |source| AcpiError {
+            guest: guest.name.clone(),
+            source,
+        },
+    )
+}
