@@ -224,6 +224,8 @@ pub struct BootInfo {
     pub acpi_rsdp: u64,
     /// Guest-physical address of the placement page, or 0 when there is none.
     pub placement_page: u64,
+    /// Frequency of the time-stamp counter (`rdtsc`) in kHz, or 0 when unknown.
+    pub tsc_khz: u64,
     /// Number of channels described below (0 until channels are configured).
     pub channel_count: u32,
     /// Number of vCPUs.
@@ -259,6 +261,7 @@ impl BootInfo {
             console_buf_size: 0,
             acpi_rsdp: 0,
             placement_page: 0,
+            tsc_khz: 0,
             channel_count: 0,
             vcpu_count: 0,
             vcpus: [VcpuInfo {
@@ -335,7 +338,7 @@ pub const fn percpu_gpa(index: u32) -> u64 {
 // The layout must hold together; these fail the build of both sides if it does not.
 const _: () = assert!(core::mem::size_of::<BootInfo>() as u64 <= PAGE_SIZE);
 // The sum of BootInfo's fields: no padding anywhere (see `BootInfo::as_bytes`).
-const _: () = assert!(core::mem::size_of::<BootInfo>() == 1552);
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 1560);
 const _: () = assert!(PAGE_TABLES_GPA + PAGE_TABLE_PAGES * PAGE_SIZE <= PERCPU_GPA);
 const _: () = assert!(PERCPU_GPA + MAX_VCPUS as u64 * PERCPU_STRIDE <= ACPI_GPA);
 const _: () = assert!(ACPI_GPA + ACPI_SIZE <= IMAGE_GPA);

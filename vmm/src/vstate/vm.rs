@@ -180,7 +180,6 @@ impl GuestVm {
             heap_start: stacks_end,
             heap_size: size - stacks_end,
         };
-        write_boot_state(&memory, config, &layout, &image.header, acpi);
 
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         // Intel needs it; AMD and software KVM ignore it. Failure only matters on
@@ -248,6 +247,12 @@ impl GuestVm {
                 cores: config.vcpu_cores[i as usize].clone(),
             });
         }
+        // KVM knows the TSC rate the guest sees (rdtsc runs natively).
+        let tsc_khz = match vcpu_list.first().map(|v| v.fd.get_tsc_khz()) {
+            Some(Ok(khz)) => u64::from(khz),
+            _ => 0,
+        };
+        write_boot_state(&shared.memory, config, &layout, &image.header, acpi, tsc_khz);
         Ok(GuestVm {
             vm,
             shared,
@@ -265,8 +270,10 @@ fn write_boot_state(
     layout: &GuestLayout,
     header: &compart_abi::FirmwareHeader,
     acpi: &AcpiTables,
+    tsc_khz: u64,
 ) {
     let mut info = BootInfo::empty();
+    info.tsc_khz = tsc_khz;
     info.acpi_rsdp = acpi.rsdp_gpa();
     // Lengths were validated with the topology.
     info.name_len = fill_str_field(&mut info.name, &config.name).unwrap_or(0);
