@@ -72,19 +72,52 @@ impl Ring {
     }
 }
 
-struct Shared {
+struct Shared<S> {
     rings: Vec<Ring>,
-    state: State,
+    state: S,
     bell: Doorbell,
+}
+
+/// A deliberately broken state word whose "fence" does nothing, to show that the model
+/// catches a lost wake-up.
+struct NoFence(AtomicU32);
+
+impl StateWord for NoFence {
+    fn load(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn store(&self, v: u32) {
+        self.0.store(v, Ordering::Relaxed)
+    }
+    fn cas(&self, current: u32, new: u32) -> bool {
+        self.0
+            .compare_exchange(current, new, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+    fn fence() {}
 }
 
 /// `plan[r]` lists the batch sizes published on ring `r`, one publication per batch, in
 /// the order rings are listed (round-robin across rings).
 fn model(plan: &'static [&'static [u32]]) {
-    loom::model(move || {
+    model_with(plan, || State(AtomicU32::new(notify::POLLING)));
+}
+
+fn model_with<S, F>(plan: &'static [&'static [u32]], state: F)
+where
+    S: StateWord + Send + Sync + 'static,
+    F: Fn() -> S + Send + Sync + 'static,
+{
+    let mut builder = loom::model::Builder::new();
+    // Bounded preemptions (the loom documentation's advice: most bugs need two or three)
+    // keep the exhaustive search to seconds; LOOM_MAX_PREEMPTIONS overrides it.
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(4);
+    }
+    builder.check(move || {
         let shared = Arc::new(Shared {
             rings: plan.iter().map(|_| Ring::new()).collect(),
-            state: State(AtomicU32::new(notify::POLLING)),
+            state: state(),
             bell: Doorbell {
                 count: Mutex::new(0),
                 cv: Condvar::new(),
@@ -174,4 +207,10 @@ fn one_ring_batched_publication() {
 #[test]
 fn requests_and_replies_rings_share_one_state_word() {
     model(&[&[1, 1], &[1]]);
+}
+
+#[test]
+#[should_panic(expected = "deadlock")]
+fn the_model_catches_a_missing_fence() {
+    model_with(&[&[1]], || NoFence(AtomicU32::new(notify::POLLING)));
 }

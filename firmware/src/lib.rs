@@ -5,6 +5,8 @@
 //! directly in ring 3 at [`_start`](entry) (see `compart-abi`). From there this crate
 //! provides:
 //!
+//! - [`pstate`]: ask for a P-state through `_PCT`, and measure the delivered speed
+//!   with APERF/MPERF;
 //! - [`console`]: `print!`/`println!` to the VMM's console, a line per VM exit;
 //! - [`acpi`]: the platform as the VMM's ACPI tables describe it: processors and
 //!   their P-states (`_PSS`, `_PPC`, `_PSD`, `_PCT`), printed at boot;
@@ -23,6 +25,7 @@ mod entry;
 mod heap;
 mod mem;
 mod panic;
+pub mod pstate;
 pub mod ring0;
 
 pub use compart_abi as abi;

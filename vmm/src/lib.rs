@@ -9,6 +9,8 @@
 //! - [`arch`]: the x86-64 state that starts a guest directly in ring 3;
 //! - [`acpi`]: each guest's ACPI tables (processors, P-states, `_PSD` domains);
 //! - [`vstate`]: one KVM VM per guest, one pinned thread per vCPU;
+//! - [`pstate`]: guests' frequency requests (intercepted MSRs), `_PSD` coordination,
+//!   and the host backends (cpufreq, msr, soft scaling);
 //! - [`console`]: guest output as prefixed, sanitised lines;
 //! - [`runtime`]: start a topology, coordinate failures and stops, report outcomes.
 //!
@@ -20,6 +22,7 @@ pub mod console;
 pub mod images;
 pub mod loader;
 pub mod logger;
+pub mod pstate;
 pub mod runtime;
 pub mod topology;
 pub mod vstate;

@@ -11,6 +11,7 @@ use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::console::ConsoleSink;
+use crate::pstate::{PStateController, VcpuPState};
 use crate::topology::{FailurePolicy, GuestConfig, HostCore, Topology};
 use crate::vstate::vcpu::{install_kick_handler, Failure, GuestShared, VcpuEvent, VcpuThread};
 use crate::vstate::vm::{BuildError, GuestVm};
@@ -127,6 +128,7 @@ impl RunningGuest {
 
 /// A started topology.
 pub struct RunningVmm {
+    pstates: Arc<PStateController>,
     guests: Vec<RunningGuest>,
     rx: Receiver<Msg>,
     tx: Sender<Msg>,
@@ -194,14 +196,34 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
         source,
     })?;
 
+    let (backend, notes) = crate::pstate::backend::select(
+        topology.freq_backend,
+        std::path::Path::new("/"),
+        &topology.host_cores,
+    );
+    for n in notes {
+        log::info!("{n}");
+    }
+    log::info!("frequency backend: {}", backend.name());
+    let pstates = Arc::new(PStateController::new(topology, backend));
+
     let mut built = Vec::with_capacity(topology.guests.len());
     for (i, g) in topology.guests.iter().enumerate() {
         let tables = crate::acpi::guest_tables(topology, g)?;
-        built.push(GuestVm::build(&kvm, &cpuid, i, g, &tables, sink.clone())?);
+        built.push(GuestVm::build(
+            &kvm,
+            &cpuid,
+            i,
+            g,
+            &tables,
+            &pstates,
+            sink.clone(),
+        )?);
     }
 
     let (tx, rx) = channel();
     let mut vmm = RunningVmm {
+        pstates,
         guests: Vec::new(),
         rx,
         tx: tx.clone(),
@@ -248,6 +270,16 @@ impl RunningVmm {
     /// A handle that stops this VMM from another thread.
     pub fn stopper(&self) -> Stopper {
         Stopper(self.tx.clone())
+    }
+
+    /// Every vCPU's current P-state and the backend applying it.
+    pub fn pstates(&self) -> Vec<VcpuPState> {
+        self.pstates.status()
+    }
+
+    /// The P-state controller (for re-pinning and status views).
+    pub fn pstate_controller(&self) -> &Arc<PStateController> {
+        &self.pstates
     }
 
     /// The vCPU threads that have started so far.

@@ -20,10 +20,13 @@
 //! on_failure = "stop-all"   # or "stop-guest": leave it stopped, keep the others
 //! cmdline = ""              # handed to the guest in its boot info
 //! ppc = 0                   # _PPC: the fastest P-state the guest may use (0 = P0)
+//! pstate = 0                # the P-state it starts in (default: its _PPC)
 //! coordination = "hw-all"   # this guest's _PSD type (default: pstates.coordination)
 //!
 //! [pstates]                 # optional: the P-states every guest's ACPI tables offer
 //! coordination = "hw-all"   # sw-all | sw-any | hw-all (default hw-all)
+//! backend = "auto"          # auto | cpufreq | msr | soft: how frequencies reach the host
+//! soft_period_us = 10000    # soft scaling's duty-cycle period (1 ms to 1 s)
 //! ladder = [                # P0 first, strictly falling; default: from the host
 //!     { mhz = 2600, power_mw = 10000 },
 //!     { mhz = 1300, power_mw = 2800, latency_us = 10 },
@@ -47,6 +50,8 @@ use serde::Deserialize;
 use compart_abi::{CMDLINE_LEN, MAX_CORES_LISTED, MAX_VCPUS, NAME_LEN};
 use compart_acpi::ladder::{DEFAULT_BUS_MASTER_LATENCY, DEFAULT_TRANSITION_LATENCY};
 use compart_acpi::{Coordination, HostFreqDomains, Mhz, Micros, MilliWatts, PState, PStateTable};
+
+pub use crate::pstate::backend::BackendChoice;
 
 /// Default guest RAM.
 pub const DEFAULT_MEMORY_MIB: u32 = 4;
@@ -155,6 +160,8 @@ pub struct GuestConfig {
     pub ppc: u32,
     /// `_PSD` coordination type of the guest's processors.
     pub coordination: Coordination,
+    /// The P-state its vCPUs start in.
+    pub initial_pstate: u32,
 }
 
 impl GuestConfig {
@@ -180,6 +187,10 @@ pub struct Topology {
     pub pstates: PStateTable,
     /// The host's frequency domains, which `_PSD` domains follow.
     pub freq_domains: HostFreqDomains,
+    /// How guests' frequencies reach the host.
+    pub freq_backend: BackendChoice,
+    /// Soft scaling's duty-cycle period.
+    pub soft_period: std::time::Duration,
 }
 
 /// What validation needs to know about the host and the binary.
@@ -285,6 +296,9 @@ impl From<CoordinationRepr> for Coordination {
 #[serde(deny_unknown_fields)]
 struct PStatesRepr {
     coordination: Option<CoordinationRepr>,
+    #[serde(default)]
+    backend: BackendChoice,
+    soft_period_us: Option<u64>,
     ladder: Option<Vec<PStateRepr>>,
 }
 
@@ -319,6 +333,7 @@ struct GuestRepr {
     cmdline: String,
     #[serde(default)]
     ppc: u32,
+    pstate: Option<u32>,
     coordination: Option<CoordinationRepr>,
 }
 
@@ -404,6 +419,18 @@ fn validate(file: FileRepr, base: &Path, host: &HostFacts) -> Result<Topology, V
             })
         }
     };
+
+    let soft_period_us = file
+        .pstates
+        .as_ref()
+        .and_then(|p| p.soft_period_us)
+        .unwrap_or(crate::pstate::soft::DEFAULT_PERIOD.as_micros() as u64);
+    if !(1_000..=1_000_000).contains(&soft_period_us) {
+        problem(
+            "pstates.soft_period_us".into(),
+            format!("{soft_period_us} µs is out of range (1000 to 1000000)"),
+        );
+    }
 
     let online: BTreeSet<HostCore> = host.online_cores.iter().copied().collect();
     let host_cores: Vec<HostCore> = match &file.host.cores {
@@ -597,7 +624,21 @@ fn validate(file: FileRepr, base: &Path, host: &HostFacts) -> Result<Topology, V
             );
         }
 
+        let initial_pstate = g.pstate.unwrap_or(g.ppc);
+        let ppc_valid = (g.ppc as usize) < pstates.len();
+        if ppc_valid && (initial_pstate < g.ppc || initial_pstate as usize >= pstates.len()) {
+            problem(
+                at("pstate"),
+                format!(
+                    "P{initial_pstate} is not one the guest may use (P{} to P{})",
+                    g.ppc,
+                    pstates.len() - 1
+                ),
+            );
+        }
+
         guests.push(GuestConfig {
+            initial_pstate,
             ppc: g.ppc,
             coordination: g
                 .coordination
@@ -618,6 +659,11 @@ fn validate(file: FileRepr, base: &Path, host: &HostFacts) -> Result<Topology, V
             guests,
             pstates,
             freq_domains: host.freq_domains.clone(),
+            freq_backend: file
+                .pstates
+                .as_ref()
+                .map_or_else(Default::default, |p| p.backend),
+            soft_period: std::time::Duration::from_micros(soft_period_us),
         })
     } else {
         Err(problems)
@@ -904,6 +950,7 @@ mod tests {
             role = "ip"
             image = "idle"
             ppc = 1
+            pstate = 1
             [[guest]]
             name = "b"
             role = "ip"
@@ -923,7 +970,9 @@ mod tests {
         );
         assert_eq!(t.guests[0].coordination, Coordination::SwAny);
         assert_eq!(t.guests[0].ppc, 1);
+        assert_eq!(t.guests[0].initial_pstate, 1);
         assert_eq!(t.guests[1].coordination, Coordination::SwAll);
+        assert_eq!(t.freq_backend, BackendChoice::Auto);
     }
 
     #[test]
@@ -938,6 +987,25 @@ mod tests {
             p[1],
             "guest[0] (a).ppc: P9 does not exist: the ladder has 5 P-states (P0 to P4)"
         );
+    }
+
+    #[test]
+    fn start_up_pstate_must_be_allowed_by_ppc() {
+        let p = problems(
+            "[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\nppc = 2\npstate = 1\n",
+        );
+        assert_eq!(
+            p,
+            vec!["guest[0] (a).pstate: P1 is not one the guest may use (P2 to P4)"]
+        );
+    }
+
+    #[test]
+    fn frequency_backend_can_be_named() {
+        let t = parse("[pstates]\nbackend = \"soft\"\n[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\n").unwrap();
+        assert_eq!(t.freq_backend, BackendChoice::Soft);
+        let m = syntax("[pstates]\nbackend = \"turbo\"\n[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\n");
+        assert!(m.contains("unknown variant `turbo`"), "{m}");
     }
 
     #[test]

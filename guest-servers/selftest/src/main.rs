@@ -7,12 +7,17 @@
 //! - `page-fault`: read address 0 (not present: an exception the VMM reports);
 //! - `triple-fault`: wipe the IDT and execute `ud2`, so the CPU shuts down;
 //! - `heap`: allocate, use and free a vector, then exit 0;
-//! - `halt`: sleep in `hlt` until stopped.
+//! - `halt`: sleep in `hlt` until stopped;
+//! - `freq=A,B,…`: for each P-state index, set it, run a fixed compute loop and print
+//!   its wall time (TSC) and the APERF/MPERF ratio;
+//! - `switch=N`: time N P-state switches (P0 ↔ the slowest allowed state);
+//! - `pstate-control=V`: write the raw control value V (hex) and report the outcome.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+use compart_firmware::pstate::{self, rdtsc};
 use compart_firmware::{abi, println, ring0, BootInfo};
 
 compart_firmware::entry!(main);
@@ -48,6 +53,15 @@ fn main(info: &'static BootInfo) -> i32 {
                 let sum: u64 = v.iter().sum();
                 println!("heap ok: sum {sum}");
             }
+            "freq" => freq(info, value),
+            "switch" => switch(info, value.parse().unwrap_or(100)),
+            "pstate-control" => {
+                let v = u64::from_str_radix(value.trim_start_matches("0x"), 16).unwrap_or(0);
+                match pstate::write_control(v) {
+                    Ok(()) => println!("pstate control {v:#x} accepted, now P{:?}", pstate::current()),
+                    Err(e) => println!("pstate control {v:#x} refused: {e:?}, still P{:?}", pstate::current()),
+                }
+            }
             "halt" => loop {
                 ring0::halt();
             },
@@ -56,4 +70,73 @@ fn main(info: &'static BootInfo) -> i32 {
     }
     println!("hello from {} ({}), exiting with {status}", info.name(), info.role());
     status
+}
+
+/// A fixed amount of integer work the compiler cannot elide.
+fn work(iterations: u64) -> u64 {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..iterations {
+        x = core::hint::black_box(x.rotate_left(7) ^ i).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    }
+    x
+}
+
+fn tsc_us(info: &BootInfo, ticks: u64) -> u64 {
+    ticks * 1000 / info.tsc_khz.max(1)
+}
+
+fn freq(info: &BootInfo, list: &str) {
+    // Calibrate at the current (start-up) speed: about 150 ms of work.
+    let t = rdtsc();
+    work(10_000_000);
+    let per_million = ((rdtsc() - t) / 10).max(1);
+    let iterations = 1_000_000 * (150 * info.tsc_khz.max(1)) / per_million;
+    for idx in list.split(',').filter_map(|s| s.parse::<usize>().ok()) {
+        if let Err(e) = pstate::set(idx) {
+            println!("freq P{idx}: cannot set: {e:?}");
+            continue;
+        }
+        let before = pstate::sample();
+        let t = rdtsc();
+        work(iterations);
+        let wall = rdtsc() - t;
+        let after = pstate::sample();
+        let ratio = match (before, after) {
+            (Some(b), Some(a)) => a.ratio_since(&b),
+            _ => 0.0,
+        };
+        println!(
+            "freq P{idx} {} MHz: status P{:?} loop {} us aperf/mperf {} permille",
+            pstate::states().get(idx).map_or(0, |s| s.frequency_mhz),
+            pstate::current(),
+            tsc_us(info, wall),
+            (ratio * 1000.0) as u64
+        );
+    }
+}
+
+/// Times `n` switches between P0 and the slowest state: from the guest's write to
+/// the write returning with the new state in effect (the VMM applies it before the
+/// vCPU resumes; under soft scaling the vCPU may then sleep out its period, which is
+/// the new speed taking effect and is included).
+fn switch(info: &BootInfo, n: u32) {
+    let slowest = pstate::states().len().saturating_sub(1);
+    let mut times = alloc::vec::Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let target = if i % 2 == 0 { slowest } else { 0 };
+        let t = rdtsc();
+        if pstate::set(target).is_err() {
+            println!("switch: P{target} refused");
+            return;
+        }
+        times.push(rdtsc() - t);
+    }
+    times.sort_unstable();
+    let at = |q: usize| tsc_us(info, times[(times.len() - 1) * q / 100] * 1000);
+    println!(
+        "switch {n}: p50 {} ns p90 {} ns max {} ns",
+        at(50),
+        at(90),
+        at(100)
+    );
 }

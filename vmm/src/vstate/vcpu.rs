@@ -17,6 +17,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::console::GuestConsole;
+use crate::pstate::soft::{Counters, Throttle};
+use crate::pstate::{PStateController, VcpuFreq};
 use crate::topology::HostCore;
 
 /// Why a guest failed.
@@ -270,6 +272,18 @@ pub struct Vcpu {
     pub guest: Arc<GuestShared>,
     /// Host cores to pin to.
     pub cores: Vec<HostCore>,
+    /// Its effective frequency (read on every entry when soft-scaled).
+    pub freq: Arc<VcpuFreq>,
+    /// Where its P-state requests go.
+    pub pstates: Arc<PStateController>,
+}
+
+/// Per-thread P-state state: soft-scaling throttle and virtual APERF/MPERF.
+struct FreqState {
+    throttle: Option<Throttle>,
+    counters: Counters,
+    /// The effective frequency the counters last advanced at.
+    counted_mhz: u32,
 }
 
 impl Vcpu {
@@ -313,7 +327,27 @@ impl Vcpu {
             // self.fd, which outlives the loop; we only take a field's address.
             let exit_flag = unsafe { std::ptr::addr_of_mut!((*run).immediate_exit) };
             IMMEDIATE_EXIT.with(|c| c.set(exit_flag));
-            if let Some(ev) = self.run_loop() {
+            let throttle = if self.pstates.is_soft() {
+                match Throttle::for_current_thread(kick_signal(), self.pstates.soft_period()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        log::warn!(
+                            "guest {} vCPU {}: no soft-scaling timer ({e}); it runs at full speed",
+                            self.guest.name,
+                            self.index
+                        );
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let mut fs = FreqState {
+                throttle,
+                counters: Counters::new(),
+                counted_mhz: self.freq.effective_mhz(),
+            };
+            if let Some(ev) = self.run_loop(&mut fs) {
                 events(ev);
             }
             IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
@@ -324,7 +358,7 @@ impl Vcpu {
 
     /// Runs until the guest stops; returns the event that ended it, if this vCPU saw
     /// one.
-    fn run_loop(&mut self) -> Option<VcpuEvent> {
+    fn run_loop(&mut self, fs: &mut FreqState) -> Option<VcpuEvent> {
         let (guest, vcpu) = (self.guest.index, self.index);
         let failed = |failure| {
             Some(VcpuEvent::Failed {
@@ -337,7 +371,47 @@ impl Vcpu {
             if self.guest.stop.load(Ordering::Acquire) {
                 return None;
             }
+            self.track_frequency(fs);
+            if let Some(t) = &mut fs.throttle {
+                t.before_run(self.freq.ratio());
+            }
+            let soft = self.pstates.is_soft();
+            let (guest_index, vcpu_index) = (self.guest.index, self.index as usize);
             let outcome = match self.fd.run() {
+                Ok(VcpuExit::X86Rdmsr(exit)) => {
+                    let value = match exit.index {
+                        crate::pstate::MSR_APERF | crate::pstate::MSR_MPERF => {
+                            fs.counters
+                                .advance(fs.counted_mhz, self.freq.fmax_mhz(), soft);
+                            Some(if exit.index == crate::pstate::MSR_APERF {
+                                fs.counters.aperf()
+                            } else {
+                                fs.counters.mperf()
+                            })
+                        }
+                        msr => self.pstates.read_msr(guest_index, vcpu_index, msr),
+                    };
+                    match value {
+                        Some(v) => *exit.data = v,
+                        None => *exit.error = 1,
+                    }
+                    Exit::Continue
+                }
+                Ok(VcpuExit::X86Wrmsr(exit)) => {
+                    let ok = exit.index == crate::pstate::MSR_PERF_CTL && {
+                        // Count the time so far at the old frequency first.
+                        fs.counters
+                            .advance(fs.counted_mhz, self.freq.fmax_mhz(), soft);
+                        self.pstates
+                            .write_perf_ctl(guest_index, vcpu_index, exit.data)
+                            .is_ok()
+                    };
+                    if !ok {
+                        // The guest's firmware sees #GP on its wrmsr: a refusal.
+                        *exit.error = 1;
+                    }
+                    Exit::Continue
+                }
                 Ok(VcpuExit::IoOut(port, data)) => {
                     let value = le_value(data);
                     self.on_port_write(port, value)
@@ -397,6 +471,18 @@ impl Vcpu {
                     return failed(failure);
                 }
             }
+        }
+    }
+
+    /// When the effective frequency changed (this vCPU's request, or another one of
+    /// its domain), the counters first advance at the old one.
+    fn track_frequency(&self, fs: &mut FreqState) {
+        let now = self.freq.effective_mhz();
+        if now != fs.counted_mhz {
+            let soft = self.pstates.is_soft();
+            fs.counters
+                .advance(fs.counted_mhz, self.freq.fmax_mhz(), soft);
+            fs.counted_mhz = now;
         }
     }
 

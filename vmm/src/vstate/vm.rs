@@ -10,7 +10,7 @@ use compart_abi::{
     SPURIOUS_VECTOR,
 };
 use kvm_bindings::{kvm_userspace_memory_region, CpuId};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use compart_acpi::AcpiTables;
@@ -18,6 +18,7 @@ use compart_acpi::AcpiTables;
 use crate::arch;
 use crate::console::{ConsoleSink, GuestConsole};
 use crate::loader::{self, LoadError};
+use crate::pstate::PStateController;
 use crate::topology::GuestConfig;
 use crate::vstate::vcpu::{GuestShared, Vcpu};
 
@@ -133,6 +134,7 @@ impl GuestVm {
         index: usize,
         config: &GuestConfig,
         acpi: &AcpiTables,
+        pstates: &Arc<PStateController>,
         sink: ConsoleSink,
     ) -> Result<GuestVm, BuildError> {
         let name = &config.name;
@@ -205,6 +207,7 @@ impl GuestVm {
         }
         vm.create_irq_chip()
             .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        intercept_pstate_msrs(&vm).map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
 
         let shared = Arc::new(GuestShared {
             index,
@@ -245,6 +248,8 @@ impl GuestVm {
                 index: i,
                 guest: shared.clone(),
                 cores: config.vcpu_cores[i as usize].clone(),
+                freq: pstates.vcpu_freq(index, i as usize),
+                pstates: pstates.clone(),
             });
         }
         // KVM knows the TSC rate the guest sees (rdtsc runs natively).
@@ -252,7 +257,14 @@ impl GuestVm {
             Some(Ok(khz)) => u64::from(khz),
             _ => 0,
         };
-        write_boot_state(&shared.memory, config, &layout, &image.header, acpi, tsc_khz);
+        write_boot_state(
+            &shared.memory,
+            config,
+            &layout,
+            &image.header,
+            acpi,
+            tsc_khz,
+        );
         Ok(GuestVm {
             vm,
             shared,
@@ -260,6 +272,29 @@ impl GuestVm {
             layout,
         })
     }
+}
+
+/// Sends guest accesses of the P-state MSRs (PERF_CTL, PERF_STATUS, APERF, MPERF) to
+/// the VMM: user-space MSR exits for filtered MSRs, and a filter that denies (that
+/// is, forwards) exactly those. Without the filter KVM answers some itself.
+fn intercept_pstate_msrs(vm: &VmFd) -> Result<(), kvm_ioctls::Error> {
+    let cap = kvm_bindings::kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+        args: [u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap)?;
+    let deny = [0u8; 1];
+    let ranges: Vec<MsrFilterRange<'_>> = crate::pstate::INTERCEPTED
+        .iter()
+        .map(|&(base, count)| MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base,
+            msr_count: count,
+            bitmap: &deny,
+        })
+        .collect();
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
 }
 
 /// Writes boot info, ACPI tables, page tables, IDT and per-vCPU GDT/TSS. All addresses
