@@ -14,6 +14,8 @@ use crate::Side;
 
 /// Default number of messages staged before the producer index is published.
 pub const DEFAULT_PUBLISH_BATCH: u32 = 16;
+/// Publications after which the deferred kick check runs even if the side stays busy.
+pub const KICK_CHECK_EVERY: u32 = 4;
 
 /// A request received from the peer. Not `Clone`: [`Endpoint::reply`] consumes it, so a
 /// request is answered at most once.
@@ -141,7 +143,8 @@ pub fn occupancy(region: &Region, layout: &PairLayout, side: Side) -> Occupancy 
 /// requests. Staged messages are published in batches: after
 /// [`set_publish_batch`](Self::set_publish_batch) messages, on [`flush`](Self::flush), and
 /// whenever the endpoint polls or waits, so a server loop of "poll, handle, reply" never
-/// needs an explicit flush.
+/// needs an explicit flush. A side that stops sending and does *not* go on polling or
+/// waiting must call [`flush`](Self::flush), or a sleeping peer may not be woken.
 #[derive(Debug)]
 pub struct Endpoint<N: Notifier> {
     region: Region,
@@ -158,6 +161,7 @@ pub struct Endpoint<N: Notifier> {
     peer_notify: usize,
     notifier: N,
     publish_batch: u32,
+    unchecked: u32,
     stale_replies: u64,
     broken: Option<Corruption>,
 }
@@ -190,6 +194,7 @@ impl<N: Notifier> Endpoint<N> {
             side,
             notifier,
             publish_batch: DEFAULT_PUBLISH_BATCH,
+            unchecked: 0,
             stale_replies: 0,
             broken: None,
         })
@@ -250,19 +255,38 @@ impl<N: Notifier> Endpoint<N> {
         region.u32_at(notify + N_STATE).ok_or(Corruption::BadHeader)
     }
 
-    /// Publish everything staged and kick the peer if it sleeps.
+    /// Publish everything staged. The kick check that must follow a publication (fence, read
+    /// the peer's state) is *deferred* to [`kick_check`](Self::kick_check), which runs when
+    /// this side finds nothing to do (an empty poll, a wait, a flush, a full queue) or after
+    /// [`KICK_CHECK_EVERY`] unchecked publications. Deferring keeps the full fence off the
+    /// critical path: by the time it runs, the stores it orders have usually drained, and the
+    /// side would be idle anyway. Never skipping it keeps the no-lost-wake-up argument.
     #[inline]
     fn publish(&mut self) -> Result<(), Corruption> {
         let a = self.tx_requests.publish(&self.region)?;
         let b = self.tx_replies.publish(&self.region)?;
         if a || b {
-            let region = self.region;
-            if notify::sender_must_kick(Self::state_word(&region, self.peer_notify)?) {
-                if let Some(k) = region.u64_at(self.peer_notify + N_KICKS) {
-                    k.fetch_add(1, Ordering::Relaxed);
-                }
-                self.notifier.kick();
+            self.unchecked += 1;
+            if self.unchecked >= KICK_CHECK_EVERY {
+                self.kick_check()?;
             }
+        }
+        Ok(())
+    }
+
+    /// The sender half of the notification protocol for every publication so far.
+    #[inline]
+    fn kick_check(&mut self) -> Result<(), Corruption> {
+        if self.unchecked == 0 {
+            return Ok(());
+        }
+        self.unchecked = 0;
+        let region = self.region;
+        if notify::sender_must_kick(Self::state_word(&region, self.peer_notify)?) {
+            if let Some(k) = region.u64_at(self.peer_notify + N_KICKS) {
+                k.fetch_add(1, Ordering::Relaxed);
+            }
+            self.notifier.kick();
         }
         Ok(())
     }
@@ -280,15 +304,23 @@ impl<N: Notifier> Endpoint<N> {
     /// otherwise never make room) and report it.
     #[cold]
     fn full<T>(&mut self) -> Result<T, ChannelError> {
-        let r = self.publish();
+        let r = self.publish().and_then(|()| self.kick_check());
         self.guard(r)?;
         Err(ChannelError::Full)
     }
 
-    /// Publish staged messages now (and kick the peer if it sleeps).
+    /// An empty poll: nothing to do, so settle any deferred kick check.
+    #[inline]
+    fn idle(&mut self) -> Result<(), ChannelError> {
+        let r = self.kick_check();
+        self.guard(r)
+    }
+
+    /// Publish staged messages now and kick the peer if it sleeps. Call it when done
+    /// sending and not about to poll or wait (polling and waiting flush by themselves).
     pub fn flush(&mut self) -> Result<(), ChannelError> {
         self.check()?;
-        let r = self.publish();
+        let r = self.publish().and_then(|()| self.kick_check());
         self.guard(r)
     }
 
@@ -400,6 +432,7 @@ impl<N: Notifier> Endpoint<N> {
         self.guard(r)?;
         let r = self.rx_requests.pop(&self.region);
         let Some(m) = self.guard(r)? else {
+            self.idle()?;
             return Ok(None);
         };
         let r = self.validate_request(&m);
@@ -515,6 +548,7 @@ impl<N: Notifier> Endpoint<N> {
         for _ in 0..=self.layout.config().max_outstanding {
             let r = self.rx_replies.pop(&self.region);
             let Some(m) = self.guard(r)? else {
+                self.idle()?;
                 return Ok(None);
             };
             let r = self.accept_reply(&m);

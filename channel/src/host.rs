@@ -234,8 +234,3 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     cvt(unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) })?;
     Ok(())
 }
-
-/// Number of CPUs this process may run on.
-pub fn available_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}

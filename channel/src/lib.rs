@@ -123,6 +123,7 @@ pub mod host;
 pub use db::RequestId;
 pub use endpoint::{
     counters, occupancy, Counters, Endpoint, Occupancy, Reply, Request, DEFAULT_PUBLISH_BATCH,
+    KICK_CHECK_EVERY,
 };
 pub use error::{ChannelError, Corruption};
 pub use layout::{initialize, PairConfig, PairLayout, MAGIC, VERSION};

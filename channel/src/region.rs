@@ -93,6 +93,17 @@ impl Region {
         Some(unsafe { AtomicU64::from_ptr(p.cast()) })
     }
 
+    /// The eight 64-bit atomics of the 64-byte slot at `off`, if it lies inside the region
+    /// and is aligned (one bounds check for a whole message).
+    #[inline(always)]
+    pub fn slot_at(&self, off: usize) -> Option<&[AtomicU64; 8]> {
+        let p = self.check(off, 64, 8)?;
+        // SAFETY: `p..p + 64` is in bounds and 8-aligned; `AtomicU64` has the size and
+        // alignment of `u64`, so eight of them are the 64 bytes there; the memory stays
+        // mapped (contract of `from_raw`) and is only accessed atomically or volatilely.
+        Some(unsafe { &*p.cast::<[AtomicU64; 8]>() })
+    }
+
     /// Copy `dst.len()` bytes starting at region offset `off` into `dst`, volatilely.
     ///
     /// Returns `None` (copying nothing) if the range is not inside the region.

@@ -103,11 +103,9 @@ impl Producer {
         }
         let slot = self.ring.slots + (self.tail & self.mask) as usize * MESSAGE_SIZE;
         let words = msg.encode();
-        for (i, w) in words.iter().enumerate() {
-            region
-                .u64_at(slot + 8 * i)
-                .ok_or(Corruption::BadHeader)?
-                .store(*w, Ordering::Relaxed);
+        let cells = region.slot_at(slot).ok_or(Corruption::BadHeader)?;
+        for (cell, w) in cells.iter().zip(words) {
+            cell.store(w, Ordering::Relaxed);
         }
         self.tail = self.tail.wrapping_add(1);
         Ok(true)
@@ -167,12 +165,10 @@ impl Consumer {
             return Ok(None);
         }
         let slot = self.ring.slots + (self.head & self.mask) as usize * MESSAGE_SIZE;
+        let cells = region.slot_at(slot).ok_or(Corruption::BadHeader)?;
         let mut words = [0u64; MESSAGE_WORDS];
-        for (i, w) in words.iter_mut().enumerate() {
-            *w = region
-                .u64_at(slot + 8 * i)
-                .ok_or(Corruption::BadHeader)?
-                .load(Ordering::Relaxed);
+        for (w, cell) in words.iter_mut().zip(cells) {
+            *w = cell.load(Ordering::Relaxed);
         }
         self.head = self.head.wrapping_add(1);
         if self.head.wrapping_sub(self.published) >= self.batch {

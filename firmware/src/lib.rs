@@ -7,6 +7,8 @@
 //!
 //! - [`pstate`]: ask for a P-state through `_PCT`, and measure the delivered speed
 //!   with APERF/MPERF;
+//! - [`channel`]: the guest's fast-path channels, with doorbells that wake a sleeping
+//!   peer and a receive loop that polls or sleeps as [`placement`] says;
 //! - [`console`]: `print!`/`println!` to the VMM's console, a line per VM exit;
 //! - [`acpi`]: the platform as the VMM's ACPI tables describe it: processors and
 //!   their P-states (`_PSS`, `_PPC`, `_PSD`, `_PCT`), printed at boot;
@@ -20,11 +22,13 @@
 #![no_std]
 
 pub mod acpi;
+pub mod channel;
 pub mod console;
 mod entry;
 mod heap;
 mod mem;
 mod panic;
+pub mod placement;
 pub mod pstate;
 pub mod ring0;
 

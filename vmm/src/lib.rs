@@ -11,23 +11,31 @@
 //! - [`vstate`]: one KVM VM per guest, one pinned thread per vCPU;
 //! - [`pstate`]: guests' frequency requests (intercepted MSRs), `_PSD` coordination,
 //!   and the host backends (cpufreq, msr, soft scaling);
+//! - [`channels`] and [`placement`]: shared regions and in-kernel doorbells between
+//!   guests, and the page that tells each guest whether it owns its core;
 //! - [`console`]: guest output as prefixed, sanitised lines;
-//! - [`runtime`]: start a topology, coordinate failures and stops, report outcomes.
+//! - [`runtime`]: start a topology, coordinate failures and stops, moves, report outcomes;
+//! - [`control`]: the control socket behind `compart ctl`.
 //!
 //! `docs/ARCHITECTURE.md` describes how they fit together.
 
 pub mod acpi;
 pub mod arch;
+pub mod channels;
 pub mod console;
+pub mod control;
 pub mod images;
 pub mod loader;
 pub mod logger;
+pub mod placement;
 pub mod pstate;
 pub mod runtime;
 pub mod topology;
 pub mod vstate;
 
-pub use runtime::{start, GuestState, RunOutcome, RunningVmm, Stopper, VcpuThreadInfo, VmmError};
+pub use runtime::{
+    start, ControlRequest, GuestState, RunOutcome, RunningVmm, Stopper, VcpuThreadInfo, VmmError,
+};
 pub use topology::{HostFacts, Topology};
 
 /// What validation knows about this host and this binary.

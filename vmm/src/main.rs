@@ -22,6 +22,16 @@ enum Command {
     Run {
         /// The topology file (TOML).
         topology: PathBuf,
+        /// Serve a control socket here (for `compart ctl`).
+        #[arg(long)]
+        control: Option<PathBuf>,
+    },
+    /// Ask a running `compart run --control SOCKET` to move a guest, report, or stop.
+    Ctl {
+        /// The control socket.
+        socket: PathBuf,
+        #[command(subcommand)]
+        command: CtlCommand,
     },
     /// Check a topology file against this host without starting anything.
     Validate {
@@ -35,6 +45,23 @@ enum Command {
         #[command(subcommand)]
         command: AcpiCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Move every vCPU of a guest onto host cores (re-pin, update its placement page,
+    /// kick it, adapt halt polling).
+    Move {
+        /// The guest.
+        guest: String,
+        /// Host cores, like `0` or `0,1` or `0-1`.
+        #[arg(long)]
+        cores: String,
+    },
+    /// Per guest and vCPU: thread, cores, placement, P-state, exits, channel queues.
+    Status,
+    /// Stop every guest.
+    Stop,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,7 +114,24 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Run { topology } => run(topology),
+        Command::Run { topology, control } => run(topology, control),
+        Command::Ctl { socket, command } => {
+            let request = match command {
+                CtlCommand::Move { guest, cores } => format!("move {guest} {cores}"),
+                CtlCommand::Status => "status".into(),
+                CtlCommand::Stop => "stop".into(),
+            };
+            match compart_vmm::control::send(&socket, &request) {
+                Ok(body) => {
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("compart: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Acpi {
             command:
                 AcpiCommand::Dump {
@@ -139,7 +183,7 @@ fn acpi_dump(path: &std::path::Path, guest: &str, out: &std::path::Path) -> Exit
     }
 }
 
-fn run(path: PathBuf) -> ExitCode {
+fn run(path: PathBuf, control: Option<PathBuf>) -> ExitCode {
     let topology = match Topology::load(&path, &host_facts()) {
         Ok(t) => t,
         Err(e) => {
@@ -159,6 +203,24 @@ fn run(path: PathBuf) -> ExitCode {
         topology.guests.len(),
         path.display()
     );
+    let _control = match control {
+        Some(p) => match compart_vmm::control::ControlServer::start(&p, vmm.stopper()) {
+            Ok(s) => {
+                log::info!("control socket at {}", p.display());
+                Some(s)
+            }
+            Err(e) => {
+                eprintln!(
+                    "compart: cannot serve the control socket {}: {e}",
+                    p.display()
+                );
+                vmm.stopper().stop();
+                vmm.wait();
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let stopper = vmm.stopper();
     match signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]) {
         Ok(mut signals) => {

@@ -10,11 +10,15 @@ use std::time::Duration;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
 
+use crate::channels::Channels;
 use crate::console::ConsoleSink;
+use crate::placement::{self, Placement};
 use crate::pstate::{PStateController, VcpuPState};
 use crate::topology::{FailurePolicy, GuestConfig, HostCore, Topology};
+use crate::vstate::vcpu::pin_thread;
 use crate::vstate::vcpu::{install_kick_handler, Failure, GuestShared, VcpuEvent, VcpuThread};
-use crate::vstate::vm::{BuildError, GuestVm};
+use crate::vstate::vm::{set_halt_poll, BuildContext, BuildError, GuestVm, Wiring};
+use compart_abi::PlacementEntry;
 
 /// Exit status of `compart run` when a guest failed.
 pub const EXIT_GUEST_FAILED: i32 = 70;
@@ -39,6 +43,9 @@ pub enum VmmError {
     /// A guest could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// Channels could not be set up.
+    #[error(transparent)]
+    Channels(#[from] crate::channels::ChannelSetupError),
     /// A guest's ACPI tables could not be built.
     #[error(transparent)]
     Acpi(#[from] crate::acpi::AcpiError),
@@ -82,6 +89,21 @@ pub struct VcpuThreadInfo {
 enum Msg {
     Vcpu(VcpuEvent),
     Stop,
+    Control(ControlRequest, Sender<Result<String, String>>),
+}
+
+/// A request to the running VMM (from the control socket, or a test).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlRequest {
+    /// Move every vCPU of a guest onto these host cores.
+    Move {
+        /// Guest name.
+        guest: String,
+        /// Host cores.
+        cores: Vec<HostCore>,
+    },
+    /// Report every guest and vCPU: cores, placement, P-state, exits, queues.
+    Status,
 }
 
 /// Asks a running VMM to stop every guest; cheap to clone and send to other threads
@@ -94,6 +116,7 @@ impl std::fmt::Debug for Msg {
         match self {
             Msg::Vcpu(e) => write!(f, "{e:?}"),
             Msg::Stop => f.write_str("Stop"),
+            Msg::Control(r, _) => write!(f, "{r:?}"),
         }
     }
 }
@@ -103,11 +126,22 @@ impl Stopper {
     pub fn stop(&self) {
         let _ = self.0.send(Msg::Stop);
     }
+
+    /// Sends a control request and waits (at most `timeout`) for the answer.
+    pub fn request(&self, request: ControlRequest, timeout: Duration) -> Result<String, String> {
+        let (tx, rx) = channel();
+        self.0
+            .send(Msg::Control(request, tx))
+            .map_err(|_| "the VMM has stopped".to_string())?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| "the VMM did not answer in time".to_string())?
+    }
 }
 
 struct RunningGuest {
     config: GuestConfig,
-    _vm: VmFd,
+    vm: VmFd,
+    wiring: Wiring,
     shared: Arc<GuestShared>,
     threads: Vec<VcpuThread>,
     state: GuestState,
@@ -128,6 +162,9 @@ impl RunningGuest {
 
 /// A started topology.
 pub struct RunningVmm {
+    topology: Topology,
+    channels: Channels,
+    placement: Vec<Vec<PlacementEntry>>,
     pstates: Arc<PStateController>,
     guests: Vec<RunningGuest>,
     rx: Receiver<Msg>,
@@ -176,6 +213,17 @@ impl RunOutcome {
     }
 }
 
+/// KVM halt polling for a VM whose vCPUs all have their own cores.
+pub const DEDICATED_HALT_POLL_NS: u64 = 200_000;
+
+fn apply_halt_poll(name: &str, vm: &VmFd, entries: &[PlacementEntry]) {
+    let dedicated = entries.iter().all(|e| e.dedicated == 1);
+    let ns = if dedicated { DEDICATED_HALT_POLL_NS } else { 0 };
+    if let Err(e) = set_halt_poll(vm, ns) {
+        log::debug!("guest {name}: KVM_CAP_HALT_POLL {ns} ns: {e}");
+    }
+}
+
 /// Opens `/dev/kvm`.
 pub fn open_kvm() -> Result<Kvm, VmmError> {
     Kvm::new().map_err(VmmError::NoKvm)
@@ -207,29 +255,51 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
     log::info!("frequency backend: {}", backend.name());
     let pstates = Arc::new(PStateController::new(topology, backend));
 
+    let channels = Channels::create(topology)?;
+    let placement_entries = placement::compute(
+        &topology
+            .guests
+            .iter()
+            .map(|g| g.vcpu_cores.clone())
+            .collect::<Vec<_>>(),
+    );
+    let ctx = BuildContext {
+        kvm: &kvm,
+        cpuid: &cpuid,
+        pstates: &pstates,
+        sink,
+    };
     let mut built = Vec::with_capacity(topology.guests.len());
+    let mut wirings = Vec::with_capacity(topology.guests.len());
     for (i, g) in topology.guests.iter().enumerate() {
         let tables = crate::acpi::guest_tables(topology, g)?;
-        built.push(GuestVm::build(
-            &kvm,
-            &cpuid,
-            i,
-            g,
-            &tables,
-            &pstates,
-            sink.clone(),
-        )?);
+        let page = Placement::new(&g.name).map_err(|source| VmmError::Thread {
+            what: format!("guest {}: creating its placement page", g.name),
+            source,
+        })?;
+        page.write(&placement_entries[i]);
+        let wiring = Wiring {
+            channels: channels.of_guest(topology, i),
+            placement: Arc::new(page),
+        };
+        let vm = GuestVm::build(&ctx, i, g, &tables, &wiring)?;
+        apply_halt_poll(&g.name, &vm.vm, &placement_entries[i]);
+        built.push(vm);
+        wirings.push(wiring);
     }
 
     let (tx, rx) = channel();
     let mut vmm = RunningVmm {
+        topology: topology.clone(),
+        channels,
+        placement: placement_entries,
         pstates,
         guests: Vec::new(),
         rx,
         tx: tx.clone(),
         first_nonzero_exit: None,
     };
-    for (g, config) in built.into_iter().zip(&topology.guests) {
+    for ((g, config), wiring) in built.into_iter().zip(&topology.guests).zip(wirings) {
         log::debug!(
             "guest {}: image ends at {:#x}, heap {:#x}+{:#x}",
             config.name,
@@ -239,7 +309,8 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
         );
         vmm.guests.push(RunningGuest {
             config: config.clone(),
-            _vm: g.vm,
+            vm: g.vm,
+            wiring,
             shared: g.shared,
             threads: Vec::new(),
             state: GuestState::Running,
@@ -300,6 +371,122 @@ impl RunningVmm {
             .collect()
     }
 
+    /// Moves every vCPU of `name` onto `cores`: re-pins the threads, rewrites the
+    /// placement pages that change (and kicks those guests), adapts KVM halt polling,
+    /// and lets the P-state controller follow the new `_PSD` domains.
+    fn move_guest(&mut self, name: &str, cores: Vec<HostCore>) -> Result<String, String> {
+        let index = self
+            .guests
+            .iter()
+            .position(|g| g.config.name == name)
+            .ok_or_else(|| format!("no guest named `{name}`"))?;
+        if cores.is_empty() {
+            return Err("name at least one core".into());
+        }
+        if let Some(c) = cores.iter().find(|c| !self.topology.host_cores.contains(c)) {
+            return Err(format!(
+                "core {c} is not one of the stack's host cores ({})",
+                crate::topology::core_list(&self.topology.host_cores)
+            ));
+        }
+        let g = &mut self.guests[index];
+        if g.state != GuestState::Running {
+            return Err(format!("guest {name} is not running"));
+        }
+        for t in &g.threads {
+            let tid = t.tid.load(Ordering::Acquire);
+            if tid != 0 {
+                pin_thread(tid, &cores)
+                    .map_err(|e| format!("cannot pin vCPU {} of {name}: {e}", t.index))?;
+            }
+        }
+        let vcpus = g.config.vcpu_cores.len();
+        g.config.vcpu_cores = vec![cores.clone(); vcpus];
+        self.topology.guests[index].vcpu_cores = g.config.vcpu_cores.clone();
+        for v in 0..vcpus {
+            self.pstates.repin(&self.topology, index, v, cores.clone());
+        }
+
+        let fresh = placement::compute(
+            &self
+                .guests
+                .iter()
+                .map(|g| g.config.vcpu_cores.clone())
+                .collect::<Vec<_>>(),
+        );
+        for (i, (g, entries)) in self.guests.iter().zip(&fresh).enumerate() {
+            let changed = i == index
+                || entries
+                    .iter()
+                    .zip(&self.placement[i])
+                    .any(|(a, b)| a.dedicated != b.dedicated || a.host_cores != b.host_cores);
+            if changed {
+                g.wiring.placement.write(entries);
+                apply_halt_poll(&g.config.name, &g.vm, entries);
+                g.wiring.placement.kick();
+            }
+        }
+        self.placement = fresh;
+        let dedicated = self.placement[index].iter().all(|e| e.dedicated == 1);
+        let msg = format!(
+            "moved {name} to host core(s) {} ({})",
+            crate::topology::core_list(&cores),
+            if dedicated { "dedicated" } else { "shared" }
+        );
+        log::info!("{msg}");
+        Ok(msg)
+    }
+
+    /// A text report: per vCPU its thread, cores, placement, P-state and exits; per
+    /// channel the queue occupancy and sleep/kick counters.
+    fn status(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let pstates = self.pstates.status();
+        for (i, g) in self.guests.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "guest {} ({}): {:?}",
+                g.config.name, g.config.role, g.state
+            );
+            for t in &g.threads {
+                let p = pstates
+                    .iter()
+                    .find(|p| p.guest == g.config.name && p.vcpu == t.index as usize);
+                let e = &self.placement[i][t.index as usize];
+                let _ = writeln!(
+                    out,
+                    "  vcpu {} tid {} cores {} {} P{} {} MHz ({}) exits {}",
+                    t.index,
+                    t.tid.load(Ordering::Acquire),
+                    crate::topology::core_list(&g.config.vcpu_cores[t.index as usize]),
+                    if e.dedicated == 1 {
+                        "dedicated"
+                    } else {
+                        "shared"
+                    },
+                    p.map_or(0, |p| p.effective),
+                    p.map_or(0, |p| p.mhz),
+                    p.map_or("?", |p| p.backend),
+                    t.exits.load(Ordering::Relaxed)
+                );
+            }
+            for c in &g.wiring.channels {
+                let layout = &self.channels.list[self.topology.channels_of(i)[c.slot].0].layout;
+                let region = c.memory.region();
+                let o = compart_channel::occupancy(&region, layout, c.side);
+                let n = compart_channel::counters(&region, layout, c.side);
+                let _ = writeln!(
+                    out,
+                    "  channel to {} (side {:?}): requests in {} out {}, replies in {} out {}; sleeps {} kicks {}",
+                    c.peer, c.side, o.requests_in, o.requests_out, o.replies_in, o.replies_out,
+                    n.sleeps, n.kicks
+                );
+            }
+        }
+        out
+    }
+
     fn stop_all(&mut self) {
         for g in &mut self.guests {
             if g.state == GuestState::Running {
@@ -330,6 +517,13 @@ impl RunningVmm {
                     self.stop_all();
                 }
                 Ok(Msg::Vcpu(e)) => self.on_event(e),
+                Ok(Msg::Control(request, reply)) => {
+                    let answer = match request {
+                        ControlRequest::Move { guest, cores } => self.move_guest(&guest, cores),
+                        ControlRequest::Status => Ok(self.status()),
+                    };
+                    let _ = reply.send(answer);
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     for g in &self.guests {
                         if g.shared.stop.load(Ordering::Acquire) {

@@ -37,9 +37,17 @@
 //! follow the pinning: vCPUs pinned to single cores of one host frequency domain share
 //! a domain; a vCPU allowed on several cores has a domain of its own.
 //!
-//! `[[channel]]` and `[[nic]]` are reserved for the channel and NIC configuration;
-//! until the VMM implements them a file that uses them is rejected with a message
-//! saying so, rather than silently ignored.
+//! ```toml
+//! [[channel]]               # a fast-path channel pair between two guests
+//! a = "ping"                # side A
+//! b = "pong"                # side B
+//! queue_depth = 64          # request-queue slots (power of two; default 64)
+//! max_outstanding = 16      # requests in flight per side (power of two; default 16)
+//! buf_size = 256            # payload buffer bytes (multiple of 64; default 256)
+//! ```
+//!
+//! `[[nic]]` is reserved for the NIC configuration; until the VMM implements it a file
+//! that uses it is rejected with a message saying so, rather than silently ignored.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -47,9 +55,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use compart_abi::{CMDLINE_LEN, MAX_CORES_LISTED, MAX_VCPUS, NAME_LEN};
+use compart_abi::{
+    CHANNEL_STRIDE, CMDLINE_LEN, MAX_CHANNELS, MAX_CORES_LISTED, MAX_VCPUS, NAME_LEN,
+};
 use compart_acpi::ladder::{DEFAULT_BUS_MASTER_LATENCY, DEFAULT_TRANSITION_LATENCY};
 use compart_acpi::{Coordination, HostFreqDomains, Mhz, Micros, MilliWatts, PState, PStateTable};
+use compart_channel::{PairConfig, PairLayout, Side};
 
 pub use crate::pstate::backend::BackendChoice;
 
@@ -191,6 +202,39 @@ pub struct Topology {
     pub freq_backend: BackendChoice,
     /// Soft scaling's duty-cycle period.
     pub soft_period: std::time::Duration,
+    /// Channels between guests.
+    pub channels: Vec<ChannelConfig>,
+}
+
+/// One validated channel pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelConfig {
+    /// Index of the guest on side A.
+    pub a: usize,
+    /// Index of the guest on side B.
+    pub b: usize,
+    /// Queue and pool sizes.
+    pub pair: PairConfig,
+}
+
+impl Topology {
+    /// The channels of guest `guest`, in the order its boot info lists them: (channel
+    /// index in the topology, this guest's side).
+    pub fn channels_of(&self, guest: usize) -> Vec<(usize, Side)> {
+        self.channels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                if c.a == guest {
+                    Some((i, Side::A))
+                } else if c.b == guest {
+                    Some((i, Side::B))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
 }
 
 /// What validation needs to know about the host and the binary.
@@ -267,7 +311,7 @@ struct FileRepr {
     #[serde(default, rename = "guest")]
     guests: Vec<GuestRepr>,
     #[serde(default, rename = "channel")]
-    channels: Vec<toml::Table>,
+    channels: Vec<ChannelRepr>,
     #[serde(default)]
     pstates: Option<PStatesRepr>,
     #[serde(default, rename = "nic")]
@@ -309,6 +353,16 @@ struct PStateRepr {
     power_mw: u32,
     latency_us: Option<u32>,
     bus_master_latency_us: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelRepr {
+    a: String,
+    b: String,
+    queue_depth: Option<u32>,
+    max_outstanding: Option<u32>,
+    buf_size: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -379,10 +433,7 @@ fn validate(file: FileRepr, base: &Path, host: &HostFacts) -> Result<Topology, V
     let mut problems = Vec::new();
     let mut problem = |path: String, reason: String| problems.push(Problem { path, reason });
 
-    for (key, used) in [
-        ("channel", !file.channels.is_empty()),
-        ("nic", !file.nics.is_empty()),
-    ] {
+    for (key, used) in [("nic", !file.nics.is_empty())] {
         if used {
             problem(
                 key.to_string(),
@@ -653,8 +704,59 @@ fn validate(file: FileRepr, base: &Path, host: &HostFacts) -> Result<Topology, V
         });
     }
 
+    let mut channels = Vec::new();
+    let mut per_guest = vec![0usize; guests.len()];
+    for (i, c) in file.channels.iter().enumerate() {
+        let at = |key: &str| format!("channel[{i}] ({}-{}).{key}", c.a, c.b);
+        let find = |name: &str| guests.iter().position(|g| g.name == name);
+        let (a, b) = (find(&c.a), find(&c.b));
+        if a.is_none() {
+            problem(at("a"), format!("no guest named `{}`", c.a));
+        }
+        if b.is_none() {
+            problem(at("b"), format!("no guest named `{}`", c.b));
+        }
+        if c.a == c.b {
+            problem(at("b"), "a channel connects two different guests".into());
+        }
+        let pair = PairConfig::new(
+            c.queue_depth.unwrap_or(64),
+            c.max_outstanding.unwrap_or(16),
+            c.buf_size.unwrap_or(256),
+        );
+        match PairLayout::new(&pair) {
+            Err(e) => problem(at("queue_depth"), format!("invalid sizes: {e}")),
+            Ok(l) if l.size() as u64 > CHANNEL_STRIDE => problem(
+                at("buf_size"),
+                format!(
+                    "the region would take {} bytes; at most {CHANNEL_STRIDE} (lower max_outstanding or buf_size)",
+                    l.size()
+                ),
+            ),
+            Ok(_) => {}
+        }
+        if let (Some(a), Some(b)) = (a, b) {
+            for g in [a, b] {
+                per_guest[g] += 1;
+                if per_guest[g] == MAX_CHANNELS + 1 {
+                    problem(
+                        at("a"),
+                        format!(
+                            "guest `{}` has more than {MAX_CHANNELS} channels",
+                            guests[g].name
+                        ),
+                    );
+                }
+            }
+            if a != b {
+                channels.push(ChannelConfig { a, b, pair });
+            }
+        }
+    }
+
     if problems.is_empty() {
         Ok(Topology {
+            channels,
             host_cores,
             guests,
             pstates,
@@ -922,11 +1024,36 @@ mod tests {
     #[test]
     fn reserved_sections_are_refused_not_ignored() {
         let p = problems(
-            "[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\n[[channel]]\na = \"x\"\n",
+            "[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\n[[nic]]\nname = \"x\"\n",
         );
         assert_eq!(
             p,
-            vec!["channel: reserved: this version of compart does not implement it yet"]
+            vec!["nic: reserved: this version of compart does not implement it yet"]
+        );
+    }
+
+    const TWO: &str = "[[guest]]\nname = \"p\"\nrole = \"app\"\nimage = \"idle\"\n\
+                       [[guest]]\nname = \"q\"\nrole = \"app\"\nimage = \"idle\"\n";
+
+    #[test]
+    fn channels_connect_two_guests_with_default_sizes() {
+        let t = parse(&format!("{TWO}[[channel]]\na = \"p\"\nb = \"q\"\n")).unwrap();
+        assert_eq!(t.channels.len(), 1);
+        assert_eq!((t.channels[0].a, t.channels[0].b), (0, 1));
+        assert_eq!(t.channels[0].pair, PairConfig::new(64, 16, 256));
+        assert_eq!(t.channels_of(1), vec![(0, Side::B)]);
+    }
+
+    #[test]
+    fn channel_problems_are_reported() {
+        let p = problems(&format!(
+            "{TWO}[[channel]]\na = \"p\"\nb = \"zz\"\n[[channel]]\na = \"p\"\nb = \"q\"\nqueue_depth = 3\n"
+        ));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0], "channel[0] (p-zz).b: no guest named `zz`");
+        assert!(
+            p[1].starts_with("channel[1] (p-q).queue_depth: invalid sizes: "),
+            "{p:?}"
         );
     }
 

@@ -19,6 +19,10 @@
 //!  0x0020_0000  │ guest image              │ starts with a FirmwareHeader
 //!               │ ring-3 stacks, heap      │ placed by the VMM after the image
 //!  mem_size     └──────────────────────────┘
+//!  0xC000_0000  │ channel regions          │ channel i at CHANNELS_GPA + i·CHANNEL_STRIDE
+//!  0xE000_0000  │ placement page           │ read-only to the guest, written by the VMM
+//!  0xF000_0000  │ doorbell pages           │ a write to page i kicks channel i's peer
+//!  0xFEE0_0000  │ local APIC               │
 //! ```
 //!
 //! Guests run in ring 3 (see `DESIGN.md`: ring 0 is emulated instruction by instruction
@@ -95,6 +99,112 @@ pub const RING3_STACK_SIZE: u64 = 0x1_0000;
 /// The least heap the VMM gives a guest; a guest whose memory cannot hold its image,
 /// its stacks and this much heap is rejected.
 pub const MIN_HEAP_SIZE: u64 = 0x4_0000;
+
+/// Where channel regions are mapped: channel `i` (in boot-info order) at
+/// `CHANNELS_GPA + i * CHANNEL_STRIDE`. Shared memory with the peer guest.
+pub const CHANNELS_GPA: u64 = 0xC000_0000;
+/// Distance between two channel regions: the largest region a channel may have.
+pub const CHANNEL_STRIDE: u64 = 0x100_0000;
+/// Most channels one guest may have.
+pub const MAX_CHANNELS: usize = 8;
+/// The placement page (see [`PlacementPage`]).
+pub const PLACEMENT_GPA: u64 = 0xE000_0000;
+/// Doorbell pages: a 32-bit write (any value) to `DOORBELLS_GPA + i * PAGE_SIZE` kicks
+/// the peer of channel `i`, entirely in the kernel (no exit to the VMM's user space).
+pub const DOORBELLS_GPA: u64 = 0xF000_0000;
+/// The interrupt vector on which channel `i`'s peer kicks this guest: `DOORBELL_VECTOR
+/// + i`. It only wakes a halted vCPU 0; the firmware's handler just acknowledges it.
+pub const DOORBELL_VECTOR: u8 = 0x40;
+/// The vector on which the VMM kicks a guest after changing its placement entry.
+pub const PLACEMENT_VECTOR: u8 = 0x3f;
+
+const _: () = assert!(CHANNELS_GPA + MAX_CHANNELS as u64 * CHANNEL_STRIDE <= PLACEMENT_GPA);
+const _: () = assert!(DOORBELLS_GPA + MAX_CHANNELS as u64 * PAGE_SIZE < 0xFEC0_0000);
+
+/// One channel as a guest sees it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelInfo {
+    /// Guest-physical address of the shared region (a `compart-channel` pair, already
+    /// initialised by the VMM).
+    pub region_gpa: u64,
+    /// Its size in bytes.
+    pub region_size: u64,
+    /// Write here to kick the peer.
+    pub doorbell_gpa: u64,
+    /// This guest's side of the pair: 0 = A, 1 = B.
+    pub side: u32,
+    /// The vector on which the peer kicks this guest.
+    pub vector: u32,
+    /// Length of `peer`.
+    pub peer_len: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// The peer guest's name, UTF-8, `peer_len` bytes.
+    pub peer: [u8; NAME_LEN],
+}
+
+impl ChannelInfo {
+    /// An unused entry.
+    pub const EMPTY: ChannelInfo = ChannelInfo {
+        region_gpa: 0,
+        region_size: 0,
+        doorbell_gpa: 0,
+        side: 0,
+        vector: 0,
+        peer_len: 0,
+        _reserved: 0,
+        peer: [0; NAME_LEN],
+    };
+
+    /// The peer's name, or `"?"`.
+    pub fn peer(&self) -> &str {
+        str_field(&self.peer, self.peer_len)
+    }
+}
+
+/// Where a vCPU runs, as the VMM tells the guest.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PlacementEntry {
+    /// 1 when the vCPU has its host core to itself: poll for up to `poll_us` before
+    /// sleeping. 0 when it shares the core: sleep as soon as there is no work.
+    pub dedicated: u32,
+    /// How long to poll for work before sleeping, in microseconds.
+    pub poll_us: u32,
+    /// Number of valid entries in `host_cores`.
+    pub host_core_count: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// Host cores the vCPU may run on now.
+    pub host_cores: [u32; MAX_CORES_LISTED],
+}
+
+/// The placement page: read-only to the guest (a read-only memory slot), rewritten by
+/// the VMM whenever it moves the guest's vCPUs, after which it kicks the guest on
+/// [`PLACEMENT_VECTOR`]. `generation` is a sequence lock: odd while the VMM writes;
+/// a reader retries until it reads the same even value before and after.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PlacementPage {
+    /// [`PlacementPage::MAGIC`].
+    pub magic: u64,
+    /// Sequence number, even when stable.
+    pub generation: u64,
+    /// Number of valid entries.
+    pub vcpu_count: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// One entry per vCPU.
+    pub vcpus: [PlacementEntry; MAX_VCPUS as usize],
+}
+
+impl PlacementPage {
+    /// "PLACEMNT" in little-endian byte order.
+    pub const MAGIC: u64 = u64::from_le_bytes(*b"PLACEMNT");
+}
+
+const _: () = assert!(core::mem::size_of::<PlacementPage>() as u64 <= PAGE_SIZE);
 
 /// GDT selectors, the same in every per-vCPU GDT.
 pub mod selectors {
@@ -226,7 +336,7 @@ pub struct BootInfo {
     pub placement_page: u64,
     /// Frequency of the time-stamp counter (`rdtsc`) in kHz, or 0 when unknown.
     pub tsc_khz: u64,
-    /// Number of channels described below (0 until channels are configured).
+    /// Number of valid entries in `channels`.
     pub channel_count: u32,
     /// Number of vCPUs.
     pub vcpu_count: u32,
@@ -238,6 +348,8 @@ pub struct BootInfo {
     pub _reserved: u32,
     /// The guest's command line from the topology, UTF-8, `cmdline_len` bytes.
     pub cmdline: [u8; CMDLINE_LEN],
+    /// The guest's channels, `channel_count` valid entries.
+    pub channels: [ChannelInfo; MAX_CHANNELS],
 }
 
 impl BootInfo {
@@ -272,7 +384,13 @@ impl BootInfo {
             cmdline_len: 0,
             _reserved: 0,
             cmdline: [0; CMDLINE_LEN],
+            channels: [ChannelInfo::EMPTY; MAX_CHANNELS],
         }
+    }
+
+    /// The valid channel entries.
+    pub fn channels(&self) -> &[ChannelInfo] {
+        &self.channels[..(self.channel_count as usize).min(MAX_CHANNELS)]
     }
 
     /// The structure's bytes, as the VMM writes them into guest memory.
@@ -338,7 +456,7 @@ pub const fn percpu_gpa(index: u32) -> u64 {
 // The layout must hold together; these fail the build of both sides if it does not.
 const _: () = assert!(core::mem::size_of::<BootInfo>() as u64 <= PAGE_SIZE);
 // The sum of BootInfo's fields: no padding anywhere (see `BootInfo::as_bytes`).
-const _: () = assert!(core::mem::size_of::<BootInfo>() == 1560);
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 1560 + 72 * MAX_CHANNELS);
 const _: () = assert!(PAGE_TABLES_GPA + PAGE_TABLE_PAGES * PAGE_SIZE <= PERCPU_GPA);
 const _: () = assert!(PERCPU_GPA + MAX_VCPUS as u64 * PERCPU_STRIDE <= ACPI_GPA);
 const _: () = assert!(ACPI_GPA + ACPI_SIZE <= IMAGE_GPA);

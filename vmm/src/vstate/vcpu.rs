@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 
@@ -212,6 +212,8 @@ pub struct VcpuThread {
     pub cores: Vec<HostCore>,
     /// Linux thread id, once the thread has started (0 before).
     pub tid: Arc<AtomicI32>,
+    /// VM exits that reached the VMM.
+    pub exits: Arc<AtomicU64>,
     /// The thread.
     pub handle: Option<JoinHandle<()>>,
 }
@@ -296,19 +298,22 @@ impl Vcpu {
             .take(15)
             .collect();
         let thread_tid = tid.clone();
+        let exits = Arc::new(AtomicU64::new(0));
+        let thread_exits = exits.clone();
         let handle = std::thread::Builder::new()
             .name(name)
             .stack_size(256 << 10)
-            .spawn(move || self.run(events, thread_tid))?;
+            .spawn(move || self.run(events, thread_tid, thread_exits))?;
         Ok(VcpuThread {
             index,
             cores,
             tid,
+            exits,
             handle: Some(handle),
         })
     }
 
-    fn run(mut self, events: impl Fn(VcpuEvent), tid: Arc<AtomicI32>) {
+    fn run(mut self, events: impl Fn(VcpuEvent), tid: Arc<AtomicI32>, exits: Arc<AtomicU64>) {
         // SAFETY: gettid has no preconditions.
         tid.store(unsafe { libc::gettid() }, Ordering::Release);
         let (guest, vcpu) = (self.guest.index, self.index);
@@ -347,7 +352,7 @@ impl Vcpu {
                 counters: Counters::new(),
                 counted_mhz: self.freq.effective_mhz(),
             };
-            if let Some(ev) = self.run_loop(&mut fs) {
+            if let Some(ev) = self.run_loop(&mut fs, &exits) {
                 events(ev);
             }
             IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
@@ -358,7 +363,7 @@ impl Vcpu {
 
     /// Runs until the guest stops; returns the event that ended it, if this vCPU saw
     /// one.
-    fn run_loop(&mut self, fs: &mut FreqState) -> Option<VcpuEvent> {
+    fn run_loop(&mut self, fs: &mut FreqState, exits: &AtomicU64) -> Option<VcpuEvent> {
         let (guest, vcpu) = (self.guest.index, self.index);
         let failed = |failure| {
             Some(VcpuEvent::Failed {
@@ -377,6 +382,7 @@ impl Vcpu {
             }
             let soft = self.pstates.is_soft();
             let (guest_index, vcpu_index) = (self.guest.index, self.index as usize);
+            exits.fetch_add(1, Ordering::Relaxed);
             let outcome = match self.fd.run() {
                 Ok(VcpuExit::X86Rdmsr(exit)) => {
                     let value = match exit.index {
@@ -552,6 +558,11 @@ fn le_value(data: &[u8]) -> u64 {
 
 /// Pins the calling thread to `cores`.
 pub fn pin_current_thread(cores: &[HostCore]) -> std::io::Result<()> {
+    pin_thread(0, cores)
+}
+
+/// Pins thread `tid` (0: the calling thread) to `cores`.
+pub fn pin_thread(tid: i32, cores: &[HostCore]) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for c in cores {
@@ -561,8 +572,9 @@ pub fn pin_current_thread(cores: &[HostCore]) -> std::io::Result<()> {
         // SAFETY: the index was checked against CPU_SETSIZE.
         unsafe { libc::CPU_SET(c.0 as usize, &mut set) };
     }
-    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size given.
-    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    // SAFETY: `tid` names a thread (0 is the caller); `set` is a valid cpu_set_t of the
+    // size given.
+    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if r == 0 {
         Ok(())
     } else {

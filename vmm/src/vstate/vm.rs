@@ -6,18 +6,26 @@ use std::sync::Arc;
 
 use compart_abi::{
     fill_str_field, percpu, percpu_gpa, ports, BootInfo, BOOT_INFO_GPA, CONSOLE_BUF_GPA,
-    CONSOLE_BUF_SIZE, IDT_GPA, MAX_CORES_LISTED, MIN_HEAP_SIZE, PAGE_TABLES_GPA, RING3_STACK_SIZE,
-    SPURIOUS_VECTOR,
+    CONSOLE_BUF_SIZE, IDT_GPA, MAX_CHANNELS, MAX_CORES_LISTED, MIN_HEAP_SIZE, PAGE_SIZE,
+    PAGE_TABLES_GPA, PLACEMENT_GPA, PLACEMENT_VECTOR, RING3_STACK_SIZE, SPURIOUS_VECTOR,
 };
-use kvm_bindings::{kvm_userspace_memory_region, CpuId};
-use kvm_ioctls::{Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
+use kvm_bindings::{
+    kvm_irq_routing_msi, kvm_userspace_memory_region, CpuId, KvmIrqRouting, KVM_IRQ_ROUTING_MSI,
+    KVM_MEM_READONLY,
+};
+use kvm_ioctls::{
+    IoEventAddress, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, NoDatamatch,
+    VmFd,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use compart_acpi::AcpiTables;
 
 use crate::arch;
+use crate::channels::{GuestChannel, FIRST_GSI};
 use crate::console::{ConsoleSink, GuestConsole};
 use crate::loader::{self, LoadError};
+use crate::placement::Placement;
 use crate::pstate::PStateController;
 use crate::topology::GuestConfig;
 use crate::vstate::vcpu::{GuestShared, Vcpu};
@@ -124,19 +132,38 @@ pub struct GuestVm {
     pub layout: GuestLayout,
 }
 
+/// What every guest of a run is built with.
+#[derive(Clone)]
+pub struct BuildContext<'a> {
+    /// `/dev/kvm`.
+    pub kvm: &'a Kvm,
+    /// KVM's supported CPUID.
+    pub cpuid: &'a CpuId,
+    /// Where vCPUs send their P-state requests.
+    pub pstates: &'a Arc<PStateController>,
+    /// Where console lines go.
+    pub sink: ConsoleSink,
+}
+
+impl std::fmt::Debug for BuildContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildContext").finish_non_exhaustive()
+    }
+}
+
 impl GuestVm {
     /// Builds guest `index` of the topology. Order matters for start-up cost: the
-    /// in-kernel irqchip is created after the memory slot (the other way round every
+    /// in-kernel irqchip is created after the memory slots (the other way round every
     /// later slot change costs milliseconds).
     pub fn build(
-        kvm: &Kvm,
-        supported_cpuid: &CpuId,
+        ctx: &BuildContext<'_>,
         index: usize,
         config: &GuestConfig,
         acpi: &AcpiTables,
-        pstates: &Arc<PStateController>,
-        sink: ConsoleSink,
+        wiring: &Wiring,
     ) -> Result<GuestVm, BuildError> {
+        let (kvm, supported_cpuid, pstates) = (ctx.kvm, ctx.cpuid, ctx.pstates);
+        let sink = ctx.sink.clone();
         let name = &config.name;
         let kvm_err = |what| {
             move |source| BuildError::Kvm {
@@ -205,8 +232,36 @@ impl GuestVm {
             unsafe { vm.set_user_memory_region(r) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
+        // Channel regions (shared with the peer) and the placement page (read-only).
+        let mut slot = memory.iter().count() as u32;
+        for c in &wiring.channels {
+            let r = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: c.region_gpa(),
+                memory_size: c.memory.len() as u64,
+                userspace_addr: c.memory.region().as_ptr() as u64,
+            };
+            // SAFETY: the region's mapping is kept alive by the guest (GuestVm holds
+            // the Arc) for as long as the VM exists.
+            unsafe { vm.set_user_memory_region(r) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (channel)"))?;
+            slot += 1;
+        }
+        let r = kvm_userspace_memory_region {
+            slot,
+            flags: KVM_MEM_READONLY,
+            guest_phys_addr: PLACEMENT_GPA,
+            memory_size: PAGE_SIZE,
+            userspace_addr: wiring.placement.memory.region().as_ptr() as u64,
+        };
+        // SAFETY: the placement page is kept alive by the guest (GuestVm holds the
+        // Arc) for as long as the VM exists; the guest may only read it.
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (placement)"))?;
         vm.create_irq_chip()
             .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        connect_doorbells(&vm, wiring).map_err(kvm_err("doorbell setup"))?;
         intercept_pstate_msrs(&vm).map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
 
         let shared = Arc::new(GuestShared {
@@ -264,6 +319,7 @@ impl GuestVm {
             &image.header,
             acpi,
             tsc_khz,
+            wiring,
         );
         Ok(GuestVm {
             vm,
@@ -272,6 +328,62 @@ impl GuestVm {
             layout,
         })
     }
+}
+
+/// What connects a guest to the others: its channels and its placement page.
+#[derive(Debug, Clone)]
+pub struct Wiring {
+    /// Its channels, in boot-info order.
+    pub channels: Vec<GuestChannel>,
+    /// Its placement page.
+    pub placement: Arc<Placement>,
+}
+
+/// MSI routes into vCPU 0 for every channel's wake-up and the placement kick, the
+/// wake-ups as irqfds, and each channel's doorbell page as an ioeventfd.
+fn connect_doorbells(vm: &VmFd, wiring: &Wiring) -> Result<(), kvm_ioctls::Error> {
+    let placement_gsi = FIRST_GSI + MAX_CHANNELS as u32;
+    let mut routes: Vec<(u32, u8)> = wiring
+        .channels
+        .iter()
+        .map(|c| (c.gsi(), c.vector()))
+        .collect();
+    routes.push((placement_gsi, PLACEMENT_VECTOR));
+    let mut table =
+        KvmIrqRouting::new(routes.len()).map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
+    for (entry, &(gsi, vector)) in table.as_mut_slice().iter_mut().zip(&routes) {
+        entry.gsi = gsi;
+        entry.type_ = KVM_IRQ_ROUTING_MSI;
+        // Fixed delivery, physical destination APIC id 0, edge-triggered.
+        entry.u.msi = kvm_irq_routing_msi {
+            address_lo: 0xfee0_0000,
+            address_hi: 0,
+            data: u32::from(vector),
+            ..Default::default()
+        };
+    }
+    vm.set_gsi_routing(&table)?;
+    for c in &wiring.channels {
+        vm.register_irqfd(&c.wake_me, c.gsi())?;
+        vm.register_ioevent(
+            &c.kick_peer,
+            &IoEventAddress::Mmio(c.doorbell_gpa()),
+            NoDatamatch,
+        )?;
+    }
+    vm.register_irqfd(&wiring.placement.kick, placement_gsi)?;
+    Ok(())
+}
+
+/// Sets KVM's halt polling for the VM: worth its CPU time on a dedicated core, harmful
+/// on a shared one (it keeps the sharer off the core).
+pub fn set_halt_poll(vm: &VmFd, ns: u64) -> Result<(), kvm_ioctls::Error> {
+    let cap = kvm_bindings::kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_HALT_POLL,
+        args: [ns, 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap)
 }
 
 /// Sends guest accesses of the P-state MSRs (PERF_CTL, PERF_STATUS, APERF, MPERF) to
@@ -306,8 +418,14 @@ fn write_boot_state(
     header: &compart_abi::FirmwareHeader,
     acpi: &AcpiTables,
     tsc_khz: u64,
+    wiring: &Wiring,
 ) {
     let mut info = BootInfo::empty();
+    info.placement_page = PLACEMENT_GPA;
+    info.channel_count = wiring.channels.len() as u32;
+    for (slot, c) in info.channels.iter_mut().zip(&wiring.channels) {
+        *slot = c.info();
+    }
     info.tsc_khz = tsc_khz;
     info.acpi_rsdp = acpi.rsdp_gpa();
     // Lengths were validated with the topology.

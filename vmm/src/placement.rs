@@ -1,0 +1,165 @@
+//! The placement page: how the VMM tells a guest where its vCPUs run. A vCPU that has
+//! its host core to itself polls for work before sleeping; one that shares its core
+//! sleeps as soon as it runs out of work, so that the sharer gets the core (thesis
+//! §3.3). The page is a read-only memory slot in the guest, written here under a
+//! sequence lock; after a change the VMM kicks the guest on `PLACEMENT_VECTOR`.
+
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use compart_abi::{PlacementEntry, PlacementPage, MAX_CORES_LISTED, MAX_VCPUS, PAGE_SIZE};
+use compart_channel::host::SharedMemory;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::topology::HostCore;
+
+/// How long a vCPU with a core of its own polls before sleeping.
+pub const DEDICATED_POLL_US: u32 = 1000;
+
+/// The placement entry of every vCPU of every guest, from the core sets they may run
+/// on: a vCPU is dedicated when it is pinned to one core that no other vCPU may use.
+pub fn compute(guests: &[Vec<Vec<HostCore>>]) -> Vec<Vec<PlacementEntry>> {
+    let users = |core: HostCore| {
+        guests
+            .iter()
+            .flatten()
+            .filter(|cores| cores.contains(&core))
+            .count()
+    };
+    guests
+        .iter()
+        .map(|vcpus| {
+            vcpus
+                .iter()
+                .map(|cores| {
+                    let dedicated = matches!(cores.as_slice(), [one] if users(*one) == 1);
+                    let mut e = PlacementEntry {
+                        dedicated: u32::from(dedicated),
+                        poll_us: if dedicated { DEDICATED_POLL_US } else { 0 },
+                        host_core_count: cores.len().min(MAX_CORES_LISTED) as u32,
+                        _reserved: 0,
+                        host_cores: [0; MAX_CORES_LISTED],
+                    };
+                    for (slot, c) in e.host_cores.iter_mut().zip(cores) {
+                        *slot = c.0;
+                    }
+                    e
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// One guest's placement page and the doorbell the VMM rings after changing it.
+#[derive(Debug)]
+pub struct Placement {
+    /// The page (one page of shared memory; the guest maps it read-only).
+    pub memory: SharedMemory,
+    /// Registered as irqfd into the guest on `PLACEMENT_VECTOR`.
+    pub kick: Arc<EventFd>,
+}
+
+impl Placement {
+    /// A page for guest `name`.
+    pub fn new(name: &str) -> std::io::Result<Placement> {
+        let memory =
+            SharedMemory::create(&format!("compart-placement-{name}"), PAGE_SIZE as usize)?;
+        Ok(Placement {
+            memory,
+            kick: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+        })
+    }
+
+    fn with_generation<R>(&self, f: impl FnOnce(&AtomicU64) -> R) -> R {
+        let region = self.memory.region();
+        let gen = region
+            .u64_at(core::mem::offset_of!(PlacementPage, generation))
+            .expect("the generation lies inside the page");
+        f(gen)
+    }
+
+    /// Writes the entries under the sequence lock.
+    pub fn write(&self, entries: &[PlacementEntry]) {
+        let mut page = PlacementPage {
+            magic: PlacementPage::MAGIC,
+            generation: 0,
+            vcpu_count: entries.len().min(MAX_VCPUS as usize) as u32,
+            _reserved: 0,
+            vcpus: [PlacementEntry {
+                dedicated: 0,
+                poll_us: 0,
+                host_core_count: 0,
+                _reserved: 0,
+                host_cores: [0; MAX_CORES_LISTED],
+            }; MAX_VCPUS as usize],
+        };
+        for (slot, e) in page.vcpus.iter_mut().zip(entries) {
+            *slot = *e;
+        }
+        let g = self.with_generation(|gen| {
+            let g = gen.load(Ordering::Relaxed);
+            gen.store(g | 1, Ordering::Relaxed);
+            g
+        });
+        fence(Ordering::SeqCst);
+        // SAFETY: PlacementPage is repr(C) plain integers without padding (its size is
+        // the sum of its fields); we view it as bytes to copy it.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&page as *const PlacementPage).cast::<u8>(),
+                std::mem::size_of::<PlacementPage>(),
+            )
+        };
+        let region = self.memory.region();
+        let gen_off = core::mem::offset_of!(PlacementPage, generation);
+        region
+            .write_bytes(0, &bytes[..gen_off])
+            .expect("the page holds a PlacementPage");
+        region
+            .write_bytes(gen_off + 8, &bytes[gen_off + 8..])
+            .expect("the page holds a PlacementPage");
+        fence(Ordering::SeqCst);
+        self.with_generation(|gen| gen.store((g | 1) + 1, Ordering::Release));
+    }
+
+    /// Wakes the guest so that it reads the page again.
+    pub fn kick(&self) {
+        let _ = self.kick.write(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vcpu_alone_on_its_core_is_dedicated_and_sharers_are_not() {
+        let c = |v: &[u32]| v.iter().map(|&x| HostCore(x)).collect::<Vec<_>>();
+        let p = compute(&[
+            vec![c(&[0])],
+            vec![c(&[1])],
+            vec![c(&[1])],
+            vec![c(&[0, 1])],
+        ]);
+        assert_eq!(p[0][0].dedicated, 0, "core 0 is also open to guest 3");
+        assert_eq!((p[1][0].dedicated, p[2][0].dedicated), (0, 0));
+        let p = compute(&[vec![c(&[0])], vec![c(&[1])]]);
+        assert_eq!((p[0][0].dedicated, p[0][0].poll_us), (1, DEDICATED_POLL_US));
+        assert_eq!(p[1][0].host_cores[0], 1);
+    }
+
+    #[test]
+    fn writes_leave_an_even_generation_and_the_entries() {
+        let p = Placement::new("t").unwrap();
+        let e = compute(&[vec![vec![HostCore(1)]]]);
+        p.write(&e[0]);
+        p.write(&e[0]);
+        assert_eq!(p.with_generation(|g| g.load(Ordering::Relaxed)), 4);
+        let mut raw = vec![0u8; std::mem::size_of::<PlacementPage>()];
+        p.memory.region().read_bytes(0, &mut raw).unwrap();
+        assert_eq!(
+            u64::from_le_bytes(raw[0..8].try_into().unwrap()),
+            PlacementPage::MAGIC
+        );
+    }
+}
