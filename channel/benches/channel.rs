@@ -15,7 +15,10 @@ use compart_channel::{initialize, ChannelError, Endpoint, NoKick, PairConfig, Pa
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const DEPTH: u32 = 1024;
+/// Throughput: deep queues. Round trips: 64 slots (as for `rtrb` and crossbeam), so that
+/// the ring stays in cache.
 const CONFIG: PairConfig = PairConfig::new(DEPTH, 64, 64);
+const RT_CONFIG: PairConfig = PairConfig::new(64, 64, 64);
 const CLIENT_CORE: usize = 0;
 const SERVER_CORE: usize = 1;
 
@@ -35,11 +38,11 @@ fn pin(core: usize) {
     }
 }
 
-fn fresh_pair() -> (Arc<SharedMemory>, compart_channel::Region) {
-    let size = PairLayout::new(&CONFIG).unwrap().size();
+fn fresh_pair(config: &PairConfig) -> (Arc<SharedMemory>, compart_channel::Region) {
+    let size = PairLayout::new(config).unwrap().size();
     let mem = Arc::new(SharedMemory::create("bench", size).unwrap());
     let region = mem.region();
-    initialize(&region, &CONFIG).unwrap();
+    initialize(&region, config).unwrap();
     (mem, region)
 }
 
@@ -69,7 +72,7 @@ fn one_way(c: &mut Criterion) {
 
     g.bench_function("compart", |b| {
         b.iter_custom(|iters| {
-            let (_mem, region) = fresh_pair();
+            let (_mem, region) = fresh_pair(&CONFIG);
             let mut rx = Endpoint::attach(region, Side::B, NoKick).unwrap();
             let mut tx = Endpoint::attach(region, Side::A, NoKick).unwrap();
             two_threads(
@@ -183,9 +186,11 @@ fn round_trip(c: &mut Criterion) {
 
     g.bench_function("compart request-reply", |b| {
         b.iter_custom(|iters| {
-            let (_mem, region) = fresh_pair();
+            let (_mem, region) = fresh_pair(&RT_CONFIG);
             let mut server = Endpoint::attach(region, Side::B, NoKick).unwrap();
             let mut client = Endpoint::attach(region, Side::A, NoKick).unwrap();
+            client.set_publish_batch(1);
+            server.set_publish_batch(1);
             two_threads(
                 move || {
                     let mut n = 0;
@@ -200,6 +205,7 @@ fn round_trip(c: &mut Criterion) {
                             None => std::hint::spin_loop(),
                         }
                     }
+                    server.flush().unwrap();
                 },
                 || {
                     for i in 0..iters {
@@ -208,6 +214,43 @@ fn round_trip(c: &mut Criterion) {
                             if let Some(rep) = client.poll_reply().unwrap() {
                                 black_box(rep.inline()[0]);
                                 client.free(rep).unwrap();
+                                break;
+                            }
+                            std::hint::spin_loop();
+                        }
+                    }
+                },
+            )
+        })
+    });
+
+    g.bench_function("compart one-way ping-pong", |b| {
+        b.iter_custom(|iters| {
+            let (_mem, region) = fresh_pair(&RT_CONFIG);
+            let mut server = Endpoint::attach(region, Side::B, NoKick).unwrap();
+            let mut client = Endpoint::attach(region, Side::A, NoKick).unwrap();
+            client.set_publish_batch(1);
+            server.set_publish_batch(1);
+            two_threads(
+                move || {
+                    let mut n = 0;
+                    while n < iters {
+                        match server.poll_request().unwrap() {
+                            Some(r) => {
+                                server.send_oneway(2, *r.inline()).unwrap();
+                                n += 1;
+                            }
+                            None => std::hint::spin_loop(),
+                        }
+                    }
+                    server.flush().unwrap();
+                },
+                || {
+                    for i in 0..iters {
+                        client.send_oneway(1, [i, 0, 0, 0, 0]).unwrap();
+                        loop {
+                            if let Some(m) = client.poll_request().unwrap() {
+                                black_box(m.inline()[0]);
                                 break;
                             }
                             std::hint::spin_loop();

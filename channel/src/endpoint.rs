@@ -15,7 +15,9 @@ use crate::Side;
 /// Default number of messages staged before the producer index is published.
 pub const DEFAULT_PUBLISH_BATCH: u32 = 16;
 /// Publications after which the deferred kick check runs even if the side stays busy.
-pub const KICK_CHECK_EVERY: u32 = 4;
+pub const KICK_CHECK_EVERY: u32 = 16;
+/// Empty polls in a row after which the deferred kick check runs.
+pub const KICK_CHECK_IDLE_POLLS: u32 = 64;
 
 /// A request received from the peer. Not `Clone`: [`Endpoint::reply`] consumes it, so a
 /// request is answered at most once.
@@ -162,6 +164,7 @@ pub struct Endpoint<N: Notifier> {
     notifier: N,
     publish_batch: u32,
     unchecked: u32,
+    idle_polls: u32,
     stale_replies: u64,
     broken: Option<Corruption>,
 }
@@ -195,6 +198,7 @@ impl<N: Notifier> Endpoint<N> {
             notifier,
             publish_batch: DEFAULT_PUBLISH_BATCH,
             unchecked: 0,
+            idle_polls: 0,
             stale_replies: 0,
             broken: None,
         })
@@ -257,10 +261,12 @@ impl<N: Notifier> Endpoint<N> {
 
     /// Publish everything staged. The kick check that must follow a publication (fence, read
     /// the peer's state) is *deferred* to [`kick_check`](Self::kick_check), which runs when
-    /// this side finds nothing to do (an empty poll, a wait, a flush, a full queue) or after
-    /// [`KICK_CHECK_EVERY`] unchecked publications. Deferring keeps the full fence off the
-    /// critical path: by the time it runs, the stores it orders have usually drained, and the
-    /// side would be idle anyway. Never skipping it keeps the no-lost-wake-up argument.
+    /// this side waits, flushes or finds a queue full, after [`KICK_CHECK_IDLE_POLLS`] empty
+    /// polls in a row, or after [`KICK_CHECK_EVERY`] unchecked publications. A full fence
+    /// costs as much as a cache-line transfer here (it waits for the stores it orders), so it
+    /// is kept off the message's critical path; never skipping it keeps the
+    /// no-lost-wake-up argument, and the delay it adds to waking a sleeping peer is a few
+    /// polls, small next to the wake-up itself.
     #[inline]
     fn publish(&mut self) -> Result<(), Corruption> {
         let a = self.tx_requests.publish(&self.region)?;
@@ -281,6 +287,7 @@ impl<N: Notifier> Endpoint<N> {
             return Ok(());
         }
         self.unchecked = 0;
+        self.idle_polls = 0;
         let region = self.region;
         if notify::sender_must_kick(Self::state_word(&region, self.peer_notify)?) {
             if let Some(k) = region.u64_at(self.peer_notify + N_KICKS) {
@@ -309,11 +316,17 @@ impl<N: Notifier> Endpoint<N> {
         Err(ChannelError::Full)
     }
 
-    /// An empty poll: nothing to do, so settle any deferred kick check.
+    /// An empty poll: after a few in a row, settle any deferred kick check.
     #[inline]
     fn idle(&mut self) -> Result<(), ChannelError> {
-        let r = self.kick_check();
-        self.guard(r)
+        if self.unchecked > 0 {
+            self.idle_polls += 1;
+            if self.idle_polls >= KICK_CHECK_IDLE_POLLS {
+                let r = self.kick_check();
+                return self.guard(r);
+            }
+        }
+        Ok(())
     }
 
     /// Publish staged messages now and kick the peer if it sleeps. Call it when done
@@ -435,6 +448,7 @@ impl<N: Notifier> Endpoint<N> {
             self.idle()?;
             return Ok(None);
         };
+        self.idle_polls = 0;
         let r = self.validate_request(&m);
         self.guard(r).map(Some)
     }
@@ -551,6 +565,7 @@ impl<N: Notifier> Endpoint<N> {
                 self.idle()?;
                 return Ok(None);
             };
+            self.idle_polls = 0;
             let r = self.accept_reply(&m);
             match self.guard(r)? {
                 Some(reply) => return Ok(Some(reply)),

@@ -20,6 +20,9 @@
 //! doorbell must be *sticky* (an eventfd counter, a pending interrupt): a kick that arrives
 //! between the re-check and `wait()` makes `wait()` return at once.
 //!
+//! The sender half need not run right after the publication, only after it and eventually:
+//! [`Endpoint`](crate::Endpoint) runs it in its idle time, off the critical path.
+//!
 //! The protocol is written once, generic over [`StateWord`], so that the loom model in
 //! `tests/loom.rs` checks this very code.
 

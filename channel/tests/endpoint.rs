@@ -166,6 +166,7 @@ fn a_sender_kicks_only_a_sleeping_receiver_and_only_once() {
     let mut b = Endpoint::attach(mem.region, Side::B, LocalKick::default()).unwrap();
     a.set_publish_batch(1);
     a.send_oneway(1, [0; 5]).unwrap();
+    a.flush().unwrap();
     assert_eq!(a.notifier().0.get(), 0, "B polls: no kick");
     while b.poll_request().unwrap().is_some() {}
     // B goes to sleep (SpinWait returns at once, leaving B marked as sleeping until it
@@ -177,19 +178,51 @@ fn a_sender_kicks_only_a_sleeping_receiver_and_only_once() {
         .unwrap()
         .store(compart_channel::notify::SLEEPING, Ordering::Relaxed);
     a.send_oneway(1, [0; 5]).unwrap();
+    a.flush().unwrap();
     a.send_oneway(1, [0; 5]).unwrap();
+    a.flush().unwrap();
     assert_eq!(a.notifier().0.get(), 1, "one kick per sleep");
     assert_eq!(b.counters().kicks, 1);
     assert_eq!(b.counters().sleeps, 1);
     assert!(
-        b.wait_for_work(&SpinWait, 0).unwrap(),
-        "work found before sleeping"
+        b.wait_for_work(&SpinWait, 10).unwrap(),
+        "work found while spinning"
     );
     assert_eq!(
         b.counters().sleeps,
         1,
-        "no sleep when the re-check finds work"
+        "no sleep announced when spinning finds work"
     );
+    assert!(
+        b.wait_for_work(&SpinWait, 0).unwrap(),
+        "work found by the re-check"
+    );
+    assert_eq!(
+        b.counters().sleeps,
+        2,
+        "announced, then cancelled by the re-check"
+    );
+}
+
+#[test]
+fn a_busy_sender_checks_for_a_sleeping_receiver_after_a_few_idle_polls() {
+    let mem = Mem::new(PairConfig::new(64, 4, 64));
+    let mut a = Endpoint::attach(mem.region, Side::A, LocalKick::default()).unwrap();
+    a.set_publish_batch(1);
+    let state = mem.layout.side(Side::B).notify;
+    mem.region
+        .u32_at(state)
+        .unwrap()
+        .store(compart_channel::notify::SLEEPING, Ordering::Relaxed);
+    a.send_oneway(1, [0; 5]).unwrap();
+    // The check is deferred off the critical path...
+    for _ in 0..compart_channel::KICK_CHECK_IDLE_POLLS - 1 {
+        assert!(a.poll_request().unwrap().is_none());
+    }
+    assert_eq!(a.notifier().0.get(), 0);
+    // ...to the sender's idle time, never skipped.
+    assert!(a.poll_request().unwrap().is_none());
+    assert_eq!(a.notifier().0.get(), 1);
 }
 
 #[test]
@@ -219,7 +252,7 @@ fn a_restarted_requester_finds_its_outstanding_requests() {
         .map(|i| a.send_request(5, [i; 5], b"keep").unwrap())
         .collect();
     a.flush().unwrap();
-    drop(a);
+    // A crashes (an endpoint has no destructor: it just stops) and attaches again.
     let mut a = Endpoint::attach(m.region, Side::A, NoKick).unwrap();
     let mut out: Vec<_> = a.outstanding().collect();
     out.sort();
@@ -245,7 +278,7 @@ fn requests_lost_by_a_restarted_server_are_resubmitted_or_abandoned() {
     // The server takes both and dies without answering.
     b.poll_request().unwrap().unwrap();
     b.poll_request().unwrap().unwrap();
-    drop(b);
+    // B crashes and restarts.
     let mut b = Endpoint::attach(m.region, Side::B, NoKick).unwrap();
     assert_eq!(b.discard_requests().unwrap(), 2);
     let mut out: Vec<_> = a.outstanding().collect();
@@ -438,4 +471,41 @@ fn two_threads_exchange_requests_sleeping_and_waking_through_eventfds() {
     assert_eq!(server_counters.kicks, a.notifier().count());
     assert!(server_counters.kicks <= server_counters.sleeps);
     assert!(a.notifier().count() > 0, "server was never kicked");
+}
+
+#[test]
+fn a_poll_loop_publishes_replies_without_explicit_flushes() {
+    const N: u64 = 100_000;
+    let mem = Arc::new(Mem::new(PairConfig::new(1024, 64, 64)));
+    let server = {
+        let mem = mem.clone();
+        std::thread::spawn(move || {
+            let mut b = Endpoint::attach(mem.region, Side::B, NoKick).unwrap();
+            let deadline = Deadline::after(Duration::from_secs(20));
+            let mut n = 0;
+            while n < N {
+                deadline.check("server");
+                if let Some(r) = b.poll_request().unwrap() {
+                    let v = r.inline()[0];
+                    b.reply(r, 0, [v, 0, 0, 0, 0], &[]).unwrap();
+                    n += 1;
+                }
+            }
+            b.flush().unwrap();
+        })
+    };
+    let mut a = Endpoint::attach(mem.region, Side::A, NoKick).unwrap();
+    let deadline = Deadline::after(Duration::from_secs(20));
+    for i in 0..N {
+        a.send_request(1, [i, 0, 0, 0, 0], &[]).unwrap();
+        loop {
+            deadline.check("client");
+            if let Some(rep) = a.poll_reply().unwrap() {
+                assert_eq!(rep.inline()[0], i);
+                a.free(rep).unwrap();
+                break;
+            }
+        }
+    }
+    server.join().unwrap();
 }

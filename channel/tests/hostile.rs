@@ -282,7 +282,7 @@ fn a_peer_scribbling_concurrently_never_crashes_the_victim() {
                 let r = xorshift(&mut s);
                 // Mostly small, plausible values, so that validation is exercised, not just
                 // tripped at the first look.
-                let off = (r as usize >> 8) % (region.len() - 8) & !7;
+                let off = ((r as usize >> 8) % (region.len() - 8)) & !7;
                 let v = if r & 1 == 0 { r >> 60 } else { r };
                 region.u64_at(off).unwrap().store(v, Ordering::Relaxed);
             }

@@ -83,8 +83,13 @@ pub fn open(index: usize) -> Result<Channel, OpenError> {
 /// `poll_us`, then sleep until kicked (no wake-up is lost: see `compart-channel`).
 /// Returns whether work is waiting.
 pub fn wait_for_work(channel: &mut Channel) -> Result<bool, ChannelError> {
+    wait_for_work_polling(channel, placement::poll_us(0))
+}
+
+/// [`wait_for_work`] with an explicit poll budget instead of the placement's.
+pub fn wait_for_work_polling(channel: &mut Channel, poll_us: u32) -> Result<bool, ChannelError> {
     channel.flush()?;
-    let poll_us = u64::from(placement::poll_us(0));
+    let poll_us = u64::from(poll_us);
     if poll_us > 0 {
         let ticks = poll_us * boot_info().tsc_khz.max(1) / 1000;
         let start = rdtsc();

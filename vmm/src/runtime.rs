@@ -180,6 +180,19 @@ impl std::fmt::Debug for RunningVmm {
     }
 }
 
+/// One side of a channel, for a host thread.
+#[derive(Debug, Clone)]
+pub struct HostChannelSide {
+    /// The shared region (keeps it mapped).
+    pub memory: Arc<compart_channel::host::SharedMemory>,
+    /// Its layout.
+    pub layout: compart_channel::PairLayout,
+    /// Writing 1 wakes the guest on the other side.
+    pub kick_peer: Arc<vmm_sys_util::eventfd::EventFd>,
+    /// The other side's doorbell: readable when it rang.
+    pub wake_me: Arc<vmm_sys_util::eventfd::EventFd>,
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOutcome {
@@ -341,6 +354,34 @@ impl RunningVmm {
     /// A handle that stops this VMM from another thread.
     pub fn stopper(&self) -> Stopper {
         Stopper(self.tx.clone())
+    }
+
+    /// Hands side A of channel `index` to a host thread (benchmarks, tools): its region
+    /// and layout, the eventfd that wakes side B, and the one side B rings. Side A's
+    /// guest no longer gets that doorbell's interrupt (its irqfd is removed, so that the
+    /// host thread sees the rings); it must leave the channel alone (run the `idle`
+    /// image, for example).
+    pub fn take_channel_side_a(&self, index: usize) -> Option<HostChannelSide> {
+        let c = self.channels.list.get(index)?;
+        let a = &self.guests[c.guests[0]];
+        let slot = a
+            .wiring
+            .channels
+            .iter()
+            .find(|gc| Arc::ptr_eq(&gc.memory, &c.memory))?;
+        if let Err(e) = a.vm.unregister_irqfd(&slot.wake_me, slot.gsi()) {
+            log::warn!(
+                "guest {}: cannot remove its channel irqfd: {e}",
+                a.config.name
+            );
+            return None;
+        }
+        Some(HostChannelSide {
+            memory: c.memory.clone(),
+            layout: c.layout,
+            kick_peer: c.kicks[0].clone(),
+            wake_me: c.kicks[1].clone(),
+        })
     }
 
     /// Every vCPU's current P-state and the backend applying it.

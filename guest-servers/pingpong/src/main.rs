@@ -8,6 +8,8 @@
 //!   and payload; print the phase's rate; between phases wait until the VMM changes
 //!   this guest's placement (a live move); then stop the peer and exit 0.
 //! - `role=quiet`: open the channel and never send (an idle peer).
+//! - `poll=US` (either role): poll this long before sleeping instead of what the
+//!   placement page says (`poll=0` sleeps at once: every message needs a doorbell).
 #![no_std]
 #![no_main]
 
@@ -46,14 +48,22 @@ fn main(info: &'static BootInfo) -> i32 {
     println!("{role}: channel 0 to {} open", channel::peer(0));
     match role {
         "ping" => ping(info, &mut ch),
-        "pong" => pong(&mut ch),
+        "pong" => pong(info, &mut ch),
         _ => loop {
             ring0::halt();
         },
     }
 }
 
-fn pong(ch: &mut Channel) -> i32 {
+/// Waits for work with the `poll=` override, or as the placement page says.
+fn idle(info: &BootInfo, ch: &mut Channel) -> Result<bool, compart_channel::ChannelError> {
+    match arg(info, "poll", u64::MAX) {
+        u64::MAX => channel::wait_for_work(ch),
+        us => channel::wait_for_work_polling(ch, us as u32),
+    }
+}
+
+fn pong(info: &BootInfo, ch: &mut Channel) -> i32 {
     let mut expected = 0u64;
     let mut served = 0u64;
     let mut buf = [0u8; 4096];
@@ -61,7 +71,7 @@ fn pong(ch: &mut Channel) -> i32 {
         let req = match ch.poll_request() {
             Ok(Some(r)) => r,
             Ok(None) => {
-                if let Err(e) = channel::wait_for_work(ch) {
+                if let Err(e) = idle(info, ch) {
                     panic!("pong: channel broken while waiting: {e:?}");
                 }
                 continue;
@@ -135,7 +145,7 @@ fn ping(info: &BootInfo, ch: &mut Channel) -> i32 {
                 progressed = true;
             }
             if !progressed {
-                channel::wait_for_work(ch).expect("wait");
+                idle(info, ch).expect("wait");
             }
         }
         let us = rdtsc().wrapping_sub(start) * 1000 / info.tsc_khz.max(1);
