@@ -11,10 +11,16 @@
 //! [`Error`], never a panic. The DSDT is read by a strict reader of the AML subset the VMM
 //! emits ([`aml`]), not an interpreter.
 //!
-//! ```ignore
-//! let mem = PhysSlice::new(0, ram);                     // identity-mapped guest RAM
-//! let info: AcpiInfo = AcpiInfo::parse(&mem, boot_info.rsdp_gpa)?;
-//! for state in info.pstates() { /* frequency_mhz, control, ... */ }
+//! ```
+//! # use compart_acpi_reader::{AcpiInfo, Error, PhysSlice};
+//! # fn read(ram: &[u8], rsdp_gpa: u64) -> Result<(), Error> {
+//! let mem = PhysSlice::new(0, ram); // identity-mapped guest RAM
+//! let info: AcpiInfo = AcpiInfo::parse(&mem, rsdp_gpa)?;
+//! for state in info.pstates() {
+//!     let _ = (state.frequency_mhz, state.control);
+//! }
+//! # Ok(())
+//! # }
 //! ```
 
 #![no_std]
