@@ -737,6 +737,23 @@ impl<N: Notifier> Endpoint<N> {
             }
             core::hint::spin_loop();
         }
+        if self.begin_sleep()? {
+            return Ok(true);
+        }
+        waiter.wait();
+        self.end_sleep()?;
+        self.has_incoming()
+    }
+
+    /// Sleeping, step 1, for a receiver that waits on several endpoints at once (one
+    /// endpoint: use [`wait_for_work`](Self::wait_for_work)): publish what is staged,
+    /// announce that this side sleeps, and re-check its queues. Returns `true` when work
+    /// arrived meanwhile; the announcement is then withdrawn. The receiver calls this on
+    /// each endpoint; if one returns `true` it calls [`end_sleep`](Self::end_sleep) on
+    /// those that returned `false` and polls again; otherwise it blocks until any peer
+    /// kicks it, then calls `end_sleep` on every endpoint.
+    pub fn begin_sleep(&mut self) -> Result<bool, ChannelError> {
+        self.flush()?;
         let region = self.region;
         let r = Self::state_word(&region, self.my_notify);
         let state = self.guard(r)?;
@@ -749,9 +766,17 @@ impl<N: Notifier> Endpoint<N> {
             notify::receiver_cancel_sleep(state);
             return Ok(true);
         }
-        waiter.wait();
+        Ok(false)
+    }
+
+    /// Sleeping, step 2: this side polls again (after [`begin_sleep`](Self::begin_sleep)
+    /// returned `false`).
+    pub fn end_sleep(&mut self) -> Result<(), ChannelError> {
+        let region = self.region;
+        let r = Self::state_word(&region, self.my_notify);
+        let state = self.guard(r)?;
         notify::receiver_woke(state);
-        self.has_incoming()
+        Ok(())
     }
 
     /// Occupancy of this pair's queues as seen from this side.

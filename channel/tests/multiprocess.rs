@@ -65,11 +65,7 @@ fn two_processes_exchange_ten_million_messages() {
     let wake_b = EventFd::new(Some(Duration::from_millis(20))).unwrap();
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_serves_the_parent",
-            "--nocapture",
-        ])
+        .args(["--exact", "child_serves_the_parent", "--nocapture"])
         .env(
             ENV,
             format!("{},{},{},{}", mem.fd(), mem.len(), wake_a.fd(), wake_b.fd()),

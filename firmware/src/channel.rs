@@ -10,6 +10,7 @@
 
 use compart_channel::{ChannelError, Endpoint, Notifier, Region, Side, Waiter};
 
+
 use crate::{boot_info, placement, pstate::rdtsc, ring0};
 
 /// Rings the peer of one channel.
@@ -81,24 +82,46 @@ pub fn open(index: usize) -> Result<Channel, OpenError> {
 
 /// Waits for work on `channel` as vCPU 0's placement says: poll for up to its
 /// `poll_us`, then sleep until kicked (no wake-up is lost: see `compart-channel`).
-/// Returns whether work is waiting.
-pub fn wait_for_work(channel: &mut Channel) -> Result<bool, ChannelError> {
-    wait_for_work_polling(channel, placement::poll_us(0))
+pub fn wait_for_work(channel: &mut Channel) -> Result<(), ChannelError> {
+    wait_for_any(core::slice::from_mut(channel), placement::poll_us(0))
 }
 
 /// [`wait_for_work`] with an explicit poll budget instead of the placement's.
-pub fn wait_for_work_polling(channel: &mut Channel, poll_us: u32) -> Result<bool, ChannelError> {
-    channel.flush()?;
-    let poll_us = u64::from(poll_us);
-    if poll_us > 0 {
-        let ticks = poll_us * boot_info().tsc_khz.max(1) / 1000;
-        let start = rdtsc();
-        while rdtsc().wrapping_sub(start) < ticks {
-            if channel.has_incoming()? {
-                return Ok(true);
+pub fn wait_for_work_polling(channel: &mut Channel, poll_us: u32) -> Result<(), ChannelError> {
+    wait_for_any(core::slice::from_mut(channel), poll_us)
+}
+
+/// The receive loop's idle step over all of a guest's channels: poll them all for up
+/// to `poll_us`, then announce sleep on each, re-check, and halt until any peer (or the
+/// VMM) kicks. Returns when work may be waiting on some channel.
+pub fn wait_for_any(channels: &mut [Channel], poll_us: u32) -> Result<(), ChannelError> {
+    for c in channels.iter_mut() {
+        c.flush()?;
+    }
+    let ticks = u64::from(poll_us) * boot_info().tsc_khz.max(1) / 1000;
+    let start = rdtsc();
+    loop {
+        for c in channels.iter_mut() {
+            if c.has_incoming()? {
+                return Ok(());
             }
-            core::hint::spin_loop();
+        }
+        if rdtsc().wrapping_sub(start) >= ticks {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    for i in 0..channels.len() {
+        if channels[i].begin_sleep()? {
+            for c in &mut channels[..i] {
+                c.end_sleep()?;
+            }
+            return Ok(());
         }
     }
-    channel.wait_for_work(&Halt, 0)
+    ring0::halt();
+    for c in channels.iter_mut() {
+        c.end_sleep()?;
+    }
+    Ok(())
 }

@@ -108,7 +108,7 @@ fn a_million_round_trips_survive_live_moves_between_dedicated_and_shared_cores()
     );
     assert!(capture
         .of("pong")
-        .contains(&"pong: stop after 3000000 requests".to_string()));
+        .contains(&"pong: stop after 3000000 requests on 1 channel(s)".to_string()));
 }
 
 #[test]
@@ -138,4 +138,44 @@ fn a_guest_whose_peer_is_idle_uses_under_one_percent_of_a_core() {
     assert!(share < 0.01, "pong used {:.3} % of a core", share * 100.0);
     vmm.stopper().stop();
     vmm.wait();
+}
+
+#[test]
+fn one_receive_loop_serves_all_of_a_guests_channels() {
+    if !require_kvm() {
+        return;
+    }
+    let ping = |name: &str, core: u32| {
+        format!(
+            "[[guest]]\nname = \"{name}\"\nrole = \"app\"\nimage = \"pingpong\"\ncores = [{core}]\n\
+             cmdline = \"role=ping n=100000 window=8 payload=32\"\n\
+             [[channel]]\na = \"{name}\"\nb = \"server\"\n"
+        )
+    };
+    let t = topology(&format!(
+        "[[guest]]\nname = \"server\"\nrole = \"app\"\nimage = \"pingpong\"\ncores = [1]\ncmdline = \"role=pong\"\n{}{}",
+        ping("left", 0),
+        ping("right", 0)
+    ));
+    let capture = Capture::default();
+    let outcome = compart_vmm::start(&t, capture.sink()).unwrap().wait();
+    for g in ["server", "left", "right"] {
+        assert_eq!(
+            outcome.state(g),
+            Some(&GuestState::Exited(0)),
+            "{g}: {outcome:?}"
+        );
+    }
+    assert!(
+        capture
+            .of("server")
+            .contains(&"pong: stop after 200000 requests on 2 channel(s)".to_string()),
+        "{:?}",
+        capture.of("server")
+    );
+    for g in ["left", "right"] {
+        assert!(capture
+            .of(g)
+            .contains(&"ping: 100000 round trips, none lost, reordered or duplicated".to_string()));
+    }
 }

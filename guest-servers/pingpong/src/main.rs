@@ -1,7 +1,8 @@
 //! Ping-pong over a fast-path channel: the traffic of the channel tests and benchmarks.
 //!
-//! - `role=pong`: serve requests on channel 0 until a stop message: each reply carries
-//!   the request's sequence number and a checksum of it, and echoes its payload.
+//! - `role=pong`: serve requests on every channel until each has sent a stop message:
+//!   each reply carries the request's sequence number and a checksum of it, and echoes
+//!   its payload. One receive loop polls all channels and sleeps when all are idle.
 //! - `role=ping n=N phases=P window=W payload=B`: in each of P phases, complete N
 //!   requests with at most W in flight (every request carries B payload bytes),
 //!   checking that replies come back exactly once, in order, with the right checksum
@@ -13,6 +14,9 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
+use alloc::vec::Vec;
 use compart_channel::INLINE_WORDS;
 use compart_firmware::channel::{self, Channel};
 use compart_firmware::pstate::rdtsc;
@@ -41,60 +45,73 @@ fn main(info: &'static BootInfo) -> i32 {
         .split_whitespace()
         .find_map(|w| w.strip_prefix("role="))
         .unwrap_or("pong");
-    let mut ch = match channel::open(0) {
-        Ok(c) => c,
-        Err(e) => panic!("cannot open channel 0: {e:?}"),
-    };
-    println!("{role}: channel 0 to {} open", channel::peer(0));
+    let mut chans: Vec<Channel> = (0..channel::count())
+        .map(|i| match channel::open(i) {
+            Ok(c) => {
+                println!("{role}: channel {i} to {} open", channel::peer(i));
+                c
+            }
+            Err(e) => panic!("cannot open channel {i}: {e:?}"),
+        })
+        .collect();
+    assert!(!chans.is_empty(), "{role}: the topology gives this guest no channel");
     match role {
-        "ping" => ping(info, &mut ch),
-        "pong" => pong(info, &mut ch),
+        "ping" => ping(info, &mut chans[0]),
+        "pong" => pong(info, &mut chans),
         _ => loop {
             ring0::halt();
         },
     }
 }
 
-/// Waits for work with the `poll=` override, or as the placement page says.
-fn idle(info: &BootInfo, ch: &mut Channel) -> Result<bool, compart_channel::ChannelError> {
-    match arg(info, "poll", u64::MAX) {
-        u64::MAX => channel::wait_for_work(ch),
-        us => channel::wait_for_work_polling(ch, us as u32),
-    }
+/// Waits for work on `chans` with the `poll=` override, or as the placement page says.
+fn idle(info: &BootInfo, chans: &mut [Channel]) -> Result<(), compart_channel::ChannelError> {
+    let poll = match arg(info, "poll", u64::MAX) {
+        u64::MAX => placement::poll_us(0),
+        us => us as u32,
+    };
+    channel::wait_for_any(chans, poll)
 }
 
-fn pong(info: &BootInfo, ch: &mut Channel) -> i32 {
-    let mut expected = 0u64;
+fn pong(info: &BootInfo, chans: &mut [Channel]) -> i32 {
+    let mut expected: Vec<u64> = chans.iter().map(|_| 0).collect();
+    let mut stopped: Vec<bool> = chans.iter().map(|_| false).collect();
     let mut served = 0u64;
     let mut buf = [0u8; 4096];
     loop {
-        let req = match ch.poll_request() {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                if let Err(e) = idle(info, ch) {
-                    panic!("pong: channel broken while waiting: {e:?}");
+        let mut busy = false;
+        for (i, ch) in chans.iter_mut().enumerate() {
+            while let Some(req) = ch
+                .poll_request()
+                .unwrap_or_else(|e| panic!("pong: channel {i} broken: {e:?}"))
+            {
+                busy = true;
+                if req.opcode() == OP_STOP {
+                    stopped[i] = true;
+                    continue;
                 }
-                continue;
+                let seq = req.inline()[0];
+                assert_eq!(seq, expected[i], "pong: channel {i}: request {seq} arrived, expected {}", expected[i]);
+                assert_eq!(req.inline()[1], checksum(seq), "pong: channel {i}: bad checksum on request {seq}");
+                expected[i] += 1;
+                let n = req.payload_len().min(buf.len());
+                if n > 0 {
+                    ch.read_request_payload(&req, &mut buf[..n]).expect("payload in bounds");
+                }
+                let mut inline = [0u64; INLINE_WORDS];
+                inline[0] = seq;
+                inline[1] = checksum(seq) ^ 1;
+                ch.reply(req, 0, inline, &buf[..n]).expect("reply");
+                served += 1;
             }
-            Err(e) => panic!("pong: channel broken: {e:?}"),
-        };
-        if req.opcode() == OP_STOP {
-            println!("pong: stop after {served} requests");
+        }
+        if stopped.iter().all(|&s| s) {
+            println!("pong: stop after {served} requests on {} channel(s)", chans.len());
             return 0;
         }
-        let seq = req.inline()[0];
-        assert_eq!(seq, expected, "pong: request {seq} arrived, expected {expected}");
-        assert_eq!(req.inline()[1], checksum(seq), "pong: bad checksum on request {seq}");
-        expected += 1;
-        let n = req.payload_len().min(buf.len());
-        if n > 0 {
-            ch.read_request_payload(&req, &mut buf[..n]).expect("payload in bounds");
+        if !busy {
+            idle(info, chans).unwrap_or_else(|e| panic!("pong: channel broken while waiting: {e:?}"));
         }
-        let mut inline = [0u64; INLINE_WORDS];
-        inline[0] = seq;
-        inline[1] = checksum(seq) ^ 1;
-        ch.reply(req, 0, inline, &buf[..n]).expect("reply");
-        served += 1;
     }
 }
 
@@ -145,9 +162,12 @@ fn ping(info: &BootInfo, ch: &mut Channel) -> i32 {
                 progressed = true;
             }
             if !progressed {
-                idle(info, ch).expect("wait");
+                idle(info, core::slice::from_mut(ch)).expect("wait");
             }
         }
+        // Read the placement generation before reporting the phase: the VMM may move
+        // us as soon as it sees the report, and that move must count as the change.
+        let gen = placement::generation();
         let us = rdtsc().wrapping_sub(start) * 1000 / info.tsc_khz.max(1);
         let c = ch.counters();
         println!(
@@ -159,7 +179,6 @@ fn ping(info: &BootInfo, ch: &mut Channel) -> i32 {
             c.kicks.wrapping_sub(counters0.kicks),
         );
         if phase + 1 < phases {
-            let gen = placement::generation();
             println!("ping: waiting for a placement change");
             while placement::generation() == gen {
                 ring0::halt();
