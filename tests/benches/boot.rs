@@ -104,10 +104,7 @@ fn main() {
     if !require_kvm() {
         return;
     }
-    let runs: usize = std::env::var("COMPART_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let runs = compart_tests::bench_runs(10);
 
     // Bare-KVM floor.
     let kvm = Kvm::new().unwrap();

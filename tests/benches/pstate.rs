@@ -17,10 +17,7 @@ fn main() {
     if !require_kvm() {
         return;
     }
-    let runs: usize = std::env::var("COMPART_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let runs = compart_tests::bench_runs(3);
     let host = compart_vmm::host_facts();
     let ladder = host.host_ladder.clone();
     let n = ladder.len();

@@ -139,6 +139,15 @@ pub fn thread_affinity(pid: u32, tid: i32) -> String {
         .expect("status has Cpus_allowed_list")
 }
 
+/// How many times a benchmark repeats its measurement: `COMPART_BENCH_RUNS`, or
+/// `default`.
+pub fn bench_runs(default: usize) -> usize {
+    std::env::var("COMPART_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Waits until `f` returns `Some`, polling every 10 ms; panics after `timeout`.
 pub fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
