@@ -212,7 +212,7 @@ pub struct VcpuThread {
     pub cores: Vec<HostCore>,
     /// Linux thread id, once the thread has started (0 before).
     pub tid: Arc<AtomicI32>,
-    /// VM exits that reached the VMM.
+    /// Returns from `KVM_RUN`: exits that reached the VMM, kicks included.
     pub exits: Arc<AtomicU64>,
     /// The thread.
     pub handle: Option<JoinHandle<()>>,
@@ -382,8 +382,9 @@ impl Vcpu {
             }
             let soft = self.pstates.is_soft();
             let (guest_index, vcpu_index) = (self.guest.index, self.index as usize);
+            let exit = self.fd.run();
             exits.fetch_add(1, Ordering::Relaxed);
-            let outcome = match self.fd.run() {
+            let outcome = match exit {
                 Ok(VcpuExit::X86Rdmsr(exit)) => {
                     let value = match exit.index {
                         crate::pstate::MSR_APERF | crate::pstate::MSR_MPERF => {
