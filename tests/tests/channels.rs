@@ -108,7 +108,7 @@ fn a_million_round_trips_survive_live_moves_between_dedicated_and_shared_cores()
     );
     assert!(capture
         .of("pong")
-        .contains(&"pong: stop after 3000000 requests on 1 channel(s)".to_string()));
+        .contains(&"pong: stop after 3000000 requests on 1 channel(s), 0 broken".to_string()));
 }
 
 #[test]
@@ -169,7 +169,7 @@ fn one_receive_loop_serves_all_of_a_guests_channels() {
     assert!(
         capture
             .of("server")
-            .contains(&"pong: stop after 200000 requests on 2 channel(s)".to_string()),
+            .contains(&"pong: stop after 200000 requests on 2 channel(s), 0 broken".to_string()),
         "{:?}",
         capture.of("server")
     );
@@ -178,4 +178,66 @@ fn one_receive_loop_serves_all_of_a_guests_channels() {
             .of(g)
             .contains(&"ping: 100000 round trips, none lost, reordered or duplicated".to_string()));
     }
+}
+
+#[test]
+fn a_hostile_peer_breaks_only_its_own_channel() {
+    if !require_kvm() {
+        return;
+    }
+    let t = topology(
+        r#"
+        [[guest]]
+        name = "server"
+        role = "app"
+        image = "pingpong"
+        cores = [1]
+        cmdline = "role=pong"
+
+        [[guest]]
+        name = "vandal"
+        role = "app"
+        image = "pingpong"
+        cores = [0]
+        cmdline = "role=vandal"
+
+        [[guest]]
+        name = "honest"
+        role = "app"
+        image = "pingpong"
+        cores = [0]
+        cmdline = "role=ping n=100000 window=8 payload=16"
+
+        [[channel]]
+        a = "vandal"
+        b = "server"
+
+        [[channel]]
+        a = "honest"
+        b = "server"
+        "#,
+    );
+    let capture = Capture::default();
+    let outcome = compart_vmm::start(&t, capture.sink()).unwrap().wait();
+    for g in ["server", "vandal", "honest"] {
+        assert_eq!(
+            outcome.state(g),
+            Some(&GuestState::Exited(0)),
+            "{g}: {outcome:?}"
+        );
+    }
+    let server = capture.of("server");
+    assert!(
+        server
+            .iter()
+            .any(|l| l.starts_with("pong: channel 0 to vandal broken: ")),
+        "{server:?}"
+    );
+    assert!(
+        server.contains(&"pong: stop after 100001 requests on 2 channel(s), 1 broken".to_string()),
+        "{server:?}"
+    );
+    assert!(capture
+        .of("honest")
+        .contains(&"ping: 100000 round trips, none lost, reordered or duplicated".to_string()));
 }

@@ -9,6 +9,9 @@
 //!   and payload; print the phase's rate; between phases wait until the VMM changes
 //!   this guest's placement (a live move); then stop the peer and exit 0.
 //! - `role=quiet`: open the channel and never send (an idle peer).
+//! - `role=vandal`: complete one honest round trip on channel 0, then overwrite the
+//!   whole region with pseudo-random bytes, ring the peer, and exit 0 (a hostile peer:
+//!   the other side must report the channel broken and carry on with the others).
 //! - `poll=US` (either role): poll this long before sleeping instead of what the
 //!   placement page says (`poll=0` sleeps at once: every message needs a doorbell).
 #![no_std]
@@ -45,19 +48,29 @@ fn main(info: &'static BootInfo) -> i32 {
         .split_whitespace()
         .find_map(|w| w.strip_prefix("role="))
         .unwrap_or("pong");
-    let mut chans: Vec<Channel> = (0..channel::count())
-        .map(|i| match channel::open(i) {
+    // A channel that cannot be opened (its peer wrecked it already) counts as broken.
+    let total = channel::count();
+    let mut chans: Vec<(usize, Channel)> = Vec::new();
+    for i in 0..total {
+        match channel::open(i) {
             Ok(c) => {
                 println!("{role}: channel {i} to {} open", channel::peer(i));
-                c
+                chans.push((i, c));
             }
-            Err(e) => panic!("cannot open channel {i}: {e:?}"),
-        })
-        .collect();
-    assert!(!chans.is_empty(), "{role}: the topology gives this guest no channel");
+            Err(e) => println!("{role}: channel {i} to {} unusable: {e:?}", channel::peer(i)),
+        }
+    }
+    assert!(total > 0, "{role}: the topology gives this guest no channel");
     match role {
-        "ping" => ping(info, &mut chans[0]),
-        "pong" => pong(info, &mut chans),
+        "ping" => match chans.first_mut() {
+            Some((0, ch)) => ping(info, ch),
+            _ => panic!("ping: channel 0 is unusable"),
+        },
+        "pong" => pong(info, chans, total),
+        "vandal" => match chans.first_mut() {
+            Some((0, ch)) => vandal(info, ch),
+            _ => panic!("vandal: channel 0 is unusable"),
+        },
         _ => loop {
             ring0::halt();
         },
@@ -73,27 +86,67 @@ fn idle(info: &BootInfo, chans: &mut [Channel]) -> Result<(), compart_channel::C
     channel::wait_for_any(chans, poll)
 }
 
-fn pong(info: &BootInfo, chans: &mut [Channel]) -> i32 {
-    let mut expected: Vec<u64> = chans.iter().map(|_| 0).collect();
-    let mut stopped: Vec<bool> = chans.iter().map(|_| false).collect();
+fn vandal(info: &BootInfo, ch: &mut Channel) -> i32 {
+    // Be a normal peer first, so that the other side is attached and serving.
+    ch.send_request(OP_PING, [0, checksum(0), 0, 0, 0], &[]).expect("send");
+    loop {
+        if let Some(r) = ch.poll_reply().expect("poll") {
+            ch.free(r).expect("free");
+            break;
+        }
+        idle(info, core::slice::from_mut(ch)).expect("wait");
+    }
+    let c = &info.channels()[0];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for off in (0..c.region_size).step_by(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // SAFETY: deliberately scribbles over this guest's own mapping of the shared
+        // region (in bounds: off < region_size); the peer must survive it.
+        unsafe { core::ptr::write_volatile((c.region_gpa + off) as *mut u64, x) };
+    }
+    // SAFETY: the doorbell page of channel 0, registered for this guest.
+    unsafe { core::ptr::write_volatile(c.doorbell_gpa as *mut u32, 1) };
+    println!("vandal: scribbled over {} bytes of the channel to {}", c.region_size, c.peer());
+    0
+}
+
+fn pong(info: &BootInfo, opened: Vec<(usize, Channel)>, total: usize) -> i32 {
+    // Channels still in service, with their boot-info index and next sequence number.
+    // One leaves when its peer sends stop, or when it breaks (a hostile or buggy peer):
+    // that is reported, and the others are still served.
+    let mut broken = total - opened.len();
+    let (mut ids, mut chans): (Vec<usize>, Vec<Channel>) = opened.into_iter().unzip();
+    let mut expected: Vec<u64> = alloc::vec![0; chans.len()];
     let mut served = 0u64;
     let mut buf = [0u8; 4096];
-    loop {
+    while !chans.is_empty() {
         let mut busy = false;
-        for (i, ch) in chans.iter_mut().enumerate() {
-            while let Some(req) = ch
-                .poll_request()
-                .unwrap_or_else(|e| panic!("pong: channel {i} broken: {e:?}"))
-            {
+        let mut k = 0;
+        while k < chans.len() {
+            let (i, ch) = (ids[k], &mut chans[k]);
+            let mut done = false;
+            loop {
+                let req = match ch.poll_request() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => {
+                        println!("pong: channel {i} to {} broken: {e:?}; dropping it", channel::peer(i));
+                        broken += 1;
+                        done = true;
+                        break;
+                    }
+                };
                 busy = true;
                 if req.opcode() == OP_STOP {
-                    stopped[i] = true;
-                    continue;
+                    done = true;
+                    break;
                 }
                 let seq = req.inline()[0];
-                assert_eq!(seq, expected[i], "pong: channel {i}: request {seq} arrived, expected {}", expected[i]);
+                assert_eq!(seq, expected[k], "pong: channel {i}: request {seq} arrived, expected {}", expected[k]);
                 assert_eq!(req.inline()[1], checksum(seq), "pong: channel {i}: bad checksum on request {seq}");
-                expected[i] += 1;
+                expected[k] += 1;
                 let n = req.payload_len().min(buf.len());
                 if n > 0 {
                     ch.read_request_payload(&req, &mut buf[..n]).expect("payload in bounds");
@@ -104,15 +157,24 @@ fn pong(info: &BootInfo, chans: &mut [Channel]) -> i32 {
                 ch.reply(req, 0, inline, &buf[..n]).expect("reply");
                 served += 1;
             }
+            if done {
+                let _ = chans[k].flush();
+                chans.swap_remove(k);
+                ids.swap_remove(k);
+                expected.swap_remove(k);
+            } else {
+                k += 1;
+            }
         }
-        if stopped.iter().all(|&s| s) {
-            println!("pong: stop after {served} requests on {} channel(s)", chans.len());
-            return 0;
-        }
-        if !busy {
-            idle(info, chans).unwrap_or_else(|e| panic!("pong: channel broken while waiting: {e:?}"));
+        if !busy && !chans.is_empty() {
+            if let Err(e) = idle(info, &mut chans) {
+                // The next poll finds which channel broke, and drops it.
+                println!("pong: a channel broke while waiting: {e:?}");
+            }
         }
     }
+    println!("pong: stop after {served} requests on {total} channel(s), {broken} broken");
+    0
 }
 
 fn ping(info: &BootInfo, ch: &mut Channel) -> i32 {
