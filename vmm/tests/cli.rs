@@ -206,3 +206,78 @@ fn acpi_dump_writes_tables_acpica_evaluates_to_the_topology() {
         assert!(text.contains(want), "acpiexec output lacks {want}:\n{text}");
     }
 }
+
+#[test]
+fn ctl_moves_reports_and_stops_a_running_vmm() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("ctl.sock");
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+    let mut child = Command::new(BIN)
+        .arg("run")
+        .arg(default)
+        .arg("--control")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ctl = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("ctl")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, status, _) = ctl(&["status"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        status.lines().filter(|l| l.starts_with("guest ")).count(),
+        5,
+        "{status}"
+    );
+    assert!(status.contains("guest tcp (tcp): Running"), "{status}");
+
+    let (code, moved, _) = ctl(&["move", "tcp", "--cores", "0"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(moved.trim(), "moved tcp to host core(s) 0 (shared)");
+    let (_, status, _) = ctl(&["status"]);
+    let tcp = status
+        .lines()
+        .skip_while(|l| !l.starts_with("guest tcp"))
+        .nth(1)
+        .unwrap();
+    assert!(tcp.contains(" cores 0 shared "), "{tcp}");
+
+    let (code, _, err) = ctl(&["move", "nobody", "--cores", "0"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no guest named `nobody`"), "{err}");
+
+    let (code, _, _) = ctl(&["stop"]);
+    assert_eq!(code, Some(0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("compart did not stop after `ctl stop`");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(!sock.exists(), "the control socket is removed on exit");
+}
