@@ -16,7 +16,7 @@
 //! lists what to resubmit or fail). The free list is threaded through the entries and its head
 //! is private; like everything else in the region, every entry read is validated.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::Corruption;
 use crate::layout::DB_ENTRY_LEN;
@@ -37,6 +37,11 @@ const E_OPCODE: usize = 12;
 const E_OFF: usize = 16;
 const E_LEN: usize = 20;
 const E_INLINE: usize = 24;
+
+/// Index of a `u32` field among an entry's sixteen 32-bit words.
+const fn w(field: usize) -> usize {
+    field / 4
+}
 
 /// End of the free list.
 const NONE: u32 = u32::MAX;
@@ -140,6 +145,50 @@ impl RequestDb {
             .ok_or(Corruption::RequestDb)
     }
 
+    /// Entry `index` as sixteen 32-bit words: one bounds check for all its fields. `index`
+    /// must be below the capacity (checked by the caller).
+    #[inline(always)]
+    fn words<'r>(&self, region: &'r Region, index: u32) -> Result<&'r [AtomicU32; 16], Corruption> {
+        region
+            .words32_at(self.field(index, 0))
+            .ok_or(Corruption::RequestDb)
+    }
+
+    /// The inline words of entry `index` (bytes 24..64 of the entry).
+    #[inline(always)]
+    fn inline_words<'r>(
+        &self,
+        region: &'r Region,
+        index: u32,
+    ) -> Result<&'r [AtomicU64; 8], Corruption> {
+        // The 64-byte view of the entry; its words 3..8 are the inline words.
+        region
+            .slot_at(self.field(index, 0))
+            .ok_or(Corruption::RequestDb)
+    }
+
+    /// The words of `id`'s entry if the id names an entry in state `state` (in range, live
+    /// generation).
+    #[inline(always)]
+    fn entry_in<'r>(
+        &self,
+        region: &'r Region,
+        id: RequestId,
+        state: u32,
+    ) -> Result<Option<&'r [AtomicU32; 16]>, Corruption> {
+        let i = id.index();
+        if i >= self.cap || id.generation() == 0 {
+            return Ok(None);
+        }
+        let e = self.words(region, i)?;
+        if e[w(E_STATE)].load(Ordering::Relaxed) != state
+            || e[w(E_GEN)].load(Ordering::Relaxed) != id.generation()
+        {
+            return Ok(None);
+        }
+        Ok(Some(e))
+    }
+
     /// Allocate an entry for a new request. `Ok(None)`: all entries are in use.
     pub fn alloc(
         &mut self,
@@ -150,28 +199,30 @@ impl RequestDb {
         if i == NONE {
             return Ok(None);
         }
-        if i >= self.cap || self.get(region, i, E_STATE)? != FREE {
+        if i >= self.cap {
             return Err(Corruption::RequestDb);
         }
-        let next = self.get(region, i, E_NEXT)?;
+        let e = self.words(region, i)?;
+        if e[w(E_STATE)].load(Ordering::Relaxed) != FREE {
+            return Err(Corruption::RequestDb);
+        }
+        let next = e[w(E_NEXT)].load(Ordering::Relaxed);
         if next != NONE && next >= self.cap {
             return Err(Corruption::RequestDb);
         }
-        let generation = match self.get(region, i, E_GEN)?.wrapping_add(1) {
+        let generation = match e[w(E_GEN)].load(Ordering::Relaxed).wrapping_add(1) {
             0 => 1,
             g => g,
         };
-        self.set(region, i, E_GEN, generation)?;
-        self.set(region, i, E_OPCODE, u32::from(entry.opcode))?;
-        self.set(region, i, E_OFF, entry.payload_off)?;
-        self.set(region, i, E_LEN, entry.payload_len)?;
-        for (k, w) in entry.inline.iter().enumerate() {
-            region
-                .u64_at(self.field(i, E_INLINE + 8 * k))
-                .ok_or(Corruption::RequestDb)?
-                .store(*w, Ordering::Relaxed);
+        e[w(E_GEN)].store(generation, Ordering::Relaxed);
+        e[w(E_OPCODE)].store(u32::from(entry.opcode), Ordering::Relaxed);
+        e[w(E_OFF)].store(entry.payload_off, Ordering::Relaxed);
+        e[w(E_LEN)].store(entry.payload_len, Ordering::Relaxed);
+        let inline = self.inline_words(region, i)?;
+        for (cell, v) in inline[E_INLINE / 8..].iter().zip(entry.inline) {
+            cell.store(v, Ordering::Relaxed);
         }
-        self.set(region, i, E_STATE, SENT)?;
+        e[w(E_STATE)].store(SENT, Ordering::Relaxed);
         self.free_head = next;
         self.outstanding += 1;
         Ok(Some(RequestId::new(i, generation)))
@@ -184,28 +235,38 @@ impl RequestDb {
         id: RequestId,
         state: u32,
     ) -> Result<Option<Entry>, Corruption> {
-        let i = id.index();
-        if i >= self.cap
-            || id.generation() == 0
-            || self.get(region, i, E_STATE)? != state
-            || self.get(region, i, E_GEN)? != id.generation()
-        {
+        let Some(e) = self.entry_in(region, id, state)? else {
             return Ok(None);
-        }
+        };
         #[allow(clippy::cast_possible_truncation)]
         let mut entry = Entry {
-            opcode: self.get(region, i, E_OPCODE)? as u16,
-            payload_off: self.get(region, i, E_OFF)?,
-            payload_len: self.get(region, i, E_LEN)?,
+            opcode: e[w(E_OPCODE)].load(Ordering::Relaxed) as u16,
+            payload_off: e[w(E_OFF)].load(Ordering::Relaxed),
+            payload_len: e[w(E_LEN)].load(Ordering::Relaxed),
             inline: [0; INLINE_WORDS],
         };
-        for (k, w) in entry.inline.iter_mut().enumerate() {
-            *w = region
-                .u64_at(self.field(i, E_INLINE + 8 * k))
-                .ok_or(Corruption::RequestDb)?
-                .load(Ordering::Relaxed);
+        let inline = self.inline_words(region, id.index())?;
+        for (v, cell) in entry.inline.iter_mut().zip(&inline[E_INLINE / 8..]) {
+            *v = cell.load(Ordering::Relaxed);
         }
         Ok(Some(entry))
+    }
+
+    /// Record the reply to `id`: SENT -> REPLIED, returning the request's opcode.
+    /// `Ok(None)`: `id` is not a SENT request (a stale or forged reply; nothing changes).
+    #[inline]
+    pub fn take_reply(
+        &mut self,
+        region: &Region,
+        id: RequestId,
+    ) -> Result<Option<u16>, Corruption> {
+        let Some(e) = self.entry_in(region, id, SENT)? else {
+            return Ok(None);
+        };
+        #[allow(clippy::cast_possible_truncation)]
+        let opcode = e[w(E_OPCODE)].load(Ordering::Relaxed) as u16;
+        e[w(E_STATE)].store(REPLIED, Ordering::Relaxed);
+        Ok(Some(opcode))
     }
 
     /// Move `id` from `from` to `to` (SENT -> REPLIED on a reply). `Ok(false)`: `id` is not
@@ -217,24 +278,20 @@ impl RequestDb {
         from: u32,
         to: u32,
     ) -> Result<bool, Corruption> {
-        let i = id.index();
-        if i >= self.cap
-            || id.generation() == 0
-            || self.get(region, i, E_STATE)? != from
-            || self.get(region, i, E_GEN)? != id.generation()
-        {
+        let Some(e) = self.entry_in(region, id, from)? else {
             return Ok(false);
-        }
-        self.set(region, i, E_STATE, to)?;
+        };
+        e[w(E_STATE)].store(to, Ordering::Relaxed);
         Ok(true)
     }
 
     /// Return `id` (in state `from`) to the free list. `Ok(false)`: `id` is not in that state.
     pub fn free(&mut self, region: &Region, id: RequestId, from: u32) -> Result<bool, Corruption> {
-        if !self.transition(region, id, from, FREE)? {
+        let Some(e) = self.entry_in(region, id, from)? else {
             return Ok(false);
-        }
-        self.set(region, id.index(), E_NEXT, self.free_head)?;
+        };
+        e[w(E_STATE)].store(FREE, Ordering::Relaxed);
+        e[w(E_NEXT)].store(self.free_head, Ordering::Relaxed);
         self.free_head = id.index();
         self.outstanding = self.outstanding.saturating_sub(1);
         Ok(true)

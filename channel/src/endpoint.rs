@@ -587,18 +587,12 @@ impl<N: Notifier> Endpoint<N> {
         } else {
             (0, 0)
         };
-        let Some(entry) = self.db.lookup(&self.region, id, db::SENT)? else {
+        let Some(opcode) = self.db.take_reply(&self.region, id)? else {
             return Ok(None);
         };
-        if !self
-            .db
-            .transition(&self.region, id, db::SENT, db::REPLIED)?
-        {
-            return Err(Corruption::RequestDb);
-        }
         Ok(Some(Reply {
             id,
-            opcode: entry.opcode,
+            opcode,
             status: m.status,
             inline: m.inline,
             payload_off,

@@ -131,3 +131,25 @@ fn a_corrupt_free_list_is_reported() {
         .store(1000, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(d.alloc(&r, &entry(1, 0)), Err(Corruption::RequestDb));
 }
+
+#[test]
+fn take_reply_accepts_each_sent_request_once() {
+    let mem = Mem::new(PairConfig::new(8, 2, 64));
+    let r = mem.region;
+    let mut d = RequestDb::attach(&r, mem.layout.side(Side::A).db, 2).unwrap();
+    let a = d.alloc(&r, &entry(9, 0)).unwrap().unwrap();
+    // Wrong generation, out-of-range index, generation 0: not outstanding, nothing changes.
+    let stale = RequestId(u64::from(a.generation().wrapping_add(1)) << 32 | u64::from(a.index()));
+    assert_eq!(d.take_reply(&r, stale), Ok(None));
+    assert_eq!(d.take_reply(&r, RequestId(1 << 32 | 7)), Ok(None));
+    assert_eq!(d.take_reply(&r, RequestId(u64::from(a.index()))), Ok(None));
+    assert_eq!(
+        d.lookup(&r, a, db::SENT).unwrap().map(|e| e.opcode),
+        Some(9)
+    );
+    // The real id: once, and the entry is then REPLIED.
+    assert_eq!(d.take_reply(&r, a), Ok(Some(9)));
+    assert_eq!(d.take_reply(&r, a), Ok(None));
+    assert!(d.lookup(&r, a, db::REPLIED).unwrap().is_some());
+    assert!(d.free(&r, a, db::REPLIED).unwrap());
+}
