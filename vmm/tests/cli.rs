@@ -84,18 +84,23 @@ fn sigterm_stops_the_default_topology_cleanly() {
     }
     // SAFETY: sending SIGTERM to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_exit(&mut child, "SIGTERM");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// Waits up to 10 s for `child` to exit after `what`; kills it and fails otherwise.
+fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
+    loop {
         if let Some(s) = child.try_wait().unwrap() {
-            break s;
+            return s;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("compart did not stop within 10 s of SIGTERM");
+            panic!("compart did not stop within 10 s of {what}");
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
+    }
 }
 
 #[test]
@@ -267,17 +272,7 @@ fn ctl_moves_reports_and_stops_a_running_vmm() {
 
     let (code, _, _) = ctl(&["stop"]);
     assert_eq!(code, Some(0));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("compart did not stop after `ctl stop`");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child, "`ctl stop`");
     assert_eq!(status.code(), Some(0));
     assert!(!sock.exists(), "the control socket is removed on exit");
 }
