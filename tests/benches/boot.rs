@@ -142,7 +142,7 @@ fn main() {
             .collect();
         all_up.push(firsts.iter().cloned().fold(0.0, f64::max));
         per_guest.extend(firsts);
-        vmm.stopper().stop();
+        vmm.handle().stop();
         vmm.wait();
     }
     let one = topology(&idle_guests(1));
@@ -152,7 +152,7 @@ fn main() {
         let vmm = compart_vmm::start(&one, capture.sink()).unwrap();
         capture.wait_until(Duration::from_secs(20), "first line", |ls| !ls.is_empty());
         single.push(capture.lines()[0].at.duration_since(start).as_secs_f64() * 1e3);
-        vmm.stopper().stop();
+        vmm.handle().stop();
         vmm.wait();
     }
 
@@ -170,7 +170,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
         let rss = status_kib("VmRSS:").saturating_sub(rss0);
         let avail = avail0.saturating_sub(mem_available_kib());
-        vmm.stopper().stop();
+        vmm.handle().stop();
         vmm.wait();
         mem_points.push((n, rss, avail));
     }

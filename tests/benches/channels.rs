@@ -174,7 +174,7 @@ fn host_thread_to_guest(n: u64) -> f64 {
     let mut a = Endpoint::attach(region, Side::A, Kick(&side.kick_peer)).unwrap();
     let rate = ping(&mut a, &Sleep(&side.wake_me), 0, n, 1);
     capture.wait_for("pong", "stop after", Duration::from_secs(20));
-    vmm.stopper().stop();
+    vmm.handle().stop();
     vmm.wait();
     rate
 }

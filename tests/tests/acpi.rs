@@ -86,7 +86,7 @@ fn every_guest_of_the_default_topology_gets_the_host_ladder() {
     for g in &t.guests {
         capture.wait_for(&g.name, "idle", Duration::from_secs(20));
     }
-    vmm.stopper().stop();
+    vmm.handle().stop();
     vmm.wait();
     for g in &t.guests {
         let states: Vec<String> = capture

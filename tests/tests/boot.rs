@@ -84,7 +84,7 @@ fn default_topology_boots_five_guests_pinned_as_asked() {
             th.vcpu
         );
     }
-    vmm.stopper().stop();
+    vmm.handle().stop();
     let outcome = vmm.wait();
     assert!(
         outcome
@@ -124,7 +124,7 @@ fn idle_guests_use_under_one_percent_of_a_core() {
         "idle guests used {:.3} % of a core",
         share * 100.0
     );
-    vmm.stopper().stop();
+    vmm.handle().stop();
     vmm.wait();
 }
 
@@ -143,7 +143,7 @@ fn failing_guests_are_reported_and_the_others_keep_running() {
     .concat();
     let t = topology(&text);
     let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
-    let stopper = vmm.stopper();
+    let stopper = vmm.handle();
     let waiter = std::thread::spawn(move || vmm.wait());
     // The survivor halts; give the others time to fail while it stays up.
     std::thread::sleep(Duration::from_secs(2));

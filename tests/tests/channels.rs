@@ -45,7 +45,7 @@ fn a_million_round_trips_survive_live_moves_between_dedicated_and_shared_cores()
     let t = topology(&pair("role=ping n=1000000 phases=3 window=64 payload=8"));
     let capture = Capture::default();
     let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
-    let control = vmm.stopper();
+    let control = vmm.handle();
     let waiter = std::thread::spawn(move || vmm.wait());
 
     let move_pong = |core: u32| {
@@ -136,7 +136,7 @@ fn a_guest_whose_peer_is_idle_uses_under_one_percent_of_a_core() {
         share * 100.0
     );
     assert!(share < 0.01, "pong used {:.3} % of a core", share * 100.0);
-    vmm.stopper().stop();
+    vmm.handle().stop();
     vmm.wait();
 }
 

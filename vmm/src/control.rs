@@ -11,7 +11,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::runtime::{ControlRequest, Stopper};
+use crate::runtime::{ControlRequest, VmmHandle};
 use crate::topology::parse_core_list;
 
 /// How long a client may take to send its request, and the VMM to answer it.
@@ -47,7 +47,7 @@ pub struct ControlServer {
 
 impl ControlServer {
     /// Binds `path` (replacing a stale socket) and serves it on a thread.
-    pub fn start(path: &Path, vmm: Stopper) -> std::io::Result<ControlServer> {
+    pub fn start(path: &Path, vmm: VmmHandle) -> std::io::Result<ControlServer> {
         if path.exists() {
             std::fs::remove_file(path)?;
         }
@@ -73,7 +73,7 @@ impl Drop for ControlServer {
     }
 }
 
-fn serve(conn: UnixStream, vmm: &Stopper) -> std::io::Result<()> {
+fn serve(conn: UnixStream, vmm: &VmmHandle) -> std::io::Result<()> {
     conn.set_read_timeout(Some(TIMEOUT))?;
     conn.set_write_timeout(Some(TIMEOUT))?;
     let mut line = String::new();

@@ -34,7 +34,7 @@ pub mod topology;
 pub mod vstate;
 
 pub use runtime::{
-    start, ControlRequest, GuestState, RunOutcome, RunningVmm, Stopper, VcpuThreadInfo, VmmError,
+    start, ControlRequest, GuestState, RunOutcome, RunningVmm, VcpuThreadInfo, VmmError, VmmHandle,
 };
 pub use topology::{HostFacts, Topology};
 

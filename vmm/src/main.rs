@@ -204,7 +204,7 @@ fn run(path: PathBuf, control: Option<PathBuf>) -> ExitCode {
         path.display()
     );
     let _control = match control {
-        Some(p) => match compart_vmm::control::ControlServer::start(&p, vmm.stopper()) {
+        Some(p) => match compart_vmm::control::ControlServer::start(&p, vmm.handle()) {
             Ok(s) => {
                 log::info!("control socket at {}", p.display());
                 Some(s)
@@ -214,14 +214,14 @@ fn run(path: PathBuf, control: Option<PathBuf>) -> ExitCode {
                     "compart: cannot serve the control socket {}: {e}",
                     p.display()
                 );
-                vmm.stopper().stop();
+                vmm.handle().stop();
                 vmm.wait();
                 return ExitCode::FAILURE;
             }
         },
         None => None,
     };
-    let stopper = vmm.stopper();
+    let stopper = vmm.handle();
     match signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM]) {
         Ok(mut signals) => {
             std::thread::spawn(move || {

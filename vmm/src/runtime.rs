@@ -106,10 +106,11 @@ pub enum ControlRequest {
     Status,
 }
 
-/// Asks a running VMM to stop every guest; cheap to clone and send to other threads
+/// Talks to a running VMM from other threads (a signal thread, the control socket, a
+/// test): stop it, or send it a [`ControlRequest`]. Cheap to clone; send it anywhere
 /// (a signal handler thread, a test).
 #[derive(Debug, Clone)]
-pub struct Stopper(Sender<Msg>);
+pub struct VmmHandle(Sender<Msg>);
 
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,7 +122,7 @@ impl std::fmt::Debug for Msg {
     }
 }
 
-impl Stopper {
+impl VmmHandle {
     /// Requests a clean stop; returns at once.
     pub fn stop(&self) {
         let _ = self.0.send(Msg::Stop);
@@ -375,9 +376,9 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
 }
 
 impl RunningVmm {
-    /// A handle that stops this VMM from another thread.
-    pub fn stopper(&self) -> Stopper {
-        Stopper(self.tx.clone())
+    /// A handle that stops or controls this VMM from another thread.
+    pub fn handle(&self) -> VmmHandle {
+        VmmHandle(self.tx.clone())
     }
 
     /// Hands side A of channel `index` to a host thread (benchmarks, tools): its region
