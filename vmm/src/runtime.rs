@@ -107,8 +107,7 @@ pub enum ControlRequest {
 }
 
 /// Talks to a running VMM from other threads (a signal thread, the control socket, a
-/// test): stop it, or send it a [`ControlRequest`]. Cheap to clone; send it anywhere
-/// (a signal handler thread, a test).
+/// test): stop it, or send it a [`ControlRequest`]. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct VmmHandle(Sender<Msg>);
 
