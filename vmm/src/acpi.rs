@@ -4,7 +4,9 @@
 //! `ACPI_GPA`; the boot info carries the RSDP address.
 
 use compart_abi::{ACPI_GPA, ACPI_SIZE};
-use compart_acpi::{psd_from_pinning, AcpiTables, GuestAcpiConfig, IoApicConfig, VcpuAcpi};
+use compart_acpi::{
+    psd_from_pinning, AcpiTables, GuestAcpiConfig, IoApicConfig, PsdDomain, VcpuAcpi,
+};
 
 /// Where KVM's in-kernel I/O APIC sits.
 const IO_APIC_GPA: u32 = 0xfec0_0000;
@@ -22,10 +24,10 @@ pub struct AcpiError {
     pub source: compart_acpi::BuildError,
 }
 
-/// The ACPI description of `guest`.
-pub fn guest_config(topology: &Topology, guest: &GuestConfig) -> GuestAcpiConfig {
-    // A vCPU pinned to a single core is in that core's frequency domain; one allowed
-    // on several cores may run anywhere, so it is its own domain.
+/// The `_PSD` entry of each of `guest`'s vCPUs: a vCPU pinned to a single core is in
+/// that core's host frequency domain; one allowed on several cores may run anywhere,
+/// so it is a domain of its own.
+pub fn guest_psd(topology: &Topology, guest: &GuestConfig) -> Vec<PsdDomain> {
     let pins: Vec<Option<u32>> = guest
         .vcpu_cores
         .iter()
@@ -34,8 +36,12 @@ pub fn guest_config(topology: &Topology, guest: &GuestConfig) -> GuestAcpiConfig
             _ => None,
         })
         .collect();
-    let psd = psd_from_pinning(&pins, &topology.freq_domains, guest.coordination);
-    let vcpus = psd
+    psd_from_pinning(&pins, &topology.freq_domains, guest.coordination)
+}
+
+/// The ACPI description of `guest`.
+pub fn guest_config(topology: &Topology, guest: &GuestConfig) -> GuestAcpiConfig {
+    let vcpus = guest_psd(topology, guest)
         .into_iter()
         .zip(0u32..)
         .map(|(psd, i)| VcpuAcpi {

@@ -113,11 +113,7 @@ impl PStateController {
             .guests
             .iter()
             .map(|g| {
-                let psd = crate::acpi::guest_config(topology, g)
-                    .vcpus
-                    .iter()
-                    .map(|v| v.psd)
-                    .collect();
+                let psd = crate::acpi::guest_psd(topology, g);
                 let states = GuestPStates::new(
                     topology.pstates.clone(),
                     g.ppc as usize,
@@ -263,11 +259,7 @@ impl PStateController {
         g.cores[vcpu] = cores;
         let mut config = topology.guests[guest].clone();
         config.vcpu_cores = g.cores.clone();
-        let psd = crate::acpi::guest_config(topology, &config)
-            .vcpus
-            .iter()
-            .map(|v| v.psd)
-            .collect();
+        let psd = crate::acpi::guest_psd(topology, &config);
         let changes = g.states.set_domains(psd);
         self.apply_changes(g, &changes);
         self.apply_to_host(&guests);
