@@ -95,6 +95,7 @@ pub(crate) fn format(region: &Region, base: usize, cap: u32) -> Option<()> {
 /// The owner's handle on its database.
 #[derive(Debug)]
 pub struct RequestDb {
+    region: Region,
     base: usize,
     cap: u32,
     free_head: u32,
@@ -105,16 +106,24 @@ impl RequestDb {
     /// Take over the database at `base`: rebuild the free list from the entries' states (so
     /// that entries still SENT or REPLIED from a previous incarnation stay outstanding).
     pub fn attach(region: &Region, base: usize, cap: u32) -> Result<RequestDb, Corruption> {
+        // The per-request accesses below rely on this check, done once.
+        let len = (cap as usize)
+            .checked_mul(DB_ENTRY_LEN)
+            .ok_or(Corruption::RequestDb)?;
+        if base % DB_ENTRY_LEN != 0 || !region.contains(base, len) {
+            return Err(Corruption::RequestDb);
+        }
         let mut db = RequestDb {
+            region: *region,
             base,
             cap,
             free_head: NONE,
             outstanding: 0,
         };
         for i in (0..cap).rev() {
-            match db.get(region, i, E_STATE)? {
+            match db.get(i, E_STATE)? {
                 FREE => {
-                    db.set(region, i, E_NEXT, db.free_head)?;
+                    db.set(i, E_NEXT, db.free_head)?;
                     db.free_head = i;
                 }
                 SENT | REPLIED => db.outstanding += 1,
@@ -130,71 +139,68 @@ impl RequestDb {
     }
 
     #[inline(always)]
-    fn get(&self, region: &Region, index: u32, field: usize) -> Result<u32, Corruption> {
-        region
+    fn get(&self, index: u32, field: usize) -> Result<u32, Corruption> {
+        self.region
             .u32_at(self.field(index, field))
             .map(|a| a.load(Ordering::Relaxed))
             .ok_or(Corruption::RequestDb)
     }
 
     #[inline(always)]
-    fn set(&self, region: &Region, index: u32, field: usize, v: u32) -> Result<(), Corruption> {
-        region
+    fn set(&self, index: u32, field: usize, v: u32) -> Result<(), Corruption> {
+        self.region
             .u32_at(self.field(index, field))
             .map(|a| a.store(v, Ordering::Relaxed))
             .ok_or(Corruption::RequestDb)
     }
 
-    /// Entry `index` as sixteen 32-bit words: one bounds check for all its fields. `index`
-    /// must be below the capacity (checked by the caller).
+    /// Entry `index` as sixteen 32-bit words. `index` must be below the capacity (checked by
+    /// the caller).
     #[inline(always)]
-    fn words<'r>(&self, region: &'r Region, index: u32) -> Result<&'r [AtomicU32; 16], Corruption> {
-        region
-            .words32_at(self.field(index, 0))
-            .ok_or(Corruption::RequestDb)
+    fn words(&self, index: u32) -> &[AtomicU32; 16] {
+        debug_assert!(index < self.cap);
+        // SAFETY: `index < cap` (caller), and `attach` checked that the `cap` entries from
+        // `base` lie inside the region, 64-aligned; the 64 bytes of an entry are sixteen
+        // `AtomicU32`s as they are eight `AtomicU64`s.
+        unsafe {
+            &*(self
+                .region
+                .slot_unchecked(self.field(index, 0))
+                .as_ptr()
+                .cast::<[AtomicU32; 16]>())
+        }
     }
 
-    /// The inline words of entry `index` (bytes 24..64 of the entry).
+    /// The inline words of entry `index` (bytes 24..64 of the entry). `index` must be below
+    /// the capacity.
     #[inline(always)]
-    fn inline_words<'r>(
-        &self,
-        region: &'r Region,
-        index: u32,
-    ) -> Result<&'r [AtomicU64; 8], Corruption> {
-        // The 64-byte view of the entry; its words 3..8 are the inline words.
-        region
-            .slot_at(self.field(index, 0))
-            .ok_or(Corruption::RequestDb)
+    fn inline_words(&self, index: u32) -> &[AtomicU64] {
+        debug_assert!(index < self.cap);
+        // SAFETY: as in `words`.
+        let e = unsafe { self.region.slot_unchecked(self.field(index, 0)) };
+        &e[E_INLINE / 8..]
     }
 
     /// The words of `id`'s entry if the id names an entry in state `state` (in range, live
     /// generation).
     #[inline(always)]
-    fn entry_in<'r>(
-        &self,
-        region: &'r Region,
-        id: RequestId,
-        state: u32,
-    ) -> Result<Option<&'r [AtomicU32; 16]>, Corruption> {
+    fn entry_in(&self, id: RequestId, state: u32) -> Option<&[AtomicU32; 16]> {
         let i = id.index();
         if i >= self.cap || id.generation() == 0 {
-            return Ok(None);
+            return None;
         }
-        let e = self.words(region, i)?;
+        let e = self.words(i);
         if e[w(E_STATE)].load(Ordering::Relaxed) != state
             || e[w(E_GEN)].load(Ordering::Relaxed) != id.generation()
         {
-            return Ok(None);
+            return None;
         }
-        Ok(Some(e))
+        Some(e)
     }
 
     /// Allocate an entry for a new request. `Ok(None)`: all entries are in use.
-    pub fn alloc(
-        &mut self,
-        region: &Region,
-        entry: &Entry,
-    ) -> Result<Option<RequestId>, Corruption> {
+    #[inline(always)]
+    pub fn alloc(&mut self, entry: &Entry) -> Result<Option<RequestId>, Corruption> {
         let i = self.free_head;
         if i == NONE {
             return Ok(None);
@@ -202,7 +208,7 @@ impl RequestDb {
         if i >= self.cap {
             return Err(Corruption::RequestDb);
         }
-        let e = self.words(region, i)?;
+        let e = self.words(i);
         if e[w(E_STATE)].load(Ordering::Relaxed) != FREE {
             return Err(Corruption::RequestDb);
         }
@@ -218,8 +224,8 @@ impl RequestDb {
         e[w(E_OPCODE)].store(u32::from(entry.opcode), Ordering::Relaxed);
         e[w(E_OFF)].store(entry.payload_off, Ordering::Relaxed);
         e[w(E_LEN)].store(entry.payload_len, Ordering::Relaxed);
-        let inline = self.inline_words(region, i)?;
-        for (cell, v) in inline[E_INLINE / 8..].iter().zip(entry.inline) {
+        let inline = self.inline_words(i);
+        for (cell, v) in inline.iter().zip(entry.inline) {
             cell.store(v, Ordering::Relaxed);
         }
         e[w(E_STATE)].store(SENT, Ordering::Relaxed);
@@ -229,13 +235,8 @@ impl RequestDb {
     }
 
     /// The entry of `id` if it is in state `state`; `None` if `id` does not name such an entry.
-    pub fn lookup(
-        &self,
-        region: &Region,
-        id: RequestId,
-        state: u32,
-    ) -> Result<Option<Entry>, Corruption> {
-        let Some(e) = self.entry_in(region, id, state)? else {
+    pub fn lookup(&self, id: RequestId, state: u32) -> Result<Option<Entry>, Corruption> {
+        let Some(e) = self.entry_in(id, state) else {
             return Ok(None);
         };
         #[allow(clippy::cast_possible_truncation)]
@@ -245,8 +246,8 @@ impl RequestDb {
             payload_len: e[w(E_LEN)].load(Ordering::Relaxed),
             inline: [0; INLINE_WORDS],
         };
-        let inline = self.inline_words(region, id.index())?;
-        for (v, cell) in entry.inline.iter_mut().zip(&inline[E_INLINE / 8..]) {
+        let inline = self.inline_words(id.index());
+        for (v, cell) in entry.inline.iter_mut().zip(inline) {
             *v = cell.load(Ordering::Relaxed);
         }
         Ok(Some(entry))
@@ -254,13 +255,9 @@ impl RequestDb {
 
     /// Record the reply to `id`: SENT -> REPLIED, returning the request's opcode.
     /// `Ok(None)`: `id` is not a SENT request (a stale or forged reply; nothing changes).
-    #[inline]
-    pub fn take_reply(
-        &mut self,
-        region: &Region,
-        id: RequestId,
-    ) -> Result<Option<u16>, Corruption> {
-        let Some(e) = self.entry_in(region, id, SENT)? else {
+    #[inline(always)]
+    pub fn take_reply(&mut self, id: RequestId) -> Result<Option<u16>, Corruption> {
+        let Some(e) = self.entry_in(id, SENT) else {
             return Ok(None);
         };
         #[allow(clippy::cast_possible_truncation)]
@@ -271,14 +268,8 @@ impl RequestDb {
 
     /// Move `id` from `from` to `to` (SENT -> REPLIED on a reply). `Ok(false)`: `id` is not
     /// in state `from`.
-    pub fn transition(
-        &mut self,
-        region: &Region,
-        id: RequestId,
-        from: u32,
-        to: u32,
-    ) -> Result<bool, Corruption> {
-        let Some(e) = self.entry_in(region, id, from)? else {
+    pub fn transition(&mut self, id: RequestId, from: u32, to: u32) -> Result<bool, Corruption> {
+        let Some(e) = self.entry_in(id, from) else {
             return Ok(false);
         };
         e[w(E_STATE)].store(to, Ordering::Relaxed);
@@ -286,8 +277,9 @@ impl RequestDb {
     }
 
     /// Return `id` (in state `from`) to the free list. `Ok(false)`: `id` is not in that state.
-    pub fn free(&mut self, region: &Region, id: RequestId, from: u32) -> Result<bool, Corruption> {
-        let Some(e) = self.entry_in(region, id, from)? else {
+    #[inline(always)]
+    pub fn free(&mut self, id: RequestId, from: u32) -> Result<bool, Corruption> {
+        let Some(e) = self.entry_in(id, from) else {
             return Ok(false);
         };
         e[w(E_STATE)].store(FREE, Ordering::Relaxed);
@@ -298,11 +290,11 @@ impl RequestDb {
     }
 
     /// The id of entry `index` if it is SENT (for listing outstanding requests).
-    pub fn sent_at(&self, region: &Region, index: u32) -> Result<Option<RequestId>, Corruption> {
-        if index >= self.cap || self.get(region, index, E_STATE)? != SENT {
+    pub fn sent_at(&self, index: u32) -> Result<Option<RequestId>, Corruption> {
+        if index >= self.cap || self.get(index, E_STATE)? != SENT {
             return Ok(None);
         }
-        Ok(Some(RequestId::new(index, self.get(region, index, E_GEN)?)))
+        Ok(Some(RequestId::new(index, self.get(index, E_GEN)?)))
     }
 
     /// Entries allocated and not freed.

@@ -9,83 +9,105 @@ use crate::notify::{self, Notifier, Waiter};
 use crate::pool::Pool;
 use crate::region::Region;
 use crate::ring::{self, Consumer, Producer};
-use crate::wire::{Message, FLAG_ONEWAY, FLAG_PAYLOAD, INLINE_WORDS};
+use crate::wire::{self, Words, FLAGS_KNOWN, FLAG_ONEWAY, FLAG_PAYLOAD, INLINE_WORDS};
 use crate::Side;
 
-/// Default number of messages staged before the producer index is published.
-pub const DEFAULT_PUBLISH_BATCH: u32 = 16;
-/// Publications after which the deferred kick check runs even if the side stays busy.
-pub const KICK_CHECK_EVERY: u32 = 16;
+/// Messages sent after which the deferred kick check runs even if the side stays busy.
+pub const KICK_CHECK_EVERY: u32 = 256;
 /// Empty polls in a row after which the deferred kick check runs.
 pub const KICK_CHECK_IDLE_POLLS: u32 = 64;
 
 /// A request received from the peer. Not `Clone`: [`Endpoint::reply`] consumes it, so a
 /// request is answered at most once.
+///
+/// It is this side's private copy of the request's slot, validated when it was taken.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Request {
-    id: RequestId,
-    opcode: u16,
-    oneway: bool,
-    inline: [u64; INLINE_WORDS],
-    payload_off: u32,
-    payload_len: u32,
+    words: Words,
 }
 
 impl Request {
     /// The requester's id for this request (0 for one-way messages).
+    #[inline]
     pub fn id(&self) -> RequestId {
-        self.id
+        RequestId(self.words[0])
     }
     /// Application operation code.
+    #[inline]
     pub fn opcode(&self) -> u16 {
-        self.opcode
+        wire::opcode(&self.words)
     }
     /// Whether the request expects no reply.
+    #[inline]
     pub fn is_oneway(&self) -> bool {
-        self.oneway
+        wire::flags(&self.words) & FLAG_ONEWAY != 0
     }
     /// The inline words.
+    #[inline]
     pub fn inline(&self) -> &[u64; INLINE_WORDS] {
-        &self.inline
+        wire::inline(&self.words)
     }
     /// Payload length in bytes (already checked to lie inside the requester's buffer).
+    #[inline]
     pub fn payload_len(&self) -> usize {
-        self.payload_len as usize
+        self.payload().1 as usize
+    }
+    /// Offset and length of the payload in the requester's buffer ((0, 0) without one).
+    #[inline]
+    fn payload(&self) -> (u32, u32) {
+        payload(&self.words)
+    }
+}
+
+/// Offset and length of a validated message's payload ((0, 0) without one).
+#[inline(always)]
+fn payload(w: &Words) -> (u32, u32) {
+    if wire::flags(w) & FLAG_PAYLOAD != 0 {
+        (wire::payload_off(w), wire::payload_len(w))
+    } else {
+        (0, 0)
     }
 }
 
 /// A reply to one of this endpoint's requests. Not `Clone`: [`Endpoint::free`] consumes it
 /// and gives the request's database entry and buffer back.
+///
+/// This side's private copy of the reply's slot, validated when it was taken, with the
+/// opcode of the request as this side's database recorded it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Reply {
-    id: RequestId,
-    opcode: u16,
-    status: u32,
-    inline: [u64; INLINE_WORDS],
-    payload_off: u32,
-    payload_len: u32,
+    words: Words,
 }
 
 impl Reply {
     /// The id [`Endpoint::send_request`] returned.
+    #[inline]
     pub fn id(&self) -> RequestId {
-        self.id
+        RequestId(self.words[0])
     }
     /// Opcode of the original request.
+    #[inline]
     pub fn opcode(&self) -> u16 {
-        self.opcode
+        wire::opcode(&self.words)
     }
     /// Status set by the replier.
+    #[inline]
     pub fn status(&self) -> u32 {
-        self.status
+        wire::status(&self.words)
     }
     /// The replier's inline words.
+    #[inline]
     pub fn inline(&self) -> &[u64; INLINE_WORDS] {
-        &self.inline
+        wire::inline(&self.words)
     }
     /// Length of the reply payload (in the request's buffer).
+    #[inline]
     pub fn payload_len(&self) -> usize {
-        self.payload_len as usize
+        self.payload().1 as usize
+    }
+    #[inline]
+    fn payload(&self) -> (u32, u32) {
+        payload(&self.words)
     }
 }
 
@@ -142,10 +164,10 @@ pub fn occupancy(region: &Region, layout: &PairLayout, side: Side) -> Occupancy 
 /// One side of a channel pair.
 ///
 /// Every side can both send requests (and receive their replies) and serve the peer's
-/// requests. Staged messages are published in batches: after
-/// [`set_publish_batch`](Self::set_publish_batch) messages, on [`flush`](Self::flush), and
-/// whenever the endpoint polls or waits, so a server loop of "poll, handle, reply" never
-/// needs an explicit flush. A side that stops sending and does *not* go on polling or
+/// requests. A message is visible to the peer as soon as it is sent; what is deferred is
+/// the sender's half of the sleep protocol (see [`KICK_CHECK_EVERY`]), which runs when the
+/// endpoint polls without finding work or waits, so a server loop of "poll, handle, reply"
+/// never needs an explicit flush. A side that stops sending and does *not* go on polling or
 /// waiting must call [`flush`](Self::flush), or a sleeping peer may not be woken.
 #[derive(Debug)]
 pub struct Endpoint<N: Notifier> {
@@ -162,7 +184,6 @@ pub struct Endpoint<N: Notifier> {
     my_notify: usize,
     peer_notify: usize,
     notifier: N,
-    publish_batch: u32,
     unchecked: u32,
     idle_polls: u32,
     stale_replies: u64,
@@ -196,7 +217,6 @@ impl<N: Notifier> Endpoint<N> {
             layout,
             side,
             notifier,
-            publish_batch: DEFAULT_PUBLISH_BATCH,
             unchecked: 0,
             idle_polls: 0,
             stale_replies: 0,
@@ -223,11 +243,6 @@ impl<N: Notifier> Endpoint<N> {
     /// operation with [`ChannelError::Broken`] and never touches the region again.
     pub fn broken(&self) -> Option<Corruption> {
         self.broken
-    }
-
-    /// Publish after `n` staged messages (1: publish every message; at least 1).
-    pub fn set_publish_batch(&mut self, n: u32) {
-        self.publish_batch = n.max(1);
     }
 
     /// Bytes available for one request's payload.
@@ -259,65 +274,63 @@ impl<N: Notifier> Endpoint<N> {
         region.u32_at(notify + N_STATE).ok_or(Corruption::BadHeader)
     }
 
-    /// Publish everything staged. The kick check that must follow a publication (fence, read
-    /// the peer's state) is *deferred* to [`kick_check`](Self::kick_check), which runs when
-    /// this side waits, flushes or finds a queue full, after [`KICK_CHECK_IDLE_POLLS`] empty
-    /// polls in a row, or after [`KICK_CHECK_EVERY`] unchecked publications. A full fence
-    /// costs as much as a cache-line transfer here (it waits for the stores it orders), so it
-    /// is kept off the message's critical path; never skipping it keeps the
-    /// no-lost-wake-up argument, and the delay it adds to waking a sleeping peer is a few
-    /// polls, small next to the wake-up itself.
-    #[inline]
-    fn publish(&mut self) -> Result<(), Corruption> {
-        let a = self.tx_requests.publish(&self.region)?;
-        let b = self.tx_replies.publish(&self.region)?;
-        if a || b {
-            self.unchecked += 1;
-            if self.unchecked >= KICK_CHECK_EVERY {
-                self.kick_check()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The sender half of the notification protocol for every publication so far.
-    #[inline]
+    /// The sender half of the notification protocol for every message sent so far, and the
+    /// bookkeeping that can wait as long: store the rings' `tail` indices for observers.
+    ///
+    /// The kick check that must follow a message (fence, read the peer's state) is
+    /// *deferred*: it runs when this side waits, flushes or finds a queue full, after
+    /// [`KICK_CHECK_IDLE_POLLS`] empty polls in a row, or after [`KICK_CHECK_EVERY`] messages
+    /// sent. A full fence costs as much as a cache-line transfer here (it waits for the
+    /// stores it orders), so it is kept off the message's critical path; never skipping it
+    /// keeps the no-lost-wake-up argument, and the delay it adds to waking a sleeping peer is
+    /// a few polls, small next to the wake-up itself.
+    #[inline(never)]
     fn kick_check(&mut self) -> Result<(), Corruption> {
         if self.unchecked == 0 {
             return Ok(());
         }
         self.unchecked = 0;
         self.idle_polls = 0;
+        // Off the critical path: the indices only this side writes are still its own.
+        self.tx_requests.verify()?;
+        self.tx_replies.verify()?;
+        self.tx_requests.publish();
+        self.tx_replies.publish();
         let region = self.region;
-        if notify::sender_must_kick(Self::state_word(&region, self.peer_notify)?) {
+        let state = Self::state_word(&region, self.peer_notify)?;
+        if notify::sender_must_kick(state) {
             if let Some(k) = region.u64_at(self.peer_notify + N_KICKS) {
                 k.fetch_add(1, Ordering::Relaxed);
             }
             self.notifier.kick();
+        } else if !notify::is_state(state.load(Ordering::Relaxed)) {
+            return Err(Corruption::NotifyState);
         }
         Ok(())
     }
 
+    /// A message was sent (and is visible): count it for the deferred kick check.
     #[inline(always)]
-    fn staged(&mut self, producer_unpublished: u32) -> Result<(), ChannelError> {
-        if producer_unpublished >= self.publish_batch {
-            let r = self.publish();
+    fn sent(&mut self) -> Result<(), ChannelError> {
+        self.unchecked += 1;
+        if self.unchecked >= KICK_CHECK_EVERY {
+            let r = self.kick_check();
             self.guard(r)?;
         }
         Ok(())
     }
 
-    /// A queue is full: publish what is staged (kicking a sleeping peer, which would
-    /// otherwise never make room) and report it.
+    /// A queue is full: settle the kick check (a sleeping peer would otherwise never make
+    /// room) and report it.
     #[cold]
     fn full<T>(&mut self) -> Result<T, ChannelError> {
-        let r = self.publish().and_then(|()| self.kick_check());
+        let r = self.kick_check();
         self.guard(r)?;
         Err(ChannelError::Full)
     }
 
     /// An empty poll: after a few in a row, settle any deferred kick check.
-    #[inline]
+    #[inline(always)]
     fn idle(&mut self) -> Result<(), ChannelError> {
         if self.unchecked > 0 {
             self.idle_polls += 1;
@@ -329,11 +342,12 @@ impl<N: Notifier> Endpoint<N> {
         Ok(())
     }
 
-    /// Publish staged messages now and kick the peer if it sleeps. Call it when done
-    /// sending and not about to poll or wait (polling and waiting flush by themselves).
+    /// Kick the peer now if it sleeps and this side sent it something since it went to sleep.
+    /// Call it when done sending and not about to poll or wait (polling and waiting do it
+    /// by themselves).
     pub fn flush(&mut self) -> Result<(), ChannelError> {
         self.check()?;
-        let r = self.publish().and_then(|()| self.kick_check());
+        let r = self.kick_check();
         self.guard(r)
     }
 
@@ -343,6 +357,7 @@ impl<N: Notifier> Endpoint<N> {
     /// Errors: [`ChannelError::NoFreeRequest`] when `max_outstanding` requests are
     /// unfreed, [`ChannelError::Full`] when the peer's request queue is full,
     /// [`ChannelError::PayloadTooLarge`].
+    #[inline(always)]
     pub fn send_request(
         &mut self,
         opcode: u16,
@@ -355,8 +370,7 @@ impl<N: Notifier> Endpoint<N> {
         }
         // Slots of replies we have consumed go back before the peer may need them for the
         // reply to this request (the reply queue holds exactly `max_outstanding`).
-        let r = self.rx_replies.publish(&self.region);
-        self.guard(r)?;
+        self.rx_replies.publish();
         #[allow(clippy::cast_possible_truncation)] // checked against buf_size above
         let entry = Entry {
             opcode,
@@ -364,25 +378,25 @@ impl<N: Notifier> Endpoint<N> {
             payload_len: payload.len() as u32,
             inline,
         };
-        let r = self.db.alloc(&self.region, &entry);
+        let r = self.db.alloc(&entry);
         let Some(id) = self.guard(r)? else {
             return Err(ChannelError::NoFreeRequest);
         };
         let r = self.write_request(id, &entry, payload);
         match self.guard(r)? {
             true => {
-                let n = self.tx_requests.unpublished();
-                self.staged(n)?;
+                self.sent()?;
                 Ok(id)
             }
             false => {
-                let r = self.db.free(&self.region, id, db::SENT);
+                let r = self.db.free(id, db::SENT);
                 self.guard(r)?;
                 self.full()
             }
         }
     }
 
+    #[inline(always)]
     fn write_request(
         &mut self,
         id: RequestId,
@@ -397,93 +411,64 @@ impl<N: Notifier> Endpoint<N> {
                 .write_bytes(off, payload)
                 .ok_or(Corruption::PayloadBounds)?;
         }
-        let msg = Message {
-            id: id.0,
-            opcode: entry.opcode,
-            flags: if entry.payload_len > 0 {
-                FLAG_PAYLOAD
-            } else {
-                0
-            },
-            status: 0,
-            payload_off: entry.payload_off,
-            payload_len: entry.payload_len,
-            inline: entry.inline,
-        };
-        self.tx_requests.push(&self.region, &msg)
+        let w = request_words(id, entry);
+        self.tx_requests.push(&w)
     }
 
     /// Send a one-way message (inline words only, no reply, no database entry). This is the
     /// bare queue: the cheapest way to move 64 bytes.
-    #[inline]
+    #[inline(always)]
     pub fn send_oneway(
         &mut self,
         opcode: u16,
         inline: [u64; INLINE_WORDS],
     ) -> Result<(), ChannelError> {
         self.check()?;
-        let msg = Message {
-            id: 0,
-            opcode,
-            flags: FLAG_ONEWAY,
-            inline,
-            ..Message::default()
-        };
-        let r = self.tx_requests.push(&self.region, &msg);
+        let w = wire::words(0, wire::control(opcode, FLAG_ONEWAY, 0), 0, &inline);
+        let r = self.tx_requests.push(&w);
         if !self.guard(r)? {
             return self.full();
         }
-        let n = self.tx_requests.unpublished();
-        self.staged(n)
+        self.sent()
     }
 
-    /// Take the next request from the peer, if any (after publishing what is staged).
-    #[inline]
+    /// Take the next request from the peer, if any.
+    #[inline(always)]
     pub fn poll_request(&mut self) -> Result<Option<Request>, ChannelError> {
         self.check()?;
-        let r = self.publish();
-        self.guard(r)?;
-        let r = self.rx_requests.pop(&self.region);
-        let Some(m) = self.guard(r)? else {
+        let Some(words) = self.rx_requests.pop() else {
+            let r = self.rx_requests.verify();
+            self.guard(r)?;
             self.idle()?;
             return Ok(None);
         };
         self.idle_polls = 0;
-        let r = self.validate_request(&m);
-        self.guard(r).map(Some)
+        let r = self.validate_request(&words);
+        self.guard(r)?;
+        Ok(Some(Request { words }))
     }
 
-    #[inline]
-    fn validate_request(&self, m: &Message) -> Result<Request, Corruption> {
-        let oneway = m.flags & FLAG_ONEWAY != 0;
-        let has_payload = m.flags & FLAG_PAYLOAD != 0;
-        let id = RequestId(m.id);
-        if oneway {
-            if m.id != 0 || has_payload {
+    #[inline(always)]
+    fn validate_request(&self, w: &Words) -> Result<(), Corruption> {
+        let flags = wire::flags(w);
+        let id = RequestId(w[0]);
+        if flags & !FLAGS_KNOWN != 0 {
+            return Err(Corruption::BadMessage);
+        }
+        if flags & FLAG_ONEWAY != 0 {
+            if id.0 != 0 || flags & FLAG_PAYLOAD != 0 {
                 return Err(Corruption::BadMessage);
             }
         } else {
             if id.generation() == 0 || id.index() >= self.layout.config().max_outstanding {
                 return Err(Corruption::BadMessage);
             }
-            if has_payload {
+            if flags & FLAG_PAYLOAD != 0 {
                 self.peer_pool
-                    .span(id.index(), m.payload_off, m.payload_len)?;
+                    .span(id.index(), wire::payload_off(w), wire::payload_len(w))?;
             }
         }
-        let (payload_off, payload_len) = if has_payload {
-            (m.payload_off, m.payload_len)
-        } else {
-            (0, 0)
-        };
-        Ok(Request {
-            id,
-            opcode: m.opcode,
-            oneway,
-            inline: m.inline,
-            payload_off,
-            payload_len,
-        })
+        Ok(())
     }
 
     /// Copy the start of `req`'s payload into `dst`; returns the bytes copied.
@@ -493,13 +478,14 @@ impl<N: Notifier> Endpoint<N> {
         dst: &mut [u8],
     ) -> Result<usize, ChannelError> {
         self.check()?;
-        let n = dst.len().min(req.payload_len as usize);
+        let (payload_off, payload_len) = req.payload();
+        let n = dst.len().min(payload_len as usize);
         if n == 0 {
             return Ok(0);
         }
         let off = self
             .peer_pool
-            .span(req.id.index(), req.payload_off, req.payload_len)
+            .span(req.id().index(), payload_off, payload_len)
             .map_err(ChannelError::Corrupt)?;
         self.region
             .read_bytes(off, &mut dst[..n])
@@ -509,6 +495,7 @@ impl<N: Notifier> Endpoint<N> {
 
     /// Answer `req`: `payload` (if any) is written into the request's buffer, which goes back
     /// to the requester with the reply. One-way requests cannot be answered.
+    #[inline(always)]
     pub fn reply(
         &mut self,
         req: Request,
@@ -517,35 +504,32 @@ impl<N: Notifier> Endpoint<N> {
         payload: &[u8],
     ) -> Result<(), ChannelError> {
         self.check()?;
-        if req.oneway {
+        if req.is_oneway() {
             return Err(ChannelError::InvalidHandle);
         }
         let len = u32::try_from(payload.len()).map_err(|_| ChannelError::PayloadTooLarge)?;
         if !payload.is_empty() {
             let off = self
                 .peer_pool
-                .span(req.id.index(), 0, len)
+                .span(req.id().index(), 0, len)
                 .map_err(|_| ChannelError::PayloadTooLarge)?;
             self.region
                 .write_bytes(off, payload)
                 .ok_or(ChannelError::PayloadTooLarge)?;
         }
-        let msg = Message {
-            id: req.id.0,
-            opcode: req.opcode,
-            flags: if len > 0 { FLAG_PAYLOAD } else { 0 },
-            status,
-            payload_off: 0,
-            payload_len: len,
-            inline,
-        };
-        let r = self.tx_replies.push(&self.region, &msg);
+        let flags = if len > 0 { FLAG_PAYLOAD } else { 0 };
+        let w = wire::words(
+            req.words[0],
+            wire::control(req.opcode(), flags, status),
+            wire::payload_span(0, len),
+            &inline,
+        );
+        let r = self.tx_replies.push(&w);
         if !self.guard(r)? {
             // Only a peer that exceeds its own `max_outstanding` can fill its reply queue.
             return self.full();
         }
-        let n = self.tx_replies.unpublished();
-        self.staged(n)
+        self.sent()
     }
 
     /// Take the next reply to one of this side's requests, if any.
@@ -553,20 +537,19 @@ impl<N: Notifier> Endpoint<N> {
     /// A reply whose id is well-formed but not outstanding (a late answer to an abandoned
     /// request, a duplicate after a resubmission) is dropped and counted by
     /// [`stale_replies`](Self::stale_replies); it frees nothing.
-    #[inline]
+    #[inline(always)]
     pub fn poll_reply(&mut self) -> Result<Option<Reply>, ChannelError> {
         self.check()?;
-        let r = self.publish();
-        self.guard(r)?;
         // Bounded: at most one ring's worth of stale replies per call.
         for _ in 0..=self.layout.config().max_outstanding {
-            let r = self.rx_replies.pop(&self.region);
-            let Some(m) = self.guard(r)? else {
+            let Some(words) = self.rx_replies.pop() else {
+                let r = self.rx_replies.verify();
+                self.guard(r)?;
                 self.idle()?;
                 return Ok(None);
             };
             self.idle_polls = 0;
-            let r = self.accept_reply(&m);
+            let r = self.accept_reply(words);
             match self.guard(r)? {
                 Some(reply) => return Ok(Some(reply)),
                 None => self.stale_replies += 1,
@@ -575,29 +558,25 @@ impl<N: Notifier> Endpoint<N> {
         Ok(None)
     }
 
-    fn accept_reply(&mut self, m: &Message) -> Result<Option<Reply>, Corruption> {
-        let id = RequestId(m.id);
-        if m.flags & FLAG_ONEWAY != 0 || id.index() >= self.layout.config().max_outstanding {
+    #[inline(always)]
+    fn accept_reply(&mut self, mut w: Words) -> Result<Option<Reply>, Corruption> {
+        let id = RequestId(w[0]);
+        let flags = wire::flags(&w);
+        if flags & (!FLAGS_KNOWN | FLAG_ONEWAY) != 0
+            || id.index() >= self.layout.config().max_outstanding
+        {
             return Err(Corruption::BadMessage);
         }
-        let (payload_off, payload_len) = if m.flags & FLAG_PAYLOAD != 0 {
+        if flags & FLAG_PAYLOAD != 0 {
             self.my_pool
-                .span(id.index(), m.payload_off, m.payload_len)?;
-            (m.payload_off, m.payload_len)
-        } else {
-            (0, 0)
-        };
-        let Some(opcode) = self.db.take_reply(&self.region, id)? else {
+                .span(id.index(), wire::payload_off(&w), wire::payload_len(&w))?;
+        }
+        let Some(opcode) = self.db.take_reply(id)? else {
             return Ok(None);
         };
-        Ok(Some(Reply {
-            id,
-            opcode,
-            status: m.status,
-            inline: m.inline,
-            payload_off,
-            payload_len,
-        }))
+        // The opcode is the one this side recorded, whatever the peer wrote.
+        w[1] = w[1] & !0xffff | u64::from(opcode);
+        Ok(Some(Reply { words: w }))
     }
 
     /// Replies dropped because they named no outstanding request.
@@ -608,13 +587,14 @@ impl<N: Notifier> Endpoint<N> {
     /// Copy the start of `reply`'s payload into `dst`; returns the bytes copied.
     pub fn read_reply_payload(&self, reply: &Reply, dst: &mut [u8]) -> Result<usize, ChannelError> {
         self.check()?;
-        let n = dst.len().min(reply.payload_len as usize);
+        let (payload_off, payload_len) = reply.payload();
+        let n = dst.len().min(payload_len as usize);
         if n == 0 {
             return Ok(0);
         }
         let off = self
             .my_pool
-            .span(reply.id.index(), reply.payload_off, reply.payload_len)
+            .span(reply.id().index(), payload_off, payload_len)
             .map_err(ChannelError::Corrupt)?;
         self.region
             .read_bytes(off, &mut dst[..n])
@@ -623,9 +603,10 @@ impl<N: Notifier> Endpoint<N> {
     }
 
     /// Give a replied request's database entry and buffer back.
+    #[inline(always)]
     pub fn free(&mut self, reply: Reply) -> Result<(), ChannelError> {
         self.check()?;
-        let r = self.db.free(&self.region, reply.id, db::REPLIED);
+        let r = self.db.free(reply.id(), db::REPLIED);
         if self.guard(r)? {
             Ok(())
         } else {
@@ -637,7 +618,7 @@ impl<N: Notifier> Endpoint<N> {
     /// Requests sent and not yet replied (after a restart of either side: the ones to
     /// [`resubmit`](Self::resubmit) or [`abandon`](Self::abandon)).
     pub fn outstanding(&self) -> impl Iterator<Item = RequestId> + '_ {
-        (0..self.db.capacity()).filter_map(|i| self.db.sent_at(&self.region, i).ok().flatten())
+        (0..self.db.capacity()).filter_map(|i| self.db.sent_at(i).ok().flatten())
     }
 
     /// Number of requests allocated and not freed (sent, or replied and not yet freed).
@@ -649,27 +630,14 @@ impl<N: Notifier> Endpoint<N> {
     /// peer that restarted and lost it.
     pub fn resubmit(&mut self, id: RequestId) -> Result<(), ChannelError> {
         self.check()?;
-        let r = self.db.lookup(&self.region, id, db::SENT);
+        let r = self.db.lookup(id, db::SENT);
         let entry = self.guard(r)?.ok_or(ChannelError::InvalidHandle)?;
-        let msg = Message {
-            id: id.0,
-            opcode: entry.opcode,
-            flags: if entry.payload_len > 0 {
-                FLAG_PAYLOAD
-            } else {
-                0
-            },
-            status: 0,
-            payload_off: entry.payload_off,
-            payload_len: entry.payload_len,
-            inline: entry.inline,
-        };
-        let r = self.tx_requests.push(&self.region, &msg);
+        let w = request_words(id, &entry);
+        let r = self.tx_requests.push(&w);
         if !self.guard(r)? {
             return self.full();
         }
-        let n = self.tx_requests.unpublished();
-        self.staged(n)
+        self.sent()
     }
 
     /// Drop every request waiting for this side: what a restarted server does before its
@@ -680,21 +648,19 @@ impl<N: Notifier> Endpoint<N> {
         self.check()?;
         let mut n = 0;
         for _ in 0..self.layout.config().queue_depth {
-            let r = self.rx_requests.pop(&self.region);
-            if self.guard(r)?.is_none() {
+            if self.rx_requests.pop().is_none() {
                 break;
             }
             n += 1;
         }
-        let r = self.rx_requests.publish(&self.region);
-        self.guard(r)?;
+        self.rx_requests.publish();
         Ok(n)
     }
 
     /// Fail an outstanding request: free its entry and buffer without a reply.
     pub fn abandon(&mut self, id: RequestId) -> Result<(), ChannelError> {
         self.check()?;
-        let r = self.db.free(&self.region, id, db::SENT);
+        let r = self.db.free(id, db::SENT);
         if self.guard(r)? {
             Ok(())
         } else {
@@ -712,11 +678,10 @@ impl<N: Notifier> Endpoint<N> {
 
     #[inline(always)]
     fn incoming(&self) -> Result<bool, Corruption> {
-        Ok(self.rx_requests.has_pending(&self.region)?
-            || self.rx_replies.has_pending(&self.region)?)
+        Ok(self.rx_requests.has_pending() || self.rx_replies.has_pending())
     }
 
-    /// Publish what is staged, poll up to `spins` times, then sleep through `waiter` until
+    /// Settle the deferred kick check, poll up to `spins` times, then sleep through `waiter` until
     /// kicked, following the no-lost-wake-up protocol of [`notify`]. Returns whether work is
     /// waiting (`false` after a spurious or timed-out wait: just call again).
     pub fn wait_for_work<W: Waiter + ?Sized>(
@@ -740,7 +705,7 @@ impl<N: Notifier> Endpoint<N> {
     }
 
     /// Sleeping, step 1, for a receiver that waits on several endpoints at once (one
-    /// endpoint: use [`wait_for_work`](Self::wait_for_work)): publish what is staged,
+    /// endpoint: use [`wait_for_work`](Self::wait_for_work)): settle the deferred kick check,
     /// announce that this side sleeps, and re-check its queues. Returns `true` when work
     /// arrived meanwhile; the announcement is then withdrawn. The receiver calls this on
     /// each endpoint; if one returns `true` it calls [`end_sleep`](Self::end_sleep) on
@@ -782,4 +747,20 @@ impl<N: Notifier> Endpoint<N> {
     pub fn counters(&self) -> Counters {
         counters(&self.region, &self.layout, self.side)
     }
+}
+
+/// The words of request `id` as `entry` records it.
+#[inline(always)]
+fn request_words(id: RequestId, entry: &Entry) -> Words {
+    let flags = if entry.payload_len > 0 {
+        FLAG_PAYLOAD
+    } else {
+        0
+    };
+    wire::words(
+        id.0,
+        wire::control(entry.opcode, flags, 0),
+        wire::payload_span(entry.payload_off, entry.payload_len),
+        &entry.inline,
+    )
 }

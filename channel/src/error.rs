@@ -14,8 +14,11 @@ pub enum Corruption {
     BadVersion,
     /// The header's sizes do not describe a valid layout, or not this region's length.
     BadHeader,
-    /// A ring index published by the peer is impossible (more entries than the ring holds).
+    /// A ring index is impossible: one published by the peer says more entries than the ring
+    /// holds, or one that only this side writes was overwritten.
     RingIndex,
+    /// The peer's notification state is none of the protocol's states.
+    NotifyState,
     /// A message refers to payload bytes outside the sender's pool buffer.
     PayloadBounds,
     /// A reply names a request that is not outstanding (unknown index or stale generation).
@@ -33,6 +36,7 @@ impl fmt::Display for Corruption {
             Corruption::BadVersion => "unsupported layout version",
             Corruption::BadHeader => "header sizes do not match the region",
             Corruption::RingIndex => "impossible ring index",
+            Corruption::NotifyState => "impossible notification state",
             Corruption::PayloadBounds => "payload outside the pool buffer",
             Corruption::UnknownRequest => "reply to a request that is not outstanding",
             Corruption::RequestDb => "inconsistent request database",

@@ -15,7 +15,7 @@ use crate::Side;
 /// Magic number at offset 0 of an initialised region (`"CMPCHAN\0"` little-endian).
 pub const MAGIC: u64 = u64::from_le_bytes(*b"CMPCHAN\0");
 /// Version of the layout described in this module.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Distance between data written by different sides: two cache lines, so that the adjacent-
 /// line prefetcher does not make them share.

@@ -50,24 +50,27 @@
 //!    free(reply)              (entry i, buffer i free again)
 //! ```
 //!
-//! * The queues are single-producer single-consumer rings of 64-byte messages ([`wire`])
-//!   with cached peer indices and batched index publication ([`ring`]). Sends are staged and
-//!   published every [`DEFAULT_PUBLISH_BATCH`] messages, and whenever the endpoint polls,
-//!   waits or flushes; a side that stops sending without polling calls
-//!   [`Endpoint::flush`].
+//! * The queues are single-producer single-consumer rings of 64-byte messages ([`wire`]).
+//!   A message is published by a *lap tag* in its own slot, written last: the receiver
+//!   polls the next slot, so a message costs one cache-line transfer, and it stays a few
+//!   slots behind a streaming sender so that the two do not fight over a line ([`ring`]).
+//!   A message is visible to the peer as soon as the send returns.
 //! * A reply never waits for space: the reply queue a side receives on has
 //!   `max_outstanding` slots, as many as that side can have requests outstanding.
 //! * *Kick only when the receiver sleeps* ([`notify`]): a receiver out of work stores
 //!   `SLEEPING`, fences, re-checks its queues and only then blocks in the embedder's
-//!   [`Waiter`]; a sender publishes, fences, and calls the embedder's [`Notifier`] only if
-//!   it sees `SLEEPING` (and wins the CAS to `WAKING`). The loom model in `tests/loom.rs`
-//!   checks that neither a message nor a wake-up is lost. The sender's fence-and-check is
-//!   deferred to its idle time (a few empty polls, a flush, a wait, a full queue, or every
-//!   [`KICK_CHECK_EVERY`] publications): a full fence waits for the stores before it to
-//!   reach the peer, so it is kept off the message's critical path.
+//!   [`Waiter`]; a sender writes the message, fences, and calls the embedder's [`Notifier`]
+//!   only if it sees `SLEEPING` (and wins the CAS to `WAKING`). The loom model in
+//!   `tests/loom.rs` checks that neither a message nor a wake-up is lost. The sender's
+//!   fence-and-check is deferred to its idle time (a few empty polls, a flush, a wait, a
+//!   full queue, or every [`KICK_CHECK_EVERY`] messages): a full fence waits for the stores
+//!   before it to reach the peer, so it is kept off the message's critical path; a side that
+//!   stops sending and neither polls nor waits calls [`Endpoint::flush`].
 //! * *A hostile peer cannot hurt us.* Every index, offset, length and id read from the
-//!   region is checked before it is used; every access is bounds-checked and atomic or
-//!   volatile. A failed check returns [`ChannelError::Corrupt`] and marks the endpoint broken
+//!   region is checked before it is used. Every access is atomic or volatile and
+//!   bounds-checked: once, when an endpoint attaches, for the rings and the request
+//!   database (whose slots and entries are then found from this side's private indices
+//!   only), at each access for everything else. A failed check returns [`ChannelError::Corrupt`] and marks the endpoint broken
 //!   ([`ChannelError::Broken`] from then on); there is no panic and no out-of-bounds access.
 //!   What a hostile peer *can* do is stop answering, or send wrong data inside bounds.
 //! * *Restarts.* Ring indices and request databases live in the region, so an endpoint that
@@ -128,8 +131,8 @@ pub mod host;
 
 pub use db::RequestId;
 pub use endpoint::{
-    counters, occupancy, Counters, Endpoint, Occupancy, Reply, Request, DEFAULT_PUBLISH_BATCH,
-    KICK_CHECK_EVERY, KICK_CHECK_IDLE_POLLS,
+    counters, occupancy, Counters, Endpoint, Occupancy, Reply, Request, KICK_CHECK_EVERY,
+    KICK_CHECK_IDLE_POLLS,
 };
 pub use error::{ChannelError, Corruption};
 pub use layout::{initialize, PairConfig, PairLayout, MAGIC, VERSION};

@@ -5,16 +5,16 @@
 //! on both sides:
 //!
 //! ```text
-//!   receiver (going to sleep)              sender (after publishing `tail`)
-//!   state = SLEEPING                       tail = t            (release store)
+//!   receiver (going to sleep)              sender (after writing a message)
+//!   state = SLEEPING                       slot tag = t        (release store)
 //!   fence(SeqCst)                          fence(SeqCst)
-//!   if any ring non-empty:                 if state == SLEEPING and
+//!   if any next slot is written:           if state == SLEEPING and
 //!       state = POLLING; continue             CAS(state, SLEEPING -> WAKING):
 //!   wait()        (blocks until kicked)        kick()
 //!   state = POLLING
 //! ```
 //!
-//! Either the receiver's re-check sees the new `tail`, or the sender's check sees
+//! Either the receiver's re-check sees the new tag, or the sender's check sees
 //! `SLEEPING` (the two fences forbid both loads missing both stores), so a message is never
 //! left behind a sleeping receiver. The CAS makes exactly one sender kick per sleep. The
 //! doorbell must be *sticky* (an eventfd counter, a pending interrupt): a kick that arrives
@@ -34,6 +34,12 @@ pub const POLLING: u32 = 0;
 pub const SLEEPING: u32 = 1;
 /// A sender has claimed the kick for the current sleep; the receiver is waking up.
 pub const WAKING: u32 = 2;
+
+/// Whether `v` is one of the states above (anything else is a corrupt state word).
+#[inline]
+pub fn is_state(v: u32) -> bool {
+    v <= WAKING
+}
 
 /// How a sender wakes the peer: ring its doorbell (an eventfd write, a doorbell-page store
 /// that the VMM turns into an interrupt in the peer...). Must be sticky: a kick delivered

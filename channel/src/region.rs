@@ -85,6 +85,41 @@ impl Region {
         Some(unsafe { AtomicU32::from_ptr(p.cast()) })
     }
 
+    /// Whether `len` bytes from `off` lie inside the region.
+    #[inline]
+    pub fn contains(&self, off: usize, len: usize) -> bool {
+        self.check(off, len, 1).is_some()
+    }
+
+    /// The 32-bit atomic at `off`, without the checks of [`u32_at`](Self::u32_at).
+    ///
+    /// # Safety
+    ///
+    /// `off` must be 4-aligned and `off + 4 <= len()` (checked once, for example with
+    /// `u32_at`, by the code that computed `off`).
+    #[inline(always)]
+    pub unsafe fn u32_unchecked(&self, off: usize) -> &AtomicU32 {
+        debug_assert!(self.check(off, 4, 4).is_some());
+        // SAFETY: in bounds and aligned (caller's contract); the memory stays mapped and is
+        // only accessed atomically or volatilely (contract of `from_raw`).
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(off).cast()) }
+    }
+
+    /// The 64-byte slot at `off`, without the checks of [`slot_at`](Self::slot_at).
+    ///
+    /// # Safety
+    ///
+    /// `off` must be 8-aligned and `off + 64 <= len()` (checked once by the code that
+    /// computed `off`).
+    #[inline(always)]
+    pub unsafe fn slot_unchecked(&self, off: usize) -> &[AtomicU64; 8] {
+        debug_assert!(self.check(off, 64, 8).is_some());
+        // SAFETY: `off..off + 64` is in bounds and 8-aligned (caller's contract); eight
+        // `AtomicU64`s are those 64 bytes; the memory stays mapped and is only accessed
+        // atomically or volatilely (contract of `from_raw`).
+        unsafe { &*self.base.as_ptr().add(off).cast::<[AtomicU64; 8]>() }
+    }
+
     /// The 64-bit atomic at `off`, if it lies inside the region and is aligned.
     #[inline(always)]
     pub fn u64_at(&self, off: usize) -> Option<&AtomicU64> {

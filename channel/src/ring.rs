@@ -2,30 +2,115 @@
 //!
 //! The known techniques, in the Lamport/FastForward/rtrb line:
 //!
-//! * **No false sharing.** The producer's index (`tail`), the consumer's index (`head`) and
-//!   the slots live on different 128-byte spans; each index is written by one side only.
-//! * **Cached peer index.** Each side keeps a private copy of the other's index and reads the
-//!   shared one only when the copy says the ring is full (producer) or empty (consumer).
-//! * **Batched index publication.** The producer writes slots and publishes `tail` once per
-//!   batch ([`Producer::publish`]); the consumer publishes `head` when it has caught up with
-//!   its cached `tail` or after a quarter of the ring, so the peer's line moves rarely.
+//! * **The slot says whether it is full.** Each message carries in its control word (word 1)
+//!   a *lap tag* computed from its index, written last, with release ordering. The consumer
+//!   polls the tag of the next slot, so a message costs one cache-line transfer, as in
+//!   FastForward, instead of one for a shared index plus one for the slot (Lamport, rtrb).
+//! * **Cached peer index.** The producer keeps a private copy of the consumer's index and
+//!   reads the shared one only when the copy says the ring is full.
+//! * **Batched index publication.** The consumer publishes `head` when it has caught up or
+//!   after a quarter of the ring, so that line moves rarely. The producer's `tail` is not
+//!   needed to find messages: [`Producer::publish`] stores it for observers (the VMM's
+//!   occupancy figures) and for a restarted producer, which also rescans the tags after it.
+//! * **No false sharing.** `tail`, `head` and the slots live on different 128-byte spans; each
+//!   index is written by one side only, and each slot is one cache line.
+//!
+//! ```text
+//!   tag(i) = ((i >> log2(depth)) + 1) mod 256     (the lap of index i, never 0 in lap 0)
+//!   word 1 of slot i & (depth - 1):  opcode | flags << 16 | tag(i) << 24 | status << 32
+//! ```
+//!
+//! A slot holds either the message of index `i` or that of `i - depth` (the producer never
+//! runs more than `depth` ahead of the consumer's published head), whose tags differ, so the
+//! tag alone tells a new message from an old one; a zeroed ring has tag 0 everywhere, which
+//! no message of the first lap carries.
 //!
 //! Indices are free-running `u32`s (slot = index & (depth - 1)). The peer's index is never
-//! trusted: `tail - head` must stay within `0..=depth` from the reader's own, private index,
-//! otherwise the ring reports [`Corruption::RingIndex`].
+//! trusted: `tail - head` must stay within `0..=depth` from the producer's own, private
+//! index, otherwise the ring reports [`Corruption::RingIndex`]. A slot's position comes only
+//! from the reader's or writer's private index, so it is in bounds whatever the peer writes:
+//! [`Producer::attach`] and [`Consumer::attach`] check once that the ring lies inside the
+//! region, and the per-message accesses rely on that check. A peer that forges a tag makes
+//! the consumer read whatever the slot holds, which the endpoint validates like any message.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::Corruption;
 use crate::layout::RingLayout;
 use crate::region::Region;
-use crate::wire::{Message, MESSAGE_SIZE, MESSAGE_WORDS};
+use crate::wire::{Words, MESSAGE_SIZE, TAG_MASK, TAG_SHIFT};
+
+/// The shared parts of one ring, checked once to lie inside the region.
+#[derive(Clone, Copy, Debug)]
+struct Shared {
+    region: Region,
+    ring: RingLayout,
+    mask: u32,
+    /// log2(depth): index >> shift is the lap.
+    shift: u32,
+}
+
+impl Shared {
+    /// Check that `ring` (its two indices and `depth` slots) lies inside `region`, aligned.
+    fn new(region: &Region, ring: RingLayout) -> Result<Shared, Corruption> {
+        let slots_len = (ring.depth as usize)
+            .checked_mul(MESSAGE_SIZE)
+            .ok_or(Corruption::BadHeader)?;
+        if !ring.depth.is_power_of_two()
+            || region.u32_at(ring.tail).is_none()
+            || region.u32_at(ring.head).is_none()
+            || ring.slots % MESSAGE_SIZE != 0
+            || !region.contains(ring.slots, slots_len)
+        {
+            return Err(Corruption::BadHeader);
+        }
+        Ok(Shared {
+            region: *region,
+            ring,
+            mask: ring.depth - 1,
+            shift: ring.depth.trailing_zeros(),
+        })
+    }
+
+    #[inline(always)]
+    fn tail(&self) -> &AtomicU32 {
+        // SAFETY: `new` checked that `ring.tail` is an aligned `u32` inside the region.
+        unsafe { self.region.u32_unchecked(self.ring.tail) }
+    }
+
+    #[inline(always)]
+    fn head(&self) -> &AtomicU32 {
+        // SAFETY: `new` checked that `ring.head` is an aligned `u32` inside the region.
+        unsafe { self.region.u32_unchecked(self.ring.head) }
+    }
+
+    /// The slot of free-running index `index`.
+    #[inline(always)]
+    fn slot(&self, index: u32) -> &[AtomicU64; 8] {
+        let off = self.ring.slots + (index & self.mask) as usize * MESSAGE_SIZE;
+        // SAFETY: `index & mask < depth`, and `new` checked that the `depth` slots from
+        // `ring.slots` lie inside the region, 64-aligned (the region's base is too).
+        unsafe { self.region.slot_unchecked(off) }
+    }
+
+    /// The lap tag of index `index`, in place in word 1.
+    #[inline(always)]
+    fn tag(&self, index: u32) -> u64 {
+        u64::from((index >> self.shift).wrapping_add(1) & 0xff) << TAG_SHIFT
+    }
+
+    /// Whether the slot of `index` holds the message of `index` (relaxed: the caller orders).
+    #[inline(always)]
+    fn is_written(&self, index: u32, order: Ordering) -> (bool, u64) {
+        let w1 = self.slot(index)[1].load(order);
+        (w1 & TAG_MASK == self.tag(index), w1)
+    }
+}
 
 /// The writing end of a ring (private state; the ring itself is in the region).
 #[derive(Debug)]
 pub struct Producer {
-    ring: RingLayout,
-    mask: u32,
+    shared: Shared,
     /// Next index to write.
     tail: u32,
     /// Last index stored to the shared `tail`.
@@ -37,194 +122,229 @@ pub struct Producer {
 /// The reading end of a ring (private state; the ring itself is in the region).
 #[derive(Debug)]
 pub struct Consumer {
-    ring: RingLayout,
-    mask: u32,
+    shared: Shared,
     /// Next index to read.
     head: u32,
     /// Last index stored to the shared `head`.
     published: u32,
-    /// Last `tail` read from the producer.
-    tail_cache: u32,
-    /// Consumed entries after which `head` is published even if more are cached.
+    /// Slots before this index are known to hold their messages (see [`Consumer::pop`]).
+    ready: u32,
+    /// Slots the consumer looks ahead (a power of two, at most half the ring).
+    probe: u32,
+    /// Consumed entries after which `head` is published even if more are waiting.
     batch: u32,
 }
 
-#[inline(always)]
-fn load(region: &Region, off: usize, order: Ordering) -> Result<u32, Corruption> {
-    region
-        .u32_at(off)
-        .map(|a| a.load(order))
-        .ok_or(Corruption::BadHeader)
-}
-
-#[inline(always)]
-fn store(region: &Region, off: usize, v: u32, order: Ordering) -> Result<(), Corruption> {
-    region
-        .u32_at(off)
-        .map(|a| a.store(v, order))
-        .ok_or(Corruption::BadHeader)
-}
+/// How far ahead the consumer looks for a written slot before it settles for fewer.
+const PROBE: u32 = 8;
 
 impl Producer {
-    /// Take over the producing end, continuing from the indices found in the region (which
-    /// are zero in a fresh region, and where a previous incarnation stopped otherwise).
+    /// Take over the producing end of `ring` in `region`, continuing where the messages in
+    /// the region end: from the shared `tail`, past every slot that already holds the
+    /// message of its index (a previous incarnation may have written some without storing
+    /// `tail`). In a fresh region that is index 0.
     pub fn attach(region: &Region, ring: RingLayout) -> Result<Producer, Corruption> {
-        let tail = load(region, ring.tail, Ordering::Relaxed)?;
-        let head = load(region, ring.head, Ordering::Acquire)?;
-        if tail.wrapping_sub(head) > ring.depth {
+        let shared = Shared::new(region, ring)?;
+        let published = shared.tail().load(Ordering::Relaxed);
+        let head = shared.head().load(Ordering::Acquire);
+        if published.wrapping_sub(head) > ring.depth {
             return Err(Corruption::RingIndex);
         }
+        let mut tail = published;
+        while tail.wrapping_sub(head) < ring.depth && shared.is_written(tail, Ordering::Relaxed).0 {
+            tail = tail.wrapping_add(1);
+        }
         Ok(Producer {
-            ring,
-            mask: ring.depth - 1,
+            shared,
             tail,
-            published: tail,
+            published,
             head_cache: head,
         })
     }
 
-    /// Write `msg` into the next slot without publishing it. `Ok(false)`: the ring is full
-    /// (the caller must then publish what it staged, or the consumer may never see it).
-    #[inline]
-    pub fn push(&mut self, region: &Region, msg: &Message) -> Result<bool, Corruption> {
-        if self.tail.wrapping_sub(self.head_cache) >= self.ring.depth {
-            // Looks full: look at the consumer's real index.
-            let head = load(region, self.ring.head, Ordering::Acquire)?;
-            // The consumer cannot be ahead of what we produced, nor behind our last view.
-            if self.tail.wrapping_sub(head) > self.ring.depth
-                || head.wrapping_sub(self.head_cache) > self.tail.wrapping_sub(self.head_cache)
-            {
-                return Err(Corruption::RingIndex);
-            }
-            self.head_cache = head;
-            if self.tail.wrapping_sub(head) >= self.ring.depth {
-                return Ok(false);
-            }
+    /// Write a message into the next slot, visible to the consumer at once. Bits
+    /// `TAG_SHIFT..TAG_SHIFT + 8` of `words[1]` are replaced by the slot's tag.
+    /// `Ok(false)`: the ring is full.
+    #[inline(always)]
+    pub fn push(&mut self, words: &Words) -> Result<bool, Corruption> {
+        if self.tail.wrapping_sub(self.head_cache) >= self.shared.ring.depth && !self.refresh()? {
+            return Ok(false);
         }
-        let slot = self.ring.slots + (self.tail & self.mask) as usize * MESSAGE_SIZE;
-        let words = msg.encode();
-        let cells = region.slot_at(slot).ok_or(Corruption::BadHeader)?;
-        for (cell, w) in cells.iter().zip(words) {
-            cell.store(w, Ordering::Relaxed);
+        let cells = self.shared.slot(self.tail);
+        for i in [0, 2, 3, 4, 5, 6, 7] {
+            cells[i].store(words[i], Ordering::Relaxed);
         }
+        // Release: the other words happen-before a consumer's acquire load of this one.
+        cells[1].store(
+            words[1] & !TAG_MASK | self.shared.tag(self.tail),
+            Ordering::Release,
+        );
         self.tail = self.tail.wrapping_add(1);
         Ok(true)
     }
 
-    /// Make every pushed message visible to the consumer. Returns whether anything was new.
-    #[inline]
-    pub fn publish(&mut self, region: &Region) -> Result<bool, Corruption> {
-        if self.published == self.tail {
-            return Ok(false);
+    /// The ring looks full: read the consumer's real index. Returns whether there is room.
+    #[inline(never)]
+    fn refresh(&mut self) -> Result<bool, Corruption> {
+        let depth = self.shared.ring.depth;
+        let head = self.shared.head().load(Ordering::Acquire);
+        // The consumer cannot be ahead of what we produced, nor behind our last view.
+        if self.tail.wrapping_sub(head) > depth
+            || head.wrapping_sub(self.head_cache) > self.tail.wrapping_sub(self.head_cache)
+        {
+            return Err(Corruption::RingIndex);
         }
-        // Release: the slot writes above happen-before a consumer's acquire load of `tail`.
-        store(region, self.ring.tail, self.tail, Ordering::Release)?;
-        self.published = self.tail;
-        Ok(true)
+        self.head_cache = head;
+        Ok(self.tail.wrapping_sub(head) < depth)
     }
 
-    /// Messages pushed but not yet published.
+    /// Store `tail` for observers (messages are visible without it). Returns whether
+    /// anything was pushed since the last call.
+    #[inline(always)]
+    pub fn publish(&mut self) -> bool {
+        if self.published == self.tail {
+            return false;
+        }
+        self.shared.tail().store(self.tail, Ordering::Release);
+        self.published = self.tail;
+        true
+    }
+
+    /// Check that the shared `tail`, which only this side writes, holds what it stored.
+    pub fn verify(&self) -> Result<(), Corruption> {
+        if self.shared.tail().load(Ordering::Relaxed) == self.published {
+            Ok(())
+        } else {
+            Err(Corruption::RingIndex)
+        }
+    }
+
+    /// Messages pushed since the last [`publish`](Self::publish).
+    #[inline(always)]
     pub fn unpublished(&self) -> u32 {
         self.tail.wrapping_sub(self.published)
     }
 
     /// Free slots as far as this side knows (may be fewer than the truth).
     pub fn free_slots(&self) -> u32 {
-        self.ring.depth - self.tail.wrapping_sub(self.head_cache).min(self.ring.depth)
+        let depth = self.shared.ring.depth;
+        depth - self.tail.wrapping_sub(self.head_cache).min(depth)
     }
 
     /// The ring's capacity.
     pub fn depth(&self) -> u32 {
-        self.ring.depth
+        self.shared.ring.depth
     }
 }
 
 impl Consumer {
-    /// Take over the consuming end, continuing from the indices found in the region.
+    /// Take over the consuming end of `ring` in `region`, continuing from the shared `head`
+    /// (so messages a previous incarnation took without publishing `head` come again).
     pub fn attach(region: &Region, ring: RingLayout) -> Result<Consumer, Corruption> {
-        let head = load(region, ring.head, Ordering::Relaxed)?;
-        let tail = load(region, ring.tail, Ordering::Acquire)?;
-        if tail.wrapping_sub(head) > ring.depth {
-            return Err(Corruption::RingIndex);
-        }
+        let shared = Shared::new(region, ring)?;
+        let head = shared.head().load(Ordering::Relaxed);
         Ok(Consumer {
-            ring,
-            mask: ring.depth - 1,
+            shared,
             head,
             published: head,
-            tail_cache: head,
+            ready: head,
+            probe: PROBE.min(ring.depth / 2).max(1),
             batch: (ring.depth / 4).max(1),
         })
     }
 
-    /// Read the next message, if one is published. The message's fields are not validated
-    /// beyond its flags; that is the endpoint's job.
-    #[inline]
-    pub fn pop(&mut self, region: &Region) -> Result<Option<Message>, Corruption> {
-        if self.head == self.tail_cache && !self.refresh(region)? {
-            return Ok(None);
+    /// Read the next message, if one is there. Its fields are not validated; that is the
+    /// endpoint's job. The tag bits of word 1 come back as zero.
+    ///
+    /// The consumer keeps a few slots behind the producer while it can (the B-Queue
+    /// technique): when it has caught up with what it knows to be written, it looks for the
+    /// tag of slot `head + probe - 1`, then of half as far, down to `head` itself. The producer
+    /// writes slots in order, each tag last with release ordering, so a tag seen with
+    /// acquire ordering vouches for every slot before it. While it streams, the consumer thus
+    /// reads lines the producer has finished with, rather than competing for the one it
+    /// writes; when the ring is nearly empty, the look-ahead costs a few loads of lines that
+    /// are in its cache, and the message at `head` is still seen at once.
+    #[inline(always)]
+    pub fn pop(&mut self) -> Option<Words> {
+        if self.head == self.ready && !self.look_ahead() {
+            // Caught up: give the consumed slots back.
+            self.publish();
+            return None;
         }
-        let slot = self.ring.slots + (self.head & self.mask) as usize * MESSAGE_SIZE;
-        let cells = region.slot_at(slot).ok_or(Corruption::BadHeader)?;
-        let mut words = [0u64; MESSAGE_WORDS];
-        for (w, cell) in words.iter_mut().zip(cells) {
-            *w = cell.load(Ordering::Relaxed);
+        let cells = self.shared.slot(self.head);
+        let w1 = cells[1].load(Ordering::Relaxed);
+        if w1 & TAG_MASK != self.shared.tag(self.head) {
+            // Only a producer that broke the order of its writes gets here: take the slot
+            // as not yet written.
+            self.ready = self.head;
+            return None;
         }
+        let mut words: Words = core::array::from_fn(|i| cells[i].load(Ordering::Relaxed));
+        words[1] = w1 & !TAG_MASK;
         self.head = self.head.wrapping_add(1);
         if self.head.wrapping_sub(self.published) >= self.batch {
-            self.publish(region)?;
+            self.publish();
         }
-        Message::decode(&words).map(Some)
+        Some(words)
     }
 
-    /// Caught up with the cached tail: publish `head` and read the real `tail`.
-    /// Returns whether there is something to read.
-    #[inline]
-    fn refresh(&mut self, region: &Region) -> Result<bool, Corruption> {
-        self.publish(region)?;
-        let tail = load(region, self.ring.tail, Ordering::Acquire)?;
-        if tail.wrapping_sub(self.head) > self.ring.depth {
-            return Err(Corruption::RingIndex);
+    /// Find how many slots from `head` hold their messages; `false` if none does.
+    #[inline(always)]
+    fn look_ahead(&mut self) -> bool {
+        let mut k = self.probe;
+        loop {
+            let last = self.head.wrapping_add(k - 1);
+            // Acquire: pairs with the producer's release store of word 1 of `last`, and so
+            // of every slot it wrote before.
+            if self.shared.is_written(last, Ordering::Acquire).0 {
+                self.ready = last.wrapping_add(1);
+                return true;
+            }
+            if k == 1 {
+                return false;
+            }
+            k /= 2;
         }
-        self.tail_cache = tail;
-        Ok(tail != self.head)
     }
 
     /// Give consumed slots back to the producer.
-    #[inline]
-    pub fn publish(&mut self, region: &Region) -> Result<(), Corruption> {
+    #[inline(always)]
+    pub fn publish(&mut self) {
         if self.published != self.head {
             // Release: our reads of the slots happen-before the producer reuses them.
-            store(region, self.ring.head, self.head, Ordering::Release)?;
+            self.shared.head().store(self.head, Ordering::Release);
             self.published = self.head;
         }
-        Ok(())
     }
 
-    /// Whether a message is waiting, reading the producer's index if the cache says empty.
-    /// Uses a relaxed load: callers that need ordering put a fence before it.
+    /// Check that the shared `head`, which only this side writes, holds what it stored.
+    pub fn verify(&self) -> Result<(), Corruption> {
+        if self.shared.head().load(Ordering::Relaxed) == self.published {
+            Ok(())
+        } else {
+            Err(Corruption::RingIndex)
+        }
+    }
+
+    /// Whether a message is waiting. Uses a relaxed load: callers that need ordering put a
+    /// fence before it.
     #[inline]
-    pub fn has_pending(&self, region: &Region) -> Result<bool, Corruption> {
-        if self.head != self.tail_cache {
-            return Ok(true);
-        }
-        let tail = load(region, self.ring.tail, Ordering::Relaxed)?;
-        if tail.wrapping_sub(self.head) > self.ring.depth {
-            return Err(Corruption::RingIndex);
-        }
-        Ok(tail != self.head)
-    }
-
-    /// Messages waiting as far as this side last looked (no shared-memory access).
-    pub fn cached_len(&self) -> u32 {
-        self.tail_cache.wrapping_sub(self.head)
+    pub fn has_pending(&self) -> bool {
+        self.shared.is_written(self.head, Ordering::Relaxed).0
     }
 }
 
-/// Entries in a ring as seen by a third party (the VMM), from the shared indices. Clamped to
-/// the depth, so a corrupt ring reads as full rather than as nonsense.
+/// Entries in a ring as seen by a third party (the VMM), from the shared indices (so
+/// messages pushed since the producer last stored `tail` are not counted, and a consumer
+/// ahead of the stored `tail` reads as empty). Clamped to `0..=depth`, so a corrupt ring
+/// reads as empty or full rather than as nonsense.
 pub fn occupancy(region: &Region, ring: &RingLayout) -> u32 {
-    let tail = load(region, ring.tail, Ordering::Relaxed).unwrap_or(0);
-    let head = load(region, ring.head, Ordering::Relaxed).unwrap_or(0);
-    tail.wrapping_sub(head).min(ring.depth)
+    let get = |off| region.u32_at(off).map_or(0, |a| a.load(Ordering::Relaxed));
+    let n = get(ring.tail).wrapping_sub(get(ring.head));
+    // Indices are free-running: a "negative" distance is a consumer ahead of `tail`.
+    if n > u32::MAX / 2 {
+        0
+    } else {
+        n.min(ring.depth)
+    }
 }

@@ -85,26 +85,19 @@ fn oneway_messages_arrive_in_order_and_cannot_be_answered() {
 }
 
 #[test]
-fn messages_are_published_after_a_batch_or_a_flush() {
+fn a_message_is_visible_as_soon_as_it_is_sent() {
     let (_m, mut a, mut b) = pair(PairConfig::new(64, 4, 64));
-    a.set_publish_batch(4);
     for i in 0..3 {
         a.send_oneway(1, [i; 5]).unwrap();
+        let m = b.poll_request().unwrap().expect("visible without a flush");
+        assert_eq!(m.inline(), &[i; 5]);
     }
-    assert!(
-        b.poll_request().unwrap().is_none(),
-        "3 < batch: still staged"
-    );
-    a.send_oneway(1, [3; 5]).unwrap();
-    assert!(
-        b.poll_request().unwrap().is_some(),
-        "4th message publishes the batch"
-    );
-    a.send_oneway(1, [4; 5]).unwrap();
-    a.flush().unwrap();
-    for _ in 0..4 {
-        assert!(b.poll_request().unwrap().is_some());
-    }
+    let id = a.send_request(2, [7; 5], b"").unwrap();
+    let req = b.poll_request().unwrap().expect("visible without a flush");
+    b.reply(req, 0, [8; 5], b"").unwrap();
+    let rep = a.poll_reply().unwrap().expect("visible without a flush");
+    assert_eq!((rep.id(), rep.inline()), (id, &[8; 5]));
+    a.free(rep).unwrap();
     assert!(b.poll_request().unwrap().is_none());
 }
 
@@ -164,7 +157,6 @@ fn a_sender_kicks_only_a_sleeping_receiver_and_only_once() {
     let mem = Mem::new(PairConfig::new(64, 4, 64));
     let mut a = Endpoint::attach(mem.region, Side::A, LocalKick::default()).unwrap();
     let mut b = Endpoint::attach(mem.region, Side::B, LocalKick::default()).unwrap();
-    a.set_publish_batch(1);
     a.send_oneway(1, [0; 5]).unwrap();
     a.flush().unwrap();
     assert_eq!(a.notifier().0.get(), 0, "B polls: no kick");
@@ -208,7 +200,6 @@ fn a_sender_kicks_only_a_sleeping_receiver_and_only_once() {
 fn a_busy_sender_checks_for_a_sleeping_receiver_after_a_few_idle_polls() {
     let mem = Mem::new(PairConfig::new(64, 4, 64));
     let mut a = Endpoint::attach(mem.region, Side::A, LocalKick::default()).unwrap();
-    a.set_publish_batch(1);
     let state = mem.layout.side(Side::B).notify;
     mem.region
         .u32_at(state)
@@ -328,28 +319,51 @@ fn attach_rejects_an_uninitialised_or_mismatched_region() {
 }
 
 #[test]
-fn an_impossible_tail_breaks_the_channel_for_good() {
+fn an_impossible_head_breaks_the_channel_for_good() {
     let (m, mut a, mut b) = pair(PairConfig::new(16, 8, 64));
-    a.send_oneway(1, [0; 5]).unwrap();
-    a.flush().unwrap();
+    for _ in 0..16 {
+        a.send_oneway(1, [0; 5]).unwrap();
+    }
+    // The ring looks full to A, which reads B's index: one that B cannot have written.
+    let ring = m.layout.side(Side::B).requests;
+    m.region
+        .u32_at(ring.head)
+        .unwrap()
+        .store(1000, Ordering::Relaxed);
+    assert_eq!(
+        a.send_oneway(1, [0; 5]),
+        Err(ChannelError::Corrupt(Corruption::RingIndex))
+    );
+    assert_eq!(a.broken(), Some(Corruption::RingIndex));
+    assert_eq!(
+        a.poll_reply(),
+        Err(ChannelError::Broken(Corruption::RingIndex))
+    );
+    assert_eq!(
+        a.send_oneway(1, [0; 5]),
+        Err(ChannelError::Broken(Corruption::RingIndex))
+    );
+    // B never trusted A's side of the ring: it reads the messages there, then nothing.
+    let mut n = 0;
+    while b.poll_request().unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 16);
+}
+
+#[test]
+fn a_forged_tail_changes_only_what_observers_see() {
+    let (m, mut a, mut b) = pair(PairConfig::new(16, 8, 64));
+    a.send_oneway(1, [5; 5]).unwrap();
     let ring = m.layout.side(Side::B).requests;
     m.region
         .u32_at(ring.tail)
         .unwrap()
         .store(1000, Ordering::Relaxed);
-    assert_eq!(
-        b.poll_request(),
-        Err(ChannelError::Corrupt(Corruption::RingIndex))
-    );
-    assert_eq!(b.broken(), Some(Corruption::RingIndex));
-    assert_eq!(
-        b.poll_reply(),
-        Err(ChannelError::Broken(Corruption::RingIndex))
-    );
-    assert_eq!(
-        b.send_oneway(1, [0; 5]),
-        Err(ChannelError::Broken(Corruption::RingIndex))
-    );
+    assert_eq!(b.occupancy().requests_in, 16, "clamped to the depth");
+    assert_eq!(b.poll_request().unwrap().unwrap().inline(), &[5; 5]);
+    assert!(b.poll_request().unwrap().is_none());
+    assert_eq!(b.broken(), None);
 }
 
 #[test]

@@ -45,7 +45,7 @@ proptest! {
         let mut dead: Vec<RequestId> = Vec::new();
         for op in ops {
             match op {
-                Op::Alloc(code) => match d.alloc(&r, &entry(code, 7)).unwrap() {
+                Op::Alloc(code) => match d.alloc(&entry(code, 7)).unwrap() {
                     Some(id) => {
                         prop_assert!(id.index() < cap);
                         prop_assert!(live.keys().all(|k| k.index() != id.index()));
@@ -56,24 +56,24 @@ proptest! {
                 Op::Reply(k) if !live.is_empty() => {
                     let id = *live.keys().nth(k % live.len()).unwrap();
                     let (code, state) = live[&id];
-                    let ok = d.transition(&r, id, db::SENT, db::REPLIED).unwrap();
+                    let ok = d.transition(id, db::SENT, db::REPLIED).unwrap();
                     prop_assert_eq!(ok, state == db::SENT);
                     if ok {
-                        prop_assert_eq!(d.lookup(&r, id, db::REPLIED).unwrap(), Some(entry(code, 7)));
+                        prop_assert_eq!(d.lookup(id, db::REPLIED).unwrap(), Some(entry(code, 7)));
                         live.insert(id, (code, db::REPLIED));
                     }
                 }
                 Op::Free(k) if !live.is_empty() => {
                     let id = *live.keys().nth(k % live.len()).unwrap();
                     let (_, state) = live[&id];
-                    prop_assert!(d.free(&r, id, state).unwrap());
+                    prop_assert!(d.free(id, state).unwrap());
                     live.remove(&id);
                     dead.push(id);
                 }
                 Op::Stale(k) if !dead.is_empty() => {
                     let id = dead[k % dead.len()];
-                    prop_assert_eq!(d.lookup(&r, id, db::SENT).unwrap(), None);
-                    prop_assert!(!d.transition(&r, id, db::SENT, db::REPLIED).unwrap());
+                    prop_assert_eq!(d.lookup(id, db::SENT).unwrap(), None);
+                    prop_assert!(!d.transition(id, db::SENT, db::REPLIED).unwrap());
                 }
                 _ => {}
             }
@@ -82,7 +82,7 @@ proptest! {
         // A new incarnation sees the same outstanding requests.
         let again = RequestDb::attach(&r, mem.layout.side(Side::A).db, cap).unwrap();
         prop_assert_eq!(again.outstanding() as usize, live.len());
-        let mut sent: Vec<RequestId> = (0..cap).filter_map(|i| again.sent_at(&r, i).unwrap()).collect();
+        let mut sent: Vec<RequestId> = (0..cap).filter_map(|i| again.sent_at(i).unwrap()).collect();
         let want: Vec<RequestId> = live.iter().filter(|(_, v)| v.1 == db::SENT).map(|(k, _)| *k).collect();
         sent.sort();
         prop_assert_eq!(sent, want);
@@ -111,10 +111,10 @@ fn ids_are_never_zero_and_generations_advance() {
     let mem = Mem::new(PairConfig::new(8, 2, 64));
     let r = mem.region;
     let mut d = RequestDb::attach(&r, mem.layout.side(Side::B).db, 2).unwrap();
-    let a = d.alloc(&r, &entry(1, 0)).unwrap().unwrap();
+    let a = d.alloc(&entry(1, 0)).unwrap().unwrap();
     assert_ne!(a.0, 0);
-    assert!(d.free(&r, a, db::SENT).unwrap());
-    let b = d.alloc(&r, &entry(1, 0)).unwrap().unwrap();
+    assert!(d.free(a, db::SENT).unwrap());
+    let b = d.alloc(&entry(1, 0)).unwrap().unwrap();
     assert_eq!(a.index(), b.index());
     assert_ne!(a.generation(), b.generation());
 }
@@ -129,7 +129,7 @@ fn a_corrupt_free_list_is_reported() {
     r.u32_at(base + 8)
         .unwrap()
         .store(1000, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(d.alloc(&r, &entry(1, 0)), Err(Corruption::RequestDb));
+    assert_eq!(d.alloc(&entry(1, 0)), Err(Corruption::RequestDb));
 }
 
 #[test]
@@ -137,19 +137,16 @@ fn take_reply_accepts_each_sent_request_once() {
     let mem = Mem::new(PairConfig::new(8, 2, 64));
     let r = mem.region;
     let mut d = RequestDb::attach(&r, mem.layout.side(Side::A).db, 2).unwrap();
-    let a = d.alloc(&r, &entry(9, 0)).unwrap().unwrap();
+    let a = d.alloc(&entry(9, 0)).unwrap().unwrap();
     // Wrong generation, out-of-range index, generation 0: not outstanding, nothing changes.
     let stale = RequestId(u64::from(a.generation().wrapping_add(1)) << 32 | u64::from(a.index()));
-    assert_eq!(d.take_reply(&r, stale), Ok(None));
-    assert_eq!(d.take_reply(&r, RequestId(1 << 32 | 7)), Ok(None));
-    assert_eq!(d.take_reply(&r, RequestId(u64::from(a.index()))), Ok(None));
-    assert_eq!(
-        d.lookup(&r, a, db::SENT).unwrap().map(|e| e.opcode),
-        Some(9)
-    );
+    assert_eq!(d.take_reply(stale), Ok(None));
+    assert_eq!(d.take_reply(RequestId(1 << 32 | 7)), Ok(None));
+    assert_eq!(d.take_reply(RequestId(u64::from(a.index()))), Ok(None));
+    assert_eq!(d.lookup(a, db::SENT).unwrap().map(|e| e.opcode), Some(9));
     // The real id: once, and the entry is then REPLIED.
-    assert_eq!(d.take_reply(&r, a), Ok(Some(9)));
-    assert_eq!(d.take_reply(&r, a), Ok(None));
-    assert!(d.lookup(&r, a, db::REPLIED).unwrap().is_some());
-    assert!(d.free(&r, a, db::REPLIED).unwrap());
+    assert_eq!(d.take_reply(a), Ok(Some(9)));
+    assert_eq!(d.take_reply(a), Ok(None));
+    assert!(d.lookup(a, db::REPLIED).unwrap().is_some());
+    assert!(d.free(a, db::REPLIED).unwrap());
 }

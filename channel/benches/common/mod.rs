@@ -1,7 +1,15 @@
-//! The round-trip workloads that both `benches/channel.rs` (under criterion) and
-//! `examples/round_trip_pairs.rs` (paired trials) time, kept in one place so that the
-//! two always measure the same loops: the client on core 0 and the server on core 1,
-//! the server started 200 µs before the clock, the time taken over `n` round trips.
+//! The workloads that `benches/channel.rs` times, both under criterion and in paired trials:
+//! the client (or producer) on core 0 and the server (or consumer) on core 1, the server
+//! started 200 µs before the clock, the time taken over `n` round trips or messages.
+//!
+//! # Why paired trials
+//!
+//! On a shared or nested VM the cost of moving a cache line between two vCPUs changes by
+//! 2–4× from one second to the next (the host moves the vCPUs between its cores). Criterion
+//! measures each benchmark for seconds at its own moment, so the ratio of two of its figures
+//! mixes the two moments. [`paired_report`] runs every workload for a few milliseconds, one
+//! after the other, in each of many trials, and reports the median of the per-trial ratios:
+//! both sides of each ratio saw the same machine.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,12 +18,20 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use compart_channel::host::{pin_current_thread, SharedMemory};
-use compart_channel::{initialize, Endpoint, NoKick, PairConfig, PairLayout, Region, Side};
+use compart_channel::{
+    initialize, ChannelError, Endpoint, NoKick, PairConfig, PairLayout, Region, Side,
+};
 
 /// Round trips: 64 slots (as for `rtrb` and crossbeam), so that the ring stays in cache.
 pub const RT_CONFIG: PairConfig = PairConfig::new(64, 64, 64);
+/// One-way throughput: deep queues.
+pub const ONE_WAY_DEPTH: u32 = 1024;
+pub const ONE_WAY_CONFIG: PairConfig = PairConfig::new(ONE_WAY_DEPTH, 64, 64);
 pub const CLIENT_CORE: usize = 0;
 pub const SERVER_CORE: usize = 1;
+
+/// A workload: the time `n` round trips or messages take.
+pub type Workload = fn(u64) -> Duration;
 
 /// The 64-byte message the other queues carry.
 #[derive(Clone, Copy, Default)]
@@ -62,7 +78,7 @@ where
     start.elapsed()
 }
 
-/// The physical floor: one cache line each way, bare atomics.
+/// The physical floor of a round trip: one cache line each way, bare atomics.
 pub fn floor(n: u64) -> Duration {
     let ping = Arc::new(Line(AtomicU64::new(0)));
     let pong = Arc::new(Line(AtomicU64::new(0)));
@@ -92,8 +108,6 @@ pub fn compart_request_reply(n: u64) -> Duration {
     let (_mem, region) = fresh_pair(&RT_CONFIG);
     let mut server = Endpoint::attach(region, Side::B, NoKick).unwrap();
     let mut client = Endpoint::attach(region, Side::A, NoKick).unwrap();
-    client.set_publish_batch(1);
-    server.set_publish_batch(1);
     two_threads(
         move || {
             let mut k = 0;
@@ -101,7 +115,6 @@ pub fn compart_request_reply(n: u64) -> Duration {
                 match server.poll_request().unwrap() {
                     Some(r) => {
                         let v = r.inline()[0];
-                        // Published by the next poll, which is immediate.
                         server.reply(r, 0, [v, 0, 0, 0, 0], &[]).unwrap();
                         k += 1;
                     }
@@ -117,6 +130,41 @@ pub fn compart_request_reply(n: u64) -> Duration {
                     if let Some(rep) = client.poll_reply().unwrap() {
                         black_box(rep.inline()[0]);
                         client.free(rep).unwrap();
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+            }
+        },
+    )
+}
+
+/// One-way compart messages used as a ping-pong: the rings' round trip without the request
+/// database.
+pub fn compart_oneway_ping_pong(n: u64) -> Duration {
+    let (_mem, region) = fresh_pair(&RT_CONFIG);
+    let mut server = Endpoint::attach(region, Side::B, NoKick).unwrap();
+    let mut client = Endpoint::attach(region, Side::A, NoKick).unwrap();
+    two_threads(
+        move || {
+            let mut k = 0;
+            while k < n {
+                match server.poll_request().unwrap() {
+                    Some(r) => {
+                        server.send_oneway(2, *r.inline()).unwrap();
+                        k += 1;
+                    }
+                    None => std::hint::spin_loop(),
+                }
+            }
+            server.flush().unwrap();
+        },
+        || {
+            for i in 0..n {
+                client.send_oneway(1, [i, 0, 0, 0, 0]).unwrap();
+                loop {
+                    if let Some(m) = client.poll_request().unwrap() {
+                        black_box(m.inline()[0]);
                         break;
                     }
                     std::hint::spin_loop();
@@ -156,4 +204,191 @@ pub fn rtrb_pair(n: u64) -> Duration {
             }
         },
     )
+}
+
+/// A bounded crossbeam channel each way, 64-byte messages.
+pub fn crossbeam_pair(n: u64) -> Duration {
+    let (s1, r1) = crossbeam_channel::bounded::<Msg>(64);
+    let (s2, r2) = crossbeam_channel::bounded::<Msg>(64);
+    two_threads(
+        move || {
+            for _ in 0..n {
+                let m = r1.recv().unwrap();
+                s2.send(m).unwrap();
+            }
+        },
+        || {
+            for i in 0..n {
+                s1.send(Msg([i, 0, 0, 0, 0, 0, 0, 0])).unwrap();
+                black_box(r2.recv().unwrap().0[0]);
+            }
+        },
+    )
+}
+
+/// `n` one-way compart messages from the client core to the server core.
+pub fn compart_one_way(n: u64) -> Duration {
+    let (_mem, region) = fresh_pair(&ONE_WAY_CONFIG);
+    let mut rx = Endpoint::attach(region, Side::B, NoKick).unwrap();
+    let mut tx = Endpoint::attach(region, Side::A, NoKick).unwrap();
+    two_threads(
+        move || {
+            let mut k = 0;
+            while k < n {
+                match rx.poll_request().unwrap() {
+                    Some(r) => {
+                        black_box(r.inline()[0]);
+                        k += 1;
+                    }
+                    None => std::hint::spin_loop(),
+                }
+            }
+        },
+        || {
+            for i in 0..n {
+                loop {
+                    match tx.send_oneway(1, [i, 0, 0, 0, 0]) {
+                        Ok(()) => break,
+                        Err(ChannelError::Full) => std::hint::spin_loop(),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            tx.flush().unwrap();
+        },
+    )
+}
+
+/// `n` one-way 64-byte `rtrb` messages from the client core to the server core.
+pub fn rtrb_one_way(n: u64) -> Duration {
+    let (mut p, mut q) = rtrb::RingBuffer::<Msg>::new(ONE_WAY_DEPTH as usize);
+    two_threads(
+        move || {
+            let mut k = 0;
+            while k < n {
+                match q.pop() {
+                    Ok(m) => {
+                        black_box(m.0[0]);
+                        k += 1;
+                    }
+                    Err(_) => std::hint::spin_loop(),
+                }
+            }
+        },
+        || {
+            for i in 0..n {
+                let mut m = Msg([i, 0, 0, 0, 0, 0, 0, 0]);
+                while let Err(rtrb::PushError::Full(back)) = p.push(m) {
+                    m = back;
+                    std::hint::spin_loop();
+                }
+            }
+        },
+    )
+}
+
+/// `n` one-way 64-byte messages through a bounded crossbeam channel.
+pub fn crossbeam_one_way(n: u64) -> Duration {
+    let (s, r) = crossbeam_channel::bounded::<Msg>(ONE_WAY_DEPTH as usize);
+    two_threads(
+        move || {
+            for _ in 0..n {
+                black_box(r.recv().unwrap().0[0]);
+            }
+        },
+        || {
+            for i in 0..n {
+                s.send(Msg([i, 0, 0, 0, 0, 0, 0, 0])).unwrap();
+            }
+        },
+    )
+}
+
+/// Quartiles (p25, median, p75) of `v`.
+fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
+    v.sort_by(f64::total_cmp);
+    let at = |q: usize| v[(v.len() - 1) * q / 4];
+    [at(1), at(2), at(3)]
+}
+
+/// Run `workloads` (`n` each) one after the other in each of `trials` trials, rotating their
+/// order from trial to trial; returns each workload's per-trial time per item, in ns.
+fn trials(workloads: &[Workload], n: u64, trials: usize) -> Vec<Vec<f64>> {
+    let mut per = vec![Vec::with_capacity(trials); workloads.len()];
+    for t in 0..trials {
+        for k in 0..workloads.len() {
+            let w = (k + t) % workloads.len();
+            per[w].push(workloads[w](n).as_nanos() as f64 / n as f64);
+        }
+    }
+    per
+}
+
+/// The paired comparison: round trips against the cache-line floor, one-way throughput
+/// against `rtrb`, each as the median (and quartiles) of per-trial ratios. Trials:
+/// `COMPART_BENCH_TRIALS` (default 60).
+pub fn paired_report() {
+    pin(CLIENT_CORE);
+    let n_trials = std::env::var("COMPART_BENCH_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60usize)
+        .max(1);
+    let fmt = |q: [f64; 3]| format!("{:>7.1} {:>7.1} {:>7.1}", q[0], q[1], q[2]);
+    let fmt2 = |q: [f64; 3]| format!("{:>6.2} {:>6.2} {:>6.2}", q[0], q[1], q[2]);
+
+    let rt: [(&str, Workload); 5] = [
+        ("ping-pong floor", floor),
+        ("compart request-reply", compart_request_reply),
+        ("compart one-way ping-pong", compart_oneway_ping_pong),
+        ("rtrb", rtrb_pair),
+        ("crossbeam-channel", crossbeam_pair),
+    ];
+    let n = 20_000;
+    let per = trials(&rt.map(|(_, w)| w), n, n_trials);
+    println!();
+    println!("paired round trips, 64-byte messages: {n_trials} trials of {n} round trips");
+    println!(
+        "{:<27} {:>23}   {:>20}",
+        "", "ns per round trip", "÷ floor, per trial"
+    );
+    println!(
+        "{:<27} {:>7} {:>7} {:>7}   {:>6} {:>6} {:>6}",
+        "", "p25", "median", "p75", "p25", "median", "p75"
+    );
+    for (k, (name, _)) in rt.iter().enumerate() {
+        let ratio: Vec<f64> = per[k].iter().zip(&per[0]).map(|(a, f)| a / f).collect();
+        println!(
+            "{name:<27} {}   {}",
+            fmt(quartiles(per[k].clone())),
+            fmt2(quartiles(ratio))
+        );
+    }
+
+    let ow: [(&str, Workload); 3] = [
+        ("compart", compart_one_way),
+        ("rtrb", rtrb_one_way),
+        ("crossbeam-channel", crossbeam_one_way),
+    ];
+    let n = 200_000;
+    let per = trials(&ow.map(|(_, w)| w), n, n_trials);
+    println!();
+    println!("paired one-way throughput, 64-byte messages: {n_trials} trials of {n} messages");
+    println!(
+        "{:<27} {:>23}   {:>20}",
+        "", "M messages/s", "÷ rtrb, per trial"
+    );
+    println!(
+        "{:<27} {:>7} {:>7} {:>7}   {:>6} {:>6} {:>6}",
+        "", "p25", "median", "p75", "p25", "median", "p75"
+    );
+    let rate = |v: &Vec<f64>| v.iter().map(|ns| 1e3 / ns).collect::<Vec<f64>>();
+    for (k, (name, _)) in ow.iter().enumerate() {
+        let ratio: Vec<f64> = per[1].iter().zip(&per[k]).map(|(r, a)| r / a).collect();
+        println!(
+            "{name:<27} {}   {}",
+            fmt(quartiles(rate(&per[k]))),
+            fmt2(quartiles(ratio))
+        );
+    }
 }
