@@ -211,6 +211,7 @@ impl Producer {
     }
 
     /// Check that the shared `tail`, which only this side writes, holds what it stored.
+    #[inline]
     pub fn verify(&self) -> Result<(), Corruption> {
         if self.shared.tail().load(Ordering::Relaxed) == self.published {
             Ok(())
@@ -318,6 +319,7 @@ impl Consumer {
     }
 
     /// Check that the shared `head`, which only this side writes, holds what it stored.
+    #[inline]
     pub fn verify(&self) -> Result<(), Corruption> {
         if self.shared.head().load(Ordering::Relaxed) == self.published {
             Ok(())
