@@ -42,7 +42,7 @@ fn soft_scaling_slows_a_compute_loop_by_f0_over_f_and_aperf_mperf_agrees() {
         role = "app"
         image = "selftest"
         cores = [1]
-        cmdline = "freq=0,2,0,2 pstate-control=0x77"
+        cmdline = "freq=0,2,0,2,0,2 pstate-control=0x77"
         "#,
     );
     let capture = Capture::default();
@@ -55,9 +55,10 @@ fn soft_scaling_slows_a_compute_loop_by_f0_over_f_and_aperf_mperf_agrees() {
         .filter(|l| l.starts_with("freq P"))
         .map(|l| parse_freq(l))
         .collect();
-    assert_eq!(runs.len(), 4, "{lines:?}");
+    assert_eq!(runs.len(), 6, "{lines:?}");
 
-    // Best of two runs per state: noise only ever makes a loop slower.
+    // Best of three interleaved runs per state: noise (a busy host, another test) only ever
+    // makes a loop slower.
     let best = |p: usize| runs.iter().filter(|r| r.0 == p).map(|r| r.1).min().unwrap();
     let (fast, slow) = (best(0), best(2));
     let expected = 2400.0 / 1200.0;
