@@ -59,6 +59,14 @@ pub fn fresh_pair(config: &PairConfig) -> (Arc<SharedMemory>, Region) {
     (mem, region)
 }
 
+/// A fresh channel pair and its two endpoints: the server (side B) and the client (side A).
+pub fn endpoints(config: &PairConfig) -> (Arc<SharedMemory>, Endpoint<NoKick>, Endpoint<NoKick>) {
+    let (mem, region) = fresh_pair(config);
+    let server = Endpoint::attach(region, Side::B, NoKick).unwrap();
+    let client = Endpoint::attach(region, Side::A, NoKick).unwrap();
+    (mem, server, client)
+}
+
 /// Run `server` on the server core while the caller (on the client core) runs `client`;
 /// the elapsed time covers both up to the server's completion.
 pub fn two_threads<S, C>(server: S, client: C) -> Duration
@@ -105,9 +113,7 @@ pub fn floor(n: u64) -> Duration {
 
 /// A compart request and its reply, with publication after every message.
 pub fn compart_request_reply(n: u64) -> Duration {
-    let (_mem, region) = fresh_pair(&RT_CONFIG);
-    let mut server = Endpoint::attach(region, Side::B, NoKick).unwrap();
-    let mut client = Endpoint::attach(region, Side::A, NoKick).unwrap();
+    let (_mem, mut server, mut client) = endpoints(&RT_CONFIG);
     two_threads(
         move || {
             let mut k = 0;
@@ -142,9 +148,7 @@ pub fn compart_request_reply(n: u64) -> Duration {
 /// One-way compart messages used as a ping-pong: the rings' round trip without the request
 /// database.
 pub fn compart_oneway_ping_pong(n: u64) -> Duration {
-    let (_mem, region) = fresh_pair(&RT_CONFIG);
-    let mut server = Endpoint::attach(region, Side::B, NoKick).unwrap();
-    let mut client = Endpoint::attach(region, Side::A, NoKick).unwrap();
+    let (_mem, mut server, mut client) = endpoints(&RT_CONFIG);
     two_threads(
         move || {
             let mut k = 0;
@@ -228,9 +232,7 @@ pub fn crossbeam_pair(n: u64) -> Duration {
 
 /// `n` one-way compart messages from the client core to the server core.
 pub fn compart_one_way(n: u64) -> Duration {
-    let (_mem, region) = fresh_pair(&ONE_WAY_CONFIG);
-    let mut rx = Endpoint::attach(region, Side::B, NoKick).unwrap();
-    let mut tx = Endpoint::attach(region, Side::A, NoKick).unwrap();
+    let (_mem, mut rx, mut tx) = endpoints(&ONE_WAY_CONFIG);
     two_threads(
         move || {
             let mut k = 0;
