@@ -52,9 +52,8 @@
 //!
 //! * The queues are single-producer single-consumer rings of 64-byte messages ([`wire`]).
 //!   A message is published by a *lap tag* in its own slot, written last: the receiver
-//!   polls the next slot, so a message costs one cache-line transfer, and it stays a few
-//!   slots behind a streaming sender so that the two do not fight over a line ([`ring`]).
-//!   A message is visible to the peer as soon as the send returns.
+//!   polls the next slot, so a message costs one cache-line transfer ([`ring`]). A message
+//!   is visible to the peer as soon as the send returns.
 //! * A reply never waits for space: the reply queue a side receives on has
 //!   `max_outstanding` slots, as many as that side can have requests outstanding.
 //! * *Kick only when the receiver sleeps* ([`notify`]): a receiver out of work stores

@@ -127,16 +127,9 @@ pub struct Consumer {
     head: u32,
     /// Last index stored to the shared `head`.
     published: u32,
-    /// Slots before this index are known to hold their messages (see [`Consumer::pop`]).
-    ready: u32,
-    /// Slots the consumer looks ahead (a power of two, at most half the ring).
-    probe: u32,
     /// Consumed entries after which `head` is published even if more are waiting.
     batch: u32,
 }
-
-/// How far ahead the consumer looks for a written slot before it settles for fewer.
-const PROBE: u32 = 8;
 
 impl Producer {
     /// Take over the producing end of `ring` in `region`, continuing where the messages in
@@ -248,38 +241,22 @@ impl Consumer {
             shared,
             head,
             published: head,
-            ready: head,
-            probe: PROBE.min(ring.depth / 2).max(1),
             batch: (ring.depth / 4).max(1),
         })
     }
 
     /// Read the next message, if one is there. Its fields are not validated; that is the
     /// endpoint's job. The tag bits of word 1 come back as zero.
-    ///
-    /// The consumer keeps a few slots behind the producer while it can (the B-Queue
-    /// technique): when it has caught up with what it knows to be written, it looks for the
-    /// tag of slot `head + probe - 1`, then of half as far, down to `head` itself. The producer
-    /// writes slots in order, each tag last with release ordering, so a tag seen with
-    /// acquire ordering vouches for every slot before it. While it streams, the consumer thus
-    /// reads lines the producer has finished with, rather than competing for the one it
-    /// writes; when the ring is nearly empty, the look-ahead costs a few loads of lines that
-    /// are in its cache, and the message at `head` is still seen at once.
     #[inline(always)]
     pub fn pop(&mut self) -> Option<Words> {
-        if self.head == self.ready && !self.look_ahead() {
+        // Acquire: pairs with the producer's release store of word 1.
+        let (written, w1) = self.shared.is_written(self.head, Ordering::Acquire);
+        if !written {
             // Caught up: give the consumed slots back.
             self.publish();
             return None;
         }
         let cells = self.shared.slot(self.head);
-        let w1 = cells[1].load(Ordering::Relaxed);
-        if w1 & TAG_MASK != self.shared.tag(self.head) {
-            // Only a producer that broke the order of its writes gets here: take the slot
-            // as not yet written.
-            self.ready = self.head;
-            return None;
-        }
         let mut words: Words = core::array::from_fn(|i| cells[i].load(Ordering::Relaxed));
         words[1] = w1 & !TAG_MASK;
         self.head = self.head.wrapping_add(1);
@@ -287,25 +264,6 @@ impl Consumer {
             self.publish();
         }
         Some(words)
-    }
-
-    /// Find how many slots from `head` hold their messages; `false` if none does.
-    #[inline(always)]
-    fn look_ahead(&mut self) -> bool {
-        let mut k = self.probe;
-        loop {
-            let last = self.head.wrapping_add(k - 1);
-            // Acquire: pairs with the producer's release store of word 1 of `last`, and so
-            // of every slot it wrote before.
-            if self.shared.is_written(last, Ordering::Acquire).0 {
-                self.ready = last.wrapping_add(1);
-                return true;
-            }
-            if k == 1 {
-                return false;
-            }
-            k /= 2;
-        }
     }
 
     /// Give consumed slots back to the producer.
