@@ -99,7 +99,8 @@ impl Shared {
         u64::from((index >> self.shift).wrapping_add(1) & 0xff) << TAG_SHIFT
     }
 
-    /// Whether the slot of `index` holds the message of `index` (relaxed: the caller orders).
+    /// Whether the slot of `index` holds the message of `index`, and its word 1 (loaded with
+    /// `order`).
     #[inline(always)]
     fn is_written(&self, index: u32, order: Ordering) -> (bool, u64) {
         let w1 = self.slot(index)[1].load(order);
