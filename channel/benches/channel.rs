@@ -44,6 +44,7 @@ fn round_trip(c: &mut Criterion) {
         "round_trip_64B",
         &[
             ("ping-pong floor", common::floor),
+            ("64-line ring floor", common::ring_floor),
             ("compart request-reply", common::compart_request_reply),
             (
                 "compart one-way ping-pong",

@@ -42,6 +42,10 @@ pub struct Msg(pub [u64; 8]);
 #[repr(align(128))]
 pub struct Line(pub AtomicU64);
 
+/// One 64-byte slot of a bare ring.
+#[repr(align(64))]
+pub struct Slot(pub AtomicU64);
+
 /// Pin the calling thread (unless COMPART_BENCH_NO_PIN is set). A machine without that core
 /// refuses; then the thread stays where it is.
 pub fn pin(core: usize) {
@@ -111,7 +115,43 @@ pub fn floor(n: u64) -> Duration {
     )
 }
 
-/// A compart request and its reply, with publication after every message.
+/// The physical cost of a ring: the floor's loop, but each direction moves on to the next
+/// of 64 cache lines with every message, as a 64-slot ring does. On the development
+/// machine, lines a lap old cost more to hand over than one line handed back and forth.
+pub fn ring_floor(n: u64) -> Duration {
+    const DEPTH: usize = 64;
+    let ring = || {
+        Arc::new(
+            (0..DEPTH)
+                .map(|_| Slot(AtomicU64::new(0)))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (ping, pong) = (ring(), ring());
+    let (ping2, pong2) = (ping.clone(), pong.clone());
+    two_threads(
+        move || {
+            for i in 1..=n {
+                let k = i as usize % DEPTH;
+                while ping2[k].0.load(Ordering::Acquire) != i {
+                    std::hint::spin_loop();
+                }
+                pong2[k].0.store(i, Ordering::Release);
+            }
+        },
+        || {
+            for i in 1..=n {
+                let k = i as usize % DEPTH;
+                ping[k].0.store(i, Ordering::Release);
+                while pong[k].0.load(Ordering::Acquire) != i {
+                    std::hint::spin_loop();
+                }
+            }
+        },
+    )
+}
+
+/// A compart request and its reply.
 pub fn compart_request_reply(n: u64) -> Duration {
     let (_mem, mut server, mut client) = endpoints(&RT_CONFIG);
     two_threads(
@@ -339,8 +379,9 @@ pub fn paired_report() {
     let fmt = |q: [f64; 3]| format!("{:>7.1} {:>7.1} {:>7.1}", q[0], q[1], q[2]);
     let fmt2 = |q: [f64; 3]| format!("{:>6.2} {:>6.2} {:>6.2}", q[0], q[1], q[2]);
 
-    let rt: [(&str, Workload); 5] = [
+    let rt: [(&str, Workload); 6] = [
         ("ping-pong floor", floor),
+        ("64-line ring floor", ring_floor),
         ("compart request-reply", compart_request_reply),
         ("compart one-way ping-pong", compart_oneway_ping_pong),
         ("rtrb", rtrb_pair),
