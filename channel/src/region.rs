@@ -139,17 +139,6 @@ impl Region {
         Some(unsafe { &*p.cast::<[AtomicU64; 8]>() })
     }
 
-    /// The sixteen 32-bit atomics of the 64 bytes at `off`, if they lie inside the region and
-    /// are aligned (one bounds check for a whole record, such as a request-database entry).
-    #[inline(always)]
-    pub fn words32_at(&self, off: usize) -> Option<&[AtomicU32; 16]> {
-        let p = self.check(off, 64, 4)?;
-        // SAFETY: `p..p + 64` is in bounds and 4-aligned; `AtomicU32` has the size and
-        // alignment of `u32`, so sixteen of them are the 64 bytes there; the memory stays
-        // mapped (contract of `from_raw`) and is only accessed atomically or volatilely.
-        Some(unsafe { &*p.cast::<[AtomicU32; 16]>() })
-    }
-
     /// Copy `dst.len()` bytes starting at region offset `off` into `dst`, volatilely.
     ///
     /// Returns `None` (copying nothing) if the range is not inside the region.

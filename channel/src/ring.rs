@@ -214,12 +214,6 @@ impl Producer {
         }
     }
 
-    /// Messages pushed since the last [`publish`](Self::publish).
-    #[inline(always)]
-    pub fn unpublished(&self) -> u32 {
-        self.tail.wrapping_sub(self.published)
-    }
-
     /// Free slots as far as this side knows (may be fewer than the truth).
     pub fn free_slots(&self) -> u32 {
         let depth = self.shared.ring.depth;
