@@ -575,7 +575,7 @@ impl<N: Notifier> Endpoint<N> {
             return Ok(None);
         };
         // The opcode is the one this side recorded, whatever the peer wrote.
-        w[1] = w[1] & !0xffff | u64::from(opcode);
+        w[1] = wire::control(opcode, flags, wire::status(&w));
         Ok(Some(Reply { words: w }))
     }
 
