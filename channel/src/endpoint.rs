@@ -532,6 +532,17 @@ impl<N: Notifier> Endpoint<N> {
         self.sent()
     }
 
+    /// Whether the peer's reply queue has room for one more reply. A server that takes a
+    /// request only when this holds never has to drop one because [`reply`](Self::reply)
+    /// found the queue full: a peer that does not take its replies then waits, with its
+    /// requests left in the queue, instead of having them lost.
+    #[inline]
+    pub fn can_reply(&mut self) -> Result<bool, ChannelError> {
+        self.check()?;
+        let r = self.tx_replies.has_room();
+        self.guard(r)
+    }
+
     /// Take the next reply to one of this side's requests, if any.
     ///
     /// A reply whose id is well-formed but not outstanding (a late answer to an abandoned

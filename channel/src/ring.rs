@@ -177,6 +177,16 @@ impl Producer {
         Ok(true)
     }
 
+    /// Whether the next [`push`](Self::push) would find room (reads the consumer's index only
+    /// when the cached one says the ring is full).
+    #[inline]
+    pub fn has_room(&mut self) -> Result<bool, Corruption> {
+        if self.tail.wrapping_sub(self.head_cache) < self.shared.ring.depth {
+            return Ok(true);
+        }
+        self.refresh()
+    }
+
     /// The ring looks full: read the consumer's real index. Returns whether there is room.
     #[inline(never)]
     fn refresh(&mut self) -> Result<bool, Corruption> {

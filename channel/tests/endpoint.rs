@@ -153,6 +153,32 @@ fn replies_never_wait_for_space_when_the_requester_keeps_up() {
 }
 
 #[test]
+fn can_reply_says_whether_a_reply_would_fit_and_sees_room_made_by_the_requester() {
+    // A's reply queue has max_outstanding = 2 slots; A resubmits its requests without
+    // taking the replies, so B can be asked for a third reply that has no room.
+    let (_m, mut a, mut b) = pair(PairConfig::new(8, 2, 64));
+    let i1 = a.send_request(1, [1; 5], b"").unwrap();
+    let i2 = a.send_request(1, [2; 5], b"").unwrap();
+    a.resubmit(i1).unwrap();
+    a.flush().unwrap();
+    for _ in 0..2 {
+        assert_eq!(b.can_reply(), Ok(true));
+        let r = b.poll_request().unwrap().unwrap();
+        b.reply(r, 0, [0; 5], b"").unwrap();
+    }
+    assert_eq!(b.can_reply(), Ok(false));
+    let third = b.poll_request().unwrap().unwrap();
+    // A takes one reply (and publishes its head by catching up): room again.
+    let x = a.poll_reply().unwrap().unwrap();
+    assert_eq!(x.id(), i1);
+    let y = a.poll_reply().unwrap().unwrap();
+    assert_eq!(y.id(), i2);
+    assert_eq!(a.poll_reply(), Ok(None));
+    assert_eq!(b.can_reply(), Ok(true));
+    b.reply(third, 0, [0; 5], b"").unwrap();
+}
+
+#[test]
 fn a_sender_kicks_only_a_sleeping_receiver_and_only_once() {
     let mem = Mem::new(PairConfig::new(64, 4, 64));
     let mut a = Endpoint::attach(mem.region, Side::A, LocalKick::default()).unwrap();
