@@ -5,12 +5,20 @@
 //! The guests are built by a nested cargo, in release mode, with a clean environment
 //! (the host build's RUSTFLAGS, wrappers and target dir must not leak into a
 //! freestanding guest build) and its own target directory beside the host's.
+//!
+//! The build names its target (`--target x86_64-unknown-linux-gnu`, the host's own):
+//! with a target, cargo applies the guests' rustflags (`relocation-model=static`, from
+//! `guest-servers/.cargo/config.toml`) to the guest code only, not to build scripts and
+//! proc macros, which run on the host and would not link with them.
 
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The target guests are built for: the only one installed (no `x86_64-unknown-none`).
+const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -33,7 +41,14 @@ fn main() {
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&guests)
         .env_clear()
-        .args(["build", "--release", "--workspace", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--workspace",
+            "--target",
+            GUEST_TARGET,
+        ])
+        .arg("--target-dir")
         .arg(&target_dir);
     for var in [
         "PATH",
@@ -73,7 +88,7 @@ fn main() {
          pub static BUILTIN_IMAGES: &[(&str, &[u8])] = &[\n",
     );
     for name in &names {
-        let built = target_dir.join("release").join(name);
+        let built = target_dir.join(GUEST_TARGET).join("release").join(name);
         let copy = out.join(format!("{name}.elf"));
         fs::copy(&built, &copy)
             .unwrap_or_else(|e| panic!("guest image {} missing: {e}", built.display()));
