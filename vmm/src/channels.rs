@@ -23,7 +23,19 @@ use compart_channel::host::SharedMemory;
 use compart_channel::{initialize, PairLayout, Side};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::topology::Topology;
+use crate::topology::{Role, Topology};
+
+/// A topology role as the boot info codes it.
+fn abi_role(role: Role) -> compart_abi::Role {
+    match role {
+        Role::Driver => compart_abi::Role::Driver,
+        Role::Ip => compart_abi::Role::Ip,
+        Role::Pf => compart_abi::Role::Pf,
+        Role::Tcp => compart_abi::Role::Tcp,
+        Role::Posix => compart_abi::Role::Posix,
+        Role::App => compart_abi::Role::App,
+    }
+}
 
 /// First GSI the VMM routes; below are the I/O APIC's pins.
 pub const FIRST_GSI: u32 = 24;
@@ -87,6 +99,8 @@ pub struct GuestChannel {
     pub side: Side,
     /// The peer's name.
     pub peer: String,
+    /// The peer's role.
+    pub peer_role: Role,
     /// Rung by this guest (registered as ioeventfd at its doorbell page).
     pub kick_peer: Arc<EventFd>,
     /// Rung by the peer (registered as irqfd into this guest).
@@ -126,6 +140,7 @@ impl GuestChannel {
         };
         c.vector = u32::from(self.vector());
         c.peer_len = compart_abi::fill_str_field(&mut c.peer, &self.peer).unwrap_or(0);
+        c.peer_role = abi_role(self.peer_role) as u32;
         c
     }
 }
@@ -189,10 +204,30 @@ impl Channels {
                     memory: c.memory.clone(),
                     side,
                     peer: topology.guests[c.guests[peer]].name.clone(),
+                    peer_role: topology.guests[c.guests[peer]].role,
                     kick_peer: c.kicks[me].clone(),
                     wake_me: c.kicks[peer].clone(),
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_role_reaches_the_boot_info_under_its_topology_name() {
+        for role in [
+            Role::Driver,
+            Role::Ip,
+            Role::Pf,
+            Role::Tcp,
+            Role::Posix,
+            Role::App,
+        ] {
+            assert_eq!(abi_role(role).name(), role.as_str());
+        }
     }
 }

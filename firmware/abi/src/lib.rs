@@ -138,8 +138,8 @@ pub struct ChannelInfo {
     pub vector: u32,
     /// Length of `peer`.
     pub peer_len: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// The peer guest's [`Role`] code (0, [`Role::Unknown`], from a VMM that did not say).
+    pub peer_role: u32,
     /// The peer guest's name, UTF-8, `peer_len` bytes.
     pub peer: [u8; NAME_LEN],
 }
@@ -153,13 +153,77 @@ impl ChannelInfo {
         side: 0,
         vector: 0,
         peer_len: 0,
-        _reserved: 0,
+        peer_role: 0,
         peer: [0; NAME_LEN],
     };
 
     /// The peer's name, or `"?"`.
     pub fn peer(&self) -> &str {
         str_field(&self.peer, self.peer_len)
+    }
+
+    /// The peer's role ([`Role::Unknown`] for a code this ABI does not define).
+    pub fn peer_role(&self) -> Role {
+        Role::from_code(self.peer_role)
+    }
+}
+
+/// What a guest is in the network stack: the topology's `role`, as a code in
+/// [`ChannelInfo::peer_role`] (a guest's own role is the string [`BootInfo::role`]).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Not said, or a code this ABI does not define.
+    Unknown = 0,
+    /// The NIC driver server.
+    Driver = 1,
+    /// The IP server.
+    Ip = 2,
+    /// The packet filter server.
+    Pf = 3,
+    /// The TCP server.
+    Tcp = 4,
+    /// The POSIX socket server.
+    Posix = 5,
+    /// An application.
+    App = 6,
+}
+
+impl Role {
+    /// Every role a topology can give, in code order.
+    pub const ALL: [Role; 6] = [
+        Role::Driver,
+        Role::Ip,
+        Role::Pf,
+        Role::Tcp,
+        Role::Posix,
+        Role::App,
+    ];
+
+    /// The role's name as topology files and [`BootInfo::role`] spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Unknown => "?",
+            Role::Driver => "driver",
+            Role::Ip => "ip",
+            Role::Pf => "pf",
+            Role::Tcp => "tcp",
+            Role::Posix => "posix",
+            Role::App => "app",
+        }
+    }
+
+    /// The role named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// The role of code `code`; [`Role::Unknown`] for a code this ABI does not define.
+    pub fn from_code(code: u32) -> Role {
+        Role::ALL
+            .into_iter()
+            .find(|r| *r as u32 == code)
+            .unwrap_or(Role::Unknown)
     }
 }
 
@@ -475,6 +539,21 @@ mod tests {
         assert_eq!(b.name(), "driver");
         assert_eq!(b.cmdline(), "exit=3");
         assert!(fill_str_field(&mut b.role, "a-role-much-too-long").is_none());
+    }
+
+    #[test]
+    fn roles_round_trip_through_name_and_code_and_unknown_codes_are_unknown() {
+        for r in Role::ALL {
+            assert_eq!(Role::from_name(r.name()), Some(r));
+            assert_eq!(Role::from_code(r as u32), r);
+        }
+        assert_eq!(Role::from_name("?"), None);
+        assert_eq!(Role::from_code(0), Role::Unknown);
+        assert_eq!(Role::from_code(7), Role::Unknown);
+        assert_eq!(Role::from_code(u32::MAX), Role::Unknown);
+        let mut c = ChannelInfo::EMPTY;
+        c.peer_role = 0xdead;
+        assert_eq!(c.peer_role(), Role::Unknown);
     }
 
     #[test]
