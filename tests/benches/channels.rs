@@ -12,19 +12,12 @@ use std::time::{Duration, Instant};
 use compart_channel::host::{pin_current_thread, EventFd, SharedMemory};
 use compart_channel::{
     initialize, ChannelError, Endpoint, Notifier, PairConfig, PairLayout, Region, Side, Waiter,
-    INLINE_WORDS,
 };
+use compart_proto::pingpong;
 use compart_tests::{require_kvm, topology, Capture};
 
-const OP_PING: u16 = 1;
-const OP_STOP: u16 = 2;
 /// No measurement may take longer than this.
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// The pingpong image's request checksum (its pong checks it).
-fn checksum(seq: u64) -> u64 {
-    seq.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ 0x5bd1_e995
-}
 
 /// Drives side A: `n` round trips with at most `window` in flight; returns round trips
 /// per second.
@@ -44,7 +37,8 @@ fn ping<N: Notifier, W: Waiter>(
         );
         let mut progressed = false;
         while sent < n && sent - done < window {
-            match ep.send_request(OP_PING, [sent, checksum(sent), 0, 0, 0], &[]) {
+            let (op, inline) = pingpong::Request::Ping { seq: sent }.encode();
+            match ep.send_request(op, inline, &[]) {
                 Ok(_) => {
                     sent += 1;
                     progressed = true;
@@ -55,8 +49,10 @@ fn ping<N: Notifier, W: Waiter>(
         }
         ep.flush().unwrap();
         while let Some(r) = ep.poll_reply().unwrap() {
-            assert_eq!(r.inline()[0], done);
-            assert_eq!(r.inline()[1], checksum(done) ^ 1);
+            assert_eq!(
+                pingpong::Reply::decode(r.status(), r.inline()),
+                Ok(pingpong::Reply::Pong { seq: done })
+            );
             ep.free(r).unwrap();
             done += 1;
             progressed = true;
@@ -66,7 +62,8 @@ fn ping<N: Notifier, W: Waiter>(
         }
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    ep.send_oneway(OP_STOP, [0; INLINE_WORDS]).unwrap();
+    let (op, inline) = pingpong::Request::Stop.encode();
+    ep.send_oneway(op, inline).unwrap();
     ep.flush().unwrap();
     rate
 }
@@ -79,12 +76,14 @@ fn pong<N: Notifier, W: Waiter>(ep: &mut Endpoint<N>, waiter: &W, spins: u32) {
             "pong: no stop after {DEADLINE:?}"
         );
         match ep.poll_request().unwrap() {
-            Some(r) if r.opcode() == OP_STOP => return,
-            Some(r) => {
-                let mut inline = *r.inline();
-                inline[1] ^= 1;
-                ep.reply(r, 0, inline, &[]).unwrap();
-            }
+            Some(r) => match pingpong::Request::decode(r.opcode(), r.is_oneway(), r.inline()) {
+                Ok(pingpong::Request::Stop) => return,
+                Ok(pingpong::Request::Ping { seq }) => {
+                    let (status, inline) = pingpong::Reply::Pong { seq }.encode();
+                    ep.reply(r, status, inline, &[]).unwrap();
+                }
+                Err(e) => panic!("pong: {e}"),
+            },
             None => {
                 ep.wait_for_work(waiter, spins).unwrap();
             }
