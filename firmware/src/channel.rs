@@ -7,9 +7,19 @@
 //! - [`wait_for_work`]: the receive loop's idle step: poll for as long as the
 //!   placement page allows (long on a dedicated core, not at all on a shared one),
 //!   then announce sleep, re-check, and halt.
+//!
+//! A guest finds its channels by who is on the other side: [`open_to`] a peer by name,
+//! [`open_by_role`] by its role, or [`open_all`], which also reports the channels that
+//! cannot be opened (a peer may have wrecked its region before we attach). Each channel
+//! opens at most once, so two endpoints never drive the same side.
 
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use compart_abi::{ChannelInfo, Role};
 use compart_channel::{ChannelError, Endpoint, Notifier, Region, Side, Waiter};
-
+use compart_kit::server::Peer;
 
 use crate::{boot_info, placement, pstate::rdtsc, ring0};
 
@@ -45,9 +55,20 @@ pub type Channel = Endpoint<Doorbell>;
 pub enum OpenError {
     /// The boot info lists no channel with that index.
     NoSuchChannel(usize),
+    /// No channel of this guest leads to a peer of that name.
+    NoSuchPeer,
+    /// No channel of this guest leads to a peer with that role.
+    NoSuchRole(Role),
+    /// The channel is open already.
+    AlreadyOpen(usize),
     /// The region is not a valid channel pair.
     Channel(ChannelError),
 }
+
+/// Bit `i`: channel `i` is open.
+static OPENED: AtomicU32 = AtomicU32::new(0);
+
+const _: () = assert!(compart_abi::MAX_CHANNELS <= 32);
 
 /// Number of channels this guest has.
 pub fn count() -> usize {
@@ -59,17 +80,76 @@ pub fn peer(index: usize) -> &'static str {
     boot_info().channels().get(index).map_or("?", |c| c.peer())
 }
 
+/// Who is on the other side of channel `index`.
+pub fn peer_of(index: usize) -> Option<Peer> {
+    boot_info()
+        .channels()
+        .get(index)
+        .map(|c| describe(index, c))
+}
+
+fn describe(index: usize, c: &ChannelInfo) -> Peer {
+    Peer {
+        index,
+        name: String::from(c.peer()),
+        role: c.peer_role(),
+    }
+}
+
+/// Opens the first channel whose peer is named `name`.
+pub fn open_to(name: &str) -> Result<(Peer, Channel), OpenError> {
+    let index = boot_info()
+        .channels()
+        .iter()
+        .position(|c| c.peer() == name)
+        .ok_or(OpenError::NoSuchPeer)?;
+    Ok((
+        describe(index, &boot_info().channels()[index]),
+        open(index)?,
+    ))
+}
+
+/// Opens the first channel whose peer has role `role`.
+pub fn open_by_role(role: Role) -> Result<(Peer, Channel), OpenError> {
+    let index = boot_info()
+        .channels()
+        .iter()
+        .position(|c| c.peer_role() == role)
+        .ok_or(OpenError::NoSuchRole(role))?;
+    Ok((
+        describe(index, &boot_info().channels()[index]),
+        open(index)?,
+    ))
+}
+
+/// Opens every channel not open yet: those that opened, and those that could not, with
+/// the reason, each with its peer, in boot-info order.
+#[allow(clippy::type_complexity)]
+pub fn open_all() -> (Vec<(Peer, Channel)>, Vec<(Peer, OpenError)>) {
+    let (mut open, mut unusable) = (Vec::new(), Vec::new());
+    for (index, c) in boot_info().channels().iter().enumerate() {
+        if OPENED.load(Ordering::Relaxed) & (1 << index) != 0 {
+            continue;
+        }
+        match self::open(index) {
+            Ok(ch) => open.push((describe(index, c), ch)),
+            Err(e) => unusable.push((describe(index, c), e)),
+        }
+    }
+    (open, unusable)
+}
+
 /// Opens channel `index` (in boot-info order) on this guest's side.
 pub fn open(index: usize) -> Result<Channel, OpenError> {
     let c = boot_info()
         .channels()
         .get(index)
         .ok_or(OpenError::NoSuchChannel(index))?;
+    if OPENED.fetch_or(1 << index, Ordering::Relaxed) & (1 << index) != 0 {
+        return Err(OpenError::AlreadyOpen(index));
+    }
     let side = if c.side == 0 { Side::A } else { Side::B };
-    // SAFETY: the VMM mapped region_size bytes of shared memory at region_gpa for the
-    // guest's whole life (identity-mapped); we only access it through the Region.
-    let region = unsafe { Region::from_raw(c.region_gpa as *mut u8, c.region_size as usize) }
-        .map_err(OpenError::Channel)?;
+    let region = region_of(c).map_err(OpenError::Channel)?;
     Endpoint::attach(
         region,
         side,
@@ -78,6 +158,19 @@ pub fn open(index: usize) -> Result<Channel, OpenError> {
         },
     )
     .map_err(OpenError::Channel)
+}
+
+fn region_of(c: &ChannelInfo) -> Result<Region, ChannelError> {
+    // SAFETY: the VMM mapped region_size bytes of shared memory at region_gpa for the
+    // guest's whole life (identity-mapped); it is only accessed through the Region, with
+    // atomic accesses, as memory a peer may change at any time.
+    unsafe { Region::from_raw(c.region_gpa as *mut u8, c.region_size as usize) }
+}
+
+/// This guest's view of channel `index`'s shared region, bypassing the endpoint: for a
+/// peer that tests the other side's defences by writing what no endpoint would.
+pub fn raw_region(index: usize) -> Option<Region> {
+    region_of(boot_info().channels().get(index)?).ok()
 }
 
 /// Waits for work on `channel` as vCPU 0's placement says: poll for up to its

@@ -89,7 +89,10 @@ pub(crate) fn write_panic(args: fmt::Arguments) -> usize {
         }
     }
     let mut c = Console { len: 0 };
-    let mut t = Truncating { buf: c.buf(), len: 0 };
+    let mut t = Truncating {
+        buf: c.buf(),
+        len: 0,
+    };
     let _ = t.write_fmt(args);
     t.len
 }

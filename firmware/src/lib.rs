@@ -7,8 +7,12 @@
 //!
 //! - [`pstate`]: ask for a P-state through `_PCT`, and measure the delivered speed
 //!   with APERF/MPERF;
-//! - [`channel`]: the guest's fast-path channels, with doorbells that wake a sleeping
-//!   peer and a receive loop that polls or sleeps as [`placement`] says;
+//! - [`channel`]: the guest's fast-path channels, found by peer name or role, with
+//!   doorbells that wake a sleeping peer and an idle wait that polls or sleeps as
+//!   [`placement`] says;
+//! - [`server`]: the receive loop a server runs over all its channels, with a handler
+//!   per channel (from `compart-kit`, host-tested there);
+//! - [`cmdline`]: the command line as typed `key=value` arguments;
 //! - [`console`]: `print!`/`println!` to the VMM's console, a line per VM exit;
 //! - [`acpi`]: the platform as the VMM's ACPI tables describe it: processors and
 //!   their P-states (`_PSS`, `_PPC`, `_PSD`, `_PCT`), printed at boot;
@@ -20,9 +24,16 @@
 //!   the machines we target and the emulator cannot execute SSE;
 //! - [`exit`]: end the guest with a status the VMM reports.
 #![no_std]
+// Only guests run this crate: the host workspace lints it (`cargo clippy --workspace
+// --all-targets`), and its test build, which could not link a panic handler and an
+// allocator into a test binary, is empty.
+#![cfg(not(test))]
+
+extern crate alloc;
 
 pub mod acpi;
 pub mod channel;
+pub mod cmdline;
 pub mod console;
 mod entry;
 mod heap;
@@ -31,6 +42,7 @@ mod panic;
 pub mod placement;
 pub mod pstate;
 pub mod ring0;
+pub mod server;
 
 pub use compart_abi as abi;
 pub use compart_abi::BootInfo;

@@ -4,7 +4,10 @@
 
 use compart_abi::ports;
 
-#[panic_handler]
+// Guests build with `panic = "abort"`. The host workspace builds this crate only to
+// lint it, with unwinding and std elsewhere in its graph, which has its own handler.
+#[cfg_attr(panic = "abort", panic_handler)]
+#[cfg_attr(not(panic = "abort"), allow(dead_code))]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     let len = match info.location() {
         Some(l) => crate::console::write_panic(format_args!(

@@ -241,3 +241,101 @@ fn a_hostile_peer_breaks_only_its_own_channel() {
         .of("honest")
         .contains(&"ping: 100000 round trips, none lost, reordered or duplicated".to_string()));
 }
+
+#[test]
+fn three_misbehaving_peers_neither_stop_nor_slow_a_server_and_it_idles_after() {
+    if !require_kvm() {
+        return;
+    }
+    // One pong server; on the other core an honest peer and three that misbehave at once:
+    // wrong requests, replies never taken, replies forged.
+    let peer = |name: &str, cmdline: &str| {
+        format!(
+            "[[guest]]\nname = \"{name}\"\nrole = \"app\"\nimage = \"pingpong\"\ncores = [0]\n\
+             cmdline = \"{cmdline}\"\n\
+             [[channel]]\na = \"{name}\"\nb = \"server\"\nqueue_depth = 64\nmax_outstanding = 64\n"
+        )
+    };
+    let t = topology(&format!(
+        "[[guest]]\nname = \"server\"\nrole = \"ip\"\nimage = \"pingpong\"\ncores = [1]\n\
+         cmdline = \"role=pong\"\n{}{}{}{}",
+        peer("liar", "role=liar n=3000"),
+        peer("hog", "role=hog"),
+        peer("forger", "role=forger n=100000"),
+        peer(
+            "honest",
+            "role=ping n=1000000 window=64 payload=16 to-role=ip"
+        ),
+    ));
+    let capture = Capture::default();
+    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+    let done = Duration::from_secs(60);
+    capture.wait_for(
+        "honest",
+        "ping: 1000000 round trips, none lost, reordered or duplicated",
+        done,
+    );
+    for (guest, line) in [
+        (
+            "liar",
+            "liar: 3000 wrong requests, each refused for its reason",
+        ),
+        ("forger", "forger: 100000 forged replies"),
+        (
+            "hog",
+            "hog: 64 requests sent and 64 again; never taking a reply",
+        ),
+        (
+            "server",
+            "to honest closed (done): 1000000 served, 0 refused, 0 stale and 0 unexpected replies",
+        ),
+        (
+            "server",
+            "to liar closed (done): 0 served, 3000 refused, 0 stale and 0 unexpected replies",
+        ),
+        (
+            "server",
+            "to forger closed (done): 0 served, 0 refused, 100000 stale and 0 unexpected replies",
+        ),
+        ("server", "to hog throttled: its reply queue is full"),
+    ] {
+        capture.wait_for(guest, line, done);
+    }
+    // Only the hog is left, throttled: the server must sleep, not spin on its queue.
+    let server = vmm
+        .vcpu_threads()
+        .into_iter()
+        .find(|t| t.guest == "server")
+        .unwrap()
+        .tid;
+    std::thread::sleep(Duration::from_millis(100));
+    let before = thread_cpu_ns(server);
+    let window = Duration::from_secs(1);
+    std::thread::sleep(window);
+    let share = (thread_cpu_ns(server) - before) as f64 / window.as_nanos() as f64;
+    eprintln!(
+        "the server used {:.4} % of a core after its honest peer stopped",
+        share * 100.0
+    );
+    assert!(
+        share < 0.01,
+        "the server used {:.3} % of a core",
+        share * 100.0
+    );
+    vmm.handle().stop();
+    let outcome = vmm.wait();
+    for g in ["liar", "forger", "honest"] {
+        assert_eq!(
+            outcome.state(g),
+            Some(&GuestState::Exited(0)),
+            "{g}: {outcome:?}"
+        );
+    }
+    for g in ["server", "hog"] {
+        assert_eq!(
+            outcome.state(g),
+            Some(&GuestState::Stopped),
+            "{g}: {outcome:?}"
+        );
+    }
+}

@@ -1,262 +1,402 @@
-//! Ping-pong over a fast-path channel: the traffic of the channel tests and benchmarks.
+//! Ping-pong over fast-path channels (`compart_proto::pingpong`): the traffic of the
+//! channel tests and benchmarks, and the peers that misbehave against a server.
 //!
-//! - `role=pong`: serve requests on every channel until each has sent a stop message:
-//!   each reply carries the request's sequence number and a checksum of it, and echoes
-//!   its payload. One receive loop polls all channels and sleeps when all are idle.
+//! - `role=pong` (the default): serve every channel with the library's [`Pong`] in
+//!   `firmware::server` until each has sent stop or broken: replies carry the ping's
+//!   sequence number and checksum and echo its payload; a wrong ping gets an error reply.
 //! - `role=ping n=N phases=P window=W payload=B`: in each of P phases, complete N
 //!   requests with at most W in flight (every request carries B payload bytes),
 //!   checking that replies come back exactly once, in order, with the right checksum
 //!   and payload; print the phase's rate; between phases wait until the VMM changes
 //!   this guest's placement (a live move); then stop the peer and exit 0.
 //! - `role=quiet`: open the channel and never send (an idle peer).
-//! - `role=vandal`: complete one honest round trip on channel 0, then overwrite the
-//!   whole region with pseudo-random bytes, ring the peer, and exit 0 (a hostile peer:
-//!   the other side must report the channel broken and carry on with the others).
-//! - `poll=US` (either role): poll this long before sleeping instead of what the
+//! - `role=vandal`: complete one honest round trip, then overwrite the whole region
+//!   with pseudo-random bytes, ring the peer, and exit 0 (the other side must report
+//!   the channel broken and carry on with the others).
+//! - `role=liar n=N`: send N well-formed but wrong pings (out of sequence, bad
+//!   checksum, unknown opcode, in turn), check that each is refused for its reason,
+//!   then stop and exit 0.
+//! - `role=hog`: send pings and never take a reply: resubmit them until the server's
+//!   request queue is full, then sleep for good (the server must throttle it).
+//! - `role=forger n=N`: write N replies the server never asked for into its reply
+//!   queue (the ring format, bypassing the endpoint), ringing it, then stop and exit 0.
+//! - `poll=US` (any role): poll this long before sleeping instead of what the
 //!   placement page says (`poll=0` sleeps at once: every message needs a doorbell).
+//!
+//! Every role but `pong` (which serves all) drives one channel: the first one to the
+//! guest named by `to=NAME`, or to a guest of role `to-role=ROLE`, or channel 0.
 #![no_std]
 #![no_main]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
-use alloc::vec::Vec;
-use compart_channel::INLINE_WORDS;
+use ::pingpong::Pong;
+use alloc::collections::VecDeque;
+use compart_channel::ring::Producer;
+use compart_channel::{ChannelError, Notifier};
 use compart_firmware::channel::{self, Channel};
+use compart_firmware::cmdline::{self, Args};
 use compart_firmware::pstate::rdtsc;
-use compart_firmware::{placement, println, ring0, BootInfo};
+use compart_firmware::server::{self, Close, Event};
+use compart_firmware::{abi, placement, println, ring0, BootInfo};
+use compart_proto::pingpong::{self, Refusal, Reply, Request};
+use core::sync::atomic::Ordering;
 
 compart_firmware::entry!(main);
 
-const OP_PING: u16 = 1;
-const OP_STOP: u16 = 2;
-
-fn checksum(seq: u64) -> u64 {
-    seq.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ 0x5bd1_e995
-}
-
-fn arg(info: &BootInfo, key: &str, default: u64) -> u64 {
-    info.cmdline()
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// `key`'s value, or `default`; a value that does not parse stops the guest.
+fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str, default: T) -> T {
+    args.get_or(key, default)
+        .unwrap_or_else(|e| panic!("pingpong: {e}"))
 }
 
 fn main(info: &'static BootInfo) -> i32 {
-    let role = info
-        .cmdline()
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("role="))
-        .unwrap_or("pong");
-    // A channel that cannot be opened (its peer wrecked it already) counts as broken.
-    let total = channel::count();
-    let mut chans: Vec<(usize, Channel)> = Vec::new();
-    for i in 0..total {
-        match channel::open(i) {
-            Ok(c) => {
-                println!("{role}: channel {i} to {} open", channel::peer(i));
-                chans.push((i, c));
-            }
-            Err(e) => println!("{role}: channel {i} to {} unusable: {e:?}", channel::peer(i)),
-        }
+    let args = cmdline::args();
+    let role: &str = arg(&args, "role", "pong");
+    let poll = args
+        .get::<u32>("poll")
+        .unwrap_or_else(|e| panic!("pingpong: {e}"));
+    assert!(
+        channel::count() > 0,
+        "{role}: the topology gives this guest no channel"
+    );
+    if role == "pong" {
+        return pong(poll);
     }
-    assert!(total > 0, "{role}: the topology gives this guest no channel");
-    match role {
-        "ping" => match chans.first_mut() {
-            Some((0, ch)) => ping(info, ch),
-            _ => panic!("ping: channel 0 is unusable"),
+    let opened = match (arg(&args, "to", ""), arg(&args, "to-role", "")) {
+        ("", "") => channel::open(0).map(|ch| (channel::peer_of(0).expect("channel 0"), ch)),
+        (name, "") => channel::open_to(name),
+        (_, role) => match abi::Role::from_name(role) {
+            Some(r) => channel::open_by_role(r),
+            None => panic!("{role}: `to-role={role}` is no role"),
         },
-        "pong" => pong(info, chans, total),
-        "vandal" => match chans.first_mut() {
-            Some((0, ch)) => vandal(info, ch),
-            _ => panic!("vandal: channel 0 is unusable"),
-        },
-        _ => loop {
-            ring0::halt();
-        },
-    }
-}
-
-/// Waits for work on `chans` with the `poll=` override, or as the placement page says.
-fn idle(info: &BootInfo, chans: &mut [Channel]) -> Result<(), compart_channel::ChannelError> {
-    let poll = match arg(info, "poll", u64::MAX) {
-        u64::MAX => placement::poll_us(0),
-        us => us as u32,
     };
-    channel::wait_for_any(chans, poll)
+    let (peer, mut ch) = opened.unwrap_or_else(|e| panic!("{role}: no usable channel: {e:?}"));
+    println!("{role}: {peer} open (its role: {})", peer.role.name());
+    let c = Client {
+        ch: &mut ch,
+        index: peer.index,
+        poll,
+    };
+    match role {
+        "ping" => c.ping(info, &args),
+        "vandal" => c.vandal(),
+        "liar" => c.liar(arg(&args, "n", 3000)),
+        "hog" => c.hog(),
+        "forger" => c.forger(arg(&args, "n", 10_000)),
+        "quiet" => halt_forever(),
+        _ => panic!("pingpong: unknown role `{role}`"),
+    }
 }
 
-fn vandal(info: &BootInfo, ch: &mut Channel) -> i32 {
-    // Be a normal peer first, so that the other side is attached and serving.
-    ch.send_request(OP_PING, [0, checksum(0), 0, 0, 0], &[]).expect("send");
+fn halt_forever() -> ! {
     loop {
-        if let Some(r) = ch.poll_reply().expect("poll") {
-            ch.free(r).expect("free");
-            break;
-        }
-        idle(info, core::slice::from_mut(ch)).expect("wait");
+        ring0::halt();
     }
-    let c = &info.channels()[0];
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for off in (0..c.region_size).step_by(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        // SAFETY: deliberately scribbles over this guest's own mapping of the shared
-        // region (in bounds: off < region_size); the peer must survive it.
-        unsafe { core::ptr::write_volatile((c.region_gpa + off) as *mut u64, x) };
-    }
-    // SAFETY: the doorbell page of channel 0, registered for this guest.
-    unsafe { core::ptr::write_volatile(c.doorbell_gpa as *mut u32, 1) };
-    println!("vandal: scribbled over {} bytes of the channel to {}", c.region_size, c.peer());
-    0
 }
 
-fn pong(info: &BootInfo, opened: Vec<(usize, Channel)>, total: usize) -> i32 {
-    // Channels still in service, with their boot-info index and next sequence number.
-    // One leaves when its peer sends stop, or when it breaks (a hostile or buggy peer):
-    // that is reported, and the others are still served.
-    let mut broken = total - opened.len();
-    let (mut ids, mut chans): (Vec<usize>, Vec<Channel>) = opened.into_iter().unzip();
-    let mut expected: Vec<u64> = alloc::vec![0; chans.len()];
-    let mut served = 0u64;
-    let mut buf = [0u8; 4096];
-    while !chans.is_empty() {
-        let mut busy = false;
-        let mut k = 0;
-        while k < chans.len() {
-            let (i, ch) = (ids[k], &mut chans[k]);
-            let mut done = false;
-            loop {
-                let req = match ch.poll_request() {
-                    Ok(Some(r)) => r,
-                    Ok(None) => break,
-                    Err(e) => {
-                        println!("pong: channel {i} to {} broken: {e:?}; dropping it", channel::peer(i));
-                        broken += 1;
-                        done = true;
-                        break;
-                    }
-                };
-                busy = true;
-                if req.opcode() == OP_STOP {
-                    done = true;
-                    break;
-                }
-                let seq = req.inline()[0];
-                assert_eq!(seq, expected[k], "pong: channel {i}: request {seq} arrived, expected {}", expected[k]);
-                assert_eq!(req.inline()[1], checksum(seq), "pong: channel {i}: bad checksum on request {seq}");
-                expected[k] += 1;
-                let n = req.payload_len().min(buf.len());
-                if n > 0 {
-                    ch.read_request_payload(&req, &mut buf[..n]).expect("payload in bounds");
-                }
-                let mut inline = [0u64; INLINE_WORDS];
-                inline[0] = seq;
-                inline[1] = checksum(seq) ^ 1;
-                ch.reply(req, 0, inline, &buf[..n]).expect("reply");
-                served += 1;
-            }
-            if done {
-                let _ = chans[k].flush();
-                chans.swap_remove(k);
-                ids.swap_remove(k);
-                expected.swap_remove(k);
-            } else {
-                k += 1;
-            }
-        }
-        if !busy && !chans.is_empty() {
-            if let Err(e) = idle(info, &mut chans) {
-                // The next poll finds which channel broke, and drops it.
-                println!("pong: a channel broke while waiting: {e:?}");
-            }
-        }
+fn pong(poll: Option<u32>) -> i32 {
+    let (mut srv, unusable) = server::serve_all(|peer, ch| {
+        println!("pong: {peer} open");
+        Pong::new(ch.buffer_size())
+    });
+    for (peer, e) in &unusable {
+        println!("pong: {peer} unusable: {e:?}");
     }
+    let total = srv.len() + unusable.len();
+    let mut broken = unusable.len();
+    let mut served = 0u64;
+    server::run(&mut srv, poll, &mut |event| match event {
+        Event::Closed {
+            peer,
+            why,
+            stats,
+            handler,
+        } => {
+            served += handler.served();
+            match why {
+                Close::Channel(e) => {
+                    broken += 1;
+                    println!("pong: {peer} broken: {e:?}; dropping it");
+                }
+                why => println!(
+                    "pong: {peer} closed ({why}): {} served, {} refused, {} stale and {} unexpected replies",
+                    handler.served(),
+                    handler.refused(),
+                    stats.stale_replies,
+                    stats.unexpected_replies
+                ),
+            }
+        }
+        Event::Throttled { peer } => {
+            println!("pong: {peer} throttled: its reply queue is full")
+        }
+        Event::Resumed { peer } => println!("pong: {peer} resumed"),
+    });
     println!("pong: stop after {served} requests on {total} channel(s), {broken} broken");
     0
 }
 
-fn ping(info: &BootInfo, ch: &mut Channel) -> i32 {
-    let n = arg(info, "n", 100_000);
-    let phases = arg(info, "phases", 1);
-    let window = arg(info, "window", 16).max(1);
-    let payload = arg(info, "payload", 0) as usize;
-    let mut next_send = 0u64;
-    let mut next_reply = 0u64;
-    let mut out = [0u8; 4096];
-    let mut back = [0u8; 4096];
-    let payload = payload.min(ch.buffer_size()).min(out.len());
-    for phase in 0..phases {
-        let target = next_reply + n;
-        let start = rdtsc();
-        let counters0 = ch.counters();
-        while next_reply < target {
-            let mut progressed = false;
-            while next_send < target && next_send - next_reply < window {
-                let mut inline = [0u64; INLINE_WORDS];
-                inline[0] = next_send;
-                inline[1] = checksum(next_send);
-                for (i, b) in out[..payload].iter_mut().enumerate() {
-                    *b = (next_send as u8).wrapping_add(i as u8);
-                }
-                match ch.send_request(OP_PING, inline, &out[..payload]) {
-                    Ok(_) => {
-                        next_send += 1;
-                        progressed = true;
+/// A role that drives one channel.
+struct Client<'a> {
+    ch: &'a mut Channel,
+    /// The channel's position in the boot info.
+    index: usize,
+    poll: Option<u32>,
+}
+
+impl Client<'_> {
+    /// Waits for work with the `poll=` override, or as the placement page says.
+    fn idle(&mut self) {
+        let poll = self.poll.unwrap_or_else(|| placement::poll_us(0));
+        channel::wait_for_any(core::slice::from_mut(self.ch), poll).expect("wait");
+    }
+
+    /// Sends `req`; `false` when the queue or the database is full.
+    fn send(&mut self, req: Request, payload: &[u8]) -> bool {
+        let (op, inline) = req.encode();
+        let r = if req.is_oneway() {
+            self.ch.send_oneway(op, inline)
+        } else {
+            self.ch.send_request(op, inline, payload).map(|_| ())
+        };
+        match r {
+            Ok(()) => true,
+            Err(ChannelError::Full | ChannelError::NoFreeRequest) => false,
+            Err(e) => panic!("send failed: {e:?}"),
+        }
+    }
+
+    fn stop(&mut self) {
+        while !self.send(Request::Stop, &[]) {
+            self.idle();
+        }
+        self.ch.flush().expect("flush");
+    }
+
+    fn ping(mut self, info: &BootInfo, args: &Args<'_>) -> i32 {
+        let n: u64 = arg(args, "n", 100_000);
+        let phases: u64 = arg(args, "phases", 1);
+        let window = arg::<u64>(args, "window", 16).max(1);
+        let mut out = [0u8; 4096];
+        let mut back = [0u8; 4096];
+        let payload = arg::<usize>(args, "payload", 0)
+            .min(self.ch.buffer_size())
+            .min(out.len());
+        let mut next_send = 0u64;
+        let mut next_reply = 0u64;
+        for phase in 0..phases {
+            let target = next_reply + n;
+            let start = rdtsc();
+            let counters0 = self.ch.counters();
+            while next_reply < target {
+                let mut progressed = false;
+                while next_send < target && next_send - next_reply < window {
+                    pingpong::fill_payload(next_send, &mut out[..payload]);
+                    if !self.send(Request::Ping { seq: next_send }, &out[..payload]) {
+                        break;
                     }
-                    Err(compart_channel::ChannelError::Full)
-                    | Err(compart_channel::ChannelError::NoFreeRequest) => break,
-                    Err(e) => panic!("ping: send failed: {e:?}"),
+                    next_send += 1;
+                    progressed = true;
+                }
+                self.ch.flush().expect("flush");
+                while let Some(reply) = self.ch.poll_reply().expect("poll_reply") {
+                    let got = Reply::decode(reply.status(), reply.inline());
+                    assert_eq!(
+                        got,
+                        Ok(Reply::Pong { seq: next_reply }),
+                        "ping: reply {next_reply}"
+                    );
+                    if payload > 0 {
+                        let n = self
+                            .ch
+                            .read_reply_payload(&reply, &mut back[..payload])
+                            .expect("payload");
+                        assert!(
+                            n == payload && pingpong::payload_matches(next_reply, &back[..n]),
+                            "ping: payload of reply {next_reply}"
+                        );
+                    }
+                    self.ch.free(reply).expect("free");
+                    next_reply += 1;
+                    progressed = true;
+                }
+                if !progressed {
+                    self.idle();
                 }
             }
-            ch.flush().expect("flush");
-            while let Some(reply) = ch.poll_reply().expect("poll_reply") {
-                let seq = reply.inline()[0];
-                assert_eq!(seq, next_reply, "ping: reply {seq} arrived, expected {next_reply}");
-                assert_eq!(reply.inline()[1], checksum(seq) ^ 1, "ping: bad checksum on reply {seq}");
-                if payload > 0 {
-                    let got = ch.read_reply_payload(&reply, &mut back[..payload]).expect("payload");
-                    assert_eq!(&back[..got], &out_for(seq, payload)[..got], "ping: payload of reply {seq}");
+            // Read the placement generation before reporting the phase: the VMM may move
+            // us as soon as it sees the report, and that move must count as the change.
+            let gen = placement::generation();
+            let us = rdtsc().wrapping_sub(start) * 1000 / info.tsc_khz.max(1);
+            let c = self.ch.counters();
+            let dedicated = placement::entry(0).is_some_and(|e| e.dedicated == 1);
+            println!(
+                "ping: phase {phase} done: {n} round trips in {us} us, {} per second, window {window}, {} on core(s) {:?}; peer sleeps {} kicks {}",
+                n * 1_000_000 / us.max(1),
+                if dedicated { "dedicated" } else { "shared" },
+                placement::entry(0).map(|e| e.host_cores[0]),
+                c.sleeps.wrapping_sub(counters0.sleeps),
+                c.kicks.wrapping_sub(counters0.kicks),
+            );
+            if phase + 1 < phases {
+                println!("ping: waiting for a placement change");
+                while placement::generation() == gen {
+                    ring0::halt();
                 }
-                ch.free(reply).expect("free");
-                next_reply += 1;
+            }
+        }
+        self.stop();
+        println!("ping: {next_reply} round trips, none lost, reordered or duplicated");
+        0
+    }
+
+    fn vandal(mut self) -> i32 {
+        // Be a normal peer first, so that the other side is attached and serving.
+        assert!(self.send(Request::Ping { seq: 0 }, &[]));
+        loop {
+            if let Some(r) = self.ch.poll_reply().expect("poll") {
+                self.ch.free(r).expect("free");
+                break;
+            }
+            self.idle();
+        }
+        let region = channel::raw_region(self.index).expect("the channel's region");
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for off in (0..region.len()).step_by(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if let Some(w) = region.u64_at(off) {
+                w.store(x, Ordering::Relaxed);
+            }
+        }
+        self.ch.notifier().kick();
+        println!(
+            "vandal: scribbled over {} bytes of the channel to {}",
+            region.len(),
+            channel::peer(self.index)
+        );
+        0
+    }
+
+    fn liar(mut self, n: u64) -> i32 {
+        // In turn: a sequence number from far ahead, a bad checksum, an unknown opcode.
+        let wrong = |i: u64| -> (u16, [u64; 5], Refusal) {
+            let (op, mut inline) = Request::Ping { seq: u64::MAX - i }.encode();
+            match i % 3 {
+                0 => (op, inline, Refusal::BadSequence),
+                1 => {
+                    inline[1] ^= 1 << (i % 64);
+                    (op, inline, Refusal::BadChecksum)
+                }
+                _ => (0x7f00 | (i % 256) as u16, inline, Refusal::UnknownOpcode),
+            }
+        };
+        let mut expect: VecDeque<Refusal> = VecDeque::new();
+        let (mut sent, mut refused) = (0u64, 0u64);
+        while refused < n {
+            let mut progressed = false;
+            while sent < n {
+                let (op, inline, why) = wrong(sent);
+                match self.ch.send_request(op, inline, &[]) {
+                    Ok(_) => {}
+                    Err(ChannelError::Full | ChannelError::NoFreeRequest) => break,
+                    Err(e) => panic!("liar: send failed: {e:?}"),
+                }
+                expect.push_back(why);
+                sent += 1;
+                progressed = true;
+            }
+            self.ch.flush().expect("flush");
+            while let Some(r) = self.ch.poll_reply().expect("poll_reply") {
+                let want = expect.pop_front().expect("a reply to a request sent");
+                assert_eq!(
+                    Reply::decode(r.status(), r.inline()),
+                    Ok(Reply::Refused(want)),
+                    "liar: reply {refused}"
+                );
+                self.ch.free(r).expect("free");
+                refused += 1;
                 progressed = true;
             }
             if !progressed {
-                idle(info, core::slice::from_mut(ch)).expect("wait");
+                self.idle();
             }
         }
-        // Read the placement generation before reporting the phase: the VMM may move
-        // us as soon as it sees the report, and that move must count as the change.
-        let gen = placement::generation();
-        let us = rdtsc().wrapping_sub(start) * 1000 / info.tsc_khz.max(1);
-        let c = ch.counters();
-        println!(
-            "ping: phase {phase} done: {n} round trips in {us} us, {} per second, window {window}, {} on core(s) {:?}; peer sleeps {} kicks {}",
-            n * 1_000_000 / us.max(1),
-            if placement::entry(0).is_some_and(|e| e.dedicated == 1) { "dedicated" } else { "shared" },
-            placement::entry(0).map(|e| e.host_cores[0]),
-            c.sleeps.wrapping_sub(counters0.sleeps),
-            c.kicks.wrapping_sub(counters0.kicks),
-        );
-        if phase + 1 < phases {
-            println!("ping: waiting for a placement change");
-            while placement::generation() == gen {
-                ring0::halt();
-            }
-        }
+        self.stop();
+        println!("liar: {n} wrong requests, each refused for its reason");
+        0
     }
-    ch.send_oneway(OP_STOP, [0; INLINE_WORDS]).expect("stop");
-    ch.flush().expect("flush");
-    println!("ping: {} round trips, none lost, reordered or duplicated", next_reply);
-    0
-}
 
-fn out_for(seq: u64, len: usize) -> [u8; 4096] {
-    let mut b = [0u8; 4096];
-    for (i, x) in b[..len].iter_mut().enumerate() {
-        *x = (seq as u8).wrapping_add(i as u8);
+    fn hog(mut self) -> i32 {
+        let mut sent = 0u64;
+        while self.send(Request::Ping { seq: sent }, &[]) {
+            sent += 1;
+        }
+        // Every request is outstanding and none is taken back: send them again, as many
+        // as the server's request queue holds. The server can answer only the first
+        // round (the replies fill this side's reply queue); the rest must wait in its
+        // queue, not be lost and not keep it busy.
+        let ids: alloc::vec::Vec<_> = self.ch.outstanding().collect();
+        let again = u64::from(self.ch.layout().config().queue_depth);
+        let mut resent = 0u64;
+        for &id in ids.iter().cycle() {
+            if resent == again {
+                break;
+            }
+            loop {
+                match self.ch.resubmit(id) {
+                    Ok(()) => break,
+                    // The server has not taken the first round yet.
+                    Err(ChannelError::Full) => core::hint::spin_loop(),
+                    Err(e) => panic!("hog: resubmit failed: {e:?}"),
+                }
+            }
+            resent += 1;
+        }
+        self.ch.flush().expect("flush");
+        println!("hog: {sent} requests sent and {resent} again; never taking a reply");
+        halt_forever()
     }
-    b
+
+    fn forger(mut self, n: u64) -> i32 {
+        // The server's reply queue is written by this side: take over its producing end
+        // (this side's endpoint never replies, so nothing else writes it) and fill it
+        // with replies to requests the server never sent.
+        let layout = *self.ch.layout();
+        let max = u64::from(layout.config().max_outstanding);
+        let ring = layout.side(self.ch.side().peer()).replies;
+        let region = channel::raw_region(self.index).expect("the channel's region");
+        let mut forged = Producer::attach(&region, ring).expect("reply ring");
+        let mut i = 0u64;
+        while i < n {
+            // A well-formed id (an index of the server's database, a generation that is
+            // not 0) that names no request the server sent.
+            let id = (i % max) | (1 + i / max % 0xffff) << 32;
+            let (status, inline) = Reply::Pong { seq: i }.encode();
+            let words = [
+                id,
+                u64::from(pingpong::OP_PING) | u64::from(status) << 32,
+                0,
+                inline[0],
+                inline[1],
+                inline[2],
+                inline[3],
+                inline[4],
+            ];
+            if forged.push(&words).expect("push") {
+                i += 1;
+            } else {
+                // Full: ring the server (it may sleep) and let it drain.
+                self.ch.notifier().kick();
+                core::hint::spin_loop();
+            }
+        }
+        self.ch.notifier().kick();
+        self.stop();
+        println!("forger: {n} forged replies");
+        0
+    }
 }

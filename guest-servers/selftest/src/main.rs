@@ -17,6 +17,7 @@
 
 extern crate alloc;
 
+use compart_firmware::cmdline::{self, Hex};
 use compart_firmware::pstate::{self, rdtsc};
 use compart_firmware::{abi, println, ring0, BootInfo};
 
@@ -24,12 +25,14 @@ compart_firmware::entry!(main);
 
 fn main(info: &'static BootInfo) -> i32 {
     let mut status = 0;
-    for word in info.cmdline().split_whitespace() {
-        let (key, value) = word.split_once('=').unwrap_or((word, ""));
-        match key {
-            "exit" => status = value.parse().unwrap_or(-1),
+    // The command line is a script: each word in turn. A value that does not parse
+    // falls back to the command's default, as it always has.
+    for word in cmdline::args().words() {
+        let value = word.value.unwrap_or("");
+        match word.key {
+            "exit" => status = word.parse().unwrap_or(-1),
             "lines" => {
-                let n: u32 = value.parse().unwrap_or(0);
+                let n: u32 = word.parse().unwrap_or(0);
                 for i in 0..n {
                     println!("line {i}");
                 }
@@ -54,21 +57,34 @@ fn main(info: &'static BootInfo) -> i32 {
                 println!("heap ok: sum {sum}");
             }
             "freq" => freq(info, value),
-            "switch" => switch(info, value.parse().unwrap_or(100)),
+            "switch" => switch(info, word.parse().unwrap_or(100)),
             "pstate-control" => {
-                let v = u64::from_str_radix(value.trim_start_matches("0x"), 16).unwrap_or(0);
+                let Hex(v) = word.parse().unwrap_or(Hex(0));
                 match pstate::write_control(v) {
-                    Ok(()) => println!("pstate control {v:#x} accepted, now P{:?}", pstate::current()),
-                    Err(e) => println!("pstate control {v:#x} refused: {e:?}, still P{:?}", pstate::current()),
+                    Ok(()) => println!(
+                        "pstate control {v:#x} accepted, now P{:?}",
+                        pstate::current()
+                    ),
+                    Err(e) => println!(
+                        "pstate control {v:#x} refused: {e:?}, still P{:?}",
+                        pstate::current()
+                    ),
                 }
             }
             "halt" => loop {
                 ring0::halt();
             },
-            _ => println!("unknown command `{word}`"),
+            _ => match word.value {
+                Some(v) => println!("unknown command `{}={v}`", word.key),
+                None => println!("unknown command `{}`", word.key),
+            },
         }
     }
-    println!("hello from {} ({}), exiting with {status}", info.name(), info.role());
+    println!(
+        "hello from {} ({}), exiting with {status}",
+        info.name(),
+        info.role()
+    );
     status
 }
 

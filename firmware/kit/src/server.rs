@@ -1,6 +1,5 @@
-//! The receive loop every compart server runs, independent of the firmware so that it
-//! is tested on the host (the firmware re-exports it as `firmware::server`, with the
-//! guest's idle wait plugged in).
+//! The receive loop every compart server runs (the firmware re-exports it as
+//! `firmware::server`, with the guest's idle wait plugged in).
 //!
 //! A [`Server`] holds the guest's channels, each with its peer and its own
 //! [`Handler`]. One [`poll`](Server::poll) pass visits every channel and, for each:
@@ -21,11 +20,6 @@
 //! is reported as an [`Event`]; the others are served on. When a pass finds nothing to
 //! do, [`run`](Server::run) calls its idle step on [`sleep_set`](Server::sleep_set): the
 //! channels whose peers can wake the server.
-#![no_std]
-#![forbid(unsafe_code)]
-
-extern crate alloc;
-
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
