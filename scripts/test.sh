@@ -20,12 +20,20 @@ if [ ${#need[@]} -gt 0 ]; then
     fi
 fi
 
-echo "==> cargo fmt --check"
+echo "==> cargo fmt --check (host workspace, with firmware/)"
 cargo fmt --all -- --check
-echo "==> cargo clippy"
+echo "==> cargo clippy (host workspace, with firmware/)"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "==> guest images (guest-servers/): cargo fmt --check, cargo clippy"
+(cd guest-servers && cargo fmt --all -- --check &&
+    cargo clippy --release --workspace --target x86_64-unknown-linux-gnu -- -D warnings)
 echo "==> cargo test"
 cargo test --workspace
+echo "==> server logic of the guest images, on the host (guest-servers/*/src/lib.rs)"
+for lib in guest-servers/*/src/lib.rs; do
+    cargo test --manifest-path "${lib%/src/lib.rs}/Cargo.toml" --lib \
+        --target x86_64-unknown-linux-gnu --target-dir target/guest-libs
+done
 echo "==> loom model of the channel's sleep/kick protocol"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test -p compart-channel --release --test loom
