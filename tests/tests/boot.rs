@@ -243,3 +243,34 @@ fn memory_too_small_for_image_stacks_and_heap_is_refused_before_anything_runs() 
     );
     assert!(msg.ends_with("raise memory_mib"), "{msg}");
 }
+
+#[test]
+fn an_image_built_with_a_proc_macro_runs() {
+    if !require_kvm() {
+        return;
+    }
+    // The `derive` image serialises a struct with serde's derive (a proc macro, built for
+    // the host while the image is built for the guest) and parses it back.
+    let capture = Capture::default();
+    let t = topology(
+        "[[guest]]\nname = \"json\"\nrole = \"tcp\"\nimage = \"derive\"\ncmdline = \"a b=c\"\n",
+    );
+    let outcome = compart_vmm::start(&t, capture.sink()).unwrap().wait();
+    assert_eq!(
+        outcome.state("json"),
+        Some(&GuestState::Exited(0)),
+        "{outcome:?}"
+    );
+    let own: Vec<String> = capture
+        .of("json")
+        .into_iter()
+        .filter(|l| !l.starts_with("acpi: "))
+        .collect();
+    assert_eq!(
+        own,
+        [
+            r#"derive: {"name":"json","role":"tcp","channels":0,"vcpus":1,"memory_mib":4,"cmdline":"a b=c"}"#,
+            "derive: round trip ok"
+        ]
+    );
+}
