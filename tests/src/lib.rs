@@ -129,6 +129,13 @@ pub fn thread_cpu_ns(tid: i32) -> u64 {
         .expect("schedstat starts with the time on CPU")
 }
 
+/// The share of one core that thread `tid` uses over the next `window` (0.0 to 1.0).
+pub fn cpu_share(tid: i32, window: std::time::Duration) -> f64 {
+    let before = thread_cpu_ns(tid);
+    std::thread::sleep(window);
+    (thread_cpu_ns(tid) - before) as f64 / window.as_nanos() as f64
+}
+
 /// The CPU list a thread of process `pid` may run on (`Cpus_allowed_list`).
 pub fn thread_affinity(pid: u32, tid: i32) -> String {
     let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))

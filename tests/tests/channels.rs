@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use compart_tests::{poll, require_kvm, thread_cpu_ns, topology, Capture};
+use compart_tests::{cpu_share, poll, require_kvm, topology, Capture};
 use compart_vmm::topology::HostCore;
 use compart_vmm::{ControlRequest, GuestState};
 
@@ -127,10 +127,7 @@ fn a_guest_whose_peer_is_idle_uses_under_one_percent_of_a_core() {
     });
     let pong = threads.iter().find(|t| t.guest == "pong").unwrap().tid;
     std::thread::sleep(Duration::from_millis(100));
-    let before = thread_cpu_ns(pong);
-    let window = Duration::from_secs(3);
-    std::thread::sleep(window);
-    let share = (thread_cpu_ns(pong) - before) as f64 / window.as_nanos() as f64;
+    let share = cpu_share(pong, Duration::from_secs(3));
     eprintln!(
         "pong with an idle peer used {:.4} % of a core",
         share * 100.0
@@ -309,10 +306,7 @@ fn three_misbehaving_peers_neither_stop_nor_slow_a_server_and_it_idles_after() {
         .unwrap()
         .tid;
     std::thread::sleep(Duration::from_millis(100));
-    let before = thread_cpu_ns(server);
-    let window = Duration::from_secs(1);
-    std::thread::sleep(window);
-    let share = (thread_cpu_ns(server) - before) as f64 / window.as_nanos() as f64;
+    let share = cpu_share(server, Duration::from_secs(1));
     eprintln!(
         "the server used {:.4} % of a core after its honest peer stopped",
         share * 100.0

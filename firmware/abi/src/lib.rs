@@ -200,7 +200,9 @@ impl Role {
         Role::App,
     ];
 
-    /// The role's name as topology files and [`BootInfo::role`] spell it.
+    /// The role's name as topology files and [`BootInfo::role`] spell it. (The VMM's
+    /// `topology::Role`, which serde parses, lists the same names; `vmm/src/channels.rs`
+    /// maps it onto this one and tests that every name here is one there.)
     pub fn name(self) -> &'static str {
         match self {
             Role::Unknown => "?",

@@ -177,6 +177,21 @@ struct LinkState<H> {
     closing: Option<Close>,
 }
 
+impl<H> LinkState<H> {
+    /// The handler's view of the channel, and the handler.
+    fn split<'a, N: Notifier>(
+        &'a mut self,
+        endpoint: &'a mut Endpoint<N>,
+    ) -> (Link<'a, N>, &'a mut H) {
+        let link = Link {
+            endpoint,
+            peer: &self.peer,
+            stats: &mut self.stats,
+        };
+        (link, &mut self.handler)
+    }
+}
+
 /// A guest's channels, each with its peer and handler.
 pub struct Server<N: Notifier, H> {
     /// Endpoints in the same order as `links`; those of `..awake` have no parked request
@@ -317,12 +332,8 @@ impl<N: Notifier, H: Handler<N>> Server<N, H> {
             };
             busy = true;
             l.stats.replies += 1;
-            let mut link = Link {
-                endpoint: ep,
-                peer: &l.peer,
-                stats: &mut l.stats,
-            };
-            l.handler.on_reply(&mut link, reply)?;
+            let (mut link, handler) = l.split(ep);
+            handler.on_reply(&mut link, reply)?;
         }
         for _ in 0..BUDGET {
             let (req, was_parked) = match l.parked.take() {
@@ -341,12 +352,8 @@ impl<N: Notifier, H: Handler<N>> Server<N, H> {
             }
             busy = true;
             l.stats.requests += 1;
-            let mut link = Link {
-                endpoint: ep,
-                peer: &l.peer,
-                stats: &mut l.stats,
-            };
-            l.handler.on_request(&mut link, req)?;
+            let (mut link, handler) = l.split(ep);
+            handler.on_request(&mut link, req)?;
         }
         Ok(busy)
     }

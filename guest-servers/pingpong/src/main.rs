@@ -138,6 +138,15 @@ fn pong(poll: Option<u32>) -> i32 {
     0
 }
 
+/// Whether a send went out: `false` when a queue or the database is full.
+fn sent(r: Result<(), ChannelError>) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(ChannelError::Full | ChannelError::NoFreeRequest) => false,
+        Err(e) => panic!("send failed: {e:?}"),
+    }
+}
+
 /// A role that drives one channel.
 struct Client<'a> {
     ch: &'a mut Channel,
@@ -156,16 +165,16 @@ impl Client<'_> {
     /// Sends `req`; `false` when the queue or the database is full.
     fn send(&mut self, req: Request, payload: &[u8]) -> bool {
         let (op, inline) = req.encode();
-        let r = if req.is_oneway() {
-            self.ch.send_oneway(op, inline)
+        if req.is_oneway() {
+            sent(self.ch.send_oneway(op, inline))
         } else {
-            self.ch.send_request(op, inline, payload).map(|_| ())
-        };
-        match r {
-            Ok(()) => true,
-            Err(ChannelError::Full | ChannelError::NoFreeRequest) => false,
-            Err(e) => panic!("send failed: {e:?}"),
+            self.send_raw(op, inline, payload)
         }
+    }
+
+    /// Sends a request with any opcode and words; `false` when a queue is full.
+    fn send_raw(&mut self, op: u16, inline: [u64; 5], payload: &[u8]) -> bool {
+        sent(self.ch.send_request(op, inline, payload).map(|_| ()))
     }
 
     fn stop(&mut self) {
@@ -300,10 +309,8 @@ impl Client<'_> {
             let mut progressed = false;
             while sent < n {
                 let (op, inline, why) = wrong(sent);
-                match self.ch.send_request(op, inline, &[]) {
-                    Ok(_) => {}
-                    Err(ChannelError::Full | ChannelError::NoFreeRequest) => break,
-                    Err(e) => panic!("liar: send failed: {e:?}"),
+                if !self.send_raw(op, inline, &[]) {
+                    break;
                 }
                 expect.push_back(why);
                 sent += 1;
