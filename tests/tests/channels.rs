@@ -256,7 +256,7 @@ fn three_misbehaving_peers_neither_stop_nor_slow_a_server_and_it_idles_after() {
     let t = topology(&format!(
         "[[guest]]\nname = \"server\"\nrole = \"ip\"\nimage = \"pingpong\"\ncores = [1]\n\
          cmdline = \"role=pong\"\n{}{}{}{}",
-        peer("liar", "role=liar n=3000"),
+        peer("liar", "role=liar n=3000 to=server"),
         peer("hog", "role=hog"),
         peer("forger", "role=forger n=100000"),
         peer(
