@@ -2,9 +2,12 @@
 //!
 //! - `role=pong`: serve requests on every channel until each has sent a stop message:
 //!   each reply carries the request's sequence number and a checksum of it, and echoes
-//!   its payload. One receive loop polls all channels and sleeps when all are idle.
+//!   its payload with every byte xor [`ECHO_XOR`], rewritten in place in the request's
+//!   buffer (`reply_with`). One receive loop polls all channels and sleeps when all are
+//!   idle.
 //! - `role=ping n=N phases=P window=W payload=B`: in each of P phases, complete N
-//!   requests with at most W in flight (every request carries B payload bytes),
+//!   requests with at most W in flight (every request carries B payload bytes, up to the
+//!   channel's buffer size, written in place into its pool buffer: `send_request_with`),
 //!   checking that replies come back exactly once, in order, with the right checksum
 //!   and payload; print the phase's rate; between phases wait until the VMM changes
 //!   this guest's placement (a live move); then stop the peer and exit 0.
@@ -29,6 +32,8 @@ compart_firmware::entry!(main);
 
 const OP_PING: u16 = 1;
 const OP_STOP: u16 = 2;
+/// What pong's echo does to every payload byte.
+const ECHO_XOR: u8 = 0x5a;
 
 fn checksum(seq: u64) -> u64 {
     seq.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ 0x5bd1_e995
@@ -120,7 +125,6 @@ fn pong(info: &BootInfo, opened: Vec<(usize, Channel)>, total: usize) -> i32 {
     let (mut ids, mut chans): (Vec<usize>, Vec<Channel>) = opened.into_iter().unzip();
     let mut expected: Vec<u64> = alloc::vec![0; chans.len()];
     let mut served = 0u64;
-    let mut buf = [0u8; 4096];
     while !chans.is_empty() {
         let mut busy = false;
         let mut k = 0;
@@ -147,14 +151,23 @@ fn pong(info: &BootInfo, opened: Vec<(usize, Channel)>, total: usize) -> i32 {
                 assert_eq!(seq, expected[k], "pong: channel {i}: request {seq} arrived, expected {}", expected[k]);
                 assert_eq!(req.inline()[1], checksum(seq), "pong: channel {i}: bad checksum on request {seq}");
                 expected[k] += 1;
-                let n = req.payload_len().min(buf.len());
-                if n > 0 {
-                    ch.read_request_payload(&req, &mut buf[..n]).expect("payload in bounds");
-                }
+                let n = req.payload_len();
                 let mut inline = [0u64; INLINE_WORDS];
                 inline[0] = seq;
                 inline[1] = checksum(seq) ^ 1;
-                ch.reply(req, 0, inline, &buf[..n]).expect("reply");
+                ch.reply_with(req, 0, inline, n, |buf| {
+                    // The buffer holds the request's payload: rewrite it piece by piece.
+                    let mut piece = [0u8; 512];
+                    let mut at = 0;
+                    while at < n {
+                        let k = buf.read(at, &mut piece[..(n - at).min(512)])?;
+                        piece[..k].iter_mut().for_each(|b| *b ^= ECHO_XOR);
+                        buf.write(at, &piece[..k])?;
+                        at += k;
+                    }
+                    Ok(n)
+                })
+                .expect("reply");
                 served += 1;
             }
             if done {
@@ -184,9 +197,9 @@ fn ping(info: &BootInfo, ch: &mut Channel) -> i32 {
     let payload = arg(info, "payload", 0) as usize;
     let mut next_send = 0u64;
     let mut next_reply = 0u64;
-    let mut out = [0u8; 4096];
-    let mut back = [0u8; 4096];
-    let payload = payload.min(ch.buffer_size()).min(out.len());
+    let payload = payload.min(ch.buffer_size());
+    let mut out = alloc::vec![0u8; payload];
+    let mut back = alloc::vec![0u8; payload];
     for phase in 0..phases {
         let target = next_reply + n;
         let start = rdtsc();
@@ -197,10 +210,12 @@ fn ping(info: &BootInfo, ch: &mut Channel) -> i32 {
                 let mut inline = [0u64; INLINE_WORDS];
                 inline[0] = next_send;
                 inline[1] = checksum(next_send);
-                for (i, b) in out[..payload].iter_mut().enumerate() {
-                    *b = (next_send as u8).wrapping_add(i as u8);
-                }
-                match ch.send_request(OP_PING, inline, &out[..payload]) {
+                fill_for(next_send, &mut out);
+                let sent = ch.send_request_with(OP_PING, inline, payload, |buf| {
+                    buf.write(0, &out)?;
+                    Ok(payload)
+                });
+                match sent {
                     Ok(_) => {
                         next_send += 1;
                         progressed = true;
@@ -216,8 +231,13 @@ fn ping(info: &BootInfo, ch: &mut Channel) -> i32 {
                 assert_eq!(seq, next_reply, "ping: reply {seq} arrived, expected {next_reply}");
                 assert_eq!(reply.inline()[1], checksum(seq) ^ 1, "ping: bad checksum on reply {seq}");
                 if payload > 0 {
-                    let got = ch.read_reply_payload(&reply, &mut back[..payload]).expect("payload");
-                    assert_eq!(&back[..got], &out_for(seq, payload)[..got], "ping: payload of reply {seq}");
+                    let got = ch.read_reply_payload(&reply, &mut back).expect("payload");
+                    assert_eq!(got, payload, "ping: payload length of reply {seq}");
+                    fill_for(seq, &mut out);
+                    assert!(
+                        back.iter().zip(&out).all(|(b, o)| *b == o ^ ECHO_XOR),
+                        "ping: payload of reply {seq}"
+                    );
                 }
                 ch.free(reply).expect("free");
                 next_reply += 1;
@@ -253,10 +273,9 @@ fn ping(info: &BootInfo, ch: &mut Channel) -> i32 {
     0
 }
 
-fn out_for(seq: u64, len: usize) -> [u8; 4096] {
-    let mut b = [0u8; 4096];
-    for (i, x) in b[..len].iter_mut().enumerate() {
-        *x = (seq as u8).wrapping_add(i as u8);
+/// The payload of request `seq`.
+fn fill_for(seq: u64, b: &mut [u8]) {
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = (seq as u8).wrapping_add(i as u8) ^ (i >> 8) as u8;
     }
-    b
 }
