@@ -74,8 +74,8 @@
 //!   before it to reach the peer, so it is kept off the message's critical path; a side that
 //!   stops sending and neither polls nor waits calls [`Endpoint::flush`].
 //! * *A hostile peer cannot hurt us.* Every index, offset, length and id read from the
-//!   region is checked before it is used. Every access is atomic or volatile and
-//!   bounds-checked: once, when an endpoint attaches, for the rings and the request
+//!   region is checked before it is used. Every access is atomic, volatile or a `rep movsb`
+//!   (never through a Rust reference) and bounds-checked: once, when an endpoint attaches, for the rings and the request
 //!   database (whose slots and entries are then found from this side's private indices
 //!   only), at each access for everything else. A failed check returns [`ChannelError::Corrupt`] and marks the endpoint broken
 //!   ([`ChannelError::Broken`] from then on); there is no panic and no out-of-bounds access.

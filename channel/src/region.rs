@@ -3,8 +3,9 @@
 //! Two endpoints in different address spaces see the same bytes at different addresses, so
 //! nothing inside the region is ever a pointer. Every access goes through a [`Region`]
 //! method that checks the offset against the region's length and alignment, and uses an
-//! atomic or volatile access: the peer may write any byte at any time, which must make the
-//! *values* wrong, never the access undefined.
+//! atomic or volatile access, or a `rep movsb` in an `asm!` block for long copies: the peer
+//! may write any byte at any time, which must make the *values* wrong, never the access
+//! undefined.
 
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicU64};
@@ -24,10 +25,10 @@ pub struct Region {
     len: usize,
 }
 
-// SAFETY: a `Region` only hands out atomics and volatile copies of memory that the caller of
-// `from_raw` promised stays mapped; such accesses are sound from any thread.
+// SAFETY: a `Region` only hands out atomics and volatile or `asm!` copies of memory that the
+// caller of `from_raw` promised stays mapped; such accesses are sound from any thread.
 unsafe impl Send for Region {}
-// SAFETY: as above; every shared access is atomic or volatile.
+// SAFETY: as above; every shared access is atomic, volatile or inside an `asm!` block.
 unsafe impl Sync for Region {}
 
 impl Region {

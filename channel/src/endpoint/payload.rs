@@ -61,6 +61,25 @@ impl Payload<'_> {
             .ok_or(ChannelError::Corrupt(Corruption::PayloadBounds))?;
         Ok(n)
     }
+
+    /// The payload as a slice, for code that must parse `&[u8]` in place.
+    ///
+    /// # Safety
+    ///
+    /// Nobody may write the payload's bytes while the slice is alive: the peer must not
+    /// touch the buffer out of turn (it is trusted, or the pool is mapped read-only in its
+    /// address space). A hostile peer that writes them anyway would race with this
+    /// process's reads through the slice.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // The span was checked against the pool, which lies inside the region, when this
+        // was made.
+        debug_assert!(self.region.contains(self.off, self.len));
+        // SAFETY: `off..off + len` lies inside the region, mapped while it is used (contract
+        // of `Region::from_raw`); this process only reads it while the slice lives (this
+        // side does not write a buffer it received), and the caller guarantees that no
+        // other party writes it either.
+        unsafe { core::slice::from_raw_parts(self.region.as_ptr().add(self.off), self.len) }
+    }
 }
 
 /// A pool buffer being filled in place: the first `capacity()` bytes of the buffer of a
