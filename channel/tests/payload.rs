@@ -199,6 +199,47 @@ fn chain(config: PairConfig) -> Chain {
 }
 
 proptest! {
+    /// Whatever a closure writes and claims, the request is sent exactly when every write
+    /// and the claimed length lie inside the buffer given, and then carries exactly the
+    /// claimed bytes of what was written; otherwise nothing is sent or allocated.
+    #[test]
+    fn an_in_place_send_behaves_like_its_model(
+        cap in 0usize..BUF + 100,
+        writes in prop::collection::vec((0usize..BUF + 100, 0usize..400, any::<u8>()), 0..6),
+        claimed in 0usize..BUF + 100,
+    ) {
+        let (_m, mut a, mut b) = pair(CONFIG);
+        let ran = Cell::new(false);
+        let r = a.send_request_with(1, [0; 5], cap, |buf| {
+            ran.set(true);
+            for &(at, len, byte) in &writes {
+                buf.write(at, &vec![byte; len])?;
+            }
+            Ok(claimed)
+        });
+        let mut model = vec![0u8; BUF];
+        let mut ok = cap <= BUF;
+        prop_assert_eq!(ran.get(), ok);
+        for &(at, len, byte) in &writes {
+            if ok && at + len <= cap {
+                model[at..at + len].fill(byte);
+            } else {
+                ok = false;
+            }
+        }
+        ok &= claimed <= cap;
+        if ok {
+            prop_assert!(r.is_ok(), "{:?}", r);
+            let (_req, got) = received(&mut b);
+            prop_assert_eq!(&got[..], &model[..claimed]);
+            prop_assert_eq!(a.outstanding_count(), 1);
+        } else {
+            prop_assert_eq!(r, Err(ChannelError::PayloadTooLarge));
+            prop_assert!(!b.has_incoming().unwrap());
+            prop_assert_eq!(a.outstanding_count(), 0);
+        }
+    }
+
     /// A request's payload forwarded from channel X into channel Y arrives unchanged, and
     /// the sink's reply payload, passed back with `reply_from`, reaches the source.
     #[test]
@@ -282,19 +323,28 @@ fn forwarding_into_a_full_channel_gives_the_buffer_back() {
 }
 
 /// A peer that writes its own messages: a request (or reply) claiming payload bytes beyond
-/// the buffer breaks the channel at the first look, before any byte is copied.
+/// the buffer breaks the channel at the first look, before any byte is copied; with small
+/// buffers and with the 64 KiB ones.
 #[test]
 fn a_peer_claiming_payload_beyond_its_buffer_is_refused() {
-    let spans: [(u32, u32); 5] = [
-        (0, BUF as u32 + 1),
-        (1, BUF as u32),
-        (BUF as u32, 1),
+    for config in [CONFIG, BIG] {
+        refused_beyond(config);
+    }
+}
+
+fn refused_beyond(config: PairConfig) {
+    let buf = config.buf_size;
+    let spans: [(u32, u32); 6] = [
+        (0, buf + 1),
+        (1, buf),
+        (buf, 1),
+        (buf - 64, 65),
         (u32::MAX, 2),
         (0, u32::MAX),
     ];
     for (off, len) in spans {
         // Requests from side B to the victim, side A.
-        let mem = Mem::new(CONFIG);
+        let mem = Mem::new(config);
         let mut victim = Endpoint::attach(mem.region, Side::A, NoKick).unwrap();
         let mut forger = Producer::attach(&mem.region, mem.layout.side(Side::A).requests).unwrap();
         let w = wire::words(
@@ -313,7 +363,7 @@ fn a_peer_claiming_payload_beyond_its_buffer_is_refused() {
         assert!(matches!(r, Err(ChannelError::Broken(_))));
 
         // A reply to the victim's own request.
-        let mem = Mem::new(CONFIG);
+        let mem = Mem::new(config);
         let mut victim = Endpoint::attach(mem.region, Side::A, NoKick).unwrap();
         let id = victim.send_request(1, [0; 5], b"q").unwrap();
         let mut forger = Producer::attach(&mem.region, mem.layout.side(Side::A).replies).unwrap();
