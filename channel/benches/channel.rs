@@ -69,6 +69,11 @@ fn segments(c: &mut Criterion) {
         ("send in place", common::segment_in_place),
         ("relay plain copy", common::relay_plain_copy),
         ("relay forward", common::relay_forward),
+        (
+            "one-thread hop plain copy",
+            common::hop_one_thread_plain_copy,
+        ),
+        ("one-thread hop forward", common::hop_one_thread_forward),
     ] {
         g.bench_function(id, |b| b.iter_custom(w));
     }

@@ -341,7 +341,8 @@ fn segment_source() -> Vec<u8> {
 /// one of 64 private buffers in turn (4 MiB: as much memory as a pool of 64 buffers).
 pub fn memcpy_floor(n: u64) -> Duration {
     let src = segment_source();
-    let mut dst = vec![0u8; SEGMENT * WINDOW];
+    // Written now, so that no page is first touched (faulted in) while timed.
+    let mut dst = vec![1u8; SEGMENT * WINDOW];
     let start = Instant::now();
     for i in 0..n as usize {
         let d = &mut dst[i % WINDOW * SEGMENT..][..SEGMENT];
@@ -444,7 +445,7 @@ fn segment_server(mut server: Endpoint<NoKick>, n: u64) -> impl FnOnce() + Send 
 pub fn segment_plain_copy(n: u64) -> Duration {
     let (_mem, server, mut client) = endpoints(&SEGMENT_CONFIG);
     let src = segment_source();
-    let mut private = vec![0u8; SEGMENT];
+    let mut private = vec![1u8; SEGMENT]; // pages touched before the clock
     two_threads(segment_server(server, n), || {
         stream(
             &mut client,
@@ -482,10 +483,7 @@ pub fn segment_in_place(n: u64) -> Duration {
 /// also serves Y (reading each segment's headers, replying); the relay answers X's request
 /// when Y's reply comes back. Per segment: the client's copy in, the relay's hop, two round
 /// trips of messages.
-fn relay<P>(n: u64, mut pass: P) -> Duration
-where
-    P: FnMut(&Endpoint<NoKick>, &mut Endpoint<NoKick>, &Request) -> RequestId + Send + 'static,
-{
+fn relay(n: u64, mut pass: Hop) -> Duration {
     let (_mx, mut relay_x, mut client_x) = endpoints(&SEGMENT_CONFIG);
     let (_my, mut client_y, mut relay_y) = endpoints(&SEGMENT_CONFIG);
     let src = segment_source();
@@ -536,22 +534,76 @@ where
     )
 }
 
-/// The relay's hop the plain way: read the payload into private memory, send it from there
-/// (two copies).
-pub fn relay_plain_copy(n: u64) -> Duration {
-    let mut private = vec![0u8; SEGMENT];
-    relay(n, move |x, y, req| {
+/// A relay's hop: pass request `req`, received on `x`, on into `y`; returns the new id.
+type Hop = Box<dyn FnMut(&Endpoint<NoKick>, &mut Endpoint<NoKick>, &Request) -> RequestId + Send>;
+
+/// The hop the plain way: read the payload into private memory, send it from there (two
+/// copies).
+fn hop_copy() -> Hop {
+    let mut private = vec![1u8; SEGMENT]; // pages touched before the clock
+    Box::new(move |x, y, req| {
         let len = x.read_request_payload(req, &mut private).unwrap();
         y.send_request(2, *req.inline(), &private[..len]).unwrap()
     })
 }
 
-/// The relay's hop with `forward`: one copy, pool to pool.
-pub fn relay_forward(n: u64) -> Duration {
-    relay(n, |x, y, req| {
+/// The hop with `forward`: one copy, pool to pool.
+fn hop_forward() -> Hop {
+    Box::new(|x, y, req| {
         let p = x.request_payload(req).unwrap();
         y.forward(2, *req.inline(), &p).unwrap()
     })
+}
+
+/// The two-thread relay, hopping the plain way.
+pub fn relay_plain_copy(n: u64) -> Duration {
+    relay(n, hop_copy())
+}
+
+/// The two-thread relay, hopping with `forward`.
+pub fn relay_forward(n: u64) -> Duration {
+    relay(n, hop_forward())
+}
+
+/// One thread plays every part, one segment at a time: the client's send in place on X, the
+/// relay's hop into Y, the next server's reply on Y (reading 64 bytes of headers), and the
+/// replies back. This is the CPU cost of a hop with its buffers in cache; the two-thread
+/// relay above is a pipeline, as fast as its slower core.
+fn hop_one_thread(n: u64, mut pass: Hop) -> Duration {
+    let (_mx, mut relay_x, mut client_x) = endpoints(&SEGMENT_CONFIG);
+    let (_my, mut client_y, mut relay_y) = endpoints(&SEGMENT_CONFIG);
+    let src = segment_source();
+    let mut head = [0u8; 64];
+    let start = Instant::now();
+    for i in 0..n {
+        client_x
+            .send_request_with(1, [i, 0, 0, 0, 0], SEGMENT, |buf| {
+                buf.write(0, black_box(&src))?;
+                Ok(SEGMENT)
+            })
+            .unwrap();
+        let req = relay_x.poll_request().unwrap().unwrap();
+        pass(&relay_x, &mut relay_y, &req);
+        let r = client_y.poll_request().unwrap().unwrap();
+        client_y.read_request_payload(&r, &mut head).unwrap();
+        client_y.reply(r, 0, [0; 5], &[]).unwrap();
+        let rep = relay_y.poll_reply().unwrap().unwrap();
+        relay_y.free(rep).unwrap();
+        relay_x.reply(req, 0, [0; 5], &[]).unwrap();
+        let rep = client_x.poll_reply().unwrap().unwrap();
+        client_x.free(rep).unwrap();
+    }
+    start.elapsed()
+}
+
+/// One thread, hopping the plain way.
+pub fn hop_one_thread_plain_copy(n: u64) -> Duration {
+    hop_one_thread(n, hop_copy())
+}
+
+/// One thread, hopping with `forward`.
+pub fn hop_one_thread_forward(n: u64) -> Duration {
+    hop_one_thread(n, hop_forward())
 }
 
 /// Quartiles (p25, median, p75) of `v`.
@@ -618,7 +670,7 @@ fn ratios(a: &[f64], b: &[f64]) -> [f64; 3] {
 }
 
 fn paired_segments(n_trials: usize) {
-    let seg: [(&str, Workload); 7] = [
+    let seg: [(&str, Workload); 9] = [
         ("memcpy (floor)", memcpy_floor),
         ("region copy (rep movsb)", region_copy),
         ("volatile 8-byte stores", volatile_word_copy),
@@ -626,13 +678,15 @@ fn paired_segments(n_trials: usize) {
         ("send in place", segment_in_place),
         ("relay: copy out, copy in", relay_plain_copy),
         ("relay: forward", relay_forward),
+        ("1 thread: copy out, in", hop_one_thread_plain_copy),
+        ("1 thread: forward", hop_one_thread_forward),
     ];
     let n = 1000;
     let per = trials(&seg.map(|(_, w)| w), n, n_trials);
     println!();
     println!(
         "paired 64 KiB segments: {n_trials} trials of {n} segments (window {WINDOW}; \
-         the relay's times include the client's send in place)"
+         the relays' times include the client's send in place and the next hop's reply)"
     );
     println!(
         "{:<27} {:>23}   {:>20}   {:>6}",
@@ -660,6 +714,7 @@ fn paired_segments(n_trials: usize) {
         ("region copy ÷ volatile 8-byte stores", 1, 2),
         ("send in place ÷ send: private, copy in", 4, 3),
         ("relay: forward ÷ relay: copy out, copy in", 6, 5),
+        ("1 thread: forward ÷ 1 thread: copy out, in", 8, 7),
     ] {
         println!("{what:<47} {}", fmt2(ratios(&per[a], &per[b])));
     }
