@@ -10,6 +10,8 @@
 //! The pool is shared memory that a hostile peer may write at any time, so no `&[u8]` or
 //! `&mut [u8]` to it is handed out by safe code: [`Payload`] and [`PayloadMut`] copy bytes
 //! in and out (volatile accesses, or `rep movsb` for long copies), always inside the buffer.
+//! Their `unsafe` `as_slice` and `as_mut_slice` are for a peer that is trusted not to write
+//! the buffer out of turn (or that has the pool mapped read-only).
 
 use core::marker::PhantomData;
 
