@@ -198,6 +198,15 @@ impl RequestDb {
         Some(e)
     }
 
+    /// Index of the entry (and so of the pool buffer) that the next [`alloc`](Self::alloc)
+    /// takes, if any is free: a request's payload can be built in its buffer before the
+    /// entry is allocated.
+    #[inline(always)]
+    pub fn next_free(&self) -> Option<u32> {
+        // `free_head` is private and only ever set to NONE or an index below `cap`.
+        (self.free_head != NONE).then_some(self.free_head)
+    }
+
     /// Allocate an entry for a new request. `Ok(None)`: all entries are in use.
     #[inline(always)]
     pub fn alloc(&mut self, entry: &Entry) -> Result<Option<RequestId>, Corruption> {

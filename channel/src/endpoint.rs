@@ -17,6 +17,37 @@ pub const KICK_CHECK_EVERY: u32 = 256;
 /// Empty polls in a row after which the deferred kick check runs.
 pub const KICK_CHECK_IDLE_POLLS: u32 = 64;
 
+/// The accessors that [`Request`] and [`Reply`] share: both are this side's private copy of a
+/// message's words, validated when it was taken.
+macro_rules! message_accessors {
+    () => {
+        /// The request's id: what [`Endpoint::send_request`] returned to the requester (0 for
+        /// a one-way message).
+        #[inline]
+        pub fn id(&self) -> RequestId {
+            RequestId(self.words[0])
+        }
+        /// Application operation code of the request.
+        #[inline]
+        pub fn opcode(&self) -> u16 {
+            wire::opcode(&self.words)
+        }
+        /// The inline words (the requester's in a request, the replier's in a reply).
+        #[inline]
+        pub fn inline(&self) -> &[u64; INLINE_WORDS] {
+            wire::inline(&self.words)
+        }
+        /// Payload length in bytes (checked to lie inside the request's pool buffer).
+        #[inline]
+        pub fn payload_len(&self) -> usize {
+            payload(&self.words).1 as usize
+        }
+    };
+}
+
+mod payload;
+pub use payload::{Payload, PayloadMut};
+
 /// A request received from the peer. Not `Clone`: [`Endpoint::reply`] consumes it, so a
 /// request is answered at most once.
 ///
@@ -27,35 +58,12 @@ pub struct Request {
 }
 
 impl Request {
-    /// The requester's id for this request (0 for one-way messages).
-    #[inline]
-    pub fn id(&self) -> RequestId {
-        RequestId(self.words[0])
-    }
-    /// Application operation code.
-    #[inline]
-    pub fn opcode(&self) -> u16 {
-        wire::opcode(&self.words)
-    }
+    message_accessors!();
+
     /// Whether the request expects no reply.
     #[inline]
     pub fn is_oneway(&self) -> bool {
         wire::flags(&self.words) & FLAG_ONEWAY != 0
-    }
-    /// The inline words.
-    #[inline]
-    pub fn inline(&self) -> &[u64; INLINE_WORDS] {
-        wire::inline(&self.words)
-    }
-    /// Payload length in bytes (already checked to lie inside the requester's buffer).
-    #[inline]
-    pub fn payload_len(&self) -> usize {
-        self.payload().1 as usize
-    }
-    /// Offset and length of the payload in the requester's buffer ((0, 0) without one).
-    #[inline]
-    fn payload(&self) -> (u32, u32) {
-        payload(&self.words)
     }
 }
 
@@ -80,34 +88,12 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// The id [`Endpoint::send_request`] returned.
-    #[inline]
-    pub fn id(&self) -> RequestId {
-        RequestId(self.words[0])
-    }
-    /// Opcode of the original request.
-    #[inline]
-    pub fn opcode(&self) -> u16 {
-        wire::opcode(&self.words)
-    }
+    message_accessors!();
+
     /// Status set by the replier.
     #[inline]
     pub fn status(&self) -> u32 {
         wire::status(&self.words)
-    }
-    /// The replier's inline words.
-    #[inline]
-    pub fn inline(&self) -> &[u64; INLINE_WORDS] {
-        wire::inline(&self.words)
-    }
-    /// Length of the reply payload (in the request's buffer).
-    #[inline]
-    pub fn payload_len(&self) -> usize {
-        self.payload().1 as usize
-    }
-    #[inline]
-    fn payload(&self) -> (u32, u32) {
-        payload(&self.words)
     }
 }
 
@@ -368,14 +354,29 @@ impl<N: Notifier> Endpoint<N> {
         if payload.len() > self.my_pool.buf_size() as usize {
             return Err(ChannelError::PayloadTooLarge);
         }
+        #[allow(clippy::cast_possible_truncation)] // checked against buf_size above
+        let len = payload.len() as u32;
+        self.commit_request(opcode, inline, len, payload)
+    }
+
+    /// Allocate a request's entry and send it with `len` payload bytes: `payload` is copied
+    /// into its buffer first, or, when empty, the buffer already holds them
+    /// ([`send_request_with`](Self::send_request_with)). `len <= buf_size`.
+    #[inline(always)]
+    fn commit_request(
+        &mut self,
+        opcode: u16,
+        inline: [u64; INLINE_WORDS],
+        len: u32,
+        payload: &[u8],
+    ) -> Result<RequestId, ChannelError> {
         // Slots of replies we have consumed go back before the peer may need them for the
         // reply to this request (the reply queue holds exactly `max_outstanding`).
         self.rx_replies.publish();
-        #[allow(clippy::cast_possible_truncation)] // checked against buf_size above
         let entry = Entry {
             opcode,
             payload_off: 0,
-            payload_len: payload.len() as u32,
+            payload_len: len,
             inline,
         };
         let r = self.db.alloc(&entry);
@@ -477,20 +478,7 @@ impl<N: Notifier> Endpoint<N> {
         req: &Request,
         dst: &mut [u8],
     ) -> Result<usize, ChannelError> {
-        self.check()?;
-        let (payload_off, payload_len) = req.payload();
-        let n = dst.len().min(payload_len as usize);
-        if n == 0 {
-            return Ok(0);
-        }
-        let off = self
-            .peer_pool
-            .span(req.id().index(), payload_off, payload_len)
-            .map_err(ChannelError::Corrupt)?;
-        self.region
-            .read_bytes(off, &mut dst[..n])
-            .ok_or(ChannelError::Corrupt(Corruption::PayloadBounds))?;
-        Ok(n)
+        self.request_payload(req)?.read(0, dst)
     }
 
     /// Answer `req`: `payload` (if any) is written into the request's buffer, which goes back
@@ -517,6 +505,18 @@ impl<N: Notifier> Endpoint<N> {
                 .write_bytes(off, payload)
                 .ok_or(ChannelError::PayloadTooLarge)?;
         }
+        self.push_reply(req, status, inline, len)
+    }
+
+    /// Send the reply to `req` with `len` payload bytes already in the request's buffer.
+    #[inline(always)]
+    fn push_reply(
+        &mut self,
+        req: Request,
+        status: u32,
+        inline: [u64; INLINE_WORDS],
+        len: u32,
+    ) -> Result<(), ChannelError> {
         let flags = if len > 0 { FLAG_PAYLOAD } else { 0 };
         let w = wire::words(
             req.words[0],
@@ -597,20 +597,7 @@ impl<N: Notifier> Endpoint<N> {
 
     /// Copy the start of `reply`'s payload into `dst`; returns the bytes copied.
     pub fn read_reply_payload(&self, reply: &Reply, dst: &mut [u8]) -> Result<usize, ChannelError> {
-        self.check()?;
-        let (payload_off, payload_len) = reply.payload();
-        let n = dst.len().min(payload_len as usize);
-        if n == 0 {
-            return Ok(0);
-        }
-        let off = self
-            .my_pool
-            .span(reply.id().index(), payload_off, payload_len)
-            .map_err(ChannelError::Corrupt)?;
-        self.region
-            .read_bytes(off, &mut dst[..n])
-            .ok_or(ChannelError::Corrupt(Corruption::PayloadBounds))?;
-        Ok(n)
+        self.reply_payload(reply)?.read(0, dst)
     }
 
     /// Give a replied request's database entry and buffer back.

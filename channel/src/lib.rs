@@ -50,6 +50,14 @@
 //!    free(reply)              (entry i, buffer i free again)
 //! ```
 //!
+//! * *Payloads in place.* A request can be built directly in its pool buffer
+//!   ([`Endpoint::send_request_with`], through a [`PayloadMut`]), a reply in the request's
+//!   buffer ([`Endpoint::reply_with`]), and a received payload ([`Payload`], from
+//!   [`Endpoint::request_payload`] or [`Endpoint::reply_payload`]) passed on into another
+//!   channel with one copy, pool to pool ([`Endpoint::forward`], [`Endpoint::reply_from`]).
+//!   Copies of [`BULK_COPY_MIN`](region::BULK_COPY_MIN) bytes or more use `rep movsb` on
+//!   x86_64. The pools stay shared memory the peer may write at any time, so safe code
+//!   never gets a `&[u8]` into them: bytes are copied in and out, always inside the buffer.
 //! * The queues are single-producer single-consumer rings of 64-byte messages ([`wire`]).
 //!   A message is published by a *lap tag* in its own slot, written last: the receiver
 //!   polls the next slot, so a message costs one cache-line transfer ([`ring`]). A message
@@ -66,8 +74,8 @@
 //!   before it to reach the peer, so it is kept off the message's critical path; a side that
 //!   stops sending and neither polls nor waits calls [`Endpoint::flush`].
 //! * *A hostile peer cannot hurt us.* Every index, offset, length and id read from the
-//!   region is checked before it is used. Every access is atomic or volatile and
-//!   bounds-checked: once, when an endpoint attaches, for the rings and the request
+//!   region is checked before it is used. Every access is atomic, volatile or a `rep movsb`
+//!   (never through a Rust reference) and bounds-checked: once, when an endpoint attaches, for the rings and the request
 //!   database (whose slots and entries are then found from this side's private indices
 //!   only), at each access for everything else. A failed check returns [`ChannelError::Corrupt`] and marks the endpoint broken
 //!   ([`ChannelError::Broken`] from then on); there is no panic and no out-of-bounds access.
@@ -106,6 +114,45 @@
 //! # Ok::<(), ChannelError>(())
 //! ```
 //!
+//! A server between two channels passes a request on with one copy, and answers it when the
+//! next hop has:
+//!
+//! ```
+//! # use compart_channel::*;
+//! # #[repr(align(4096))] struct Page([u8; 4096]);
+//! # fn pair() -> Result<(Endpoint<NoKick>, Endpoint<NoKick>), ChannelError> {
+//! #     let config = PairConfig::new(64, 16, 2048);
+//! #     let size = PairLayout::new(&config)?.size();
+//! #     let mem: &'static mut [Page] = Vec::leak((0..size.div_ceil(4096)).map(|_| Page([0; 4096])).collect());
+//! #     // SAFETY: `mem` is leaked, so it outlives the region, and is only used through it.
+//! #     let region = unsafe { Region::from_raw(mem.as_mut_ptr().cast(), size) }?;
+//! #     initialize(&region, &config)?;
+//! #     Ok((Endpoint::attach(region, Side::A, NoKick)?, Endpoint::attach(region, Side::B, NoKick)?))
+//! # }
+//! let (mut client, mut up) = pair()?; // channel X: client → this server
+//! let (mut down, mut next) = pair()?; // channel Y: this server → the next one
+//!
+//! // The client builds its request in its pool buffer.
+//! client.send_request_with(1, [0; 5], 1500, |buf| {
+//!     buf.write(0, b"header")?;
+//!     buf.fill(6, 1494, b'.')?;
+//!     Ok(1500)
+//! })?;
+//! let req = up.poll_request()?.expect("a request");
+//! let mut header = [0u8; 6]; // parse a private copy, never the pool
+//! up.request_payload(&req)?.read(0, &mut header)?;
+//! let id = down.forward(2, *req.inline(), &up.request_payload(&req)?)?; // one copy X → Y
+//!
+//! let hop = next.poll_request()?.expect("the forwarded request");
+//! assert_eq!(hop.payload_len(), 1500);
+//! next.reply(hop, 0, [0; 5], &[])?;
+//! let done = down.poll_reply()?.expect("the next hop's reply");
+//! assert_eq!(done.id(), id);
+//! down.free(done)?;
+//! up.reply(req, 0, [0; 5], &[])?;
+//! # Ok::<(), ChannelError>(())
+//! ```
+//!
 //! With the `std` feature, [`host`] provides memfd regions and eventfd notifiers for host
 //! threads and processes.
 
@@ -130,8 +177,8 @@ pub mod host;
 
 pub use db::RequestId;
 pub use endpoint::{
-    counters, occupancy, Counters, Endpoint, Occupancy, Reply, Request, KICK_CHECK_EVERY,
-    KICK_CHECK_IDLE_POLLS,
+    counters, occupancy, Counters, Endpoint, Occupancy, Payload, PayloadMut, Reply, Request,
+    KICK_CHECK_EVERY, KICK_CHECK_IDLE_POLLS,
 };
 pub use error::{ChannelError, Corruption};
 pub use layout::{initialize, PairConfig, PairLayout, MAGIC, VERSION};

@@ -58,7 +58,7 @@ struct Victim {
 impl Victim {
     fn act(&mut self, which: u8) -> Result<(), ChannelError> {
         let mut buf = [0u8; 256];
-        match which % 12 {
+        match which % 15 {
             0 => {
                 if let Some(r) = self.ep.poll_request()? {
                     self.ep.read_request_payload(&r, &mut buf)?;
@@ -132,8 +132,49 @@ impl Victim {
                     self.ep.has_incoming()?,
                 );
             }
-            _ => {
+            11 => {
                 self.ep.discard_requests()?;
+            }
+            12 => match self.ep.send_request_with(9, [5; 5], 128, |buf| {
+                buf.write(0, &[which; 64])?;
+                buf.fill(64, usize::from(which % 64), 1)?;
+                Ok(usize::from(which) % 140)
+            }) {
+                Err(ChannelError::Full | ChannelError::NoFreeRequest) => {}
+                // A length over the 128 bytes asked for.
+                Err(ChannelError::PayloadTooLarge) if which % 140 > 128 => {}
+                r => {
+                    r?;
+                }
+            },
+            13 => {
+                if let Some(r) = self.held_requests.pop() {
+                    if r.is_oneway() {
+                        return Ok(());
+                    }
+                    let n = usize::from(which) % 128;
+                    match self.ep.reply_with(r, 2, [6; 5], 128, |buf| {
+                        let mut head = [0u8; 16];
+                        buf.read(0, &mut head)?;
+                        buf.write(0, &[which; 128][..n])?;
+                        Ok(n)
+                    }) {
+                        Err(ChannelError::Full) => {}
+                        r => r?,
+                    }
+                }
+            }
+            _ => {
+                // Pass a held request's payload on to the peer as a new request.
+                if let Some(r) = self.held_requests.last() {
+                    let p = self.ep.request_payload(r)?;
+                    match self.ep.forward(10, *r.inline(), &p) {
+                        Err(ChannelError::Full | ChannelError::NoFreeRequest) => {}
+                        r => {
+                            r?;
+                        }
+                    }
+                }
             }
         }
         Ok(())

@@ -103,8 +103,10 @@ pub const MIN_HEAP_SIZE: u64 = 0x4_0000;
 /// Where channel regions are mapped: channel `i` (in boot-info order) at
 /// `CHANNELS_GPA + i * CHANNEL_STRIDE`. Shared memory with the peer guest.
 pub const CHANNELS_GPA: u64 = 0xC000_0000;
-/// Distance between two channel regions: the largest region a channel may have.
-pub const CHANNEL_STRIDE: u64 = 0x100_0000;
+/// Distance between two channel regions: the largest region a channel may have. 32 MiB
+/// holds a data channel of 64 KiB segments (`buf_size` 65 600: 64 KiB and headroom) with
+/// up to 128 requests outstanding per side (16.09 MiB; 8.06 MiB with 64).
+pub const CHANNEL_STRIDE: u64 = 0x200_0000;
 /// Most channels one guest may have.
 pub const MAX_CHANNELS: usize = 8;
 /// The placement page (see [`PlacementPage`]).

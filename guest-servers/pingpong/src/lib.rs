@@ -9,32 +9,25 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
-extern crate alloc;
-
-use alloc::vec;
-use alloc::vec::Vec;
-
 use compart_channel::{Notifier, Request};
 use compart_kit::server::{Close, Handler, Link};
 use compart_proto::pingpong::{self, Refusal, Reply};
 
 /// One channel's pong: the next sequence number it expects, and what it did.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Pong {
     expected: u64,
     served: u64,
     refused: u64,
-    buf: Vec<u8>,
 }
 
 impl Pong {
-    /// A pong that echoes up to `buffer_size` payload bytes (the channel's buffer size).
-    pub fn new(buffer_size: usize) -> Pong {
+    /// A pong that expects ping 0 next.
+    pub fn new() -> Pong {
         Pong {
             expected: 0,
             served: 0,
             refused: 0,
-            buf: vec![0; buffer_size],
         }
     }
 
@@ -66,15 +59,14 @@ impl<N: Notifier> Handler<N> for Pong {
             return link.reply(req, status, inline, &[]);
         }
         let seq = self.expected;
-        let n = req.payload_len().min(self.buf.len());
-        if n > 0 {
-            link.endpoint
-                .read_request_payload(&req, &mut self.buf[..n])?;
-        }
+        let n = req.payload_len();
         self.expected += 1;
         self.served += 1;
         let (status, inline) = Reply::Pong { seq }.encode();
-        link.reply(req, status, inline, &self.buf[..n])
+        // The echo is the request's own buffer, answered in place: no byte is copied.
+        Ok(link
+            .endpoint
+            .reply_with(req, status, inline, n, |_| Ok(n))?)
     }
 }
 
@@ -106,7 +98,7 @@ mod tests {
             name: String::from("ping"),
             role: Role::App,
         };
-        server.add(peer, ep, Pong::new(256));
+        server.add(peer, ep, Pong::new());
         (mem, ping, server)
     }
 

@@ -97,9 +97,9 @@ fn halt_forever() -> ! {
 }
 
 fn pong(poll: Option<u32>) -> i32 {
-    let (mut srv, unusable) = server::serve_all(|peer, ch| {
+    let (mut srv, unusable) = server::serve_all(|peer, _| {
         println!("pong: {peer} open");
-        Pong::new(ch.buffer_size())
+        Pong::new()
     });
     for (peer, e) in &unusable {
         println!("pong: {peer} unusable: {e:?}");
@@ -188,11 +188,10 @@ impl Client<'_> {
         let n: u64 = arg(args, "n", 100_000);
         let phases: u64 = arg(args, "phases", 1);
         let window = arg::<u64>(args, "window", 16).max(1);
-        let mut out = [0u8; 4096];
-        let mut back = [0u8; 4096];
-        let payload = arg::<usize>(args, "payload", 0)
-            .min(self.ch.buffer_size())
-            .min(out.len());
+        // Up to a whole buffer (64 KiB segments for the network stack's channels).
+        let payload = arg::<usize>(args, "payload", 0).min(self.ch.buffer_size());
+        let mut out = alloc::vec![0u8; payload];
+        let mut back = alloc::vec![0u8; payload];
         let mut next_send = 0u64;
         let mut next_reply = 0u64;
         for phase in 0..phases {
