@@ -6,9 +6,9 @@ use std::time::Duration;
 use compart_tests::{
     default_topology, poll, require_kvm, thread_affinity, thread_cpu_ns, topology, Capture,
 };
-use compart_vmm::topology::core_list;
+use compart_vmm::topology::{core_list, HostCore};
 use compart_vmm::vstate::vcpu::Failure;
-use compart_vmm::GuestState;
+use compart_vmm::{ControlRequest, GuestState};
 
 const BOOT: Duration = Duration::from_secs(20);
 
@@ -242,4 +242,50 @@ fn memory_too_small_for_image_stacks_and_heap_is_refused_before_anything_runs() 
         "{msg}"
     );
     assert!(msg.ends_with("raise memory_mib"), "{msg}");
+}
+
+#[test]
+fn after_a_live_move_thread_info_reports_the_new_cores() {
+    if !require_kvm() {
+        return;
+    }
+    let capture = Capture::default();
+    let t = topology(&format!(
+        "{}cores = [0]\n",
+        guest("mover", "halt", "stop-all")
+    ));
+    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+    let control = vmm.handle();
+    let threads = poll(BOOT, "the vCPU thread", || {
+        let v = vmm.vcpu_threads();
+        (v.len() == 1).then_some(v)
+    });
+    assert_eq!(threads[0].cores, vec![HostCore(0)]);
+    let waiter = std::thread::spawn(move || {
+        let moved = control.request(
+            ControlRequest::Move {
+                guest: "mover".into(),
+                cores: vec![HostCore(1)],
+            },
+            Duration::from_secs(10),
+        );
+        (moved, control)
+    });
+    // Coordinate from this thread, so that the VMM is still ours to inspect after.
+    let mut vmm = vmm;
+    poll(BOOT, "the move", || {
+        vmm.serve_pending();
+        waiter.is_finished().then_some(())
+    });
+    let (moved, control) = waiter.join().unwrap();
+    moved.unwrap();
+    let threads = vmm.vcpu_threads();
+    assert_eq!(
+        threads[0].cores,
+        vec![HostCore(1)],
+        "thread info after the move"
+    );
+    assert_eq!(thread_affinity(std::process::id(), threads[0].tid), "1");
+    control.stop();
+    vmm.wait();
 }

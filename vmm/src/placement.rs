@@ -3,6 +3,11 @@
 //! sleeps as soon as it runs out of work, so that the sharer gets the core (thesis
 //! §3.3). The page is a read-only memory slot in the guest, written here under a
 //! sequence lock; after a change the VMM kicks the guest on `PLACEMENT_VECTOR`.
+//!
+//! [`Assignment`] is the one record of where each vCPU runs now. The validated
+//! `Topology` says where vCPUs *start*; after `ctl move` only the assignment changes,
+//! and the placement pages, KVM halt polling, `_PSD` domains, thread pinning and the
+//! status view are all derived from it.
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +20,65 @@ use crate::topology::HostCore;
 
 /// How long a vCPU with a core of its own polls before sleeping.
 pub const DEDICATED_POLL_US: u32 = 1000;
+
+/// KVM halt polling for a VM whose vCPUs all have their own cores: worth its CPU time
+/// there, harmful on a shared core (it keeps the sharer off it).
+pub const DEDICATED_HALT_POLL_NS: u64 = 200_000;
+
+/// Where every vCPU of every guest may run now: guest → vCPU → host cores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    guests: Vec<Vec<Vec<HostCore>>>,
+}
+
+impl Assignment {
+    /// The pinning the topology starts with.
+    pub fn from_topology(topology: &crate::topology::Topology) -> Assignment {
+        Assignment {
+            guests: topology
+                .guests
+                .iter()
+                .map(|g| g.vcpu_cores.clone())
+                .collect(),
+        }
+    }
+
+    /// The cores vCPU `vcpu` of guest `guest` may run on.
+    pub fn vcpu(&self, guest: usize, vcpu: usize) -> &[HostCore] {
+        &self.guests[guest][vcpu]
+    }
+
+    /// The cores of each vCPU of guest `guest`.
+    pub fn guest(&self, guest: usize) -> &[Vec<HostCore>] {
+        &self.guests[guest]
+    }
+
+    /// Every guest's vCPUs and their cores.
+    pub fn guests(&self) -> &[Vec<Vec<HostCore>>] {
+        &self.guests
+    }
+
+    /// Moves every vCPU of guest `guest` onto `cores`.
+    pub fn move_guest(&mut self, guest: usize, cores: &[HostCore]) {
+        for v in &mut self.guests[guest] {
+            *v = cores.to_vec();
+        }
+    }
+
+    /// The placement entries of every vCPU (see [`compute`]).
+    pub fn placement(&self) -> Vec<Vec<PlacementEntry>> {
+        compute(&self.guests)
+    }
+}
+
+/// The halt-polling time for a VM whose vCPUs have these placement entries.
+pub fn halt_poll_ns(entries: &[PlacementEntry]) -> u64 {
+    if entries.iter().all(|e| e.dedicated == 1) {
+        DEDICATED_HALT_POLL_NS
+    } else {
+        0
+    }
+}
 
 /// The placement entry of every vCPU of every guest, from the core sets they may run
 /// on: a vCPU is dedicated when it is pinned to one core that no other vCPU may use.

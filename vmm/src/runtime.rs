@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
@@ -12,7 +12,7 @@ use kvm_ioctls::{Kvm, VmFd};
 
 use crate::channels::Channels;
 use crate::console::ConsoleSink;
-use crate::placement::{self, Placement};
+use crate::placement::{self, Assignment, Placement};
 use crate::pstate::{PStateController, VcpuPState};
 use crate::topology::{FailurePolicy, GuestConfig, HostCore, Topology};
 use crate::vstate::vcpu::pin_thread;
@@ -164,6 +164,9 @@ impl RunningGuest {
 pub struct RunningVmm {
     topology: Topology,
     channels: Channels,
+    /// Where each vCPU runs now: the one record, shared with the P-state controller.
+    assignment: Arc<RwLock<Assignment>>,
+    /// The placement entries last written, derived from `assignment`.
     placement: Vec<Vec<PlacementEntry>>,
     pstates: Arc<PStateController>,
     guests: Vec<RunningGuest>,
@@ -226,12 +229,8 @@ impl RunOutcome {
     }
 }
 
-/// KVM halt polling for a VM whose vCPUs all have their own cores.
-pub const DEDICATED_HALT_POLL_NS: u64 = 200_000;
-
 fn apply_halt_poll(name: &str, vm: &VmFd, entries: &[PlacementEntry]) {
-    let dedicated = entries.iter().all(|e| e.dedicated == 1);
-    let ns = if dedicated { DEDICATED_HALT_POLL_NS } else { 0 };
+    let ns = placement::halt_poll_ns(entries);
     if let Err(e) = set_halt_poll(vm, ns) {
         log::debug!("guest {name}: KVM_CAP_HALT_POLL {ns} ns: {e}");
     }
@@ -266,16 +265,11 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
         log::info!("{n}");
     }
     log::info!("frequency backend: {}", backend.name());
-    let pstates = Arc::new(PStateController::new(topology, backend));
+    let assignment = Arc::new(RwLock::new(Assignment::from_topology(topology)));
+    let pstates = Arc::new(PStateController::new(topology, backend, assignment.clone()));
 
     let channels = Channels::create(topology)?;
-    let placement_entries = placement::compute(
-        &topology
-            .guests
-            .iter()
-            .map(|g| g.vcpu_cores.clone())
-            .collect::<Vec<_>>(),
-    );
+    let placement_entries = assignment.read().unwrap().placement();
     let ctx = BuildContext {
         kvm: &kvm,
         cpuid: &cpuid,
@@ -329,6 +323,7 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
     let mut vmm = RunningVmm {
         topology: topology.clone(),
         channels,
+        assignment,
         placement: placement_entries,
         pstates,
         guests: Vec::new(),
@@ -420,16 +415,19 @@ impl RunningVmm {
 
     /// The vCPU threads that have started so far.
     pub fn vcpu_threads(&self) -> Vec<VcpuThreadInfo> {
+        let assignment = self.assignment.read().unwrap();
         self.guests
             .iter()
-            .flat_map(|g| {
-                g.threads.iter().filter_map(|t| {
+            .enumerate()
+            .flat_map(|(i, g)| {
+                let assignment = &assignment;
+                g.threads.iter().filter_map(move |t| {
                     let tid = t.tid.load(Ordering::Acquire);
                     (tid != 0).then(|| VcpuThreadInfo {
                         guest: g.config.name.clone(),
                         vcpu: t.index,
                         tid,
-                        cores: t.cores.clone(),
+                        cores: assignment.vcpu(i, t.index as usize).to_vec(),
                     })
                 })
             })
@@ -465,20 +463,9 @@ impl RunningVmm {
                     .map_err(|e| format!("cannot pin vCPU {} of {name}: {e}", t.index))?;
             }
         }
-        let vcpus = g.config.vcpu_cores.len();
-        g.config.vcpu_cores = vec![cores.clone(); vcpus];
-        self.topology.guests[index].vcpu_cores = g.config.vcpu_cores.clone();
-        for v in 0..vcpus {
-            self.pstates.repin(&self.topology, index, v, cores.clone());
-        }
-
-        let fresh = placement::compute(
-            &self
-                .guests
-                .iter()
-                .map(|g| g.config.vcpu_cores.clone())
-                .collect::<Vec<_>>(),
-        );
+        self.assignment.write().unwrap().move_guest(index, &cores);
+        self.pstates.repin(index);
+        let fresh = self.assignment.read().unwrap().placement();
         for (i, (g, entries)) in self.guests.iter().zip(&fresh).enumerate() {
             let changed = i == index
                 || entries
@@ -507,6 +494,7 @@ impl RunningVmm {
     fn status(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
+        let assignment = self.assignment.read().unwrap();
         let pstates = self.pstates.status();
         for (i, g) in self.guests.iter().enumerate() {
             let _ = writeln!(
@@ -524,7 +512,7 @@ impl RunningVmm {
                     "  vcpu {} tid {} cores {} {} P{} {} MHz ({}) exits {}",
                     t.index,
                     t.tid.load(Ordering::Acquire),
-                    crate::topology::core_list(&g.config.vcpu_cores[t.index as usize]),
+                    crate::topology::core_list(assignment.vcpu(i, t.index as usize)),
                     if e.dedicated == 1 {
                         "dedicated"
                     } else {
@@ -577,18 +565,7 @@ impl RunningVmm {
                 self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
             };
             match msg {
-                Ok(Msg::Stop) => {
-                    log::info!("stopping all guests");
-                    self.stop_all();
-                }
-                Ok(Msg::Vcpu(e)) => self.on_event(e),
-                Ok(Msg::Control(request, reply)) => {
-                    let answer = match request {
-                        ControlRequest::Move { guest, cores } => self.move_guest(&guest, cores),
-                        ControlRequest::Status => Ok(self.status()),
-                    };
-                    let _ = reply.send(answer);
-                }
+                Ok(msg) => self.on_message(msg),
                 Err(RecvTimeoutError::Timeout) => {
                     for g in &self.guests {
                         if g.shared.stop.load(Ordering::Acquire) {
@@ -606,6 +583,35 @@ impl RunningVmm {
                 .map(|g| (g.config.name.clone(), g.state.clone()))
                 .collect(),
             first_nonzero_exit: self.first_nonzero_exit,
+        }
+    }
+
+    /// Serves every message already queued (vCPU events, stop and control requests)
+    /// without blocking, and returns how many there were: for a caller that
+    /// coordinates from its own loop instead of [`RunningVmm::wait`].
+    pub fn serve_pending(&mut self) -> usize {
+        let mut n = 0;
+        while let Ok(msg) = self.rx.try_recv() {
+            self.on_message(msg);
+            n += 1;
+        }
+        n
+    }
+
+    fn on_message(&mut self, msg: Msg) {
+        match msg {
+            Msg::Stop => {
+                log::info!("stopping all guests");
+                self.stop_all();
+            }
+            Msg::Vcpu(e) => self.on_event(e),
+            Msg::Control(request, reply) => {
+                let answer = match request {
+                    ControlRequest::Move { guest, cores } => self.move_guest(&guest, cores),
+                    ControlRequest::Status => Ok(self.status()),
+                };
+                let _ = reply.send(answer);
+            }
         }
     }
 

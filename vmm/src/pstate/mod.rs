@@ -21,10 +21,11 @@ pub mod coordination;
 pub mod soft;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use compart_acpi::{Coordination, Mhz};
 
+use crate::placement::Assignment;
 use crate::topology::{HostCore, Topology};
 use backend::FreqBackend;
 use coordination::{Change, GuestPStates, Refusal};
@@ -86,7 +87,6 @@ struct GuestEntry {
     name: String,
     states: GuestPStates,
     freqs: Vec<Arc<VcpuFreq>>,
-    cores: Vec<Vec<HostCore>>,
 }
 
 /// The P-states of every guest and the backend that applies them.
@@ -95,6 +95,9 @@ pub struct PStateController {
     backend: Box<dyn FreqBackend>,
     soft_period: std::time::Duration,
     guests: Mutex<Vec<GuestEntry>>,
+    /// Where each vCPU runs (the runtime's record, read here).
+    assignment: Arc<RwLock<Assignment>>,
+    topology: Topology,
 }
 
 fn coordination_name(c: Coordination) -> &'static str {
@@ -106,14 +109,21 @@ fn coordination_name(c: Coordination) -> &'static str {
 }
 
 impl PStateController {
-    /// Every guest of `topology` at its start-up P-state, applied through `backend`.
-    pub fn new(topology: &Topology, backend: Box<dyn FreqBackend>) -> Self {
+    /// Every guest of `topology` at its start-up P-state, applied through `backend`;
+    /// `_PSD` domains and host cores follow `assignment`.
+    pub fn new(
+        topology: &Topology,
+        backend: Box<dyn FreqBackend>,
+        assignment: Arc<RwLock<Assignment>>,
+    ) -> Self {
+        let placed = assignment.read().unwrap().clone();
         let fmax = topology.pstates.p0().frequency.0;
         let guests = topology
             .guests
             .iter()
-            .map(|g| {
-                let psd = crate::acpi::guest_psd(topology, g);
+            .enumerate()
+            .map(|(i, g)| {
+                let psd = crate::acpi::guest_psd(topology, g, placed.guest(i));
                 let states = GuestPStates::new(
                     topology.pstates.clone(),
                     g.ppc as usize,
@@ -132,7 +142,6 @@ impl PStateController {
                         })
                         .collect(),
                     states,
-                    cores: g.vcpu_cores.clone(),
                 }
             })
             .collect();
@@ -140,6 +149,8 @@ impl PStateController {
             backend,
             soft_period: topology.soft_period,
             guests: Mutex::new(guests),
+            assignment,
+            topology: topology.clone(),
         };
         c.apply_to_host(&c.guests.lock().unwrap());
         c
@@ -232,8 +243,9 @@ impl PStateController {
             return;
         }
         let mut per_core: std::collections::BTreeMap<HostCore, u32> = Default::default();
-        for g in guests {
-            for (v, cores) in g.cores.iter().enumerate() {
+        let assignment = self.assignment.read().unwrap();
+        for (i, g) in guests.iter().enumerate() {
+            for (v, cores) in assignment.guest(i).iter().enumerate() {
                 let mhz = g.freqs[v].effective_mhz();
                 for c in cores {
                     let e = per_core.entry(*c).or_default();
@@ -251,15 +263,13 @@ impl PStateController {
         }
     }
 
-    /// Guest `guest`'s vCPU `vcpu` now runs on `cores`: its `_PSD` domain follows the
-    /// new pinning and effective states are resolved again.
-    pub fn repin(&self, topology: &Topology, guest: usize, vcpu: usize, cores: Vec<HostCore>) {
+    /// Guest `guest`'s vCPUs were moved (the assignment says where to): its `_PSD`
+    /// domains follow the new pinning and effective states are resolved again.
+    pub fn repin(&self, guest: usize) {
+        let cores = self.assignment.read().unwrap().guest(guest).to_vec();
+        let psd = crate::acpi::guest_psd(&self.topology, &self.topology.guests[guest], &cores);
         let mut guests = self.guests.lock().unwrap();
         let g = &mut guests[guest];
-        g.cores[vcpu] = cores;
-        let mut config = topology.guests[guest].clone();
-        config.vcpu_cores = g.cores.clone();
-        let psd = crate::acpi::guest_psd(topology, &config);
         let changes = g.states.set_domains(psd);
         self.apply_changes(g, &changes);
         self.apply_to_host(&guests);

@@ -208,8 +208,6 @@ pub struct GuestShared {
 pub struct VcpuThread {
     /// vCPU index.
     pub index: u32,
-    /// Host cores it is pinned to.
-    pub cores: Vec<HostCore>,
     /// Linux thread id, once the thread has started (0 before).
     pub tid: Arc<AtomicI32>,
     /// Returns from `KVM_RUN`: exits that reached the VMM, kicks included.
@@ -272,7 +270,7 @@ pub struct Vcpu {
     pub index: u32,
     /// The guest.
     pub guest: Arc<GuestShared>,
-    /// Host cores to pin to.
+    /// Host cores to pin to before the first run (later moves re-pin by tid).
     pub cores: Vec<HostCore>,
     /// Its effective frequency (read on every entry when soft-scaled).
     pub freq: Arc<VcpuFreq>,
@@ -292,7 +290,7 @@ impl Vcpu {
     /// Starts the vCPU thread; it reports through `events`.
     pub fn spawn(self, events: impl Fn(VcpuEvent) + Send + 'static) -> std::io::Result<VcpuThread> {
         let tid = Arc::new(AtomicI32::new(0));
-        let (index, cores) = (self.index, self.cores.clone());
+        let index = self.index;
         let name: String = format!("{}-v{}", self.guest.name, self.index)
             .chars()
             .take(15)
@@ -306,7 +304,6 @@ impl Vcpu {
             .spawn(move || self.run(events, thread_tid, thread_exits))?;
         Ok(VcpuThread {
             index,
-            cores,
             tid,
             exits,
             handle: Some(handle),
