@@ -7,7 +7,7 @@ use compart_tests::{
     default_topology, poll, require_kvm, thread_affinity, thread_cpu_ns, topology, Capture,
 };
 use compart_vmm::topology::{core_list, HostCore};
-use compart_vmm::vstate::vcpu::Failure;
+use compart_vmm::vstate::exits::{Failure, FailureKind};
 use compart_vmm::{ControlRequest, GuestState};
 
 const BOOT: Duration = Duration::from_secs(20);
@@ -156,7 +156,10 @@ fn failing_guests_are_reported_and_the_others_keep_running() {
 
     assert_eq!(outcome.state("survivor"), Some(&GuestState::Stopped));
     match outcome.state("panicker") {
-        Some(GuestState::Failed(Failure::Panic { message })) => {
+        Some(GuestState::Failed(Failure {
+            kind: FailureKind::Panic { message },
+            ..
+        })) => {
             assert!(
                 message.contains("deliberate panic (cmdline `panic`)"),
                 "{message}"
@@ -169,15 +172,18 @@ fn failing_guests_are_reported_and_the_others_keep_running() {
         other => panic!("panicker: {other:?}"),
     }
     match outcome.state("tripler") {
-        Some(GuestState::Failed(Failure::TripleFault { rip })) => assert!(*rip >= 0x20_0000),
+        Some(GuestState::Failed(Failure {
+            kind: FailureKind::TripleFault,
+            rip: Some(rip),
+        })) => assert!(*rip >= 0x20_0000),
         other => panic!("tripler: {other:?}"),
     }
     match outcome.state("faulter") {
-        Some(GuestState::Failed(Failure::Exception {
-            vector: 14,
-            cr2: 0,
-            rip,
-            ..
+        Some(GuestState::Failed(Failure {
+            kind: FailureKind::Exception {
+                vector: 14, cr2: 0, ..
+            },
+            rip: Some(rip),
         })) => {
             assert!(*rip >= 0x20_0000)
         }
@@ -209,7 +215,7 @@ fn stop_all_policy_stops_every_guest() {
     assert_eq!(outcome.state("bystander"), Some(&GuestState::Stopped));
     assert!(matches!(
         outcome.state("crasher"),
-        Some(GuestState::Failed(Failure::Panic { .. }))
+        Some(GuestState::Failed(f)) if f.is_panic()
     ));
 }
 

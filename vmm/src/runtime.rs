@@ -12,10 +12,10 @@ use kvm_ioctls::{Kvm, VmFd};
 
 use crate::channels::Channels;
 use crate::console::ConsoleSink;
+use crate::host::pin_thread;
 use crate::placement::{self, Assignment, Placement};
 use crate::pstate::{PStateController, VcpuPState};
 use crate::topology::{FailurePolicy, GuestConfig, HostCore, Topology};
-use crate::vstate::vcpu::pin_thread;
 use crate::vstate::vcpu::{install_kick_handler, Failure, GuestShared, VcpuEvent, VcpuThread};
 use crate::vstate::vm::{set_halt_poll, BuildContext, BuildError, GuestVm, Wiring};
 use compart_abi::PlacementEntry;
@@ -524,6 +524,11 @@ impl RunningVmm {
                     t.exits.load(Ordering::Relaxed)
                 );
             }
+            let events: Vec<String> = crate::guest_events::EventKind::ALL
+                .iter()
+                .map(|&k| format!("{k} {}", g.shared.events.total(k)))
+                .collect();
+            let _ = writeln!(out, "  guest events: {}", events.join(", "));
             for c in &g.wiring.channels {
                 let layout = &self.channels.list[self.topology.channels_of(i)[c.slot].0].layout;
                 let region = c.memory.region();

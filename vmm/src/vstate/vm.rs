@@ -13,10 +13,7 @@ use kvm_bindings::{
     kvm_irq_routing_msi, kvm_userspace_memory_region, CpuId, KvmIrqRouting, KVM_IRQ_ROUTING_MSI,
     KVM_MEM_READONLY,
 };
-use kvm_ioctls::{
-    IoEventAddress, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, NoDatamatch,
-    VmFd,
-};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use compart_acpi::AcpiTables;
@@ -24,6 +21,8 @@ use compart_acpi::AcpiTables;
 use crate::arch;
 use crate::channels::{GuestChannel, FIRST_GSI};
 use crate::console::{ConsoleSink, GuestConsole};
+use crate::devices::bus::MmioBus;
+use crate::guest_events::GuestEvents;
 use crate::loader::{self, LoadError};
 use crate::placement::Placement;
 use crate::pstate::PStateController;
@@ -262,7 +261,7 @@ impl GuestVm {
         vm.create_irq_chip()
             .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         connect_doorbells(&vm, wiring).map_err(kvm_err("doorbell setup"))?;
-        intercept_pstate_msrs(&vm).map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
+        crate::pstate::msrs::intercept(&vm).map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
 
         let shared = Arc::new(GuestShared {
             index,
@@ -270,6 +269,9 @@ impl GuestVm {
             stop: AtomicBool::new(false),
             memory,
             console: GuestConsole::new(sink),
+            events: Arc::new(GuestEvents::new(name)),
+            // No device is on a guest's bus yet: every MMIO exit fails the guest.
+            mmio: Arc::new(MmioBus::new()),
         });
 
         let mut vcpu_list = Vec::with_capacity(vcpus as usize);
@@ -303,7 +305,6 @@ impl GuestVm {
                 index: i,
                 guest: shared.clone(),
                 cores: config.vcpu_cores[i as usize].clone(),
-                freq: pstates.vcpu_freq(index, i as usize),
                 pstates: pstates.clone(),
             });
         }
@@ -384,29 +385,6 @@ pub fn set_halt_poll(vm: &VmFd, ns: u64) -> Result<(), kvm_ioctls::Error> {
         ..Default::default()
     };
     vm.enable_cap(&cap)
-}
-
-/// Sends guest accesses of the P-state MSRs (PERF_CTL, PERF_STATUS, APERF, MPERF) to
-/// the VMM: user-space MSR exits for filtered MSRs, and a filter that denies (that
-/// is, forwards) exactly those. Without the filter KVM answers some itself.
-fn intercept_pstate_msrs(vm: &VmFd) -> Result<(), kvm_ioctls::Error> {
-    let cap = kvm_bindings::kvm_enable_cap {
-        cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
-        args: [u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
-        ..Default::default()
-    };
-    vm.enable_cap(&cap)?;
-    let deny = [0u8; 1];
-    let ranges: Vec<MsrFilterRange<'_>> = crate::pstate::INTERCEPTED
-        .iter()
-        .map(|&(base, count)| MsrFilterRange {
-            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
-            base,
-            msr_count: count,
-            bitmap: &deny,
-        })
-        .collect();
-    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
 }
 
 /// Writes boot info, ACPI tables, page tables, IDT and per-vCPU GDT/TSS. All addresses
