@@ -25,9 +25,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::topology::Topology;
 
-/// First GSI the VMM routes; below are the I/O APIC's pins.
-pub const FIRST_GSI: u32 = 24;
-
 /// Why channels could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelSetupError {
@@ -102,11 +99,6 @@ impl GuestChannel {
     /// Guest-physical address of the doorbell page.
     pub fn doorbell_gpa(&self) -> u64 {
         DOORBELLS_GPA + self.slot as u64 * PAGE_SIZE
-    }
-
-    /// GSI of the interrupt that wakes this guest.
-    pub fn gsi(&self) -> u32 {
-        FIRST_GSI + self.slot as u32
     }
 
     /// Interrupt vector.

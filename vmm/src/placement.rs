@@ -118,7 +118,7 @@ pub fn compute(guests: &[Vec<Vec<HostCore>>]) -> Vec<Vec<PlacementEntry>> {
 #[derive(Debug)]
 pub struct Placement {
     /// The page (one page of shared memory; the guest maps it read-only).
-    pub memory: SharedMemory,
+    pub memory: Arc<SharedMemory>,
     /// Registered as irqfd into the guest on `PLACEMENT_VECTOR`.
     pub kick: Arc<EventFd>,
 }
@@ -129,7 +129,7 @@ impl Placement {
         let memory =
             SharedMemory::create(&format!("compart-placement-{name}"), PAGE_SIZE as usize)?;
         Ok(Placement {
-            memory,
+            memory: Arc::new(memory),
             kick: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
         })
     }

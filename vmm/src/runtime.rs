@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::Kvm;
 
 use crate::channels::Channels;
 use crate::console::ConsoleSink;
@@ -17,7 +17,7 @@ use crate::placement::{self, Assignment, Placement};
 use crate::pstate::{PStateController, VcpuPState};
 use crate::topology::{FailurePolicy, GuestConfig, HostCore, Topology};
 use crate::vstate::vcpu::{install_kick_handler, Failure, GuestShared, VcpuEvent, VcpuThread};
-use crate::vstate::vm::{set_halt_poll, BuildContext, BuildError, GuestVm, Wiring};
+use crate::vstate::vm::{BuildContext, BuildError, GuestVm, Vm, Wiring};
 use compart_abi::PlacementEntry;
 
 /// Exit status of `compart run` when a guest failed.
@@ -140,7 +140,7 @@ impl VmmHandle {
 
 struct RunningGuest {
     config: GuestConfig,
-    vm: VmFd,
+    vm: Vm,
     wiring: Wiring,
     shared: Arc<GuestShared>,
     threads: Vec<VcpuThread>,
@@ -229,9 +229,9 @@ impl RunOutcome {
     }
 }
 
-fn apply_halt_poll(name: &str, vm: &VmFd, entries: &[PlacementEntry]) {
+fn apply_halt_poll(name: &str, vm: &Vm, entries: &[PlacementEntry]) {
     let ns = placement::halt_poll_ns(entries);
-    if let Err(e) = set_halt_poll(vm, ns) {
+    if let Err(e) = vm.set_halt_poll(ns) {
         log::debug!("guest {name}: KVM_CAP_HALT_POLL {ns} ns: {e}");
     }
 }
@@ -380,20 +380,19 @@ impl RunningVmm {
     /// guest no longer gets that doorbell's interrupt (its irqfd is removed, so that the
     /// host thread sees the rings); it must leave the channel alone (run the `idle`
     /// image, for example).
-    pub fn take_channel_side_a(&self, index: usize) -> Option<HostChannelSide> {
+    pub fn take_channel_side_a(&mut self, index: usize) -> Option<HostChannelSide> {
         let c = self.channels.list.get(index)?;
-        let a = &self.guests[c.guests[0]];
-        let slot = a
-            .wiring
-            .channels
-            .iter()
-            .find(|gc| Arc::ptr_eq(&gc.memory, &c.memory))?;
-        if let Err(e) = a.vm.unregister_irqfd(&slot.wake_me, slot.gsi()) {
-            log::warn!(
-                "guest {}: cannot remove its channel irqfd: {e}",
-                a.config.name
-            );
-            return None;
+        let a = &mut self.guests[c.guests[0]];
+        match a.vm.disconnect_irqfd(&c.kicks[1]) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                log::warn!(
+                    "guest {}: cannot remove its channel irqfd: {e}",
+                    a.config.name
+                );
+                return None;
+            }
         }
         Some(HostChannelSide {
             memory: c.memory.clone(),
