@@ -15,7 +15,7 @@ use crate::topology::{GuestConfig, HostCore, Topology};
 
 /// Why a guest's tables could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("guest {guest}: cannot build its ACPI tables: {source}")]
+#[error("guest {guest}: cannot build its ACPI tables")]
 pub struct AcpiError {
     /// Guest name.
     pub guest: String,

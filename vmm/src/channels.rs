@@ -29,7 +29,7 @@ use crate::topology::Topology;
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelSetupError {
     /// Creating a region or an eventfd failed.
-    #[error("channel {a}-{b}: {what}: {source}")]
+    #[error("channel {a}-{b}: {what}")]
     Host {
         /// Side A's guest.
         a: String,
@@ -78,6 +78,8 @@ pub struct Channels {
 pub struct GuestChannel {
     /// Position in the guest's boot info.
     pub slot: usize,
+    /// The channel's index in the topology (and in [`Channels::list`]).
+    pub index: usize,
     /// The shared region.
     pub memory: Arc<SharedMemory>,
     /// This guest's side.
@@ -178,6 +180,7 @@ impl Channels {
                 };
                 GuestChannel {
                     slot,
+                    index,
                     memory: c.memory.clone(),
                     side,
                     peer: topology.guests[c.guests[peer]].name.clone(),

@@ -41,17 +41,17 @@ pub mod runtime;
 pub mod topology;
 pub mod vstate;
 
-pub use runtime::{
-    start, ControlRequest, GuestState, RunOutcome, RunningVmm, VcpuThreadInfo, VmmError, VmmHandle,
-};
+pub use control::{ControlError, ControlRequest, ControlResponse};
+pub use runtime::{start, GuestState, RunOutcome, RunningVmm, VcpuThreadInfo, VmmError, VmmHandle};
 pub use topology::{HostFacts, Topology};
 
 /// What validation knows about this host and this binary.
 pub fn host_facts() -> HostFacts {
+    let root = std::path::Path::new("/");
     HostFacts {
-        online_cores: topology::online_host_cores(),
+        online_cores: host::online_host_cores(),
         builtin_images: images::builtin_names(),
-        host_ladder: compart_acpi::PStateTable::from_host(),
-        freq_domains: compart_acpi::HostFreqDomains::probe(std::path::Path::new("/")),
+        host_ladder: host::ladder(root, 0).table,
+        freq_domains: host::freq_domains(root),
     }
 }

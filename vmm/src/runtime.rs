@@ -12,10 +12,16 @@ use kvm_ioctls::Kvm;
 
 use crate::channels::Channels;
 use crate::console::ConsoleSink;
+use crate::control::{
+    ChannelStatus, ChannelTotals, ControlError, ControlRequest, ControlResponse, EventTotals,
+    GuestStatus, QueueDepth, StateReport, StatusReport, VcpuStatus,
+};
+use crate::guest_events::EventKind;
 use crate::host::pin_thread;
+use crate::host::{core_list, HostCore};
 use crate::placement::{self, Assignment, Placement};
 use crate::pstate::{PStateController, VcpuPState};
-use crate::topology::{FailurePolicy, GuestConfig, HostCore, Topology};
+use crate::topology::{FailurePolicy, GuestConfig, Topology};
 use crate::vstate::vcpu::{install_kick_handler, Failure, GuestShared, VcpuEvent, VcpuThread};
 use crate::vstate::vm::{BuildContext, BuildError, GuestVm, Vm, Wiring};
 use compart_abi::PlacementEntry;
@@ -27,12 +33,10 @@ pub const EXIT_GUEST_FAILED: i32 = 70;
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
     /// /dev/kvm cannot be opened.
-    #[error(
-        "cannot open /dev/kvm: {0} (is KVM available on this host, and may this user use it?)"
-    )]
+    #[error("cannot open /dev/kvm (is KVM available on this host, and may this user use it?)")]
     NoKvm(#[source] kvm_ioctls::Error),
     /// A KVM system call failed.
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed")]
     Kvm {
         /// The call.
         what: &'static str,
@@ -50,7 +54,7 @@ pub enum VmmError {
     #[error(transparent)]
     Acpi(#[from] crate::acpi::AcpiError),
     /// A thread could not be started or set up.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Thread {
         /// What was being done.
         what: String,
@@ -73,6 +77,17 @@ pub enum GuestState {
     Stopped,
 }
 
+impl std::fmt::Display for GuestState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuestState::Running => f.write_str("running"),
+            GuestState::Exited(status) => write!(f, "exited with status {status}"),
+            GuestState::Failed(failure) => write!(f, "failed: {failure}"),
+            GuestState::Stopped => f.write_str("stopped"),
+        }
+    }
+}
+
 /// One vCPU thread, for inspection (affinity, CPU time) from outside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VcpuThreadInfo {
@@ -89,21 +104,10 @@ pub struct VcpuThreadInfo {
 enum Msg {
     Vcpu(VcpuEvent),
     Stop,
-    Control(ControlRequest, Sender<Result<String, String>>),
-}
-
-/// A request to the running VMM (from the control socket, or a test).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ControlRequest {
-    /// Move every vCPU of a guest onto these host cores.
-    Move {
-        /// Guest name.
-        guest: String,
-        /// Host cores.
-        cores: Vec<HostCore>,
-    },
-    /// Report every guest and vCPU: cores, placement, P-state, exits, queues.
-    Status,
+    Control(
+        ControlRequest,
+        Sender<Result<ControlResponse, ControlError>>,
+    ),
 }
 
 /// Talks to a running VMM from other threads (a signal thread, the control socket, a
@@ -128,13 +132,19 @@ impl VmmHandle {
     }
 
     /// Sends a control request and waits (at most `timeout`) for the answer.
-    pub fn request(&self, request: ControlRequest, timeout: Duration) -> Result<String, String> {
+    pub fn request(
+        &self,
+        request: ControlRequest,
+        timeout: Duration,
+    ) -> Result<ControlResponse, ControlError> {
         let (tx, rx) = channel();
         self.0
             .send(Msg::Control(request, tx))
-            .map_err(|_| "the VMM has stopped".to_string())?;
-        rx.recv_timeout(timeout)
-            .map_err(|_| "the VMM did not answer in time".to_string())?
+            .map_err(|_| ControlError::Stopped)?;
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => ControlError::Timeout,
+            RecvTimeoutError::Disconnected => ControlError::Stopped,
+        })?
     }
 }
 
@@ -433,33 +443,49 @@ impl RunningVmm {
             .collect()
     }
 
-    /// Moves every vCPU of `name` onto `cores`: re-pins the threads, rewrites the
-    /// placement pages that change (and kicks those guests), adapts KVM halt polling,
-    /// and lets the P-state controller follow the new `_PSD` domains.
-    fn move_guest(&mut self, name: &str, cores: Vec<HostCore>) -> Result<String, String> {
+    /// Moves every vCPU of `name` onto `cores`: re-pins the threads, records the new
+    /// assignment, rewrites the placement pages that change (and kicks those guests),
+    /// adapts KVM halt polling, and lets the P-state controller follow the new `_PSD`
+    /// domains.
+    fn move_guest(
+        &mut self,
+        name: &str,
+        cores: Vec<HostCore>,
+    ) -> Result<ControlResponse, ControlError> {
         let index = self
             .guests
             .iter()
             .position(|g| g.config.name == name)
-            .ok_or_else(|| format!("no guest named `{name}`"))?;
+            .ok_or_else(|| ControlError::NoSuchGuest {
+                guest: name.to_string(),
+            })?;
         if cores.is_empty() {
-            return Err("name at least one core".into());
+            return Err(ControlError::InvalidCores {
+                reason: "name at least one core".into(),
+            });
         }
         if let Some(c) = cores.iter().find(|c| !self.topology.host_cores.contains(c)) {
-            return Err(format!(
-                "core {c} is not one of the stack's host cores ({})",
-                crate::topology::core_list(&self.topology.host_cores)
-            ));
+            return Err(ControlError::InvalidCores {
+                reason: format!(
+                    "core {c} is not one of the stack's host cores ({})",
+                    core_list(&self.topology.host_cores)
+                ),
+            });
         }
         let g = &mut self.guests[index];
         if g.state != GuestState::Running {
-            return Err(format!("guest {name} is not running"));
+            return Err(ControlError::NotRunning {
+                guest: name.to_string(),
+            });
         }
         for t in &g.threads {
             let tid = t.tid.load(Ordering::Acquire);
             if tid != 0 {
-                pin_thread(tid, &cores)
-                    .map_err(|e| format!("cannot pin vCPU {} of {name}: {e}", t.index))?;
+                pin_thread(tid, &cores).map_err(|e| ControlError::Pin {
+                    guest: name.to_string(),
+                    vcpu: t.index,
+                    reason: e.to_string(),
+                })?;
             }
         }
         self.assignment.write().unwrap().move_guest(index, &cores);
@@ -478,70 +504,101 @@ impl RunningVmm {
             }
         }
         self.placement = fresh;
-        let dedicated = self.placement[index].iter().all(|e| e.dedicated == 1);
-        let msg = format!(
-            "moved {name} to host core(s) {} ({})",
-            crate::topology::core_list(&cores),
-            if dedicated { "dedicated" } else { "shared" }
-        );
-        log::info!("{msg}");
-        Ok(msg)
+        let moved = ControlResponse::Moved {
+            guest: name.to_string(),
+            cores,
+            dedicated: self.placement[index].iter().all(|e| e.dedicated == 1),
+        };
+        log::info!("{moved}");
+        Ok(moved)
     }
 
-    /// A text report: per vCPU its thread, cores, placement, P-state and exits; per
-    /// channel the queue occupancy and sleep/kick counters.
-    fn status(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        let assignment = self.assignment.read().unwrap();
+    /// Per guest its state, per vCPU its thread, cores, placement, P-state and exits,
+    /// per channel the current queue depths and the totals, and the events it caused.
+    fn status(&self) -> StatusReport {
         let pstates = self.pstates.status();
-        for (i, g) in self.guests.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "guest {} ({}): {:?}",
-                g.config.name, g.config.role, g.state
-            );
-            for t in &g.threads {
-                let p = pstates
+        let assignment = self.assignment.read().unwrap();
+        let guests = self
+            .guests
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let vcpus = g
+                    .threads
                     .iter()
-                    .find(|p| p.guest == g.config.name && p.vcpu == t.index as usize);
-                let e = &self.placement[i][t.index as usize];
-                let _ = writeln!(
-                    out,
-                    "  vcpu {} tid {} cores {} {} P{} {} MHz ({}) exits {}",
-                    t.index,
-                    t.tid.load(Ordering::Acquire),
-                    crate::topology::core_list(assignment.vcpu(i, t.index as usize)),
-                    if e.dedicated == 1 {
-                        "dedicated"
-                    } else {
-                        "shared"
+                    .map(|t| {
+                        let v = t.index as usize;
+                        let p = pstates
+                            .iter()
+                            .find(|p| p.guest == g.config.name && p.vcpu == v);
+                        VcpuStatus {
+                            index: t.index,
+                            tid: t.tid.load(Ordering::Acquire),
+                            cores: assignment.vcpu(i, v).to_vec(),
+                            dedicated: self.placement[i][v].dedicated == 1,
+                            pstate: p.map_or(0, |p| p.effective),
+                            mhz: p.map_or(0, |p| p.mhz),
+                            backend: p.map_or("?", |p| p.backend).to_string(),
+                            exits: t.exits.load(Ordering::Relaxed),
+                        }
+                    })
+                    .collect();
+                let channels = g
+                    .wiring
+                    .channels
+                    .iter()
+                    .map(|c| {
+                        let layout = &self.channels.list[c.index].layout;
+                        let region = c.memory.region();
+                        let o = compart_channel::occupancy(&region, layout, c.side);
+                        let n = compart_channel::counters(&region, layout, c.side);
+                        let t = compart_channel::totals(&region, layout, c.side);
+                        ChannelStatus {
+                            peer: c.peer.clone(),
+                            side: match c.side {
+                                compart_channel::Side::A => "a",
+                                compart_channel::Side::B => "b",
+                            }
+                            .to_string(),
+                            depth: QueueDepth {
+                                requests_in: o.requests_in,
+                                requests_out: o.requests_out,
+                                replies_in: o.replies_in,
+                                replies_out: o.replies_out,
+                            },
+                            totals: ChannelTotals {
+                                requests_sent: t.requests_sent,
+                                requests_received: t.requests_received,
+                                replies_sent: t.replies_sent,
+                                replies_received: t.replies_received,
+                                sleeps: n.sleeps,
+                                kicks: n.kicks,
+                            },
+                        }
+                    })
+                    .collect();
+                let events = &g.shared.events;
+                GuestStatus {
+                    name: g.config.name.clone(),
+                    role: g.config.role.to_string(),
+                    state: match &g.state {
+                        GuestState::Running => StateReport::Running,
+                        GuestState::Exited(status) => StateReport::Exited { status: *status },
+                        GuestState::Failed(f) => StateReport::Failed {
+                            failure: f.to_string(),
+                        },
+                        GuestState::Stopped => StateReport::Stopped,
                     },
-                    p.map_or(0, |p| p.effective),
-                    p.map_or(0, |p| p.mhz),
-                    p.map_or("?", |p| p.backend),
-                    t.exits.load(Ordering::Relaxed)
-                );
-            }
-            let events: Vec<String> = crate::guest_events::EventKind::ALL
-                .iter()
-                .map(|&k| format!("{k} {}", g.shared.events.total(k)))
-                .collect();
-            let _ = writeln!(out, "  guest events: {}", events.join(", "));
-            for c in &g.wiring.channels {
-                let layout = &self.channels.list[self.topology.channels_of(i)[c.slot].0].layout;
-                let region = c.memory.region();
-                let o = compart_channel::occupancy(&region, layout, c.side);
-                let n = compart_channel::counters(&region, layout, c.side);
-                let _ = writeln!(
-                    out,
-                    "  channel to {} (side {:?}): requests in {} out {}, replies in {} out {}; sleeps {} kicks {}",
-                    c.peer, c.side, o.requests_in, o.requests_out, o.replies_in, o.replies_out,
-                    n.sleeps, n.kicks
-                );
-            }
-        }
-        out
+                    vcpus,
+                    channels,
+                    events: EventTotals {
+                        refused_msr_writes: events.total(EventKind::RefusedMsrWrite),
+                        pstate_changes: events.total(EventKind::PStateChange),
+                    },
+                }
+            })
+            .collect();
+        StatusReport { guests }
     }
 
     fn stop_all(&mut self) {
@@ -612,7 +669,12 @@ impl RunningVmm {
             Msg::Control(request, reply) => {
                 let answer = match request {
                     ControlRequest::Move { guest, cores } => self.move_guest(&guest, cores),
-                    ControlRequest::Status => Ok(self.status()),
+                    ControlRequest::Status => Ok(ControlResponse::Status(self.status())),
+                    ControlRequest::Stop => {
+                        log::info!("stopping all guests (control request)");
+                        self.stop_all();
+                        Ok(ControlResponse::Stopping)
+                    }
                 };
                 let _ = reply.send(answer);
             }

@@ -72,15 +72,7 @@ pub const MIN_MEMORY_MIB: u32 = 3;
 /// (up to 4 GiB) is kept for device and doorbell pages.
 pub const MAX_MEMORY_MIB: u32 = 2048;
 
-/// A host CPU number, as `sched_setaffinity` and `/sys/devices/system/cpu` count them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct HostCore(pub u32);
-
-impl fmt::Display for HostCore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+pub use crate::host::{core_list, HostCore};
 
 /// What a guest is in the network stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -111,6 +103,15 @@ impl Role {
             Role::Posix => "posix",
             Role::App => "app",
         }
+    }
+}
+
+impl fmt::Display for FailurePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailurePolicy::StopAll => "stop-all",
+            FailurePolicy::StopGuest => "stop-guest",
+        })
     }
 }
 
@@ -268,8 +269,8 @@ impl fmt::Display for Problem {
 /// Why a topology file was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
-    /// Cannot read topology file {path}: {source}
-    #[error("cannot read topology file {path}: {source}")]
+    /// The file cannot be read.
+    #[error("cannot read topology file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -772,63 +773,6 @@ fn validate(file: FileRepr, base: &Path, host: &HostFacts) -> Result<Topology, V
     }
 }
 
-/// Formats cores as `0-3,6`.
-pub fn core_list(cores: &[HostCore]) -> String {
-    let mut v: Vec<u32> = cores.iter().map(|c| c.0).collect();
-    v.sort_unstable();
-    v.dedup();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < v.len() {
-        let start = v[i];
-        let mut end = start;
-        while i + 1 < v.len() && v[i + 1] == end + 1 {
-            i += 1;
-            end = v[i];
-        }
-        out.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        i += 1;
-    }
-    out.join(",")
-}
-
-/// Parses a Linux CPU list (`0-3,6`), as in `/sys/devices/system/cpu/online`.
-pub fn parse_core_list(s: &str) -> Option<Vec<HostCore>> {
-    let mut out = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-                if b < a || b - a > 65536 {
-                    return None;
-                }
-                out.extend((a..=b).map(HostCore));
-            }
-            None => out.push(HostCore(part.parse().ok()?)),
-        }
-    }
-    Some(out)
-}
-
-/// The cores online on this host, from `/sys/devices/system/cpu/online`, or failing
-/// that the cores this process may run on.
-pub fn online_host_cores() -> Vec<HostCore> {
-    if let Some(v) = std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .ok()
-        .and_then(|s| parse_core_list(&s))
-    {
-        if !v.is_empty() {
-            return v;
-        }
-    }
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (0..n as u32).map(HostCore).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1138,14 +1082,6 @@ mod tests {
     #[test]
     fn empty_topology_is_reported() {
         assert_eq!(problems(""), vec!["guest: the topology has no guests"]);
-    }
-
-    #[test]
-    fn core_lists_round_trip() {
-        let v = parse_core_list("0-3,6,8-9\n").unwrap();
-        assert_eq!(core_list(&v), "0-3,6,8-9");
-        assert!(parse_core_list("3-1").is_none());
-        assert!(parse_core_list("x").is_none());
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub enum BuildError {
         reason: String,
     },
     /// A KVM call failed.
-    #[error("guest {guest}: {what} failed: {source}")]
+    #[error("guest {guest}: {what} failed")]
     Kvm {
         /// Guest name.
         guest: String,
@@ -68,7 +68,7 @@ pub enum BuildError {
         source: InterruptError,
     },
     /// The image cannot be read.
-    #[error("guest {guest}: cannot read image {image}: {source}")]
+    #[error("guest {guest}: cannot read image {image}")]
     ImageRead {
         /// Guest name.
         guest: String,
@@ -79,7 +79,7 @@ pub enum BuildError {
         source: std::io::Error,
     },
     /// The image cannot be loaded.
-    #[error("guest {guest}: image {image}: {source}")]
+    #[error("guest {guest}: cannot load image {image}")]
     Image {
         /// Guest name.
         guest: String,
