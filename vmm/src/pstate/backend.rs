@@ -12,22 +12,7 @@ use std::sync::Mutex;
 
 use compart_acpi::Mhz;
 
-use crate::topology::HostCore;
-
-/// Which backend the topology asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// The best one this host supports.
-    #[default]
-    Auto,
-    /// Host cpufreq limits.
-    Cpufreq,
-    /// Host IA32_PERF_CTL through /dev/cpu/N/msr.
-    Msr,
-    /// Duty-cycling the vCPU thread.
-    Soft,
-}
+use crate::topology::{BackendChoice, HostCore};
 
 /// Applies per-core frequencies on the host.
 pub trait FreqBackend: fmt::Debug + Send + Sync {

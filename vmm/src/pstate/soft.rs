@@ -15,8 +15,8 @@
 
 use std::time::{Duration, Instant};
 
-/// Length of a duty-cycle period.
-pub const DEFAULT_PERIOD: Duration = Duration::from_millis(10);
+/// Length of a duty-cycle period, unless the topology names one.
+pub use crate::topology::DEFAULT_SOFT_PERIOD as DEFAULT_PERIOD;
 
 use super::perf_counters::thread_cpu_ns;
 
