@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use compart_acpi::{Coordination, Mhz};
 
 use crate::placement::Assignment;
-use crate::topology::{HostCore, Topology};
+use crate::topology::{coordination_name, HostCore, Topology};
 use backend::FreqBackend;
 use coordination::{Change, GuestPStates, Refusal};
 
@@ -147,15 +147,6 @@ pub struct PStateController {
     /// Where each vCPU runs (the runtime's record, read here).
     assignment: Arc<RwLock<Assignment>>,
     topology: Topology,
-}
-
-/// The `_PSD` coordination type as the topology file spells it.
-pub fn coordination_name(c: Coordination) -> &'static str {
-    match c {
-        Coordination::SwAll => "sw-all",
-        Coordination::SwAny => "sw-any",
-        Coordination::HwAll => "hw-all",
-    }
 }
 
 impl PStateController {

@@ -67,11 +67,12 @@ impl Default for PerfCounters {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
-    fn spin(d: Duration) {
+    /// Busy for `d` of wall time (for tests that need CPU time to pass).
+    pub(crate) fn spin(d: Duration) {
         let t = Instant::now();
         while t.elapsed() < d {
             std::hint::spin_loop();

@@ -125,13 +125,7 @@ impl Drop for Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spin(d: Duration) {
-        let t = Instant::now();
-        while t.elapsed() < d {
-            std::hint::spin_loop();
-        }
-    }
+    use crate::pstate::perf_counters::tests::spin;
 
     #[test]
     fn throttle_caps_a_busy_thread_at_its_ratio() {

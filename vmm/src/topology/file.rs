@@ -22,20 +22,17 @@ pub(super) struct FileRepr {
     pub(super) nics: Vec<toml::Table>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub(super) enum CoordinationRepr {
-    SwAll,
-    SwAny,
-    HwAll,
-}
-
-impl From<CoordinationRepr> for Coordination {
-    fn from(c: CoordinationRepr) -> Self {
-        match c {
-            CoordinationRepr::SwAll => Coordination::SwAll,
-            CoordinationRepr::SwAny => Coordination::SwAny,
-            CoordinationRepr::HwAll => Coordination::HwAll,
+/// A `_PSD` coordination type, spelled as [`super::coordination_name`] spells it.
+fn coordination<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Coordination>, D::Error> {
+    let name = String::deserialize(d)?;
+    match super::coordination_from_name(&name) {
+        Some(c) => Ok(Some(c)),
+        None => {
+            let names = super::COORDINATION_NAMES.map(|(_, n)| format!("`{n}`"));
+            Err(serde::de::Error::custom(format!(
+                "unknown variant `{name}`, expected one of {}",
+                names.join(", ")
+            )))
         }
     }
 }
@@ -43,7 +40,8 @@ impl From<CoordinationRepr> for Coordination {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PStatesRepr {
-    pub(super) coordination: Option<CoordinationRepr>,
+    #[serde(default, deserialize_with = "coordination")]
+    pub(super) coordination: Option<Coordination>,
     #[serde(default)]
     pub(super) backend: BackendChoice,
     pub(super) soft_period_us: Option<u64>,
@@ -92,5 +90,6 @@ pub(super) struct GuestRepr {
     #[serde(default)]
     pub(super) ppc: u32,
     pub(super) pstate: Option<u32>,
-    pub(super) coordination: Option<CoordinationRepr>,
+    #[serde(default, deserialize_with = "coordination")]
+    pub(super) coordination: Option<Coordination>,
 }

@@ -76,6 +76,30 @@ pub const MAX_MEMORY_MIB: u32 = 2048;
 
 pub use crate::host::{core_list, HostCore};
 
+/// The `_PSD` coordination types as topology files (and the VMM's logs) spell them:
+/// the one spelling on the VMM's side.
+pub const COORDINATION_NAMES: [(Coordination, &str); 3] = [
+    (Coordination::SwAll, "sw-all"),
+    (Coordination::SwAny, "sw-any"),
+    (Coordination::HwAll, "hw-all"),
+];
+
+/// How a topology file spells `c`.
+pub fn coordination_name(c: Coordination) -> &'static str {
+    COORDINATION_NAMES
+        .iter()
+        .find(|(k, _)| *k == c)
+        .map_or("?", |(_, n)| n)
+}
+
+/// The coordination type a topology file calls `name`.
+pub fn coordination_from_name(name: &str) -> Option<Coordination> {
+    COORDINATION_NAMES
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(c, _)| *c)
+}
+
 /// Soft scaling's duty-cycle period, unless `pstates.soft_period_us` names one.
 pub const DEFAULT_SOFT_PERIOD: Duration = Duration::from_millis(10);
 
@@ -634,6 +658,22 @@ mod tests {
         assert_eq!(t.guests[0].initial_pstate, 1);
         assert_eq!(t.guests[1].coordination, Coordination::SwAll);
         assert_eq!(t.freq_backend, BackendChoice::Auto);
+    }
+
+    #[test]
+    fn every_coordination_name_reads_back_as_its_type_and_others_are_refused() {
+        for (c, name) in COORDINATION_NAMES {
+            let t = parse(&format!(
+                "[pstates]\ncoordination = \"{name}\"\n[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\n"
+            ))
+            .unwrap();
+            assert_eq!(t.guests[0].coordination, c);
+            assert_eq!(coordination_name(c), name);
+        }
+        let m = syntax(
+            "[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\ncoordination = \"sw_all\"\n",
+        );
+        assert!(m.contains("unknown variant `sw_all`"), "{m}");
     }
 
     #[test]

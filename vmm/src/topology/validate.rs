@@ -95,7 +95,7 @@ struct PStates {
 fn pstates(file: Option<&PStatesRepr>, host: &HostFacts, p: &mut Problems) -> PStates {
     let coordination = file
         .and_then(|f| f.coordination)
-        .map_or(Coordination::HwAll, Coordination::from);
+        .unwrap_or(Coordination::HwAll);
     let ladder = match file.and_then(|f| f.ladder.as_ref()) {
         None => host.host_ladder.clone(),
         Some(ladder) => {
@@ -253,7 +253,7 @@ fn guest(
     GuestConfig {
         initial_pstate,
         ppc: g.ppc,
-        coordination: g.coordination.map_or(ps.coordination, Coordination::from),
+        coordination: g.coordination.unwrap_or(ps.coordination),
         name: g.name,
         role: g.role,
         image,

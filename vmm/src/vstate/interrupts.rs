@@ -11,6 +11,11 @@
 //! KVM replaces the whole routing table on every `KVM_SET_GSI_ROUTING` (and waits for
 //! an RCU grace period each time), so routes are collected by [`MsiRoutes::add`] and
 //! set in one call by [`MsiRoutes::apply`].
+//!
+//! The eventfds are `vmm_sys_util`'s, because `kvm-ioctls` takes that type. The
+//! channel crate's `compart_channel::host::EventFd` is a different thing: a host
+//! thread's `Notifier`/`Waiter` for the channel protocol (benchmarks, host tests),
+//! which the VMM itself never waits on.
 
 use kvm_bindings::{kvm_irq_routing_msi, KvmIrqRouting, KVM_IRQ_ROUTING_MSI};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
