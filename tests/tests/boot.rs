@@ -295,3 +295,23 @@ fn after_a_live_move_thread_info_reports_the_new_cores() {
     control.stop();
     vmm.wait();
 }
+
+#[test]
+fn a_vmm_dropped_without_waiting_stops_and_joins_its_vcpu_threads() {
+    if !require_kvm() {
+        return;
+    }
+    let capture = Capture::default();
+    let t = topology(&guest("sleeper", "halt", "stop-all"));
+    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+    let tid = poll(BOOT, "the vCPU thread", || {
+        vmm.vcpu_threads().first().map(|t| t.tid)
+    });
+    let task = format!("/proc/self/task/{tid}");
+    assert!(std::path::Path::new(&task).exists());
+    drop(vmm);
+    assert!(
+        !std::path::Path::new(&task).exists(),
+        "the vCPU thread outlived its VMM"
+    );
+}

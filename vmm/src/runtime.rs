@@ -379,6 +379,35 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
     Ok(vmm)
 }
 
+impl Drop for RunningVmm {
+    /// No vCPU may run once its guest's `Vm`, and the memory behind the VM's slots,
+    /// are gone: a VMM dropped without [`RunningVmm::wait`] stops its guests and joins
+    /// every vCPU thread before the guests (and their `Vm`s) drop.
+    fn drop(&mut self) {
+        if self.guests.iter().all(RunningGuest::finished) {
+            return;
+        }
+        self.stop_all();
+        while !self.guests.iter().all(RunningGuest::finished) {
+            for t in self.guests.iter_mut().flat_map(|g| &mut g.threads) {
+                match t.handle.take() {
+                    Some(h) if h.is_finished() => {
+                        let _ = h.join();
+                    }
+                    Some(h) => {
+                        t.handle = Some(h);
+                        // Again and again: a kick is lost if it lands before the thread
+                        // has registered its kvm_run.
+                        t.kick();
+                    }
+                    None => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 impl RunningVmm {
     /// A handle that stops or controls this VMM from another thread.
     pub fn handle(&self) -> VmmHandle {

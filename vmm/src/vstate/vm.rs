@@ -133,7 +133,8 @@ impl GuestLayout {
 /// memory), the slot allocator, the MSI routes with their GSI allocator, and the
 /// eventfds connected to them. [`Vm::add_ram`] and [`Vm::map_shared`] are the only
 /// paths that register memory, so "every mapping outlives the VM's use of it" holds
-/// by construction: `Drop` closes the VM first, then the mappings go.
+/// by construction: `Drop` closes the VM first, then the mappings go (and the running
+/// VMM joins the VM's vCPU threads before that; see `RunningVmm`'s `Drop`).
 #[derive(Debug)]
 pub struct Vm {
     /// Closed first, in `Drop`; the fields below drop after it.
@@ -199,8 +200,12 @@ impl Vm {
             userspace_addr: host,
         };
         // SAFETY: both callers pass a mapping [host, host + len) that they have just
-        // stored in `self` (RAM in `memory`, a region in `shared`); `Drop` closes the
-        // VM before those fields drop, so the mapping outlives the slot.
+        // stored in `self` (RAM in `memory`, a region in `shared`), which keeps it
+        // mapped as long as `self` lives. When `self` drops, `Drop` closes the VM fd
+        // first, and no vCPU of the VM runs any more by then: `RunningVmm` joins every
+        // vCPU thread before its guests' `Vm`s drop, and a `GuestVm` that never ran
+        // has no running vCPU. So no guest access reaches the slot after the mapping
+        // is gone.
         unsafe { self.fd.set_user_memory_region(r) }?;
         self.next_slot += 1;
         Ok(slot)
