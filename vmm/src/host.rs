@@ -15,9 +15,10 @@
 //!
 //! Frequency domains come from cpufreq's `freqdomain_cpus` (the CPUs hardware scales
 //! together), else `related_cpus` (the CPUs sharing a cpufreq policy); a CPU without
-//! cpufreq is its own domain. Whether cpufreq limits or the host's PERF_CTL can be
-//! *written* is the frequency backends' own probe (`pstate/backend.rs`), since only
-//! trying the write tells.
+//! cpufreq is its own domain. Where the frequency backends write (cpufreq limits, the
+//! MSR devices) and whether the CPU is Intel's are here too; whether those can be
+//! *written* is the backends' own probe (`pstate/backend.rs`), since only opening
+//! them for writing tells.
 //!
 //! (`compart_channel::host::pin_current_thread` pins the calling thread to one CPU for
 //! the channel crate's host-thread tests and benchmarks; the VMM pins any thread, by
@@ -120,6 +121,22 @@ pub fn online_host_cores() -> Vec<HostCore> {
     }
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
     (0..n as u32).map(HostCore).collect()
+}
+
+/// The cpufreq limit the `cpufreq` frequency backend writes for `core`.
+pub fn cpufreq_max_freq_file(root: &Path, core: HostCore) -> std::path::PathBuf {
+    root.join(format!("{CPU_DIR}/cpu{core}/cpufreq/scaling_max_freq"))
+}
+
+/// The MSR device of `core` (the `msr` module's), which the `msr` backend uses.
+pub fn msr_device(root: &Path, core: HostCore) -> std::path::PathBuf {
+    root.join(format!("dev/cpu/{core}/msr"))
+}
+
+/// Whether the host CPU is Intel's (whose IA32_PERF_CTL ratios the `msr` backend
+/// writes), from `/proc/cpuinfo`.
+pub fn is_intel(root: &Path) -> bool {
+    fs::read_to_string(root.join("proc/cpuinfo")).is_ok_and(|c| c.contains("GenuineIntel"))
 }
 
 /// [`parse_core_list`] as plain CPU numbers.

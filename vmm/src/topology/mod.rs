@@ -150,6 +150,17 @@ impl Role {
     }
 }
 
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Cpufreq => "cpufreq",
+            BackendChoice::Msr => "msr",
+            BackendChoice::Soft => "soft",
+        })
+    }
+}
+
 impl fmt::Display for FailurePolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
