@@ -48,10 +48,16 @@ pub use topology::{HostFacts, Topology};
 /// What validation knows about this host and this binary.
 pub fn host_facts() -> HostFacts {
     let root = std::path::Path::new("/");
+    let ladder = host::ladder(root, 0);
+    log::debug!(
+        "host P-state ladder ({} states) from {}",
+        ladder.table.len(),
+        ladder.source
+    );
     HostFacts {
         online_cores: host::online_host_cores(),
         builtin_images: images::builtin_names(),
-        host_ladder: host::ladder(root, 0).table,
+        host_ladder: ladder.table,
         freq_domains: host::freq_domains(root),
     }
 }

@@ -446,11 +446,6 @@ impl RunningVmm {
         self.pstates.status()
     }
 
-    /// The P-state controller (for re-pinning and status views).
-    pub fn pstate_controller(&self) -> &Arc<PStateController> {
-        &self.pstates
-    }
-
     /// The vCPU threads that have started so far.
     pub fn vcpu_threads(&self) -> Vec<VcpuThreadInfo> {
         let assignment = self.assignment.read().unwrap();

@@ -12,7 +12,7 @@ use compart_abi::{
 };
 use compart_channel::host::SharedMemory;
 use kvm_bindings::{kvm_userspace_memory_region, CpuId, KVM_MEM_READONLY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -337,121 +337,42 @@ impl GuestVm {
         acpi: &AcpiTables,
         wiring: &Wiring,
     ) -> Result<GuestVm, BuildError> {
-        let (kvm, supported_cpuid, pstates) = (ctx.kvm, ctx.cpuid, ctx.pstates);
-        let sink = ctx.sink.clone();
         let name = &config.name;
-        let kvm_err = |what| {
-            move |source| BuildError::Kvm {
-                guest: name.clone(),
-                what,
-                source,
-            }
-        };
-        let size = config.memory_bytes();
-        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
-            .map_err(|e| BuildError::Memory {
-                guest: name.clone(),
-                mib: config.memory_mib,
-                reason: e.to_string(),
-            })?;
-
-        let image_bytes =
-            crate::images::read(&config.image).map_err(|source| BuildError::ImageRead {
-                guest: name.clone(),
-                image: config.image.to_string(),
-                source,
-            })?;
-        let image =
-            loader::load(&image_bytes, &memory, size).map_err(|source| BuildError::Image {
-                guest: name.clone(),
-                image: config.image.to_string(),
-                source,
-            })?;
-        let vcpus = config.vcpus();
-        let stacks_end = image.end + u64::from(vcpus) * RING3_STACK_SIZE;
-        if stacks_end + MIN_HEAP_SIZE > size {
-            return Err(BuildError::TooSmall {
-                guest: name.clone(),
-                mib: config.memory_mib,
-                image_end: image.end,
-                vcpus,
-                stack_kib: RING3_STACK_SIZE / 1024,
-                heap_kib: MIN_HEAP_SIZE / 1024,
-            });
-        }
-        let layout = GuestLayout {
-            image_end: image.end,
-            heap_start: stacks_end,
-            heap_size: size - stacks_end,
-        };
-
-        let mut vm = Vm::new(kvm).map_err(kvm_err("KVM_CREATE_VM"))?;
-        vm.add_ram(memory.clone())
-            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        // Channel regions (shared with the peer) and the placement page (read-only).
-        for c in &wiring.channels {
-            vm.map_shared(c.region_gpa(), c.memory.clone(), false)
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (channel)"))?;
-        }
-        vm.map_shared(PLACEMENT_GPA, wiring.placement.memory.clone(), true)
-            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (placement)"))?;
-        vm.fd()
-            .create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        connect_interrupts(&mut vm, wiring).map_err(|source| BuildError::Interrupts {
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(
+            GuestAddress(0),
+            config.memory_bytes() as usize,
+        )])
+        .map_err(|e| BuildError::Memory {
             guest: name.clone(),
-            source,
+            mib: config.memory_mib,
+            reason: e.to_string(),
         })?;
-        crate::pstate::msrs::intercept(vm.fd()).map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
+        let (header, layout) = load_image(config, &memory)?;
+        let vm = register(ctx.kvm, config, memory.clone(), wiring)?;
 
         let shared = Arc::new(GuestShared {
             index,
             name: name.clone(),
             stop: AtomicBool::new(false),
             memory,
-            console: GuestConsole::new(sink),
+            console: GuestConsole::new(ctx.sink.clone()),
             events: Arc::new(GuestEvents::new(name)),
             // No device is on a guest's bus yet: every MMIO exit fails the guest.
             mmio: Arc::new(MmioBus::new()),
         });
-
-        let mut vcpu_list = Vec::with_capacity(vcpus as usize);
-        for i in 0..vcpus {
-            let fd = vm
-                .fd()
-                .create_vcpu(u64::from(i))
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let cpuid = arch::cpuid::for_vcpu(supported_cpuid.clone(), i, vcpus);
-            fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-            let sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-            fd.set_sregs(&arch::regs::sregs(sregs, i))
-                .map_err(kvm_err("KVM_SET_SREGS"))?;
-            fd.set_regs(&arch::regs::regs(
-                image.header.entry,
-                layout.stack_top(i),
-                i,
-            ))
-            .map_err(kvm_err("KVM_SET_REGS"))?;
-            fd.set_fpu(&arch::regs::fpu())
-                .map_err(kvm_err("KVM_SET_FPU"))?;
-            let mut lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
-            // Spurious-interrupt vector register: software-enable the local APIC so
-            // that doorbell interrupts are accepted, spurious vector 0xff.
-            let svr = 0x100 | u32::from(SPURIOUS_VECTOR);
-            for (k, b) in svr.to_le_bytes().iter().enumerate() {
-                lapic.regs[0xf0 + k] = *b as _;
-            }
-            fd.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
-            vcpu_list.push(Vcpu {
-                fd,
-                index: i,
-                guest: shared.clone(),
-                cores: config.vcpu_cores[i as usize].clone(),
-                pstates: pstates.clone(),
-            });
-        }
+        let vcpus = (0..config.vcpus())
+            .map(|i| {
+                Ok(Vcpu {
+                    fd: create_vcpu(ctx, &vm, config, i, header.entry, &layout)?,
+                    index: i,
+                    guest: shared.clone(),
+                    cores: config.vcpu_cores[i as usize].clone(),
+                    pstates: ctx.pstates.clone(),
+                })
+            })
+            .collect::<Result<Vec<Vcpu>, BuildError>>()?;
         // KVM knows the TSC rate the guest sees (rdtsc runs natively).
-        let tsc_khz = match vcpu_list.first().map(|v| v.fd.get_tsc_khz()) {
+        let tsc_khz = match vcpus.first().map(|v| v.fd.get_tsc_khz()) {
             Some(Ok(khz)) => u64::from(khz),
             _ => 0,
         };
@@ -459,7 +380,7 @@ impl GuestVm {
             &shared.memory,
             config,
             &layout,
-            &image.header,
+            &header,
             acpi,
             tsc_khz,
             wiring,
@@ -467,10 +388,117 @@ impl GuestVm {
         Ok(GuestVm {
             vm,
             shared,
-            vcpus: vcpu_list,
+            vcpus,
             layout,
         })
     }
+}
+
+fn kvm_err(guest: &str, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    let guest = guest.to_string();
+    move |source| BuildError::Kvm {
+        guest,
+        what,
+        source,
+    }
+}
+
+/// Loads the guest's image into `memory` and places the ring-3 stacks and the heap
+/// after it; refuses a guest whose RAM cannot hold them.
+fn load_image(
+    config: &GuestConfig,
+    memory: &GuestMemoryMmap,
+) -> Result<(compart_abi::FirmwareHeader, GuestLayout), BuildError> {
+    let (name, size) = (&config.name, config.memory_bytes());
+    let image_bytes =
+        crate::images::read(&config.image).map_err(|source| BuildError::ImageRead {
+            guest: name.clone(),
+            image: config.image.to_string(),
+            source,
+        })?;
+    let image = loader::load(&image_bytes, memory, size).map_err(|source| BuildError::Image {
+        guest: name.clone(),
+        image: config.image.to_string(),
+        source,
+    })?;
+    let vcpus = config.vcpus();
+    let stacks_end = image.end + u64::from(vcpus) * RING3_STACK_SIZE;
+    if stacks_end + MIN_HEAP_SIZE > size {
+        return Err(BuildError::TooSmall {
+            guest: name.clone(),
+            mib: config.memory_mib,
+            image_end: image.end,
+            vcpus,
+            stack_kib: RING3_STACK_SIZE / 1024,
+            heap_kib: MIN_HEAP_SIZE / 1024,
+        });
+    }
+    let layout = GuestLayout {
+        image_end: image.end,
+        heap_start: stacks_end,
+        heap_size: size - stacks_end,
+    };
+    Ok((image.header, layout))
+}
+
+/// The VM with everything registered, in the order start-up cost needs: memory slots
+/// (RAM, channel regions, the read-only placement page), then the in-kernel irqchip,
+/// then interrupts and the MSR filter.
+fn register(
+    kvm: &Kvm,
+    config: &GuestConfig,
+    memory: GuestMemoryMmap,
+    wiring: &Wiring,
+) -> Result<Vm, BuildError> {
+    let name = &config.name;
+    let mut vm = Vm::new(kvm).map_err(kvm_err(name, "KVM_CREATE_VM"))?;
+    vm.add_ram(memory)
+        .map_err(kvm_err(name, "KVM_SET_USER_MEMORY_REGION"))?;
+    for c in &wiring.channels {
+        vm.map_shared(c.region_gpa(), c.memory.clone(), false)
+            .map_err(kvm_err(name, "KVM_SET_USER_MEMORY_REGION (channel)"))?;
+    }
+    vm.map_shared(PLACEMENT_GPA, wiring.placement.memory.clone(), true)
+        .map_err(kvm_err(name, "KVM_SET_USER_MEMORY_REGION (placement)"))?;
+    vm.fd()
+        .create_irq_chip()
+        .map_err(kvm_err(name, "KVM_CREATE_IRQCHIP"))?;
+    connect_interrupts(&mut vm, wiring).map_err(|source| BuildError::Interrupts {
+        guest: name.clone(),
+        source,
+    })?;
+    crate::pstate::msrs::intercept(vm.fd()).map_err(kvm_err(name, "KVM_X86_SET_MSR_FILTER"))?;
+    Ok(vm)
+}
+
+/// vCPU `i` in its start state: CPUID, long mode in ring 3, its entry and stack, FPU,
+/// and a software-enabled local APIC.
+fn create_vcpu(
+    ctx: &BuildContext<'_>,
+    vm: &Vm,
+    config: &GuestConfig,
+    i: u32,
+    entry: u64,
+    layout: &GuestLayout,
+) -> Result<VcpuFd, BuildError> {
+    let err = |what| kvm_err(&config.name, what);
+    let fd = vm
+        .fd()
+        .create_vcpu(u64::from(i))
+        .map_err(err("KVM_CREATE_VCPU"))?;
+    let cpuid = arch::cpuid::for_vcpu(ctx.cpuid.clone(), i, config.vcpus());
+    fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
+    let sregs = fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+    fd.set_sregs(&arch::regs::sregs(sregs, i))
+        .map_err(err("KVM_SET_SREGS"))?;
+    fd.set_regs(&arch::regs::regs(entry, layout.stack_top(i), i))
+        .map_err(err("KVM_SET_REGS"))?;
+    fd.set_fpu(&arch::regs::fpu()).map_err(err("KVM_SET_FPU"))?;
+    let mut lapic = fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
+    // Doorbells and the placement kick need an enabled APIC; spurious vector 0xff.
+    arch::lapic::software_enable(&mut lapic, SPURIOUS_VECTOR);
+    fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))?;
+    Ok(fd)
 }
 
 /// What connects a guest to the others: its channels and its placement page.
