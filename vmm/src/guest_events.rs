@@ -83,6 +83,11 @@ impl GuestEvents {
         }
     }
 
+    /// The guest's name.
+    pub fn guest(&self) -> &str {
+        &self.guest
+    }
+
     fn counter(&self, kind: EventKind) -> &Counter {
         &self.counters[kind as usize]
     }

@@ -73,7 +73,8 @@ impl VcpuMsrs {
                 Ok(t) => Some(t),
                 Err(e) => {
                     log::warn!(
-                        "guest {guest} vCPU {vcpu}: no soft-scaling timer ({e}); it runs at full speed"
+                        "guest {} vCPU {vcpu}: no soft-scaling timer ({e}); it runs at full speed",
+                        events.guest()
                     );
                     None
                 }
