@@ -158,7 +158,7 @@ pub fn register_mmio_ioeventfd(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -184,16 +184,23 @@ mod tests {
         assert_eq!((m.address_lo, m.address_hi, m.data), (0xfee0_3000, 0, 0x41));
     }
 
-    #[test]
-    fn routes_irqfds_and_ioeventfds_with_and_without_datamatch_register_in_kvm() {
-        let kvm = match kvm_ioctls::Kvm::new() {
-            Ok(k) => k,
-            // The project's convention for tests that need KVM (tests/src/lib.rs).
+    /// `/dev/kvm`, or `None` when it is unusable and `COMPART_SKIP_KVM_TESTS=1` (the
+    /// project's convention for tests that need KVM, as in `tests/src/lib.rs`).
+    pub(crate) fn kvm_for_test() -> Option<kvm_ioctls::Kvm> {
+        match kvm_ioctls::Kvm::new() {
+            Ok(k) => Some(k),
             Err(e) if std::env::var("COMPART_SKIP_KVM_TESTS").as_deref() == Ok("1") => {
                 eprintln!("skipping: /dev/kvm is not usable ({e})");
-                return;
+                None
             }
             Err(e) => panic!("/dev/kvm is not usable ({e}); set COMPART_SKIP_KVM_TESTS=1 to skip"),
+        }
+    }
+
+    #[test]
+    fn routes_irqfds_and_ioeventfds_with_and_without_datamatch_register_in_kvm() {
+        let Some(kvm) = kvm_for_test() else {
+            return;
         };
         let vm = kvm.create_vm().unwrap();
         vm.create_irq_chip().unwrap();

@@ -585,3 +585,35 @@ fn write_boot_state(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vstate::interrupts::tests::kvm_for_test;
+
+    #[test]
+    fn a_vm_numbers_its_slots_and_knows_its_irqfds() {
+        let Some(kvm) = kvm_for_test() else {
+            return;
+        };
+        let mut vm = Vm::new(&kvm).unwrap();
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        vm.add_ram(ram).unwrap();
+        let page = Arc::new(
+            SharedMemory::create("compart-vm-test", compart_abi::PAGE_SIZE as usize).unwrap(),
+        );
+        assert_eq!(vm.map_shared(1 << 30, page.clone(), true).unwrap(), 1);
+        assert_eq!(vm.map_shared(2 << 30, page, false).unwrap(), 2);
+        vm.fd().create_irq_chip().unwrap();
+        let gsi = vm.route_msi(0, 0x40).unwrap();
+        vm.apply_routes().unwrap();
+        let (a, b) = (
+            Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+        );
+        vm.connect_irqfd(a.clone(), gsi).unwrap();
+        assert!(!vm.disconnect_irqfd(&b).unwrap(), "b was never connected");
+        assert!(vm.disconnect_irqfd(&a).unwrap());
+        assert!(!vm.disconnect_irqfd(&a).unwrap(), "only once");
+    }
+}
