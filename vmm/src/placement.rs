@@ -17,6 +17,7 @@ use compart_channel::host::SharedMemory;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::topology::HostCore;
+use crate::vstate::vm::Vm;
 
 /// How long a vCPU with a core of its own polls before sleeping.
 pub const DEDICATED_POLL_US: u32 = 1000;
@@ -78,6 +79,50 @@ pub fn halt_poll_ns(entries: &[PlacementEntry]) -> u64 {
     } else {
         0
     }
+}
+
+/// Sets `vm`'s KVM halt polling for a guest whose vCPUs have these entries.
+pub fn apply_halt_poll(guest: &str, vm: &Vm, entries: &[PlacementEntry]) {
+    let ns = halt_poll_ns(entries);
+    if let Err(e) = vm.set_halt_poll(ns) {
+        log::debug!("guest {guest}: KVM_CAP_HALT_POLL {ns} ns: {e}");
+    }
+}
+
+/// One running guest as placement sees it.
+#[derive(Debug)]
+pub struct PlacedGuest<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its VM (for halt polling).
+    pub vm: &'a Vm,
+    /// Its placement page.
+    pub page: &'a Placement,
+}
+
+/// After a move: the entries `assignment` gives every guest now; each guest whose
+/// entries differ from `before` (and guest `moved` in any case) gets its page
+/// rewritten, its halt polling set, and a kick to read the page again.
+pub fn apply(
+    assignment: &Assignment,
+    before: &[Vec<PlacementEntry>],
+    moved: usize,
+    guests: &[PlacedGuest<'_>],
+) -> Vec<Vec<PlacementEntry>> {
+    let fresh = assignment.placement();
+    for (i, (g, entries)) in guests.iter().zip(&fresh).enumerate() {
+        let changed = i == moved
+            || entries
+                .iter()
+                .zip(&before[i])
+                .any(|(a, b)| a.dedicated != b.dedicated || a.host_cores != b.host_cores);
+        if changed {
+            g.page.write(entries);
+            apply_halt_poll(g.name, g.vm, entries);
+            g.page.kick();
+        }
+    }
+    fresh
 }
 
 /// The placement entry of every vCPU of every guest, from the core sets they may run

@@ -239,13 +239,6 @@ impl RunOutcome {
     }
 }
 
-fn apply_halt_poll(name: &str, vm: &Vm, entries: &[PlacementEntry]) {
-    let ns = placement::halt_poll_ns(entries);
-    if let Err(e) = vm.set_halt_poll(ns) {
-        log::debug!("guest {name}: KVM_CAP_HALT_POLL {ns} ns: {e}");
-    }
-}
-
 /// Opens `/dev/kvm`.
 pub fn open_kvm() -> Result<Kvm, VmmError> {
     Kvm::new().map_err(VmmError::NoKvm)
@@ -313,7 +306,7 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
                 let (ctx, entries) = (&ctx, &placement_entries[i]);
                 s.spawn(move || {
                     let vm = GuestVm::build(ctx, i, g, tables, wiring)?;
-                    apply_halt_poll(&g.name, &vm.vm, entries);
+                    placement::apply_halt_poll(&g.name, &vm.vm, entries);
                     Ok(vm)
                 })
             })
@@ -514,19 +507,21 @@ impl RunningVmm {
         }
         self.assignment.write().unwrap().move_guest(index, &cores);
         self.pstates.repin(index);
-        let fresh = self.assignment.read().unwrap().placement();
-        for (i, (g, entries)) in self.guests.iter().zip(&fresh).enumerate() {
-            let changed = i == index
-                || entries
-                    .iter()
-                    .zip(&self.placement[i])
-                    .any(|(a, b)| a.dedicated != b.dedicated || a.host_cores != b.host_cores);
-            if changed {
-                g.wiring.placement.write(entries);
-                apply_halt_poll(&g.config.name, &g.vm, entries);
-                g.wiring.placement.kick();
-            }
-        }
+        let placed: Vec<placement::PlacedGuest<'_>> = self
+            .guests
+            .iter()
+            .map(|g| placement::PlacedGuest {
+                name: &g.config.name,
+                vm: &g.vm,
+                page: &g.wiring.placement,
+            })
+            .collect();
+        let fresh = placement::apply(
+            &self.assignment.read().unwrap(),
+            &self.placement,
+            index,
+            &placed,
+        );
         self.placement = fresh;
         let moved = ControlResponse::Moved {
             guest: name.to_string(),
