@@ -364,18 +364,22 @@ fn serve(conn: UnixStream, vmm: &VmmHandle) -> std::io::Result<()> {
 
 /// Sends one request to the socket at `path` and returns the VMM's answer.
 pub fn send(path: &Path, request: &ControlRequest) -> Result<ControlResponse, ControlError> {
-    let protocol = |what: &str, e: std::io::Error| ControlError::Protocol {
-        reason: format!("{what} {}: {e}", path.display()),
+    let socket = path.display();
+    let protocol = |what: String| {
+        move |e: std::io::Error| ControlError::Protocol {
+            reason: format!("{what}: {e}"),
+        }
     };
-    let mut conn = UnixStream::connect(path)
-        .map_err(|e| protocol("cannot connect (is `compart run --control` running?) to", e))?;
+    let mut conn = UnixStream::connect(path).map_err(protocol(format!(
+        "cannot connect to {socket} (is `compart run --control` running?)"
+    )))?;
     conn.set_read_timeout(Some(TIMEOUT * 2))
-        .map_err(|e| protocol("cannot set a timeout on", e))?;
+        .map_err(protocol(format!("cannot set a timeout on {socket}")))?;
     conn.write_all(encode(request).as_bytes())
-        .map_err(|e| protocol("cannot write to", e))?;
+        .map_err(protocol(format!("cannot write to {socket}")))?;
     let mut answer = String::new();
     conn.read_to_string(&mut answer)
-        .map_err(|e| protocol("cannot read from", e))?;
+        .map_err(protocol(format!("cannot read from {socket}")))?;
     decode::<Result<ControlResponse, ControlError>>(&answer)?
 }
 
