@@ -203,10 +203,10 @@ impl GuestAcpiConfig {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// A guest needs at least one processor.
-    #[error("Guest has no vCPUs")]
+    #[error("guest has no vCPUs")]
     NoVcpus,
     /// More vCPUs than processor device names.
-    #[error("Guest has {0} vCPUs, at most {MAX_VCPUS} are supported")]
+    #[error("guest has {0} vCPUs, at most {MAX_VCPUS} are supported")]
     TooManyVcpus(usize),
     /// `_PPC` names a state that does not exist.
     #[error("_PPC {ppc} is out of range: the table has {states} P-states")]

@@ -26,9 +26,9 @@
 //! [`host`] (cpufreq, `/proc/cpuinfo`) and [`ladder`] (the default rule).
 
 pub mod config;
+pub mod domains;
 pub mod dsdt;
 pub mod dump;
-pub mod host;
 pub mod ladder;
 pub mod pstate;
 pub mod tables;
@@ -37,8 +37,8 @@ pub mod units;
 pub use config::{
     ConfigError, Coordination, GuestAcpiConfig, IoApicConfig, OemIds, PsdDomain, VcpuAcpi,
 };
+pub use domains::{psd_from_pinning, HostFreqDomains};
 pub use dump::write_dump;
-pub use host::{host_ladder, psd_from_pinning, HostFreqDomains, HostLadder, LadderSource};
 pub use pstate::{PState, PStateError, PStateTable, MAX_PSTATES};
 pub use tables::{build, AcpiTable, AcpiTables, BuildError};
 pub use units::{Mhz, Micros, MilliWatts};

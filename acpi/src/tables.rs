@@ -35,7 +35,7 @@ pub const RSDP_SIGNATURE: [u8; 4] = *b"RSDP";
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The guest description breaks a rule.
-    #[error("Invalid guest ACPI description")]
+    #[error("invalid guest ACPI description")]
     Config(#[from] ConfigError),
     /// The tables do not fit in the space reserved for them.
     #[error("ACPI tables need {size} bytes, only {max} are reserved")]

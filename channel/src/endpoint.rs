@@ -135,6 +135,34 @@ pub fn counters(region: &Region, layout: &PairLayout, side: Side) -> Counters {
     }
 }
 
+/// Messages one side has sent and received since the channel was initialised, from
+/// the rings' free-running indices (for the VMM's status view). Counted modulo 2³²;
+/// "sent" lags like [`occupancy`] does (the producer stores its `tail` off the fast
+/// path).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Requests this side sent.
+    pub requests_sent: u32,
+    /// Requests this side took from the peer.
+    pub requests_received: u32,
+    /// Replies this side sent.
+    pub replies_sent: u32,
+    /// Replies this side took from the peer.
+    pub replies_received: u32,
+}
+
+/// Totals of `side` (for the VMM, which has the layout but no endpoint).
+pub fn totals(region: &Region, layout: &PairLayout, side: Side) -> Totals {
+    let get = |off| region.u32_at(off).map_or(0, |a| a.load(Ordering::Relaxed));
+    let (mine, peer) = (layout.side(side), layout.side(side.peer()));
+    Totals {
+        requests_sent: get(peer.requests.tail),
+        requests_received: get(mine.requests.head),
+        replies_sent: get(peer.replies.tail),
+        replies_received: get(mine.replies.head),
+    }
+}
+
 /// Occupancy of `side`'s queues (for the VMM, which has the layout but no endpoint).
 pub fn occupancy(region: &Region, layout: &PairLayout, side: Side) -> Occupancy {
     let mine = layout.side(side);

@@ -77,13 +77,13 @@ impl ChannelError {
 impl fmt::Display for ChannelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ChannelError::InvalidConfig(why) => write!(f, "Invalid channel configuration: {why}"),
-            ChannelError::Corrupt(c) => write!(f, "Corrupt channel region: {c}"),
-            ChannelError::Broken(c) => write!(f, "Channel is broken: {c}"),
-            ChannelError::Full => f.write_str("Channel queue is full"),
-            ChannelError::NoFreeRequest => f.write_str("No free request slot"),
-            ChannelError::PayloadTooLarge => f.write_str("Payload larger than a pool buffer"),
-            ChannelError::InvalidHandle => f.write_str("Invalid request or buffer handle"),
+            ChannelError::InvalidConfig(why) => write!(f, "invalid channel configuration: {why}"),
+            ChannelError::Corrupt(c) => write!(f, "corrupt channel region: {c}"),
+            ChannelError::Broken(c) => write!(f, "channel is broken: {c}"),
+            ChannelError::Full => f.write_str("channel queue is full"),
+            ChannelError::NoFreeRequest => f.write_str("no free request slot"),
+            ChannelError::PayloadTooLarge => f.write_str("payload larger than a pool buffer"),
+            ChannelError::InvalidHandle => f.write_str("invalid request or buffer handle"),
         }
     }
 }

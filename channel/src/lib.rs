@@ -177,8 +177,8 @@ pub mod host;
 
 pub use db::RequestId;
 pub use endpoint::{
-    counters, occupancy, Counters, Endpoint, Occupancy, Payload, PayloadMut, Reply, Request,
-    KICK_CHECK_EVERY, KICK_CHECK_IDLE_POLLS,
+    counters, occupancy, totals, Counters, Endpoint, Occupancy, Payload, PayloadMut, Reply,
+    Request, Totals, KICK_CHECK_EVERY, KICK_CHECK_IDLE_POLLS,
 };
 pub use error::{ChannelError, Corruption};
 pub use layout::{initialize, PairConfig, PairLayout, MAGIC, VERSION};

@@ -263,6 +263,33 @@ fn occupancy_counts_published_messages() {
 }
 
 #[test]
+fn totals_count_every_message_sent_and_taken_while_occupancy_returns_to_zero() {
+    let (m, mut a, mut b) = pair(PairConfig::new(8, 4, 64));
+    for _ in 0..3 {
+        for _ in 0..8 {
+            a.send_oneway(1, [0; 5]).unwrap();
+        }
+        a.flush().unwrap();
+        while b.poll_request().unwrap().is_some() {}
+        b.poll_request().unwrap(); // caught up: publishes the head
+    }
+    let t = |side| compart_channel::totals(&m.region, &m.layout, side);
+    assert_eq!(
+        (t(Side::A).requests_sent, t(Side::B).requests_received),
+        (24, 24)
+    );
+    assert_eq!(
+        (t(Side::A).requests_received, t(Side::B).requests_sent),
+        (0, 0)
+    );
+    assert_eq!(
+        a.occupancy().requests_out,
+        0,
+        "depth is current, not cumulative"
+    );
+}
+
+#[test]
 fn a_restarted_requester_finds_its_outstanding_requests() {
     let (m, mut a, mut b) = pair(PairConfig::new(16, 8, 64));
     let ids: Vec<_> = (0..3)

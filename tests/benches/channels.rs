@@ -165,7 +165,7 @@ fn host_thread_to_guest(n: u64) -> f64 {
          [[channel]]\na = \"host-side\"\nb = \"pong\"\nqueue_depth = 64\nmax_outstanding = 64\n",
     );
     let capture = Capture::default();
-    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+    let mut vmm = compart_vmm::start(&t, capture.sink()).unwrap();
     capture.wait_for("pong", "channel 0 to", Duration::from_secs(20));
     let side = vmm.take_channel_side_a(0).unwrap();
     pin_current_thread(0).unwrap();

@@ -6,9 +6,9 @@ use std::time::Duration;
 use compart_tests::{
     default_topology, poll, require_kvm, thread_affinity, thread_cpu_ns, topology, Capture,
 };
-use compart_vmm::topology::core_list;
-use compart_vmm::vstate::vcpu::Failure;
-use compart_vmm::GuestState;
+use compart_vmm::topology::{core_list, HostCore};
+use compart_vmm::vstate::exits::{Failure, FailureKind};
+use compart_vmm::{ControlRequest, GuestState};
 
 const BOOT: Duration = Duration::from_secs(20);
 
@@ -156,7 +156,10 @@ fn failing_guests_are_reported_and_the_others_keep_running() {
 
     assert_eq!(outcome.state("survivor"), Some(&GuestState::Stopped));
     match outcome.state("panicker") {
-        Some(GuestState::Failed(Failure::Panic { message })) => {
+        Some(GuestState::Failed(Failure {
+            kind: FailureKind::Panic { message },
+            ..
+        })) => {
             assert!(
                 message.contains("deliberate panic (cmdline `panic`)"),
                 "{message}"
@@ -169,15 +172,18 @@ fn failing_guests_are_reported_and_the_others_keep_running() {
         other => panic!("panicker: {other:?}"),
     }
     match outcome.state("tripler") {
-        Some(GuestState::Failed(Failure::TripleFault { rip })) => assert!(*rip >= 0x20_0000),
+        Some(GuestState::Failed(Failure {
+            kind: FailureKind::TripleFault,
+            rip: Some(rip),
+        })) => assert!(*rip >= 0x20_0000),
         other => panic!("tripler: {other:?}"),
     }
     match outcome.state("faulter") {
-        Some(GuestState::Failed(Failure::Exception {
-            vector: 14,
-            cr2: 0,
-            rip,
-            ..
+        Some(GuestState::Failed(Failure {
+            kind: FailureKind::Exception {
+                vector: 14, cr2: 0, ..
+            },
+            rip: Some(rip),
         })) => {
             assert!(*rip >= 0x20_0000)
         }
@@ -209,7 +215,7 @@ fn stop_all_policy_stops_every_guest() {
     assert_eq!(outcome.state("bystander"), Some(&GuestState::Stopped));
     assert!(matches!(
         outcome.state("crasher"),
-        Some(GuestState::Failed(Failure::Panic { .. }))
+        Some(GuestState::Failed(f)) if f.is_panic()
     ));
 }
 
@@ -272,5 +278,71 @@ fn an_image_built_with_a_proc_macro_runs() {
             r#"derive: {"name":"json","role":"tcp","channels":0,"vcpus":1,"memory_mib":4,"cmdline":"a b=c"}"#,
             "derive: round trip ok"
         ]
+    );
+}
+
+#[test]
+fn after_a_live_move_thread_info_reports_the_new_cores() {
+    if !require_kvm() {
+        return;
+    }
+    let capture = Capture::default();
+    let t = topology(&format!(
+        "{}cores = [0]\n",
+        guest("mover", "halt", "stop-all")
+    ));
+    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+    let control = vmm.handle();
+    let threads = poll(BOOT, "the vCPU thread", || {
+        let v = vmm.vcpu_threads();
+        (v.len() == 1).then_some(v)
+    });
+    assert_eq!(threads[0].cores, vec![HostCore(0)]);
+    let waiter = std::thread::spawn(move || {
+        let moved = control.request(
+            ControlRequest::Move {
+                guest: "mover".into(),
+                cores: vec![HostCore(1)],
+            },
+            Duration::from_secs(10),
+        );
+        (moved, control)
+    });
+    // Coordinate from this thread, so that the VMM is still ours to inspect after.
+    let mut vmm = vmm;
+    poll(BOOT, "the move", || {
+        vmm.serve_pending();
+        waiter.is_finished().then_some(())
+    });
+    let (moved, control) = waiter.join().unwrap();
+    moved.unwrap();
+    let threads = vmm.vcpu_threads();
+    assert_eq!(
+        threads[0].cores,
+        vec![HostCore(1)],
+        "thread info after the move"
+    );
+    assert_eq!(thread_affinity(std::process::id(), threads[0].tid), "1");
+    control.stop();
+    vmm.wait();
+}
+
+#[test]
+fn a_vmm_dropped_without_waiting_stops_and_joins_its_vcpu_threads() {
+    if !require_kvm() {
+        return;
+    }
+    let capture = Capture::default();
+    let t = topology(&guest("sleeper", "halt", "stop-all"));
+    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+    let tid = poll(BOOT, "the vCPU thread", || {
+        vmm.vcpu_threads().first().map(|t| t.tid)
+    });
+    let task = format!("/proc/self/task/{tid}");
+    assert!(std::path::Path::new(&task).exists());
+    drop(vmm);
+    assert!(
+        !std::path::Path::new(&task).exists(),
+        "the vCPU thread outlived its VMM"
     );
 }

@@ -62,13 +62,15 @@ fn a_million_round_trips_survive_live_moves_between_dedicated_and_shared_cores()
                 Duration::from_secs(10),
             )
             .unwrap()
+            .to_string()
     };
     capture.wait_for("ping", "phase 0 done", PHASE);
     assert_eq!(move_pong(0), "moved pong to host core(s) 0 (shared)");
     capture.wait_for("ping", "phase 1 done", PHASE);
     let status = control
         .request(ControlRequest::Status, Duration::from_secs(10))
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(status.contains("cores 0 shared"), "{status}");
     assert_eq!(move_pong(1), "moved pong to host core(s) 1 (dedicated)");
     capture.wait_for("ping", "phase 2 done", PHASE);

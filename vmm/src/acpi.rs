@@ -11,11 +11,11 @@ use compart_acpi::{
 /// Where KVM's in-kernel I/O APIC sits.
 const IO_APIC_GPA: u32 = 0xfec0_0000;
 
-use crate::topology::{GuestConfig, Topology};
+use crate::topology::{GuestConfig, HostCore, Topology};
 
 /// Why a guest's tables could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("guest {guest}: cannot build its ACPI tables: {source}")]
+#[error("guest {guest}: cannot build its ACPI tables")]
 pub struct AcpiError {
     /// Guest name.
     pub guest: String,
@@ -24,12 +24,15 @@ pub struct AcpiError {
     pub source: compart_acpi::BuildError,
 }
 
-/// The `_PSD` entry of each of `guest`'s vCPUs: a vCPU pinned to a single core is in
-/// that core's host frequency domain; one allowed on several cores may run anywhere,
-/// so it is a domain of its own.
-pub fn guest_psd(topology: &Topology, guest: &GuestConfig) -> Vec<PsdDomain> {
-    let pins: Vec<Option<u32>> = guest
-        .vcpu_cores
+/// The `_PSD` entry of each of `guest`'s vCPUs when they run on `vcpu_cores`: a vCPU
+/// pinned to a single core is in that core's host frequency domain; one allowed on
+/// several cores may run anywhere, so it is a domain of its own.
+pub fn guest_psd(
+    topology: &Topology,
+    guest: &GuestConfig,
+    vcpu_cores: &[Vec<HostCore>],
+) -> Vec<PsdDomain> {
+    let pins: Vec<Option<u32>> = vcpu_cores
         .iter()
         .map(|cores| match cores.as_slice() {
             [one] => Some(one.0),
@@ -41,7 +44,7 @@ pub fn guest_psd(topology: &Topology, guest: &GuestConfig) -> Vec<PsdDomain> {
 
 /// The ACPI description of `guest`.
 pub fn guest_config(topology: &Topology, guest: &GuestConfig) -> GuestAcpiConfig {
-    let vcpus = guest_psd(topology, guest)
+    let vcpus = guest_psd(topology, guest, &guest.vcpu_cores)
         .into_iter()
         .zip(0u32..)
         .map(|(psd, i)| VcpuAcpi {

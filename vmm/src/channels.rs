@@ -38,14 +38,11 @@ fn abi_role(role: Role) -> compart_abi::Role {
     }
 }
 
-/// First GSI the VMM routes; below are the I/O APIC's pins.
-pub const FIRST_GSI: u32 = 24;
-
 /// Why channels could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelSetupError {
     /// Creating a region or an eventfd failed.
-    #[error("channel {a}-{b}: {what}: {source}")]
+    #[error("channel {a}-{b}: {what}")]
     Host {
         /// Side A's guest.
         a: String,
@@ -94,6 +91,8 @@ pub struct Channels {
 pub struct GuestChannel {
     /// Position in the guest's boot info.
     pub slot: usize,
+    /// The channel's index in the topology (and in [`Channels::list`]).
+    pub index: usize,
     /// The shared region.
     pub memory: Arc<SharedMemory>,
     /// This guest's side.
@@ -117,11 +116,6 @@ impl GuestChannel {
     /// Guest-physical address of the doorbell page.
     pub fn doorbell_gpa(&self) -> u64 {
         DOORBELLS_GPA + self.slot as u64 * PAGE_SIZE
-    }
-
-    /// GSI of the interrupt that wakes this guest.
-    pub fn gsi(&self) -> u32 {
-        FIRST_GSI + self.slot as u32
     }
 
     /// Interrupt vector.
@@ -202,6 +196,7 @@ impl Channels {
                 };
                 GuestChannel {
                     slot,
+                    index,
                     memory: c.memory.clone(),
                     side,
                     peer: topology.guests[c.guests[peer]].name.clone(),

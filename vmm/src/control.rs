@@ -1,42 +1,322 @@
-//! The control socket: a Unix stream socket on which `compart ctl` (or anything that
-//! writes a line) asks a running VMM to move a guest, report its status, or stop.
+//! The control protocol and socket: a Unix stream socket on which `compart ctl` (or
+//! any client) asks a running VMM to move a guest, report its status, or stop.
 //!
-//! One request per connection, one line: `move GUEST CORES` (CORES as `0,1` or `0-1`),
-//! `status`, or `stop`. The answer is `ok` or `error: …` on the first line, then the
-//! body. Connections are served one at a time with a read timeout, so a stuck client
-//! cannot hold the VMM.
+//! Both ends are typed: a [`ControlRequest`] goes in, a `Result<`[`ControlResponse`]`,
+//! `[`ControlError`]`>` comes back, and [`encode`]/[`decode`] are the one codec: one
+//! JSON document per line, one request per connection. For example
+//!
+//! ```text
+//! → {"request":"move","guest":"tcp","cores":[0]}
+//! ← {"Ok":{"response":"moved","guest":"tcp","cores":[0],"dedicated":false}}
+//! ```
+//!
+//! People read the [`Display`](std::fmt::Display) of a response (`compart ctl … status`)
+//! or its JSON (`status --json`). Connections are served one at a time with a read
+//! timeout, so a stuck client cannot hold the VMM.
 
+use std::fmt;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::runtime::{ControlRequest, VmmHandle};
-use crate::topology::parse_core_list;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::host::{core_list, HostCore};
+use crate::runtime::VmmHandle;
 
 /// How long a client may take to send its request, and the VMM to answer it.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Parses one request line.
-pub fn parse(line: &str) -> Result<Option<ControlRequest>, String> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    match words.as_slice() {
-        ["move", guest, cores] => {
-            let cores = parse_core_list(cores)
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| format!("`{cores}` is not a core list (like 0,1 or 0-1)"))?;
-            Ok(Some(ControlRequest::Move {
-                guest: guest.to_string(),
-                cores,
-            }))
+/// A request to the running VMM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum ControlRequest {
+    /// Move every vCPU of a guest onto these host cores.
+    Move {
+        /// Guest name.
+        guest: String,
+        /// Host cores.
+        cores: Vec<HostCore>,
+    },
+    /// Report every guest and vCPU: cores, placement, P-state, exits, queues, events.
+    Status,
+    /// Stop every guest.
+    Stop,
+}
+
+/// The VMM's answer to a [`ControlRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "kebab-case")]
+pub enum ControlResponse {
+    /// The guest was moved.
+    Moved {
+        /// Guest name.
+        guest: String,
+        /// Its cores now.
+        cores: Vec<HostCore>,
+        /// Whether each of its vCPUs now has its core to itself.
+        dedicated: bool,
+    },
+    /// The status of every guest.
+    Status(StatusReport),
+    /// The VMM is stopping every guest.
+    Stopping,
+}
+
+/// Why a request was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "error", rename_all = "kebab-case")]
+pub enum ControlError {
+    /// No guest has that name.
+    #[error("no guest named `{guest}`")]
+    NoSuchGuest {
+        /// The name asked for.
+        guest: String,
+    },
+    /// The guest has ended.
+    #[error("guest {guest} is not running")]
+    NotRunning {
+        /// Guest name.
+        guest: String,
+    },
+    /// The cores asked for cannot be used.
+    #[error("{reason}")]
+    InvalidCores {
+        /// What is wrong with them.
+        reason: String,
+    },
+    /// Re-pinning a vCPU thread failed.
+    #[error("cannot pin vCPU {vcpu} of {guest}: {reason}")]
+    Pin {
+        /// Guest name.
+        guest: String,
+        /// vCPU index.
+        vcpu: u32,
+        /// The system's message.
+        reason: String,
+    },
+    /// The VMM has stopped.
+    #[error("the VMM has stopped")]
+    Stopped,
+    /// The VMM did not answer in time.
+    #[error("the VMM did not answer in time")]
+    Timeout,
+    /// The request or response could not be sent, received or understood.
+    #[error("control protocol: {reason}")]
+    Protocol {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Every guest, in topology order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The guests.
+    pub guests: Vec<GuestStatus>,
+}
+
+/// One guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStatus {
+    /// Its name.
+    pub name: String,
+    /// Its role, as the topology spells it.
+    pub role: String,
+    /// Running, or how it ended.
+    pub state: StateReport,
+    /// Its vCPUs that have started.
+    pub vcpus: Vec<VcpuStatus>,
+    /// Its channels, in boot-info order.
+    pub channels: Vec<ChannelStatus>,
+    /// Events it caused, since it started.
+    pub events: EventTotals,
+}
+
+/// How a guest is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum StateReport {
+    /// Running.
+    Running,
+    /// It exited with this status.
+    Exited {
+        /// Exit status.
+        status: i32,
+    },
+    /// It failed.
+    Failed {
+        /// Why, as the log says it.
+        failure: String,
+    },
+    /// The VMM stopped it.
+    Stopped,
+}
+
+/// One vCPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuStatus {
+    /// vCPU index.
+    pub index: u32,
+    /// Linux thread id.
+    pub tid: i32,
+    /// Host cores it may run on now.
+    pub cores: Vec<HostCore>,
+    /// Whether it has its core to itself (it polls before sleeping).
+    pub dedicated: bool,
+    /// Its effective P-state.
+    pub pstate: usize,
+    /// Its effective frequency in MHz.
+    pub mhz: u32,
+    /// The backend applying it.
+    pub backend: String,
+    /// Exits that reached the VMM (kicks included), in total.
+    pub exits: u64,
+}
+
+/// One channel as one of its guests sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelStatus {
+    /// The guest at the other end.
+    pub peer: String,
+    /// This guest's side: `a` or `b`.
+    pub side: String,
+    /// Messages waiting now.
+    pub depth: QueueDepth,
+    /// Totals since the channel was created.
+    pub totals: ChannelTotals,
+}
+
+/// Current queue depths of one side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDepth {
+    /// Requests waiting for this guest.
+    pub requests_in: u32,
+    /// This guest's requests the peer has not taken yet.
+    pub requests_out: u32,
+    /// Replies waiting for this guest.
+    pub replies_in: u32,
+    /// This guest's replies the peer has not taken yet.
+    pub replies_out: u32,
+}
+
+/// Totals of one side (messages modulo 2³²).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelTotals {
+    /// Requests sent.
+    pub requests_sent: u32,
+    /// Requests received.
+    pub requests_received: u32,
+    /// Replies sent.
+    pub replies_sent: u32,
+    /// Replies received.
+    pub replies_received: u32,
+    /// Times this guest announced that it sleeps.
+    pub sleeps: u64,
+    /// Times the peer kicked it awake.
+    pub kicks: u64,
+}
+
+/// Guest-caused events (see `crate::guest_events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventTotals {
+    /// MSR writes the VMM refused.
+    pub refused_msr_writes: u64,
+    /// Changes of a vCPU's effective P-state.
+    pub pstate_changes: u64,
+}
+
+impl fmt::Display for StateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateReport::Running => f.write_str("running"),
+            StateReport::Exited { status } => write!(f, "exited with status {status}"),
+            StateReport::Failed { failure } => write!(f, "failed: {failure}"),
+            StateReport::Stopped => f.write_str("stopped"),
         }
-        ["status"] => Ok(Some(ControlRequest::Status)),
-        ["stop"] => Ok(None),
-        _ => Err(format!(
-            "unknown request `{}` (move GUEST CORES | status | stop)",
-            line.trim()
-        )),
     }
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for g in &self.guests {
+            writeln!(f, "guest {} ({}): {}", g.name, g.role, g.state)?;
+            for v in &g.vcpus {
+                writeln!(
+                    f,
+                    "  vcpu {} tid {} cores {} {} P{} {} MHz ({}) exits {}",
+                    v.index,
+                    v.tid,
+                    core_list(&v.cores),
+                    if v.dedicated { "dedicated" } else { "shared" },
+                    v.pstate,
+                    v.mhz,
+                    v.backend,
+                    v.exits
+                )?;
+            }
+            for c in &g.channels {
+                let (d, t) = (&c.depth, &c.totals);
+                writeln!(
+                    f,
+                    "  channel to {} (side {}): waiting now: requests in {} out {}, replies in {} out {}; \
+                     in total: requests sent {} received {}, replies sent {} received {}, sleeps {}, kicks {}",
+                    c.peer,
+                    c.side,
+                    d.requests_in,
+                    d.requests_out,
+                    d.replies_in,
+                    d.replies_out,
+                    t.requests_sent,
+                    t.requests_received,
+                    t.replies_sent,
+                    t.replies_received,
+                    t.sleeps,
+                    t.kicks
+                )?;
+            }
+            writeln!(
+                f,
+                "  guest events: refused MSR writes {}, P-state changes {}",
+                g.events.refused_msr_writes, g.events.pstate_changes
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ControlResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlResponse::Moved {
+                guest,
+                cores,
+                dedicated,
+            } => write!(
+                f,
+                "moved {guest} to host core(s) {} ({})",
+                core_list(cores),
+                if *dedicated { "dedicated" } else { "shared" }
+            ),
+            ControlResponse::Status(s) => write!(f, "{}", s.to_string().trim_end()),
+            ControlResponse::Stopping => f.write_str("stopping"),
+        }
+    }
+}
+
+/// One message as one line of JSON.
+pub fn encode<T: Serialize>(message: &T) -> String {
+    let mut line = serde_json::to_string(message).expect("control messages always serialize");
+    line.push('\n');
+    line
+}
+
+/// One message from one line of JSON.
+pub fn decode<T: DeserializeOwned>(line: &str) -> Result<T, ControlError> {
+    serde_json::from_str(line.trim()).map_err(|e| ControlError::Protocol {
+        reason: format!("cannot read `{}`: {e}", line.trim()),
+    })
 }
 
 /// Serves the control socket at `path` until the VMM stops; removes it afterwards.
@@ -78,64 +358,141 @@ fn serve(conn: UnixStream, vmm: &VmmHandle) -> std::io::Result<()> {
     conn.set_write_timeout(Some(TIMEOUT))?;
     let mut line = String::new();
     BufReader::new(&conn).take(4096).read_line(&mut line)?;
-    let answer = match parse(&line) {
-        Ok(Some(request)) => vmm.request(request, TIMEOUT),
-        Ok(None) => {
-            vmm.stop();
-            Ok("stopping".to_string())
-        }
-        Err(e) => Err(e),
-    };
-    let mut conn = conn;
-    match answer {
-        Ok(body) => write!(conn, "ok\n{body}\n"),
-        Err(e) => writeln!(conn, "error: {e}"),
-    }
+    let answer = decode::<ControlRequest>(&line).and_then(|r| vmm.request(r, TIMEOUT));
+    (&conn).write_all(encode(&answer).as_bytes())
 }
 
-/// Sends one request to the socket at `path`; returns the answer's body, or its error.
-pub fn send(path: &Path, request: &str) -> Result<String, String> {
-    let mut conn = UnixStream::connect(path).map_err(|e| {
-        format!(
-            "cannot connect to {}: {e} (is `compart run --control` running?)",
-            path.display()
-        )
-    })?;
+/// Sends one request to the socket at `path` and returns the VMM's answer.
+pub fn send(path: &Path, request: &ControlRequest) -> Result<ControlResponse, ControlError> {
+    let socket = path.display();
+    let protocol = |what: String| {
+        move |e: std::io::Error| ControlError::Protocol {
+            reason: format!("{what}: {e}"),
+        }
+    };
+    let mut conn = UnixStream::connect(path).map_err(protocol(format!(
+        "cannot connect to {socket} (is `compart run --control` running?)"
+    )))?;
     conn.set_read_timeout(Some(TIMEOUT * 2))
-        .map_err(|e| e.to_string())?;
-    writeln!(conn, "{request}").map_err(|e| e.to_string())?;
+        .map_err(protocol(format!("cannot set a timeout on {socket}")))?;
+    conn.write_all(encode(request).as_bytes())
+        .map_err(protocol(format!("cannot write to {socket}")))?;
     let mut answer = String::new();
     conn.read_to_string(&mut answer)
-        .map_err(|e| e.to_string())?;
-    match answer.split_once('\n') {
-        Some(("ok", body)) => Ok(body.trim_end().to_string()),
-        _ => Err(answer
-            .trim_end()
-            .strip_prefix("error: ")
-            .unwrap_or(answer.trim_end())
-            .to_string()),
-    }
+        .map_err(protocol(format!("cannot read from {socket}")))?;
+    decode::<Result<ControlResponse, ControlError>>(&answer)?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::HostCore;
 
     #[test]
-    fn requests_parse() {
-        assert_eq!(
-            parse("move tcp 0-1\n"),
-            Ok(Some(ControlRequest::Move {
+    fn requests_and_answers_survive_the_codec() {
+        let requests = [
+            ControlRequest::Move {
                 guest: "tcp".into(),
-                cores: vec![HostCore(0), HostCore(1)]
-            }))
+                cores: vec![HostCore(0), HostCore(1)],
+            },
+            ControlRequest::Status,
+            ControlRequest::Stop,
+        ];
+        for r in requests {
+            let line = encode(&r);
+            assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
+            assert_eq!(decode::<ControlRequest>(&line).unwrap(), r);
+        }
+        assert_eq!(
+            encode(&ControlRequest::Move {
+                guest: "tcp".into(),
+                cores: vec![HostCore(0)]
+            }),
+            "{\"request\":\"move\",\"guest\":\"tcp\",\"cores\":[0]}\n"
         );
-        assert_eq!(parse("status"), Ok(Some(ControlRequest::Status)));
-        assert_eq!(parse("stop"), Ok(None));
-        assert!(parse("move tcp x").unwrap_err().contains("not a core list"));
-        assert!(parse("reboot")
-            .unwrap_err()
-            .starts_with("unknown request `reboot`"));
+        let answers: [Result<ControlResponse, ControlError>; 2] = [
+            Ok(ControlResponse::Moved {
+                guest: "tcp".into(),
+                cores: vec![HostCore(0)],
+                dedicated: false,
+            }),
+            Err(ControlError::NoSuchGuest {
+                guest: "nobody".into(),
+            }),
+        ];
+        for a in answers {
+            assert_eq!(
+                decode::<Result<ControlResponse, ControlError>>(&encode(&a)).unwrap(),
+                a
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_protocol_errors() {
+        for bad in [
+            "move tcp 0",
+            "{\"request\":\"reboot\"}",
+            "{\"request\":\"move\",\"guest\":\"tcp\"}",
+            "{\"request\":\"move\",\"guest\":\"tcp\",\"cores\":[-1]}",
+        ] {
+            assert!(
+                matches!(
+                    decode::<ControlRequest>(bad),
+                    Err(ControlError::Protocol { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_text_view_reads_as_sentences_without_debug_output() {
+        let report = StatusReport {
+            guests: vec![GuestStatus {
+                name: "tcp".into(),
+                role: "tcp".into(),
+                state: StateReport::Running,
+                vcpus: vec![VcpuStatus {
+                    index: 0,
+                    tid: 42,
+                    cores: vec![HostCore(0), HostCore(1)],
+                    dedicated: false,
+                    pstate: 2,
+                    mhz: 1200,
+                    backend: "soft".into(),
+                    exits: 7,
+                }],
+                channels: vec![ChannelStatus {
+                    peer: "ip".into(),
+                    side: "a".into(),
+                    depth: QueueDepth {
+                        requests_in: 1,
+                        requests_out: 2,
+                        replies_in: 3,
+                        replies_out: 4,
+                    },
+                    totals: ChannelTotals {
+                        requests_sent: 10,
+                        requests_received: 11,
+                        replies_sent: 12,
+                        replies_received: 13,
+                        sleeps: 5,
+                        kicks: 6,
+                    },
+                }],
+                events: EventTotals {
+                    refused_msr_writes: 8,
+                    pstate_changes: 9,
+                },
+            }],
+        };
+        assert_eq!(
+            report.to_string(),
+            "guest tcp (tcp): running\n\
+             \x20 vcpu 0 tid 42 cores 0-1 shared P2 1200 MHz (soft) exits 7\n\
+             \x20 channel to ip (side a): waiting now: requests in 1 out 2, replies in 3 out 4; \
+             in total: requests sent 10 received 11, replies sent 12 received 13, sleeps 5, kicks 6\n\
+             \x20 guest events: refused MSR writes 8, P-state changes 9\n"
+        );
     }
 }

@@ -8,7 +8,11 @@
 //!   guest memory with their firmware header checked;
 //! - [`arch`]: the x86-64 state that starts a guest directly in ring 3;
 //! - [`acpi`]: each guest's ACPI tables (processors, P-states, `_PSD` domains);
-//! - [`vstate`]: one KVM VM per guest, one pinned thread per vCPU;
+//! - [`vstate`]: one KVM VM per guest, one pinned thread per vCPU, and the dispatch of
+//!   each vCPU exit to [`guest_ports`], the P-state MSRs (`pstate::msrs`) or the
+//!   guest's MMIO bus of [`devices`];
+//! - [`guest_events`]: what a guest causes, counted and logged rate-limited;
+//! - [`host`]: facts about the host and pinning threads to its cores;
 //! - [`pstate`]: guests' frequency requests (intercepted MSRs), `_PSD` coordination,
 //!   and the host backends (cpufreq, msr, soft scaling);
 //! - [`channels`] and [`placement`]: shared regions and in-kernel doorbells between
@@ -24,6 +28,10 @@ pub mod arch;
 pub mod channels;
 pub mod console;
 pub mod control;
+pub mod devices;
+pub mod guest_events;
+pub mod guest_ports;
+pub mod host;
 pub mod images;
 pub mod loader;
 pub mod logger;
@@ -33,17 +41,23 @@ pub mod runtime;
 pub mod topology;
 pub mod vstate;
 
-pub use runtime::{
-    start, ControlRequest, GuestState, RunOutcome, RunningVmm, VcpuThreadInfo, VmmError, VmmHandle,
-};
+pub use control::{ControlError, ControlRequest, ControlResponse};
+pub use runtime::{start, GuestState, RunOutcome, RunningVmm, VcpuThreadInfo, VmmError, VmmHandle};
 pub use topology::{HostFacts, Topology};
 
 /// What validation knows about this host and this binary.
 pub fn host_facts() -> HostFacts {
+    let root = std::path::Path::new("/");
+    let ladder = host::ladder(root, 0);
+    log::debug!(
+        "host P-state ladder ({} states) from {}",
+        ladder.table.len(),
+        ladder.source
+    );
     HostFacts {
-        online_cores: topology::online_host_cores(),
+        online_cores: host::online_host_cores(),
         builtin_images: images::builtin_names(),
-        host_ladder: compart_acpi::PStateTable::from_host(),
-        freq_domains: compart_acpi::HostFreqDomains::probe(std::path::Path::new("/")),
+        host_ladder: ladder.table,
+        freq_domains: host::freq_domains(root),
     }
 }

@@ -42,14 +42,22 @@ pub struct LoadedImage {
     pub end: u64,
 }
 
+/// The `N` bytes at `at`, if they are all inside `b` (no offset overflows).
+///
+/// `firmware/acpi-reader` reads its tables the same way on the guest side of the
+/// wall; the two would share a helper only through a crate both link (`compart-abi`),
+/// which is where a POD reader belongs.
+fn bytes_at<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    b.get(at..at.checked_add(N)?)?.try_into().ok()
+}
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    bytes_at(b, at).map(u16::from_le_bytes)
 }
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    bytes_at(b, at).map(u32::from_le_bytes)
 }
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    bytes_at(b, at).map(u64::from_le_bytes)
 }
 
 const PT_LOAD: u32 = 1;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use compart_vmm::{console, host_facts, logger, topology::core_list, Topology};
+use compart_vmm::host::{core_list, parse_core_list};
+use compart_vmm::{console, host_facts, logger, ControlRequest, ControlResponse, Topology};
 
 /// Runs an operating system's network stack as isolated servers, each a tiny pinned
 /// KVM guest.
@@ -58,8 +59,13 @@ enum CtlCommand {
         #[arg(long)]
         cores: String,
     },
-    /// Per guest and vCPU: thread, cores, placement, P-state, exits, channel queues.
-    Status,
+    /// Per guest and vCPU: thread, cores, placement, P-state, exits, channel queues
+    /// (depth now and totals), events the guest caused.
+    Status {
+        /// Print the report as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop every guest.
     Stop,
 }
@@ -82,55 +88,83 @@ enum AcpiCommand {
 
 fn main() -> ExitCode {
     logger::init();
-    let cli = Cli::parse();
+    match try_main(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("compart: {}", chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and every cause behind it: `what failed: because: because`.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A message of the command itself (not a library error).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Message(String);
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn try_main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Validate { topology } => match Topology::load(&topology, &host_facts()) {
-            Ok(t) => {
-                println!("{}: valid", topology.display());
-                println!("host cores: {}", core_list(&t.host_cores));
-                for g in &t.guests {
-                    let cores: Vec<String> = g.vcpu_cores.iter().map(|c| core_list(c)).collect();
-                    println!(
-                        "guest {:<12} role {:<6} image {:<20} {:>4} MiB  vCPUs {} on cores [{}]  on failure: {:?}",
-                        g.name,
-                        g.role.as_str(),
-                        g.image.to_string(),
-                        g.memory_mib,
-                        g.vcpus(),
-                        cores.join("; "),
-                        g.on_failure
-                    );
-                }
-                ExitCode::SUCCESS
+        Command::Validate { topology } => {
+            let t = Topology::load(&topology, &host_facts())?;
+            println!("{}: valid", topology.display());
+            println!("host cores: {}", core_list(&t.host_cores));
+            for g in &t.guests {
+                let cores: Vec<String> = g.vcpu_cores.iter().map(|c| core_list(c)).collect();
+                println!(
+                    "guest {:<12} role {:<6} image {:<20} {:>4} MiB  vCPUs {} on cores [{}]  on failure: {}",
+                    g.name,
+                    g.role.as_str(),
+                    g.image.to_string(),
+                    g.memory_mib,
+                    g.vcpus(),
+                    cores.join("; "),
+                    g.on_failure
+                );
             }
-            Err(e) => {
-                eprintln!("compart: {e}");
-                ExitCode::FAILURE
-            }
-        },
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Images => {
             for name in compart_vmm::images::builtin_names() {
                 println!("{name}");
             }
-            ExitCode::SUCCESS
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run { topology, control } => run(topology, control),
         Command::Ctl { socket, command } => {
-            let request = match command {
-                CtlCommand::Move { guest, cores } => format!("move {guest} {cores}"),
-                CtlCommand::Status => "status".into(),
-                CtlCommand::Stop => "stop".into(),
+            let (request, json) = match command {
+                CtlCommand::Move { guest, cores } => {
+                    let cores = parse_core_list(&cores)
+                        .filter(|c| !c.is_empty())
+                        .ok_or_else(|| {
+                            Message(format!("`{cores}` is not a core list (like 0,1 or 0-1)"))
+                        })?;
+                    (ControlRequest::Move { guest, cores }, false)
+                }
+                CtlCommand::Status { json } => (ControlRequest::Status, json),
+                CtlCommand::Stop => (ControlRequest::Stop, false),
             };
-            match compart_vmm::control::send(&socket, &request) {
-                Ok(body) => {
-                    println!("{body}");
-                    ExitCode::SUCCESS
+            let response = compart_vmm::control::send(&socket, &request)?;
+            match (&response, json) {
+                (ControlResponse::Status(report), true) => {
+                    println!("{}", serde_json::to_string_pretty(report)?)
                 }
-                Err(e) => {
-                    eprintln!("compart: {e}");
-                    ExitCode::FAILURE
-                }
+                _ => println!("{response}"),
             }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Acpi {
             command:
@@ -143,61 +177,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn acpi_dump(path: &std::path::Path, guest: &str, out: &std::path::Path) -> ExitCode {
-    let topology = match Topology::load(path, &host_facts()) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("compart: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+fn acpi_dump(path: &std::path::Path, guest: &str, out: &std::path::Path) -> Result<ExitCode> {
+    let topology = Topology::load(path, &host_facts())?;
     let Some(g) = topology.guests.iter().find(|g| g.name == guest) else {
         let names: Vec<&str> = topology.guests.iter().map(|g| g.name.as_str()).collect();
-        eprintln!(
-            "compart: {}: no guest `{guest}` (guests: {})",
+        return Err(Message(format!(
+            "{}: no guest `{guest}` (guests: {})",
             path.display(),
             names.join(", ")
-        );
-        return ExitCode::FAILURE;
+        ))
+        .into());
     };
-    let tables = match compart_vmm::acpi::guest_tables(&topology, g) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("compart: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let written =
-        std::fs::create_dir_all(out).and_then(|()| compart_acpi::write_dump(&tables, out));
-    match written {
-        Ok(files) => {
-            for f in files {
-                println!("{}", f.display());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("compart: writing tables to {}: {e}", out.display());
-            ExitCode::FAILURE
-        }
+    let tables = compart_vmm::acpi::guest_tables(&topology, g)?;
+    let files = std::fs::create_dir_all(out)
+        .and_then(|()| compart_acpi::write_dump(&tables, out))
+        .map_err(|e| Message(format!("writing tables to {}: {e}", out.display())))?;
+    for f in files {
+        println!("{}", f.display());
     }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn run(path: PathBuf, control: Option<PathBuf>) -> ExitCode {
-    let topology = match Topology::load(&path, &host_facts()) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("compart: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let vmm = match compart_vmm::start(&topology, console::stdout_sink()) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("compart: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+fn run(path: PathBuf, control: Option<PathBuf>) -> Result<ExitCode> {
+    let topology = Topology::load(&path, &host_facts())?;
+    let vmm = compart_vmm::start(&topology, console::stdout_sink())?;
     log::info!(
         "{} guest(s) started from {}; Ctrl-C stops them",
         topology.guests.len(),
@@ -210,13 +213,13 @@ fn run(path: PathBuf, control: Option<PathBuf>) -> ExitCode {
                 Some(s)
             }
             Err(e) => {
-                eprintln!(
-                    "compart: cannot serve the control socket {}: {e}",
-                    p.display()
-                );
                 vmm.handle().stop();
                 vmm.wait();
-                return ExitCode::FAILURE;
+                return Err(Message(format!(
+                    "cannot serve the control socket {}: {e}",
+                    p.display()
+                ))
+                .into());
             }
         },
         None => None,
@@ -240,7 +243,7 @@ fn run(path: PathBuf, control: Option<PathBuf>) -> ExitCode {
     }
     let outcome = vmm.wait();
     for (name, state) in &outcome.guests {
-        log::info!("guest {name}: {state:?}");
+        log::info!("guest {name}: {state}");
     }
-    ExitCode::from(outcome.exit_code() as u8)
+    Ok(ExitCode::from(outcome.exit_code() as u8))
 }

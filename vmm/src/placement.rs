@@ -3,6 +3,11 @@
 //! sleeps as soon as it runs out of work, so that the sharer gets the core (thesis
 //! §3.3). The page is a read-only memory slot in the guest, written here under a
 //! sequence lock; after a change the VMM kicks the guest on `PLACEMENT_VECTOR`.
+//!
+//! [`Assignment`] is the one record of where each vCPU runs now. The validated
+//! `Topology` says where vCPUs *start*; after `ctl move` only the assignment changes,
+//! and the placement pages, KVM halt polling, `_PSD` domains, thread pinning and the
+//! status view are all derived from it.
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,9 +17,113 @@ use compart_channel::host::SharedMemory;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::topology::HostCore;
+use crate::vstate::vm::Vm;
 
 /// How long a vCPU with a core of its own polls before sleeping.
 pub const DEDICATED_POLL_US: u32 = 1000;
+
+/// KVM halt polling for a VM whose vCPUs all have their own cores: worth its CPU time
+/// there, harmful on a shared core (it keeps the sharer off it).
+pub const DEDICATED_HALT_POLL_NS: u64 = 200_000;
+
+/// Where every vCPU of every guest may run now: guest → vCPU → host cores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    guests: Vec<Vec<Vec<HostCore>>>,
+}
+
+impl Assignment {
+    /// The pinning the topology starts with.
+    pub fn from_topology(topology: &crate::topology::Topology) -> Assignment {
+        Assignment {
+            guests: topology
+                .guests
+                .iter()
+                .map(|g| g.vcpu_cores.clone())
+                .collect(),
+        }
+    }
+
+    /// The cores vCPU `vcpu` of guest `guest` may run on.
+    pub fn vcpu(&self, guest: usize, vcpu: usize) -> &[HostCore] {
+        &self.guests[guest][vcpu]
+    }
+
+    /// The cores of each vCPU of guest `guest`.
+    pub fn guest(&self, guest: usize) -> &[Vec<HostCore>] {
+        &self.guests[guest]
+    }
+
+    /// Every guest's vCPUs and their cores.
+    pub fn guests(&self) -> &[Vec<Vec<HostCore>>] {
+        &self.guests
+    }
+
+    /// Moves every vCPU of guest `guest` onto `cores`.
+    pub fn move_guest(&mut self, guest: usize, cores: &[HostCore]) {
+        for v in &mut self.guests[guest] {
+            *v = cores.to_vec();
+        }
+    }
+
+    /// The placement entries of every vCPU (see [`compute`]).
+    pub fn placement(&self) -> Vec<Vec<PlacementEntry>> {
+        compute(&self.guests)
+    }
+}
+
+/// The halt-polling time for a VM whose vCPUs have these placement entries.
+pub fn halt_poll_ns(entries: &[PlacementEntry]) -> u64 {
+    if entries.iter().all(|e| e.dedicated == 1) {
+        DEDICATED_HALT_POLL_NS
+    } else {
+        0
+    }
+}
+
+/// Sets `vm`'s KVM halt polling for a guest whose vCPUs have these entries.
+pub fn apply_halt_poll(guest: &str, vm: &Vm, entries: &[PlacementEntry]) {
+    let ns = halt_poll_ns(entries);
+    if let Err(e) = vm.set_halt_poll(ns) {
+        log::debug!("guest {guest}: KVM_CAP_HALT_POLL {ns} ns: {e}");
+    }
+}
+
+/// One running guest as placement sees it.
+#[derive(Debug)]
+pub struct PlacedGuest<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its VM (for halt polling).
+    pub vm: &'a Vm,
+    /// Its placement page.
+    pub page: &'a Placement,
+}
+
+/// After a move: the entries `assignment` gives every guest now; each guest whose
+/// entries differ from `before` (and guest `moved` in any case) gets its page
+/// rewritten, its halt polling set, and a kick to read the page again.
+pub fn apply(
+    assignment: &Assignment,
+    before: &[Vec<PlacementEntry>],
+    moved: usize,
+    guests: &[PlacedGuest<'_>],
+) -> Vec<Vec<PlacementEntry>> {
+    let fresh = assignment.placement();
+    for (i, (g, entries)) in guests.iter().zip(&fresh).enumerate() {
+        let changed = i == moved
+            || entries
+                .iter()
+                .zip(&before[i])
+                .any(|(a, b)| a.dedicated != b.dedicated || a.host_cores != b.host_cores);
+        if changed {
+            g.page.write(entries);
+            apply_halt_poll(g.name, g.vm, entries);
+            g.page.kick();
+        }
+    }
+    fresh
+}
 
 /// The placement entry of every vCPU of every guest, from the core sets they may run
 /// on: a vCPU is dedicated when it is pinned to one core that no other vCPU may use.
@@ -54,7 +163,7 @@ pub fn compute(guests: &[Vec<Vec<HostCore>>]) -> Vec<Vec<PlacementEntry>> {
 #[derive(Debug)]
 pub struct Placement {
     /// The page (one page of shared memory; the guest maps it read-only).
-    pub memory: SharedMemory,
+    pub memory: Arc<SharedMemory>,
     /// Registered as irqfd into the guest on `PLACEMENT_VECTOR`.
     pub kick: Arc<EventFd>,
 }
@@ -65,7 +174,7 @@ impl Placement {
         let memory =
             SharedMemory::create(&format!("compart-placement-{name}"), PAGE_SIZE as usize)?;
         Ok(Placement {
-            memory,
+            memory: Arc::new(memory),
             kick: Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
         })
     }

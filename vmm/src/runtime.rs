@@ -4,20 +4,26 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::Kvm;
 
 use crate::channels::Channels;
 use crate::console::ConsoleSink;
-use crate::placement::{self, Placement};
+use crate::control::{
+    ChannelStatus, ChannelTotals, ControlError, ControlRequest, ControlResponse, EventTotals,
+    GuestStatus, QueueDepth, StateReport, StatusReport, VcpuStatus,
+};
+use crate::guest_events::EventKind;
+use crate::host::pin_thread;
+use crate::host::{core_list, HostCore};
+use crate::placement::{self, Assignment, Placement};
 use crate::pstate::{PStateController, VcpuPState};
-use crate::topology::{FailurePolicy, GuestConfig, HostCore, Topology};
-use crate::vstate::vcpu::pin_thread;
+use crate::topology::{FailurePolicy, GuestConfig, Topology};
 use crate::vstate::vcpu::{install_kick_handler, Failure, GuestShared, VcpuEvent, VcpuThread};
-use crate::vstate::vm::{set_halt_poll, BuildContext, BuildError, GuestVm, Wiring};
+use crate::vstate::vm::{BuildContext, BuildError, GuestVm, Vm, Wiring};
 use compart_abi::PlacementEntry;
 
 /// Exit status of `compart run` when a guest failed.
@@ -27,12 +33,10 @@ pub const EXIT_GUEST_FAILED: i32 = 70;
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
     /// /dev/kvm cannot be opened.
-    #[error(
-        "cannot open /dev/kvm: {0} (is KVM available on this host, and may this user use it?)"
-    )]
+    #[error("cannot open /dev/kvm (is KVM available on this host, and may this user use it?)")]
     NoKvm(#[source] kvm_ioctls::Error),
     /// A KVM system call failed.
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed")]
     Kvm {
         /// The call.
         what: &'static str,
@@ -50,7 +54,7 @@ pub enum VmmError {
     #[error(transparent)]
     Acpi(#[from] crate::acpi::AcpiError),
     /// A thread could not be started or set up.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Thread {
         /// What was being done.
         what: String,
@@ -73,6 +77,17 @@ pub enum GuestState {
     Stopped,
 }
 
+impl std::fmt::Display for GuestState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuestState::Running => f.write_str("running"),
+            GuestState::Exited(status) => write!(f, "exited with status {status}"),
+            GuestState::Failed(failure) => write!(f, "failed: {failure}"),
+            GuestState::Stopped => f.write_str("stopped"),
+        }
+    }
+}
+
 /// One vCPU thread, for inspection (affinity, CPU time) from outside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VcpuThreadInfo {
@@ -89,21 +104,10 @@ pub struct VcpuThreadInfo {
 enum Msg {
     Vcpu(VcpuEvent),
     Stop,
-    Control(ControlRequest, Sender<Result<String, String>>),
-}
-
-/// A request to the running VMM (from the control socket, or a test).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ControlRequest {
-    /// Move every vCPU of a guest onto these host cores.
-    Move {
-        /// Guest name.
-        guest: String,
-        /// Host cores.
-        cores: Vec<HostCore>,
-    },
-    /// Report every guest and vCPU: cores, placement, P-state, exits, queues.
-    Status,
+    Control(
+        ControlRequest,
+        Sender<Result<ControlResponse, ControlError>>,
+    ),
 }
 
 /// Talks to a running VMM from other threads (a signal thread, the control socket, a
@@ -128,19 +132,25 @@ impl VmmHandle {
     }
 
     /// Sends a control request and waits (at most `timeout`) for the answer.
-    pub fn request(&self, request: ControlRequest, timeout: Duration) -> Result<String, String> {
+    pub fn request(
+        &self,
+        request: ControlRequest,
+        timeout: Duration,
+    ) -> Result<ControlResponse, ControlError> {
         let (tx, rx) = channel();
         self.0
             .send(Msg::Control(request, tx))
-            .map_err(|_| "the VMM has stopped".to_string())?;
-        rx.recv_timeout(timeout)
-            .map_err(|_| "the VMM did not answer in time".to_string())?
+            .map_err(|_| ControlError::Stopped)?;
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => ControlError::Timeout,
+            RecvTimeoutError::Disconnected => ControlError::Stopped,
+        })?
     }
 }
 
 struct RunningGuest {
     config: GuestConfig,
-    vm: VmFd,
+    vm: Vm,
     wiring: Wiring,
     shared: Arc<GuestShared>,
     threads: Vec<VcpuThread>,
@@ -164,6 +174,9 @@ impl RunningGuest {
 pub struct RunningVmm {
     topology: Topology,
     channels: Channels,
+    /// Where each vCPU runs now: the one record, shared with the P-state controller.
+    assignment: Arc<RwLock<Assignment>>,
+    /// The placement entries last written, derived from `assignment`.
     placement: Vec<Vec<PlacementEntry>>,
     pstates: Arc<PStateController>,
     guests: Vec<RunningGuest>,
@@ -226,17 +239,6 @@ impl RunOutcome {
     }
 }
 
-/// KVM halt polling for a VM whose vCPUs all have their own cores.
-pub const DEDICATED_HALT_POLL_NS: u64 = 200_000;
-
-fn apply_halt_poll(name: &str, vm: &VmFd, entries: &[PlacementEntry]) {
-    let dedicated = entries.iter().all(|e| e.dedicated == 1);
-    let ns = if dedicated { DEDICATED_HALT_POLL_NS } else { 0 };
-    if let Err(e) = set_halt_poll(vm, ns) {
-        log::debug!("guest {name}: KVM_CAP_HALT_POLL {ns} ns: {e}");
-    }
-}
-
 /// Opens `/dev/kvm`.
 pub fn open_kvm() -> Result<Kvm, VmmError> {
     Kvm::new().map_err(VmmError::NoKvm)
@@ -266,16 +268,11 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
         log::info!("{n}");
     }
     log::info!("frequency backend: {}", backend.name());
-    let pstates = Arc::new(PStateController::new(topology, backend));
+    let assignment = Arc::new(RwLock::new(Assignment::from_topology(topology)));
+    let pstates = Arc::new(PStateController::new(topology, backend, assignment.clone()));
 
     let channels = Channels::create(topology)?;
-    let placement_entries = placement::compute(
-        &topology
-            .guests
-            .iter()
-            .map(|g| g.vcpu_cores.clone())
-            .collect::<Vec<_>>(),
-    );
+    let placement_entries = assignment.read().unwrap().placement();
     let ctx = BuildContext {
         kvm: &kvm,
         cpuid: &cpuid,
@@ -309,7 +306,7 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
                 let (ctx, entries) = (&ctx, &placement_entries[i]);
                 s.spawn(move || {
                     let vm = GuestVm::build(ctx, i, g, tables, wiring)?;
-                    apply_halt_poll(&g.name, &vm.vm, entries);
+                    placement::apply_halt_poll(&g.name, &vm.vm, entries);
                     Ok(vm)
                 })
             })
@@ -329,6 +326,7 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
     let mut vmm = RunningVmm {
         topology: topology.clone(),
         channels,
+        assignment,
         placement: placement_entries,
         pstates,
         guests: Vec::new(),
@@ -374,6 +372,35 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
     Ok(vmm)
 }
 
+impl Drop for RunningVmm {
+    /// No vCPU may run once its guest's `Vm`, and the memory behind the VM's slots,
+    /// are gone: a VMM dropped without [`RunningVmm::wait`] stops its guests and joins
+    /// every vCPU thread before the guests (and their `Vm`s) drop.
+    fn drop(&mut self) {
+        if self.guests.iter().all(RunningGuest::finished) {
+            return;
+        }
+        self.stop_all();
+        while !self.guests.iter().all(RunningGuest::finished) {
+            for t in self.guests.iter_mut().flat_map(|g| &mut g.threads) {
+                match t.handle.take() {
+                    Some(h) if h.is_finished() => {
+                        let _ = h.join();
+                    }
+                    Some(h) => {
+                        t.handle = Some(h);
+                        // Again and again: a kick is lost if it lands before the thread
+                        // has registered its kvm_run.
+                        t.kick();
+                    }
+                    None => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 impl RunningVmm {
     /// A handle that stops or controls this VMM from another thread.
     pub fn handle(&self) -> VmmHandle {
@@ -385,20 +412,19 @@ impl RunningVmm {
     /// guest no longer gets that doorbell's interrupt (its irqfd is removed, so that the
     /// host thread sees the rings); it must leave the channel alone (run the `idle`
     /// image, for example).
-    pub fn take_channel_side_a(&self, index: usize) -> Option<HostChannelSide> {
+    pub fn take_channel_side_a(&mut self, index: usize) -> Option<HostChannelSide> {
         let c = self.channels.list.get(index)?;
-        let a = &self.guests[c.guests[0]];
-        let slot = a
-            .wiring
-            .channels
-            .iter()
-            .find(|gc| Arc::ptr_eq(&gc.memory, &c.memory))?;
-        if let Err(e) = a.vm.unregister_irqfd(&slot.wake_me, slot.gsi()) {
-            log::warn!(
-                "guest {}: cannot remove its channel irqfd: {e}",
-                a.config.name
-            );
-            return None;
+        let a = &mut self.guests[c.guests[0]];
+        match a.vm.disconnect_irqfd(&c.kicks[1]) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                log::warn!(
+                    "guest {}: cannot remove its channel irqfd: {e}",
+                    a.config.name
+                );
+                return None;
+            }
         }
         Some(HostChannelSide {
             memory: c.memory.clone(),
@@ -413,143 +439,185 @@ impl RunningVmm {
         self.pstates.status()
     }
 
-    /// The P-state controller (for re-pinning and status views).
-    pub fn pstate_controller(&self) -> &Arc<PStateController> {
-        &self.pstates
-    }
-
     /// The vCPU threads that have started so far.
     pub fn vcpu_threads(&self) -> Vec<VcpuThreadInfo> {
+        let assignment = self.assignment.read().unwrap();
         self.guests
             .iter()
-            .flat_map(|g| {
-                g.threads.iter().filter_map(|t| {
+            .enumerate()
+            .flat_map(|(i, g)| {
+                let assignment = &assignment;
+                g.threads.iter().filter_map(move |t| {
                     let tid = t.tid.load(Ordering::Acquire);
                     (tid != 0).then(|| VcpuThreadInfo {
                         guest: g.config.name.clone(),
                         vcpu: t.index,
                         tid,
-                        cores: t.cores.clone(),
+                        cores: assignment.vcpu(i, t.index as usize).to_vec(),
                     })
                 })
             })
             .collect()
     }
 
-    /// Moves every vCPU of `name` onto `cores`: re-pins the threads, rewrites the
-    /// placement pages that change (and kicks those guests), adapts KVM halt polling,
-    /// and lets the P-state controller follow the new `_PSD` domains.
-    fn move_guest(&mut self, name: &str, cores: Vec<HostCore>) -> Result<String, String> {
+    /// Moves every vCPU of `name` onto `cores`: re-pins the threads, records the new
+    /// assignment, rewrites the placement pages that change (and kicks those guests),
+    /// adapts KVM halt polling, and lets the P-state controller follow the new `_PSD`
+    /// domains.
+    fn move_guest(
+        &mut self,
+        name: &str,
+        cores: Vec<HostCore>,
+    ) -> Result<ControlResponse, ControlError> {
         let index = self
             .guests
             .iter()
             .position(|g| g.config.name == name)
-            .ok_or_else(|| format!("no guest named `{name}`"))?;
+            .ok_or_else(|| ControlError::NoSuchGuest {
+                guest: name.to_string(),
+            })?;
         if cores.is_empty() {
-            return Err("name at least one core".into());
+            return Err(ControlError::InvalidCores {
+                reason: "name at least one core".into(),
+            });
         }
         if let Some(c) = cores.iter().find(|c| !self.topology.host_cores.contains(c)) {
-            return Err(format!(
-                "core {c} is not one of the stack's host cores ({})",
-                crate::topology::core_list(&self.topology.host_cores)
-            ));
+            return Err(ControlError::InvalidCores {
+                reason: format!(
+                    "core {c} is not one of the stack's host cores ({})",
+                    core_list(&self.topology.host_cores)
+                ),
+            });
         }
         let g = &mut self.guests[index];
         if g.state != GuestState::Running {
-            return Err(format!("guest {name} is not running"));
+            return Err(ControlError::NotRunning {
+                guest: name.to_string(),
+            });
         }
         for t in &g.threads {
             let tid = t.tid.load(Ordering::Acquire);
             if tid != 0 {
-                pin_thread(tid, &cores)
-                    .map_err(|e| format!("cannot pin vCPU {} of {name}: {e}", t.index))?;
+                pin_thread(tid, &cores).map_err(|e| ControlError::Pin {
+                    guest: name.to_string(),
+                    vcpu: t.index,
+                    reason: e.to_string(),
+                })?;
             }
         }
-        let vcpus = g.config.vcpu_cores.len();
-        g.config.vcpu_cores = vec![cores.clone(); vcpus];
-        self.topology.guests[index].vcpu_cores = g.config.vcpu_cores.clone();
-        for v in 0..vcpus {
-            self.pstates.repin(&self.topology, index, v, cores.clone());
-        }
-
-        let fresh = placement::compute(
-            &self
-                .guests
-                .iter()
-                .map(|g| g.config.vcpu_cores.clone())
-                .collect::<Vec<_>>(),
+        self.assignment.write().unwrap().move_guest(index, &cores);
+        self.pstates.repin(index);
+        let placed: Vec<placement::PlacedGuest<'_>> = self
+            .guests
+            .iter()
+            .map(|g| placement::PlacedGuest {
+                name: &g.config.name,
+                vm: &g.vm,
+                page: &g.wiring.placement,
+            })
+            .collect();
+        let fresh = placement::apply(
+            &self.assignment.read().unwrap(),
+            &self.placement,
+            index,
+            &placed,
         );
-        for (i, (g, entries)) in self.guests.iter().zip(&fresh).enumerate() {
-            let changed = i == index
-                || entries
-                    .iter()
-                    .zip(&self.placement[i])
-                    .any(|(a, b)| a.dedicated != b.dedicated || a.host_cores != b.host_cores);
-            if changed {
-                g.wiring.placement.write(entries);
-                apply_halt_poll(&g.config.name, &g.vm, entries);
-                g.wiring.placement.kick();
-            }
-        }
         self.placement = fresh;
-        let dedicated = self.placement[index].iter().all(|e| e.dedicated == 1);
-        let msg = format!(
-            "moved {name} to host core(s) {} ({})",
-            crate::topology::core_list(&cores),
-            if dedicated { "dedicated" } else { "shared" }
-        );
-        log::info!("{msg}");
-        Ok(msg)
+        let moved = ControlResponse::Moved {
+            guest: name.to_string(),
+            cores,
+            dedicated: self.placement[index].iter().all(|e| e.dedicated == 1),
+        };
+        log::info!("{moved}");
+        Ok(moved)
     }
 
-    /// A text report: per vCPU its thread, cores, placement, P-state and exits; per
-    /// channel the queue occupancy and sleep/kick counters.
-    fn status(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
+    /// Per guest its state, per vCPU its thread, cores, placement, P-state and exits,
+    /// per channel the current queue depths and the totals, and the events it caused.
+    fn status(&self) -> StatusReport {
         let pstates = self.pstates.status();
-        for (i, g) in self.guests.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "guest {} ({}): {:?}",
-                g.config.name, g.config.role, g.state
-            );
-            for t in &g.threads {
-                let p = pstates
+        let assignment = self.assignment.read().unwrap();
+        let guests = self
+            .guests
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let vcpus = g
+                    .threads
                     .iter()
-                    .find(|p| p.guest == g.config.name && p.vcpu == t.index as usize);
-                let e = &self.placement[i][t.index as usize];
-                let _ = writeln!(
-                    out,
-                    "  vcpu {} tid {} cores {} {} P{} {} MHz ({}) exits {}",
-                    t.index,
-                    t.tid.load(Ordering::Acquire),
-                    crate::topology::core_list(&g.config.vcpu_cores[t.index as usize]),
-                    if e.dedicated == 1 {
-                        "dedicated"
-                    } else {
-                        "shared"
+                    .map(|t| {
+                        let v = t.index as usize;
+                        let p = pstates
+                            .iter()
+                            .find(|p| p.guest == g.config.name && p.vcpu == v);
+                        VcpuStatus {
+                            index: t.index,
+                            tid: t.tid.load(Ordering::Acquire),
+                            cores: assignment.vcpu(i, v).to_vec(),
+                            dedicated: self.placement[i][v].dedicated == 1,
+                            pstate: p.map_or(0, |p| p.effective),
+                            mhz: p.map_or(0, |p| p.mhz),
+                            backend: p.map_or("?", |p| p.backend).to_string(),
+                            exits: t.exits.load(Ordering::Relaxed),
+                        }
+                    })
+                    .collect();
+                let channels = g
+                    .wiring
+                    .channels
+                    .iter()
+                    .map(|c| {
+                        let layout = &self.channels.list[c.index].layout;
+                        let region = c.memory.region();
+                        let o = compart_channel::occupancy(&region, layout, c.side);
+                        let n = compart_channel::counters(&region, layout, c.side);
+                        let t = compart_channel::totals(&region, layout, c.side);
+                        ChannelStatus {
+                            peer: c.peer.clone(),
+                            side: match c.side {
+                                compart_channel::Side::A => "a",
+                                compart_channel::Side::B => "b",
+                            }
+                            .to_string(),
+                            depth: QueueDepth {
+                                requests_in: o.requests_in,
+                                requests_out: o.requests_out,
+                                replies_in: o.replies_in,
+                                replies_out: o.replies_out,
+                            },
+                            totals: ChannelTotals {
+                                requests_sent: t.requests_sent,
+                                requests_received: t.requests_received,
+                                replies_sent: t.replies_sent,
+                                replies_received: t.replies_received,
+                                sleeps: n.sleeps,
+                                kicks: n.kicks,
+                            },
+                        }
+                    })
+                    .collect();
+                let events = &g.shared.events;
+                GuestStatus {
+                    name: g.config.name.clone(),
+                    role: g.config.role.to_string(),
+                    state: match &g.state {
+                        GuestState::Running => StateReport::Running,
+                        GuestState::Exited(status) => StateReport::Exited { status: *status },
+                        GuestState::Failed(f) => StateReport::Failed {
+                            failure: f.to_string(),
+                        },
+                        GuestState::Stopped => StateReport::Stopped,
                     },
-                    p.map_or(0, |p| p.effective),
-                    p.map_or(0, |p| p.mhz),
-                    p.map_or("?", |p| p.backend),
-                    t.exits.load(Ordering::Relaxed)
-                );
-            }
-            for c in &g.wiring.channels {
-                let layout = &self.channels.list[self.topology.channels_of(i)[c.slot].0].layout;
-                let region = c.memory.region();
-                let o = compart_channel::occupancy(&region, layout, c.side);
-                let n = compart_channel::counters(&region, layout, c.side);
-                let _ = writeln!(
-                    out,
-                    "  channel to {} (side {:?}): requests in {} out {}, replies in {} out {}; sleeps {} kicks {}",
-                    c.peer, c.side, o.requests_in, o.requests_out, o.replies_in, o.replies_out,
-                    n.sleeps, n.kicks
-                );
-            }
-        }
-        out
+                    vcpus,
+                    channels,
+                    events: EventTotals {
+                        refused_msr_writes: events.total(EventKind::RefusedMsrWrite),
+                        pstate_changes: events.total(EventKind::PStateChange),
+                    },
+                }
+            })
+            .collect();
+        StatusReport { guests }
     }
 
     fn stop_all(&mut self) {
@@ -577,18 +645,7 @@ impl RunningVmm {
                 self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
             };
             match msg {
-                Ok(Msg::Stop) => {
-                    log::info!("stopping all guests");
-                    self.stop_all();
-                }
-                Ok(Msg::Vcpu(e)) => self.on_event(e),
-                Ok(Msg::Control(request, reply)) => {
-                    let answer = match request {
-                        ControlRequest::Move { guest, cores } => self.move_guest(&guest, cores),
-                        ControlRequest::Status => Ok(self.status()),
-                    };
-                    let _ = reply.send(answer);
-                }
+                Ok(msg) => self.on_message(msg),
                 Err(RecvTimeoutError::Timeout) => {
                     for g in &self.guests {
                         if g.shared.stop.load(Ordering::Acquire) {
@@ -606,6 +663,40 @@ impl RunningVmm {
                 .map(|g| (g.config.name.clone(), g.state.clone()))
                 .collect(),
             first_nonzero_exit: self.first_nonzero_exit,
+        }
+    }
+
+    /// Serves every message already queued (vCPU events, stop and control requests)
+    /// without blocking, and returns how many there were: for a caller that
+    /// coordinates from its own loop instead of [`RunningVmm::wait`].
+    pub fn serve_pending(&mut self) -> usize {
+        let mut n = 0;
+        while let Ok(msg) = self.rx.try_recv() {
+            self.on_message(msg);
+            n += 1;
+        }
+        n
+    }
+
+    fn on_message(&mut self, msg: Msg) {
+        match msg {
+            Msg::Stop => {
+                log::info!("stopping all guests");
+                self.stop_all();
+            }
+            Msg::Vcpu(e) => self.on_event(e),
+            Msg::Control(request, reply) => {
+                let answer = match request {
+                    ControlRequest::Move { guest, cores } => self.move_guest(&guest, cores),
+                    ControlRequest::Status => Ok(ControlResponse::Status(self.status())),
+                    ControlRequest::Stop => {
+                        log::info!("stopping all guests (control request)");
+                        self.stop_all();
+                        Ok(ControlResponse::Stopping)
+                    }
+                };
+                let _ = reply.send(answer);
+            }
         }
     }
 

@@ -253,7 +253,14 @@ fn ctl_moves_reports_and_stops_a_running_vmm() {
         5,
         "{status}"
     );
-    assert!(status.contains("guest tcp (tcp): Running"), "{status}");
+    assert!(status.contains("guest tcp (tcp): running"), "{status}");
+
+    let (code, json, _) = ctl(&["status", "--json"]);
+    assert_eq!(code, Some(0));
+    assert!(json.trim_start().starts_with('{'), "{json}");
+    assert!(json.contains("\"name\": \"tcp\""), "{json}");
+    assert!(json.contains("\"state\": \"running\""), "{json}");
+    assert!(json.contains("\"refused_msr_writes\": 0"), "{json}");
 
     let (code, moved, _) = ctl(&["move", "tcp", "--cores", "0"]);
     assert_eq!(code, Some(0));

@@ -124,20 +124,20 @@ impl fmt::Display for Error {
             Error::OutOfBounds { gpa, len } => {
                 write!(f, "ACPI range {gpa:#x}+{len:#x} is outside guest memory")
             }
-            Error::BadRsdpSignature => write!(f, "No RSDP signature at the RSDP address"),
+            Error::BadRsdpSignature => write!(f, "no RSDP signature at the RSDP address"),
             Error::UnsupportedRsdpRevision(r) => {
                 write!(f, "RSDP revision {r} has no XSDT (need 2 or later)")
             }
             Error::BadSignature { expected, found } => {
-                write!(f, "Expected table {expected}, found {found}")
+                write!(f, "expected table {expected}, found {found}")
             }
             Error::BadLength { table, length } => {
-                write!(f, "Table {table} has an impossible length {length}")
+                write!(f, "table {table} has an impossible length {length}")
             }
-            Error::BadChecksum { table } => write!(f, "Table {table} has a bad checksum"),
-            Error::MissingTable(sig) => write!(f, "The XSDT lists no {sig} table"),
+            Error::BadChecksum { table } => write!(f, "table {table} has a bad checksum"),
+            Error::MissingTable(sig) => write!(f, "the XSDT lists no {sig} table"),
             Error::BadMadtEntry { offset } => {
-                write!(f, "Malformed MADT entry at offset {offset:#x}")
+                write!(f, "malformed MADT entry at offset {offset:#x}")
             }
             Error::Aml { offset, error } => {
                 write!(f, "DSDT offset {offset:#x}: ")?;
@@ -151,17 +151,17 @@ impl fmt::Display for Error {
                 }
             }
             Error::TooManyProcessors { max } => {
-                write!(f, "More than {max} processors in the ACPI tables")
+                write!(f, "more than {max} processors in the ACPI tables")
             }
             Error::MissingObject { device, object } => {
-                write!(f, "Processor {device} has no {object}")
+                write!(f, "processor {device} has no {object}")
             }
             Error::InvalidObject { device, object } => {
-                write!(f, "Processor {device} has a malformed {object}")
+                write!(f, "processor {device} has a malformed {object}")
             }
-            Error::DuplicateUid(uid) => write!(f, "Two processors have _UID {uid}"),
+            Error::DuplicateUid(uid) => write!(f, "two processors have _UID {uid}"),
             Error::ProcessorNotInMadt { uid } => {
-                write!(f, "Processor with _UID {uid} has no MADT entry")
+                write!(f, "processor with _UID {uid} has no MADT entry")
             }
         }
     }

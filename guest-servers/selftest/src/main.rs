@@ -11,7 +11,9 @@
 //! - `freq=A,B,…`: for each P-state index, set it, run a fixed compute loop and print
 //!   its wall time (TSC) and the APERF/MPERF ratio;
 //! - `switch=N`: time N P-state switches (P0 ↔ the slowest allowed state);
-//! - `pstate-control=V`: write the raw control value V (hex) and report the outcome.
+//! - `pstate-control=V`: write the raw control value V (hex) and report the outcome;
+//! - `flood=MS`: write an invalid PERF_CTL value as fast as it can for MS milliseconds
+//!   (a hostile guest: the VMM must not slow the others or its log).
 #![no_std]
 #![no_main]
 
@@ -58,6 +60,7 @@ fn main(info: &'static BootInfo) -> i32 {
             }
             "freq" => freq(info, value),
             "switch" => switch(info, word.parse().unwrap_or(100)),
+            "flood" => flood(info, word.parse().unwrap_or(1000)),
             "pstate-control" => {
                 let Hex(v) = word.parse().unwrap_or(Hex(0));
                 match pstate::write_control(v) {
@@ -155,4 +158,18 @@ fn switch(info: &BootInfo, n: u32) {
         at(90),
         at(100)
     );
+}
+
+/// Writes a PERF_CTL value no `_PSS` lists, in a loop, for `ms` milliseconds; every
+/// write should be refused.
+fn flood(info: &BootInfo, ms: u64) {
+    let end = rdtsc() + ms * info.tsc_khz.max(1);
+    let (mut refused, mut accepted) = (0u64, 0u64);
+    while rdtsc() < end {
+        match pstate::write_control(0xdead) {
+            Ok(()) => accepted += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    println!("flood: {refused} writes refused, {accepted} accepted in {ms} ms");
 }

@@ -4,5 +4,6 @@
 
 pub mod cpuid;
 pub mod gdt;
+pub mod lapic;
 pub mod paging;
 pub mod regs;

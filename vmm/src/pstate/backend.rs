@@ -12,22 +12,8 @@ use std::sync::Mutex;
 
 use compart_acpi::Mhz;
 
-use crate::topology::HostCore;
-
-/// Which backend the topology asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// The best one this host supports.
-    #[default]
-    Auto,
-    /// Host cpufreq limits.
-    Cpufreq,
-    /// Host IA32_PERF_CTL through /dev/cpu/N/msr.
-    Msr,
-    /// Duty-cycling the vCPU thread.
-    Soft,
-}
+use crate::host;
+use crate::topology::{BackendChoice, HostCore};
 
 /// Applies per-core frequencies on the host.
 pub trait FreqBackend: fmt::Debug + Send + Sync {
@@ -64,9 +50,7 @@ pub struct Cpufreq {
 
 impl Cpufreq {
     fn max_freq_file(&self, core: u32) -> PathBuf {
-        self.root.join(format!(
-            "sys/devices/system/cpu/cpu{core}/cpufreq/scaling_max_freq"
-        ))
+        host::cpufreq_max_freq_file(&self.root, HostCore(core))
     }
 
     /// cpufreq on the cores the stack uses, or why not.
@@ -124,13 +108,12 @@ const IA32_PERF_CTL: u64 = 0x199;
 
 impl Msr {
     fn dev(&self, core: u32) -> PathBuf {
-        self.root.join(format!("dev/cpu/{core}/msr"))
+        host::msr_device(&self.root, HostCore(core))
     }
 
     /// The MSR backend on the cores the stack uses, or why not.
     pub fn probe(root: &Path, cores: &[HostCore]) -> Result<Self, String> {
-        let cpuinfo = fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default();
-        if !cpuinfo.contains("GenuineIntel") {
+        if !host::is_intel(root) {
             return Err(
                 "the host CPU is not Intel: IA32_PERF_CTL ratios are Intel's, and AMD's \
                  P-state MSRs (C001_0062) are not driven"
@@ -208,10 +191,7 @@ pub fn select(
         };
         match probed {
             Ok(b) => return (b, notes),
-            Err(why) => notes.push(format!(
-                "frequency backend {}: unavailable: {why}",
-                format!("{c:?}").to_lowercase()
-            )),
+            Err(why) => notes.push(format!("frequency backend {c}: unavailable: {why}")),
         }
     }
     (Box::new(Soft), notes)

@@ -3,7 +3,8 @@
 //! A guest asks for a P-state the way an OS asks real hardware: it writes the control
 //! value of a `_PSS` entry to IA32_PERF_CTL (the register its `_PCT` names). KVM's MSR
 //! filter sends that write, and reads of IA32_PERF_STATUS, APERF and MPERF, to the
-//! VMM (`vstate/vcpu.rs`), which asks the [`PStateController`]:
+//! vCPU's [`msrs::VcpuMsrs`] (the emulation of those registers), which asks the
+//! [`PStateController`]:
 //!
 //! 1. [`coordination`]: the value must be a `_PSS` control value `_PPC` allows (else
 //!    the guest gets #GP, which its firmware reports as a refused write); the vCPU's
@@ -11,21 +12,28 @@
 //! 2. [`backend`]: the effective frequencies are applied to the host — cpufreq limits or
 //!    the host's PERF_CTL per core (the fastest any vCPU on the core needs), or soft
 //!    scaling, where each vCPU thread duty-cycles itself ([`soft`]);
-//! 3. every change is logged and kept for the status view ([`PStateController::status`]).
+//! 3. every change is kept for the status view ([`PStateController::status`]) and
+//!    counted and logged rate-limited by the guest's vCPU thread
+//!    (`crate::guest_events`), after the controller's locks are released.
 //!
-//! Status reads return the effective state's `_PSS` status value; APERF/MPERF advance
-//! so that ΔAPERF/ΔMPERF is the effective over the maximum frequency.
+//! Each guest's P-state bookkeeping has its own lock, so a guest that floods PERF_CTL
+//! only ever waits for itself. Status reads return the effective state's `_PSS`
+//! status value; APERF/MPERF ([`perf_counters`]) advance so that ΔAPERF/ΔMPERF is the
+//! effective over the maximum frequency.
 
 pub mod backend;
 pub mod coordination;
+pub mod msrs;
+pub mod perf_counters;
 pub mod soft;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use compart_acpi::{Coordination, Mhz};
 
-use crate::topology::{HostCore, Topology};
+use crate::placement::Assignment;
+use crate::topology::{coordination_name, HostCore, Topology};
 use backend::FreqBackend;
 use coordination::{Change, GuestPStates, Refusal};
 
@@ -81,12 +89,48 @@ pub struct VcpuPState {
     pub backend: &'static str,
 }
 
+/// A vCPU whose effective state changed, as a log line tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeReport {
+    /// vCPU index.
+    pub vcpu: usize,
+    /// The state it requested last.
+    pub requested: usize,
+    /// Effective state before.
+    pub from: usize,
+    /// Effective state now.
+    pub to: usize,
+    /// Its frequency.
+    pub mhz: u32,
+    /// Its `_PSD` domain.
+    pub domain: u32,
+    /// The domain's coordination.
+    pub coordination: Coordination,
+    /// The backend applying it.
+    pub backend: &'static str,
+}
+
+impl std::fmt::Display for ChangeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "vCPU {}: requested P{}, effective P{} -> P{} ({} MHz; _PSD domain {} {}), backend {}",
+            self.vcpu,
+            self.requested,
+            self.from,
+            self.to,
+            self.mhz,
+            self.domain,
+            coordination_name(self.coordination),
+            self.backend
+        )
+    }
+}
+
 #[derive(Debug)]
 struct GuestEntry {
     name: String,
     states: GuestPStates,
-    freqs: Vec<Arc<VcpuFreq>>,
-    cores: Vec<Vec<HostCore>>,
 }
 
 /// The P-states of every guest and the backend that applies them.
@@ -94,60 +138,64 @@ struct GuestEntry {
 pub struct PStateController {
     backend: Box<dyn FreqBackend>,
     soft_period: std::time::Duration,
-    guests: Mutex<Vec<GuestEntry>>,
-}
-
-fn coordination_name(c: Coordination) -> &'static str {
-    match c {
-        Coordination::SwAll => "sw-all",
-        Coordination::SwAny => "sw-any",
-        Coordination::HwAll => "hw-all",
-    }
+    /// One lock per guest: a guest's requests never wait for another guest.
+    guests: Vec<Mutex<GuestEntry>>,
+    /// Each guest's vCPUs' effective frequencies (atomics, read without a lock).
+    freqs: Vec<Vec<Arc<VcpuFreq>>>,
+    /// Serialises applying frequencies to the host (real backends only).
+    host: Mutex<()>,
+    /// Where each vCPU runs (the runtime's record, read here).
+    assignment: Arc<RwLock<Assignment>>,
+    topology: Topology,
 }
 
 impl PStateController {
-    /// Every guest of `topology` at its start-up P-state, applied through `backend`.
-    pub fn new(topology: &Topology, backend: Box<dyn FreqBackend>) -> Self {
+    /// Every guest of `topology` at its start-up P-state, applied through `backend`;
+    /// `_PSD` domains and host cores follow `assignment`.
+    pub fn new(
+        topology: &Topology,
+        backend: Box<dyn FreqBackend>,
+        assignment: Arc<RwLock<Assignment>>,
+    ) -> Self {
+        let placed = assignment.read().unwrap().clone();
         let fmax = topology.pstates.p0().frequency.0;
-        let guests = topology
-            .guests
-            .iter()
-            .map(|g| {
-                let psd = crate::acpi::guest_psd(topology, g);
-                let states = GuestPStates::new(
-                    topology.pstates.clone(),
-                    g.ppc as usize,
-                    psd,
-                    g.initial_pstate as usize,
-                );
-                let mhz = states.ladder().states()[states.effective(0)].frequency.0;
-                GuestEntry {
-                    name: g.name.clone(),
-                    freqs: (0..g.vcpus())
-                        .map(|_| {
-                            Arc::new(VcpuFreq {
-                                effective_mhz: AtomicU32::new(mhz),
-                                fmax_mhz: fmax,
-                            })
+        let mut guests = Vec::new();
+        let mut freqs = Vec::new();
+        for (i, g) in topology.guests.iter().enumerate() {
+            let psd = crate::acpi::guest_psd(topology, g, placed.guest(i));
+            let states = GuestPStates::new(
+                topology.pstates.clone(),
+                g.ppc as usize,
+                psd,
+                g.initial_pstate as usize,
+            );
+            let mhz = states.ladder().states()[states.effective(0)].frequency.0;
+            freqs.push(
+                (0..g.vcpus())
+                    .map(|_| {
+                        Arc::new(VcpuFreq {
+                            effective_mhz: AtomicU32::new(mhz),
+                            fmax_mhz: fmax,
                         })
-                        .collect(),
-                    states,
-                    cores: g.vcpu_cores.clone(),
-                }
-            })
-            .collect();
+                    })
+                    .collect(),
+            );
+            guests.push(Mutex::new(GuestEntry {
+                name: g.name.clone(),
+                states,
+            }));
+        }
         let c = PStateController {
             backend,
             soft_period: topology.soft_period,
-            guests: Mutex::new(guests),
+            guests,
+            freqs,
+            host: Mutex::new(()),
+            assignment,
+            topology: topology.clone(),
         };
-        c.apply_to_host(&c.guests.lock().unwrap());
+        c.apply_to_host();
         c
-    }
-
-    /// The backend's name.
-    pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
     }
 
     /// The duty-cycle period of soft scaling.
@@ -162,15 +210,18 @@ impl PStateController {
 
     /// The fast-path view of one vCPU.
     pub fn vcpu_freq(&self, guest: usize, vcpu: usize) -> Arc<VcpuFreq> {
-        self.guests.lock().unwrap()[guest].freqs[vcpu].clone()
+        self.freqs[guest][vcpu].clone()
+    }
+
+    fn guest(&self, guest: usize) -> std::sync::MutexGuard<'_, GuestEntry> {
+        self.guests[guest].lock().unwrap()
     }
 
     /// A guest read of an intercepted P-state MSR (not APERF/MPERF, which the vCPU
     /// thread keeps): PERF_CTL reads back the last request, PERF_STATUS the effective
     /// state's status value.
     pub fn read_msr(&self, guest: usize, vcpu: usize, msr: u32) -> Option<u64> {
-        let guests = self.guests.lock().unwrap();
-        let g = guests.get(guest)?;
+        let g = self.guests.get(guest)?.lock().unwrap();
         let states = g.states.ladder().states();
         match msr {
             MSR_PERF_CTL => Some(states[g.states.requested(vcpu)].control),
@@ -179,65 +230,65 @@ impl PStateController {
         }
     }
 
-    /// A guest write of `value` to PERF_CTL on vCPU `vcpu` of guest `guest`.
-    pub fn write_perf_ctl(&self, guest: usize, vcpu: usize, value: u64) -> Result<(), Refusal> {
-        let mut guests = self.guests.lock().unwrap();
-        let g = &mut guests[guest];
-        let changes = match g.states.request(vcpu, value) {
-            Ok(c) => c,
-            Err(refusal) => {
-                log::warn!(
-                    "guest {} vCPU {vcpu}: P-state request refused: {refusal}",
-                    g.name
-                );
-                return Err(refusal);
-            }
+    /// A guest write of `value` to PERF_CTL on vCPU `vcpu` of guest `guest`. Returns
+    /// the vCPUs whose effective state changed, for the caller to report once no lock
+    /// is held; logs nothing itself.
+    pub fn write_perf_ctl(
+        &self,
+        guest: usize,
+        vcpu: usize,
+        value: u64,
+    ) -> Result<Vec<ChangeReport>, Refusal> {
+        let reports = {
+            let mut g = self.guest(guest);
+            let changes = g.states.request(vcpu, value)?;
+            self.apply_changes(guest, &g, &changes)
         };
-        let requested = g.states.requested(vcpu);
-        let d = g.states.domain(vcpu);
-        log::debug!(
-            "guest {} vCPU {vcpu}: requests P{requested} (control {value:#x}); _PSD domain {} {}",
-            g.name,
-            d.domain,
-            coordination_name(d.coordination)
-        );
-        self.apply_changes(g, &changes);
-        self.apply_to_host(&guests);
-        Ok(())
+        if !reports.is_empty() {
+            self.apply_to_host();
+        }
+        Ok(reports)
     }
 
-    fn apply_changes(&self, g: &GuestEntry, changes: &[Change]) {
-        for c in changes {
-            let mhz = g.states.ladder().states()[c.to].frequency.0;
-            g.freqs[c.vcpu].effective_mhz.store(mhz, Ordering::Relaxed);
-            let d = g.states.domain(c.vcpu);
-            log::info!(
-                "guest {} vCPU {}: requested P{}, effective P{} -> P{} ({mhz} MHz; _PSD domain {} {}), backend {}",
-                g.name,
-                c.vcpu,
-                g.states.requested(c.vcpu),
-                c.from,
-                c.to,
-                d.domain,
-                coordination_name(d.coordination),
-                self.backend.name()
-            );
-        }
+    fn apply_changes(&self, guest: usize, g: &GuestEntry, changes: &[Change]) -> Vec<ChangeReport> {
+        changes
+            .iter()
+            .map(|c| {
+                let mhz = g.states.ladder().states()[c.to].frequency.0;
+                self.freqs[guest][c.vcpu]
+                    .effective_mhz
+                    .store(mhz, Ordering::Relaxed);
+                let d = g.states.domain(c.vcpu);
+                ChangeReport {
+                    vcpu: c.vcpu,
+                    requested: g.states.requested(c.vcpu),
+                    from: c.from,
+                    to: c.to,
+                    mhz,
+                    domain: d.domain,
+                    coordination: d.coordination,
+                    backend: self.backend.name(),
+                }
+            })
+            .collect()
     }
 
     /// Real backends: each host core runs at the fastest frequency any vCPU allowed
-    /// on it needs.
-    fn apply_to_host(&self, guests: &[GuestEntry]) {
+    /// on it needs. Takes no guest's lock.
+    fn apply_to_host(&self) {
         if self.backend.is_soft() {
             return;
         }
+        let _host = self.host.lock().unwrap();
         let mut per_core: std::collections::BTreeMap<HostCore, u32> = Default::default();
-        for g in guests {
-            for (v, cores) in g.cores.iter().enumerate() {
-                let mhz = g.freqs[v].effective_mhz();
-                for c in cores {
-                    let e = per_core.entry(*c).or_default();
-                    *e = (*e).max(mhz);
+        {
+            let assignment = self.assignment.read().unwrap();
+            for (i, freqs) in self.freqs.iter().enumerate() {
+                for (cores, f) in assignment.guest(i).iter().zip(freqs) {
+                    for c in cores {
+                        let e = per_core.entry(*c).or_default();
+                        *e = (*e).max(f.effective_mhz());
+                    }
                 }
             }
         }
@@ -251,35 +302,38 @@ impl PStateController {
         }
     }
 
-    /// Guest `guest`'s vCPU `vcpu` now runs on `cores`: its `_PSD` domain follows the
-    /// new pinning and effective states are resolved again.
-    pub fn repin(&self, topology: &Topology, guest: usize, vcpu: usize, cores: Vec<HostCore>) {
-        let mut guests = self.guests.lock().unwrap();
-        let g = &mut guests[guest];
-        g.cores[vcpu] = cores;
-        let mut config = topology.guests[guest].clone();
-        config.vcpu_cores = g.cores.clone();
-        let psd = crate::acpi::guest_psd(topology, &config);
-        let changes = g.states.set_domains(psd);
-        self.apply_changes(g, &changes);
-        self.apply_to_host(&guests);
+    /// Guest `guest`'s vCPUs were moved (the assignment says where to): its `_PSD`
+    /// domains follow the new pinning and effective states are resolved again.
+    pub fn repin(&self, guest: usize) {
+        let cores = self.assignment.read().unwrap().guest(guest).to_vec();
+        let psd = crate::acpi::guest_psd(&self.topology, &self.topology.guests[guest], &cores);
+        let (name, reports) = {
+            let mut g = self.guest(guest);
+            let changes = g.states.set_domains(psd);
+            (g.name.clone(), self.apply_changes(guest, &g, &changes))
+        };
+        self.apply_to_host();
+        for r in reports {
+            log::info!("guest {name} {r}");
+        }
     }
 
     /// Every vCPU's current P-state.
     pub fn status(&self) -> Vec<VcpuPState> {
-        let guests = self.guests.lock().unwrap();
-        guests
-            .iter()
-            .flat_map(|g| {
-                (0..g.freqs.len()).map(move |v| VcpuPState {
+        let mut out = Vec::new();
+        for (i, g) in self.guests.iter().enumerate() {
+            let g = g.lock().unwrap();
+            for v in 0..self.freqs[i].len() {
+                out.push(VcpuPState {
                     guest: g.name.clone(),
                     vcpu: v,
                     requested: g.states.requested(v),
                     effective: g.states.effective(v),
-                    mhz: g.freqs[v].effective_mhz(),
+                    mhz: self.freqs[i][v].effective_mhz(),
                     backend: self.backend.name(),
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        out
     }
 }

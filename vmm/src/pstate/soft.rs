@@ -10,22 +10,15 @@
 //! re-armed for the rest), and once the quota is spent sleeps to the end of the period.
 //! The period is [`DEFAULT_PERIOD`]; the benchmark `pstate` measures the accuracy.
 //!
-//! [`Counters`] virtualises APERF and MPERF: MPERF counts at fmax and APERF at the
-//! effective frequency during the guest's C0 time, so ΔAPERF/ΔMPERF = f/fmax exactly
-//! as Linux's `scaling_cur_freq` reads it.
+//! APERF and MPERF, which every backend serves, are in
+//! [`perf_counters`](super::perf_counters).
 
 use std::time::{Duration, Instant};
 
-/// Length of a duty-cycle period.
-pub const DEFAULT_PERIOD: Duration = Duration::from_millis(10);
+/// Length of a duty-cycle period, unless the topology names one.
+pub use crate::topology::DEFAULT_SOFT_PERIOD as DEFAULT_PERIOD;
 
-fn thread_cpu_ns() -> u64 {
-    // SAFETY: timespec is plain data; clock_gettime writes it.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid clock id and a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+use super::perf_counters::thread_cpu_ns;
 
 /// The duty-cycle state of one vCPU thread.
 #[derive(Debug)]
@@ -77,7 +70,9 @@ impl Throttle {
             },
         };
         // SAFETY: our own live timer and a valid itimerspec.
-        unsafe { libc::timer_settime(self.timer, 0, &spec, std::ptr::null_mut()) };
+        let r = unsafe { libc::timer_settime(self.timer, 0, &spec, std::ptr::null_mut()) };
+        // Fails only for an invalid timer or value, and both are ours and valid.
+        debug_assert_eq!(r, 0, "timer_settime");
         self.armed = true;
     }
 
@@ -86,15 +81,16 @@ impl Throttle {
             // SAFETY: an all-zero itimerspec disarms our own live timer.
             let zero: libc::itimerspec = unsafe { std::mem::zeroed() };
             // SAFETY: as above.
-            unsafe { libc::timer_settime(self.timer, 0, &zero, std::ptr::null_mut()) };
+            let r = unsafe { libc::timer_settime(self.timer, 0, &zero, std::ptr::null_mut()) };
+            debug_assert_eq!(r, 0, "timer_settime");
             self.armed = false;
         }
     }
 
     /// Called before every `KVM_RUN`: with `ratio` = f/fmax of the vCPU, either arms
     /// the timer for the rest of this period's quota or, when the quota is spent,
-    /// sleeps to the end of the period (returning early if `stop()` turns true is not
-    /// needed: a period is short). A ratio of 1 runs unthrottled.
+    /// sleeps to the end of the period (at most one period, so a stop request waits no
+    /// longer than that). A ratio of 1 runs unthrottled.
     pub fn before_run(&mut self, ratio: f64) {
         if ratio >= 1.0 {
             self.disarm();
@@ -126,87 +122,10 @@ impl Drop for Throttle {
     }
 }
 
-/// Virtual APERF/MPERF of one vCPU, advanced from the thread's CPU time.
-#[derive(Debug)]
-pub struct Counters {
-    aperf: u64,
-    mperf: u64,
-    last_cpu_ns: u64,
-}
-
-impl Counters {
-    /// Counters at zero, from now.
-    pub fn new() -> Self {
-        Counters {
-            aperf: 0,
-            mperf: 0,
-            last_cpu_ns: thread_cpu_ns(),
-        }
-    }
-
-    /// Advances both counters over the CPU time used since the last call, at the
-    /// effective frequency `f_mhz` of maximum `fmax_mhz`. With soft scaling the
-    /// guest's C0 time is the CPU time used divided by f/fmax (it ran only that
-    /// share of the wall time); with real scaling it is the CPU time itself.
-    pub fn advance(&mut self, f_mhz: u32, fmax_mhz: u32, soft: bool) {
-        let now = thread_cpu_ns();
-        let cpu = now.saturating_sub(self.last_cpu_ns);
-        self.last_cpu_ns = now;
-        let (f, fmax) = (u128::from(f_mhz.max(1)), u128::from(fmax_mhz.max(1)));
-        let c0_ns = if soft {
-            u128::from(cpu) * fmax / f
-        } else {
-            u128::from(cpu)
-        };
-        // cycles = ns · MHz / 1000
-        self.aperf = self.aperf.wrapping_add((c0_ns * f / 1000) as u64);
-        self.mperf = self.mperf.wrapping_add((c0_ns * fmax / 1000) as u64);
-    }
-
-    /// APERF.
-    pub fn aperf(&self) -> u64 {
-        self.aperf
-    }
-
-    /// MPERF.
-    pub fn mperf(&self) -> u64 {
-        self.mperf
-    }
-}
-
-impl Default for Counters {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spin(d: Duration) {
-        let t = Instant::now();
-        while t.elapsed() < d {
-            std::hint::spin_loop();
-        }
-    }
-
-    #[test]
-    fn counters_ratio_is_the_frequency_ratio() {
-        let mut c = Counters::new();
-        spin(Duration::from_millis(20));
-        c.advance(1000, 2000, true);
-        let r = c.aperf() as f64 / c.mperf() as f64;
-        assert!((r - 0.5).abs() < 1e-6, "{r}");
-        let (a, m) = (c.aperf(), c.mperf());
-        spin(Duration::from_millis(20));
-        c.advance(2000, 2000, true);
-        assert_eq!(
-            c.aperf() - a,
-            c.mperf() - m,
-            "at fmax they advance together"
-        );
-    }
+    use crate::pstate::perf_counters::tests::spin;
 
     #[test]
     fn throttle_caps_a_busy_thread_at_its_ratio() {

@@ -1,33 +1,33 @@
 //! One KVM VM per guest: its RAM, the boot state the VMM writes into it (boot info,
 //! page tables, descriptor tables), its in-kernel interrupt controller and vCPUs.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use compart_abi::{
     fill_str_field, percpu, percpu_gpa, ports, BootInfo, BOOT_INFO_GPA, CONSOLE_BUF_GPA,
-    CONSOLE_BUF_SIZE, IDT_GPA, MAX_CHANNELS, MAX_CORES_LISTED, MIN_HEAP_SIZE, PAGE_SIZE,
-    PAGE_TABLES_GPA, PLACEMENT_GPA, PLACEMENT_VECTOR, RING3_STACK_SIZE, SPURIOUS_VECTOR,
+    CONSOLE_BUF_SIZE, IDT_GPA, MAX_CORES_LISTED, MIN_HEAP_SIZE, PAGE_TABLES_GPA, PLACEMENT_GPA,
+    PLACEMENT_VECTOR, RING3_STACK_SIZE, SPURIOUS_VECTOR,
 };
-use kvm_bindings::{
-    kvm_irq_routing_msi, kvm_userspace_memory_region, CpuId, KvmIrqRouting, KVM_IRQ_ROUTING_MSI,
-    KVM_MEM_READONLY,
-};
-use kvm_ioctls::{
-    IoEventAddress, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, NoDatamatch,
-    VmFd,
-};
+use compart_channel::host::SharedMemory;
+use kvm_bindings::{kvm_userspace_memory_region, CpuId, KVM_MEM_READONLY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 
 use compart_acpi::AcpiTables;
 
 use crate::arch;
-use crate::channels::{GuestChannel, FIRST_GSI};
+use crate::channels::GuestChannel;
 use crate::console::{ConsoleSink, GuestConsole};
+use crate::devices::bus::MmioBus;
+use crate::guest_events::GuestEvents;
 use crate::loader::{self, LoadError};
 use crate::placement::Placement;
 use crate::pstate::PStateController;
 use crate::topology::GuestConfig;
+use crate::vstate::interrupts::{self, Datamatch, InterruptError, MsiRoutes};
 use crate::vstate::vcpu::{GuestShared, Vcpu};
 
 /// Where Intel VMX wants its three-page TSS area: just below the 4 GiB boundary, in
@@ -48,7 +48,7 @@ pub enum BuildError {
         reason: String,
     },
     /// A KVM call failed.
-    #[error("guest {guest}: {what} failed: {source}")]
+    #[error("guest {guest}: {what} failed")]
     Kvm {
         /// Guest name.
         guest: String,
@@ -58,8 +58,17 @@ pub enum BuildError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// Interrupts could not be connected.
+    #[error("guest {guest}: cannot connect its interrupts")]
+    Interrupts {
+        /// Guest name.
+        guest: String,
+        /// The cause.
+        #[source]
+        source: InterruptError,
+    },
     /// The image cannot be read.
-    #[error("guest {guest}: cannot read image {image}: {source}")]
+    #[error("guest {guest}: cannot read image {image}")]
     ImageRead {
         /// Guest name.
         guest: String,
@@ -70,7 +79,7 @@ pub enum BuildError {
         source: std::io::Error,
     },
     /// The image cannot be loaded.
-    #[error("guest {guest}: image {image}: {source}")]
+    #[error("guest {guest}: cannot load image {image}")]
     Image {
         /// Guest name.
         guest: String,
@@ -119,11 +128,177 @@ impl GuestLayout {
     }
 }
 
+/// One guest's KVM VM and everything registered in it: guest RAM and every shared
+/// region mapped as a memory slot (channel regions, the placement page, later device
+/// memory), the slot allocator, the MSI routes with their GSI allocator, and the
+/// eventfds connected to them. [`Vm::add_ram`] and [`Vm::map_shared`] are the only
+/// paths that register memory, so "every mapping outlives the VM's use of it" holds
+/// by construction: `Drop` closes the VM first, then the mappings go (and the running
+/// VMM joins the VM's vCPU threads before that; see `RunningVmm`'s `Drop`).
+#[derive(Debug)]
+pub struct Vm {
+    /// Closed first, in `Drop`; the fields below drop after it.
+    fd: ManuallyDrop<VmFd>,
+    /// Guest RAM.
+    memory: Option<GuestMemoryMmap>,
+    /// Shared regions mapped as slots.
+    shared: Vec<Arc<SharedMemory>>,
+    next_slot: u32,
+    msi: MsiRoutes,
+    /// Eventfds registered as irqfds, with their GSI.
+    irqfds: Vec<(Arc<EventFd>, u32)>,
+    /// Eventfds registered as ioeventfds, kept open with the VM.
+    ioeventfds: Vec<Arc<EventFd>>,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // SAFETY: this is the only place `fd` is dropped, and nothing uses it after:
+        // the struct is being dropped, and the other fields drop when this returns.
+        unsafe { ManuallyDrop::drop(&mut self.fd) };
+    }
+}
+
+impl Vm {
+    /// A new VM of `kvm`, with nothing registered yet.
+    pub fn new(kvm: &Kvm) -> Result<Vm, kvm_ioctls::Error> {
+        let fd = kvm.create_vm()?;
+        // Intel needs it; AMD and software KVM ignore it. Failure only matters on
+        // Intel, where KVM_RUN would then fail with a clear error.
+        if let Err(e) = fd.set_tss_address(KVM_TSS_ADDRESS) {
+            log::debug!("KVM_SET_TSS_ADDR: {e}");
+        }
+        Ok(Vm {
+            fd: ManuallyDrop::new(fd),
+            memory: None,
+            shared: Vec::new(),
+            next_slot: 0,
+            msi: MsiRoutes::default(),
+            irqfds: Vec::new(),
+            ioeventfds: Vec::new(),
+        })
+    }
+
+    /// KVM's VM, for the calls that register nothing (vCPUs, irqchip, capabilities).
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    fn set_slot(
+        &mut self,
+        gpa: u64,
+        len: u64,
+        host: u64,
+        flags: u32,
+    ) -> Result<u32, kvm_ioctls::Error> {
+        let slot = self.next_slot;
+        let r = kvm_userspace_memory_region {
+            slot,
+            flags,
+            guest_phys_addr: gpa,
+            memory_size: len,
+            userspace_addr: host,
+        };
+        // SAFETY: both callers pass a mapping [host, host + len) that they have just
+        // stored in `self` (RAM in `memory`, a region in `shared`), which keeps it
+        // mapped as long as `self` lives. When `self` drops, `Drop` closes the VM fd
+        // first, and no vCPU of the VM runs any more by then: `RunningVmm` joins every
+        // vCPU thread before its guests' `Vm`s drop, and a `GuestVm` that never ran
+        // has no running vCPU. So no guest access reaches the slot after the mapping
+        // is gone.
+        unsafe { self.fd.set_user_memory_region(r) }?;
+        self.next_slot += 1;
+        Ok(slot)
+    }
+
+    /// Registers guest RAM (once), each of its regions as a slot.
+    pub fn add_ram(&mut self, memory: GuestMemoryMmap) -> Result<(), kvm_ioctls::Error> {
+        assert!(self.memory.is_none(), "guest RAM is registered once");
+        let regions: Vec<(u64, u64, u64)> = memory
+            .iter()
+            .map(|region| {
+                let host = memory
+                    .get_host_address(region.start_addr())
+                    .expect("the region's own start is inside guest memory");
+                (region.start_addr().0, region.len(), host as u64)
+            })
+            .collect();
+        self.memory = Some(memory);
+        for (gpa, len, host) in regions {
+            self.set_slot(gpa, len, host, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Maps `region` at `gpa` (read-only to the guest if `read_only`); returns its slot.
+    pub fn map_shared(
+        &mut self,
+        gpa: u64,
+        region: Arc<SharedMemory>,
+        read_only: bool,
+    ) -> Result<u32, kvm_ioctls::Error> {
+        let (len, host) = (region.len() as u64, region.region().as_ptr() as u64);
+        self.shared.push(region);
+        let flags = if read_only { KVM_MEM_READONLY } else { 0 };
+        self.set_slot(gpa, len, host, flags)
+    }
+
+    /// Allocates a GSI routed to `vector` on vCPU `dest_apic` (see [`Vm::apply_routes`]).
+    pub fn route_msi(&mut self, dest_apic: u8, vector: u8) -> Result<u32, InterruptError> {
+        self.msi.add(dest_apic, vector)
+    }
+
+    /// Sets every route allocated so far, in one call.
+    pub fn apply_routes(&self) -> Result<(), InterruptError> {
+        self.msi.apply(&self.fd)
+    }
+
+    /// Makes a write to `fd` raise `gsi`.
+    pub fn connect_irqfd(&mut self, fd: Arc<EventFd>, gsi: u32) -> Result<(), InterruptError> {
+        interrupts::register_irqfd(&self.fd, &fd, gsi)?;
+        self.irqfds.push((fd, gsi));
+        Ok(())
+    }
+
+    /// Stops `fd` raising its GSI; `Ok(false)` if it was not connected.
+    pub fn disconnect_irqfd(&mut self, fd: &Arc<EventFd>) -> Result<bool, InterruptError> {
+        let Some(i) = self.irqfds.iter().position(|(f, _)| Arc::ptr_eq(f, fd)) else {
+            return Ok(false);
+        };
+        interrupts::unregister_irqfd(&self.fd, fd, self.irqfds[i].1)?;
+        self.irqfds.remove(i);
+        Ok(true)
+    }
+
+    /// Makes a guest store to `gpa` (that `datamatch` selects) signal `fd`.
+    pub fn connect_ioeventfd(
+        &mut self,
+        fd: Arc<EventFd>,
+        gpa: u64,
+        datamatch: Datamatch,
+    ) -> Result<(), InterruptError> {
+        interrupts::register_mmio_ioeventfd(&self.fd, &fd, gpa, datamatch)?;
+        self.ioeventfds.push(fd);
+        Ok(())
+    }
+
+    /// Sets KVM's halt polling for the VM: worth its CPU time on a dedicated core,
+    /// harmful on a shared one (it keeps the sharer off the core).
+    pub fn set_halt_poll(&self, ns: u64) -> Result<(), kvm_ioctls::Error> {
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_HALT_POLL,
+            args: [ns, 0, 0, 0],
+            ..Default::default()
+        };
+        self.fd.enable_cap(&cap)
+    }
+}
+
 /// A built guest VM whose vCPUs have not started yet.
 #[derive(Debug)]
 pub struct GuestVm {
-    /// KVM's VM; kept open while the guest runs.
-    pub vm: VmFd,
+    /// The VM and everything registered in it; kept while the guest runs.
+    pub vm: Vm,
     /// What the vCPU threads share.
     pub shared: Arc<GuestShared>,
     /// The vCPUs, to be moved onto their threads.
@@ -162,153 +337,42 @@ impl GuestVm {
         acpi: &AcpiTables,
         wiring: &Wiring,
     ) -> Result<GuestVm, BuildError> {
-        let (kvm, supported_cpuid, pstates) = (ctx.kvm, ctx.cpuid, ctx.pstates);
-        let sink = ctx.sink.clone();
         let name = &config.name;
-        let kvm_err = |what| {
-            move |source| BuildError::Kvm {
-                guest: name.clone(),
-                what,
-                source,
-            }
-        };
-        let size = config.memory_bytes();
-        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
-            .map_err(|e| BuildError::Memory {
-                guest: name.clone(),
-                mib: config.memory_mib,
-                reason: e.to_string(),
-            })?;
-
-        let image_bytes =
-            crate::images::read(&config.image).map_err(|source| BuildError::ImageRead {
-                guest: name.clone(),
-                image: config.image.to_string(),
-                source,
-            })?;
-        let image =
-            loader::load(&image_bytes, &memory, size).map_err(|source| BuildError::Image {
-                guest: name.clone(),
-                image: config.image.to_string(),
-                source,
-            })?;
-        let vcpus = config.vcpus();
-        let stacks_end = image.end + u64::from(vcpus) * RING3_STACK_SIZE;
-        if stacks_end + MIN_HEAP_SIZE > size {
-            return Err(BuildError::TooSmall {
-                guest: name.clone(),
-                mib: config.memory_mib,
-                image_end: image.end,
-                vcpus,
-                stack_kib: RING3_STACK_SIZE / 1024,
-                heap_kib: MIN_HEAP_SIZE / 1024,
-            });
-        }
-        let layout = GuestLayout {
-            image_end: image.end,
-            heap_start: stacks_end,
-            heap_size: size - stacks_end,
-        };
-
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        // Intel needs it; AMD and software KVM ignore it. Failure only matters on
-        // Intel, where KVM_RUN would then fail with a clear error.
-        if let Err(e) = vm.set_tss_address(KVM_TSS_ADDRESS) {
-            log::debug!("guest {name}: KVM_SET_TSS_ADDR: {e}");
-        }
-        for (slot, region) in memory.iter().enumerate() {
-            let host = memory
-                .get_host_address(region.start_addr())
-                .expect("the region's own start is inside guest memory");
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-            };
-            // SAFETY: the mapping [host, host + len) belongs to `memory`, which the
-            // guest's shared state keeps alive at least as long as the VM fd.
-            unsafe { vm.set_user_memory_region(r) }
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-        // Channel regions (shared with the peer) and the placement page (read-only).
-        let mut slot = memory.iter().count() as u32;
-        for c in &wiring.channels {
-            let r = kvm_userspace_memory_region {
-                slot,
-                flags: 0,
-                guest_phys_addr: c.region_gpa(),
-                memory_size: c.memory.len() as u64,
-                userspace_addr: c.memory.region().as_ptr() as u64,
-            };
-            // SAFETY: the region's mapping is kept alive by the guest (GuestVm holds
-            // the Arc) for as long as the VM exists.
-            unsafe { vm.set_user_memory_region(r) }
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (channel)"))?;
-            slot += 1;
-        }
-        let r = kvm_userspace_memory_region {
-            slot,
-            flags: KVM_MEM_READONLY,
-            guest_phys_addr: PLACEMENT_GPA,
-            memory_size: PAGE_SIZE,
-            userspace_addr: wiring.placement.memory.region().as_ptr() as u64,
-        };
-        // SAFETY: the placement page is kept alive by the guest (GuestVm holds the
-        // Arc) for as long as the VM exists; the guest may only read it.
-        unsafe { vm.set_user_memory_region(r) }
-            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (placement)"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        connect_doorbells(&vm, wiring).map_err(kvm_err("doorbell setup"))?;
-        intercept_pstate_msrs(&vm).map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(
+            GuestAddress(0),
+            config.memory_bytes() as usize,
+        )])
+        .map_err(|e| BuildError::Memory {
+            guest: name.clone(),
+            mib: config.memory_mib,
+            reason: e.to_string(),
+        })?;
+        let (header, layout) = load_image(config, &memory)?;
+        let vm = register(ctx.kvm, config, memory.clone(), wiring)?;
 
         let shared = Arc::new(GuestShared {
             index,
             name: name.clone(),
             stop: AtomicBool::new(false),
             memory,
-            console: GuestConsole::new(sink),
+            console: GuestConsole::new(ctx.sink.clone()),
+            events: Arc::new(GuestEvents::new(name)),
+            // No device is on a guest's bus yet: every MMIO exit fails the guest.
+            mmio: Arc::new(MmioBus::new()),
         });
-
-        let mut vcpu_list = Vec::with_capacity(vcpus as usize);
-        for i in 0..vcpus {
-            let fd = vm
-                .create_vcpu(u64::from(i))
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let cpuid = arch::cpuid::for_vcpu(supported_cpuid.clone(), i, vcpus);
-            fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-            let sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-            fd.set_sregs(&arch::regs::sregs(sregs, i))
-                .map_err(kvm_err("KVM_SET_SREGS"))?;
-            fd.set_regs(&arch::regs::regs(
-                image.header.entry,
-                layout.stack_top(i),
-                i,
-            ))
-            .map_err(kvm_err("KVM_SET_REGS"))?;
-            fd.set_fpu(&arch::regs::fpu())
-                .map_err(kvm_err("KVM_SET_FPU"))?;
-            let mut lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
-            // Spurious-interrupt vector register: software-enable the local APIC so
-            // that doorbell interrupts are accepted, spurious vector 0xff.
-            let svr = 0x100 | u32::from(SPURIOUS_VECTOR);
-            for (k, b) in svr.to_le_bytes().iter().enumerate() {
-                lapic.regs[0xf0 + k] = *b as _;
-            }
-            fd.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
-            vcpu_list.push(Vcpu {
-                fd,
-                index: i,
-                guest: shared.clone(),
-                cores: config.vcpu_cores[i as usize].clone(),
-                freq: pstates.vcpu_freq(index, i as usize),
-                pstates: pstates.clone(),
-            });
-        }
+        let vcpus = (0..config.vcpus())
+            .map(|i| {
+                Ok(Vcpu {
+                    fd: create_vcpu(ctx, &vm, config, i, header.entry, &layout)?,
+                    index: i,
+                    guest: shared.clone(),
+                    cores: config.vcpu_cores[i as usize].clone(),
+                    pstates: ctx.pstates.clone(),
+                })
+            })
+            .collect::<Result<Vec<Vcpu>, BuildError>>()?;
         // KVM knows the TSC rate the guest sees (rdtsc runs natively).
-        let tsc_khz = match vcpu_list.first().map(|v| v.fd.get_tsc_khz()) {
+        let tsc_khz = match vcpus.first().map(|v| v.fd.get_tsc_khz()) {
             Some(Ok(khz)) => u64::from(khz),
             _ => 0,
         };
@@ -316,7 +380,7 @@ impl GuestVm {
             &shared.memory,
             config,
             &layout,
-            &image.header,
+            &header,
             acpi,
             tsc_khz,
             wiring,
@@ -324,10 +388,117 @@ impl GuestVm {
         Ok(GuestVm {
             vm,
             shared,
-            vcpus: vcpu_list,
+            vcpus,
             layout,
         })
     }
+}
+
+fn kvm_err(guest: &str, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    let guest = guest.to_string();
+    move |source| BuildError::Kvm {
+        guest,
+        what,
+        source,
+    }
+}
+
+/// Loads the guest's image into `memory` and places the ring-3 stacks and the heap
+/// after it; refuses a guest whose RAM cannot hold them.
+fn load_image(
+    config: &GuestConfig,
+    memory: &GuestMemoryMmap,
+) -> Result<(compart_abi::FirmwareHeader, GuestLayout), BuildError> {
+    let (name, size) = (&config.name, config.memory_bytes());
+    let image_bytes =
+        crate::images::read(&config.image).map_err(|source| BuildError::ImageRead {
+            guest: name.clone(),
+            image: config.image.to_string(),
+            source,
+        })?;
+    let image = loader::load(&image_bytes, memory, size).map_err(|source| BuildError::Image {
+        guest: name.clone(),
+        image: config.image.to_string(),
+        source,
+    })?;
+    let vcpus = config.vcpus();
+    let stacks_end = image.end + u64::from(vcpus) * RING3_STACK_SIZE;
+    if stacks_end + MIN_HEAP_SIZE > size {
+        return Err(BuildError::TooSmall {
+            guest: name.clone(),
+            mib: config.memory_mib,
+            image_end: image.end,
+            vcpus,
+            stack_kib: RING3_STACK_SIZE / 1024,
+            heap_kib: MIN_HEAP_SIZE / 1024,
+        });
+    }
+    let layout = GuestLayout {
+        image_end: image.end,
+        heap_start: stacks_end,
+        heap_size: size - stacks_end,
+    };
+    Ok((image.header, layout))
+}
+
+/// The VM with everything registered, in the order start-up cost needs: memory slots
+/// (RAM, channel regions, the read-only placement page), then the in-kernel irqchip,
+/// then interrupts and the MSR filter.
+fn register(
+    kvm: &Kvm,
+    config: &GuestConfig,
+    memory: GuestMemoryMmap,
+    wiring: &Wiring,
+) -> Result<Vm, BuildError> {
+    let name = &config.name;
+    let mut vm = Vm::new(kvm).map_err(kvm_err(name, "KVM_CREATE_VM"))?;
+    vm.add_ram(memory)
+        .map_err(kvm_err(name, "KVM_SET_USER_MEMORY_REGION"))?;
+    for c in &wiring.channels {
+        vm.map_shared(c.region_gpa(), c.memory.clone(), false)
+            .map_err(kvm_err(name, "KVM_SET_USER_MEMORY_REGION (channel)"))?;
+    }
+    vm.map_shared(PLACEMENT_GPA, wiring.placement.memory.clone(), true)
+        .map_err(kvm_err(name, "KVM_SET_USER_MEMORY_REGION (placement)"))?;
+    vm.fd()
+        .create_irq_chip()
+        .map_err(kvm_err(name, "KVM_CREATE_IRQCHIP"))?;
+    connect_interrupts(&mut vm, wiring).map_err(|source| BuildError::Interrupts {
+        guest: name.clone(),
+        source,
+    })?;
+    crate::pstate::msrs::intercept(vm.fd()).map_err(kvm_err(name, "KVM_X86_SET_MSR_FILTER"))?;
+    Ok(vm)
+}
+
+/// vCPU `i` in its start state: CPUID, long mode in ring 3, its entry and stack, FPU,
+/// and a software-enabled local APIC.
+fn create_vcpu(
+    ctx: &BuildContext<'_>,
+    vm: &Vm,
+    config: &GuestConfig,
+    i: u32,
+    entry: u64,
+    layout: &GuestLayout,
+) -> Result<VcpuFd, BuildError> {
+    let err = |what| kvm_err(&config.name, what);
+    let fd = vm
+        .fd()
+        .create_vcpu(u64::from(i))
+        .map_err(err("KVM_CREATE_VCPU"))?;
+    let cpuid = arch::cpuid::for_vcpu(ctx.cpuid.clone(), i, config.vcpus());
+    fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
+    let sregs = fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+    fd.set_sregs(&arch::regs::sregs(sregs, i))
+        .map_err(err("KVM_SET_SREGS"))?;
+    fd.set_regs(&arch::regs::regs(entry, layout.stack_top(i), i))
+        .map_err(err("KVM_SET_REGS"))?;
+    fd.set_fpu(&arch::regs::fpu()).map_err(err("KVM_SET_FPU"))?;
+    let mut lapic = fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
+    // Doorbells and the placement kick need an enabled APIC; spurious vector 0xff.
+    arch::lapic::software_enable(&mut lapic, SPURIOUS_VECTOR);
+    fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))?;
+    Ok(fd)
 }
 
 /// What connects a guest to the others: its channels and its placement page.
@@ -339,74 +510,21 @@ pub struct Wiring {
     pub placement: Arc<Placement>,
 }
 
-/// MSI routes into vCPU 0 for every channel's wake-up and the placement kick, the
-/// wake-ups as irqfds, and each channel's doorbell page as an ioeventfd.
-fn connect_doorbells(vm: &VmFd, wiring: &Wiring) -> Result<(), kvm_ioctls::Error> {
-    let placement_gsi = FIRST_GSI + MAX_CHANNELS as u32;
-    let mut routes: Vec<(u32, u8)> = wiring
-        .channels
-        .iter()
-        .map(|c| (c.gsi(), c.vector()))
-        .collect();
-    routes.push((placement_gsi, PLACEMENT_VECTOR));
-    let mut table =
-        KvmIrqRouting::new(routes.len()).map_err(|_| kvm_ioctls::Error::new(libc::EINVAL))?;
-    for (entry, &(gsi, vector)) in table.as_mut_slice().iter_mut().zip(&routes) {
-        entry.gsi = gsi;
-        entry.type_ = KVM_IRQ_ROUTING_MSI;
-        // Fixed delivery, physical destination APIC id 0, edge-triggered.
-        entry.u.msi = kvm_irq_routing_msi {
-            address_lo: 0xfee0_0000,
-            address_hi: 0,
-            data: u32::from(vector),
-            ..Default::default()
-        };
-    }
-    vm.set_gsi_routing(&table)?;
+/// Every channel's wake-up and the placement kick as an MSI into vCPU 0 (routes
+/// first, set in one call, then the irqfds), and each channel's doorbell page as an
+/// ioeventfd.
+fn connect_interrupts(vm: &mut Vm, wiring: &Wiring) -> Result<(), InterruptError> {
+    let mut gsis = Vec::with_capacity(wiring.channels.len());
     for c in &wiring.channels {
-        vm.register_irqfd(&c.wake_me, c.gsi())?;
-        vm.register_ioevent(
-            &c.kick_peer,
-            &IoEventAddress::Mmio(c.doorbell_gpa()),
-            NoDatamatch,
-        )?;
+        gsis.push(vm.route_msi(0, c.vector())?);
     }
-    vm.register_irqfd(&wiring.placement.kick, placement_gsi)?;
-    Ok(())
-}
-
-/// Sets KVM's halt polling for the VM: worth its CPU time on a dedicated core, harmful
-/// on a shared one (it keeps the sharer off the core).
-pub fn set_halt_poll(vm: &VmFd, ns: u64) -> Result<(), kvm_ioctls::Error> {
-    let cap = kvm_bindings::kvm_enable_cap {
-        cap: kvm_bindings::KVM_CAP_HALT_POLL,
-        args: [ns, 0, 0, 0],
-        ..Default::default()
-    };
-    vm.enable_cap(&cap)
-}
-
-/// Sends guest accesses of the P-state MSRs (PERF_CTL, PERF_STATUS, APERF, MPERF) to
-/// the VMM: user-space MSR exits for filtered MSRs, and a filter that denies (that
-/// is, forwards) exactly those. Without the filter KVM answers some itself.
-fn intercept_pstate_msrs(vm: &VmFd) -> Result<(), kvm_ioctls::Error> {
-    let cap = kvm_bindings::kvm_enable_cap {
-        cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
-        args: [u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
-        ..Default::default()
-    };
-    vm.enable_cap(&cap)?;
-    let deny = [0u8; 1];
-    let ranges: Vec<MsrFilterRange<'_>> = crate::pstate::INTERCEPTED
-        .iter()
-        .map(|&(base, count)| MsrFilterRange {
-            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
-            base,
-            msr_count: count,
-            bitmap: &deny,
-        })
-        .collect();
-    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
+    let placement_gsi = vm.route_msi(0, PLACEMENT_VECTOR)?;
+    vm.apply_routes()?;
+    for (c, gsi) in wiring.channels.iter().zip(gsis) {
+        vm.connect_irqfd(c.wake_me.clone(), gsi)?;
+        vm.connect_ioeventfd(c.kick_peer.clone(), c.doorbell_gpa(), Datamatch::Any)?;
+    }
+    vm.connect_irqfd(wiring.placement.kick.clone(), placement_gsi)
 }
 
 /// Writes boot info, ACPI tables, page tables, IDT and per-vCPU GDT/TSS. All addresses
@@ -465,5 +583,37 @@ fn write_boot_state(
             &arch::gdt::tss_and_io_bitmap(i, &ports::RING3),
             percpu_gpa(i) + percpu::TSS,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vstate::interrupts::tests::kvm_for_test;
+
+    #[test]
+    fn a_vm_numbers_its_slots_and_knows_its_irqfds() {
+        let Some(kvm) = kvm_for_test() else {
+            return;
+        };
+        let mut vm = Vm::new(&kvm).unwrap();
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        vm.add_ram(ram).unwrap();
+        let page = Arc::new(
+            SharedMemory::create("compart-vm-test", compart_abi::PAGE_SIZE as usize).unwrap(),
+        );
+        assert_eq!(vm.map_shared(1 << 30, page.clone(), true).unwrap(), 1);
+        assert_eq!(vm.map_shared(2 << 30, page, false).unwrap(), 2);
+        vm.fd().create_irq_chip().unwrap();
+        let gsi = vm.route_msi(0, 0x40).unwrap();
+        vm.apply_routes().unwrap();
+        let (a, b) = (
+            Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+        );
+        vm.connect_irqfd(a.clone(), gsi).unwrap();
+        assert!(!vm.disconnect_irqfd(&b).unwrap(), "b was never connected");
+        assert!(vm.disconnect_irqfd(&a).unwrap());
+        assert!(!vm.disconnect_irqfd(&a).unwrap(), "only once");
     }
 }

@@ -1,9 +1,14 @@
 //! The topology file: which guests run, with what memory and vCPUs, pinned where.
 //!
 //! Parsing (TOML via serde, unknown keys rejected) and validation against this host
-//! live here, and nowhere else. Validation collects every problem it finds, each one
-//! named by its key path (`guest[2].cores`) and the guest's name, so that a user fixes
-//! a file in one pass.
+//! live here, and nowhere else, in three parts: this module has the validated types
+//! the rest of the VMM uses ([`Topology`], [`GuestConfig`], [`ChannelConfig`]); `file`
+//! has the serde representation of the file; `validate` turns one into the other
+//! with one function per section (`[host]`, `[pstates]`, `[[guest]]`, `[[channel]]`,
+//! `[[nic]]`). Validation collects every problem it finds, each one named by its key
+//! path (`guest[2].cores`) and the guest's name, so that a user fixes a file in one
+//! pass. A `Topology` is immutable once validated: where vCPUs run *now* is
+//! `placement::Assignment`.
 //!
 //! ```toml
 //! [host]
@@ -49,20 +54,17 @@
 //! `[[nic]]` is reserved for the NIC configuration; until the VMM implements it a file
 //! that uses it is rejected with a message saying so, rather than silently ignored.
 
-use std::collections::BTreeSet;
+mod file;
+mod validate;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use compart_abi::{
-    CHANNEL_STRIDE, CMDLINE_LEN, MAX_CHANNELS, MAX_CORES_LISTED, MAX_VCPUS, NAME_LEN,
-};
-use compart_acpi::ladder::{DEFAULT_BUS_MASTER_LATENCY, DEFAULT_TRANSITION_LATENCY};
-use compart_acpi::{Coordination, HostFreqDomains, Mhz, Micros, MilliWatts, PState, PStateTable};
-use compart_channel::{PairConfig, PairLayout, Side};
-
-pub use crate::pstate::backend::BackendChoice;
+use compart_acpi::{Coordination, HostFreqDomains, PStateTable};
+use compart_channel::{PairConfig, Side};
 
 /// Default guest RAM.
 pub const DEFAULT_MEMORY_MIB: u32 = 4;
@@ -72,14 +74,48 @@ pub const MIN_MEMORY_MIB: u32 = 3;
 /// (up to 4 GiB) is kept for device and doorbell pages.
 pub const MAX_MEMORY_MIB: u32 = 2048;
 
-/// A host CPU number, as `sched_setaffinity` and `/sys/devices/system/cpu` count them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct HostCore(pub u32);
+pub use crate::host::{core_list, HostCore};
 
-impl fmt::Display for HostCore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
+/// The `_PSD` coordination types as topology files (and the VMM's logs) spell them:
+/// the one spelling on the VMM's side.
+pub const COORDINATION_NAMES: [(Coordination, &str); 3] = [
+    (Coordination::SwAll, "sw-all"),
+    (Coordination::SwAny, "sw-any"),
+    (Coordination::HwAll, "hw-all"),
+];
+
+/// How a topology file spells `c`.
+pub fn coordination_name(c: Coordination) -> &'static str {
+    COORDINATION_NAMES
+        .iter()
+        .find(|(k, _)| *k == c)
+        .map_or("?", |(_, n)| n)
+}
+
+/// The coordination type a topology file calls `name`.
+pub fn coordination_from_name(name: &str) -> Option<Coordination> {
+    COORDINATION_NAMES
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(c, _)| *c)
+}
+
+/// Soft scaling's duty-cycle period, unless `pstates.soft_period_us` names one.
+pub const DEFAULT_SOFT_PERIOD: Duration = Duration::from_millis(10);
+
+/// Which backend the topology asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// The best one this host supports.
+    #[default]
+    Auto,
+    /// Host cpufreq limits.
+    Cpufreq,
+    /// Host IA32_PERF_CTL through /dev/cpu/N/msr.
+    Msr,
+    /// Duty-cycling the vCPU thread.
+    Soft,
 }
 
 /// What a guest is in the network stack.
@@ -111,6 +147,26 @@ impl Role {
             Role::Posix => "posix",
             Role::App => "app",
         }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Cpufreq => "cpufreq",
+            BackendChoice::Msr => "msr",
+            BackendChoice::Soft => "soft",
+        })
+    }
+}
+
+impl fmt::Display for FailurePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FailurePolicy::StopAll => "stop-all",
+            FailurePolicy::StopGuest => "stop-guest",
+        })
     }
 }
 
@@ -268,8 +324,8 @@ impl fmt::Display for Problem {
 /// Why a topology file was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
-    /// Cannot read topology file {path}: {source}
-    #[error("cannot read topology file {path}: {source}")]
+    /// The file cannot be read.
+    #[error("cannot read topology file {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -303,94 +359,6 @@ fn list(problems: &[Problem]) -> String {
         .join("\n")
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileRepr {
-    #[serde(default)]
-    host: HostRepr,
-    #[serde(default, rename = "guest")]
-    guests: Vec<GuestRepr>,
-    #[serde(default, rename = "channel")]
-    channels: Vec<ChannelRepr>,
-    #[serde(default)]
-    pstates: Option<PStatesRepr>,
-    #[serde(default, rename = "nic")]
-    nics: Vec<toml::Table>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum CoordinationRepr {
-    SwAll,
-    SwAny,
-    HwAll,
-}
-
-impl From<CoordinationRepr> for Coordination {
-    fn from(c: CoordinationRepr) -> Self {
-        match c {
-            CoordinationRepr::SwAll => Coordination::SwAll,
-            CoordinationRepr::SwAny => Coordination::SwAny,
-            CoordinationRepr::HwAll => Coordination::HwAll,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PStatesRepr {
-    coordination: Option<CoordinationRepr>,
-    #[serde(default)]
-    backend: BackendChoice,
-    soft_period_us: Option<u64>,
-    ladder: Option<Vec<PStateRepr>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PStateRepr {
-    mhz: u32,
-    power_mw: u32,
-    latency_us: Option<u32>,
-    bus_master_latency_us: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChannelRepr {
-    a: String,
-    b: String,
-    queue_depth: Option<u32>,
-    max_outstanding: Option<u32>,
-    buf_size: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HostRepr {
-    cores: Option<Vec<u32>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GuestRepr {
-    name: String,
-    role: Role,
-    image: Option<String>,
-    memory_mib: Option<u32>,
-    vcpus: Option<u32>,
-    cores: Option<Vec<u32>>,
-    vcpu_cores: Option<Vec<Vec<u32>>>,
-    #[serde(default)]
-    on_failure: FailurePolicy,
-    #[serde(default)]
-    cmdline: String,
-    #[serde(default)]
-    ppc: u32,
-    pstate: Option<u32>,
-    coordination: Option<CoordinationRepr>,
-}
-
 impl Topology {
     /// Reads and validates a topology file against this host.
     pub fn load(path: &Path, host: &HostFacts) -> Result<Topology, TopologyError> {
@@ -414,9 +382,9 @@ impl Topology {
     /// Parses and validates topology text. Relative image paths are taken relative to
     /// `base` (the file's directory).
     pub fn parse(text: &str, base: &Path, host: &HostFacts) -> Result<Topology, ParseFailure> {
-        let file: FileRepr =
+        let file: file::FileRepr =
             toml::from_str(text).map_err(|e| ParseFailure::Syntax(e.to_string()))?;
-        validate(file, base, host).map_err(ParseFailure::Invalid)
+        validate::validate(file, base, host).map_err(ParseFailure::Invalid)
     }
 }
 
@@ -429,409 +397,10 @@ pub enum ParseFailure {
     Invalid(Vec<Problem>),
 }
 
-fn validate(file: FileRepr, base: &Path, host: &HostFacts) -> Result<Topology, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let mut problem = |path: String, reason: String| problems.push(Problem { path, reason });
-
-    for (key, used) in [("nic", !file.nics.is_empty())] {
-        if used {
-            problem(
-                key.to_string(),
-                "reserved: this version of compart does not implement it yet".to_string(),
-            );
-        }
-    }
-
-    let default_coordination = file
-        .pstates
-        .as_ref()
-        .and_then(|p| p.coordination)
-        .map_or(Coordination::HwAll, Coordination::from);
-    let pstates = match file.pstates.as_ref().and_then(|p| p.ladder.as_ref()) {
-        None => host.host_ladder.clone(),
-        Some(ladder) => {
-            let states = ladder
-                .iter()
-                .enumerate()
-                .map(|(i, s)| PState {
-                    frequency: Mhz(s.mhz),
-                    power: MilliWatts(s.power_mw),
-                    transition_latency: s.latency_us.map_or(DEFAULT_TRANSITION_LATENCY, Micros),
-                    bus_master_latency: s
-                        .bus_master_latency_us
-                        .map_or(DEFAULT_BUS_MASTER_LATENCY, Micros),
-                    control: i as u64,
-                    status: i as u64,
-                })
-                .collect();
-            PStateTable::new(states).unwrap_or_else(|e| {
-                problem("pstates.ladder".into(), e.to_string());
-                host.host_ladder.clone()
-            })
-        }
-    };
-
-    let soft_period_us = file
-        .pstates
-        .as_ref()
-        .and_then(|p| p.soft_period_us)
-        .unwrap_or(crate::pstate::soft::DEFAULT_PERIOD.as_micros() as u64);
-    if !(1_000..=1_000_000).contains(&soft_period_us) {
-        problem(
-            "pstates.soft_period_us".into(),
-            format!("{soft_period_us} µs is out of range (1000 to 1000000)"),
-        );
-    }
-
-    let online: BTreeSet<HostCore> = host.online_cores.iter().copied().collect();
-    let host_cores: Vec<HostCore> = match &file.host.cores {
-        None => host.online_cores.clone(),
-        Some(cores) => {
-            if cores.is_empty() {
-                problem("host.cores".into(), "must name at least one core".into());
-            }
-            let mut seen = BTreeSet::new();
-            for &c in cores {
-                if !online.contains(&HostCore(c)) {
-                    problem(
-                        "host.cores".into(),
-                        format!(
-                            "core {c} is not online on this host (online: {})",
-                            core_list(&host.online_cores)
-                        ),
-                    );
-                } else if !seen.insert(c) {
-                    problem("host.cores".into(), format!("core {c} is listed twice"));
-                }
-            }
-            cores.iter().map(|&c| HostCore(c)).collect()
-        }
-    };
-    let allowed: BTreeSet<HostCore> = host_cores.iter().copied().collect();
-
-    if file.guests.is_empty() {
-        problem("guest".into(), "the topology has no guests".into());
-    }
-
-    let mut names = BTreeSet::new();
-    let mut guests = Vec::new();
-    for (i, g) in file.guests.into_iter().enumerate() {
-        let at = |key: &str| format!("guest[{i}] ({}).{key}", g.name);
-
-        if g.name.is_empty() || g.name.len() > NAME_LEN {
-            problem(at("name"), format!("must be 1 to {NAME_LEN} bytes long"));
-        } else if !g
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
-            problem(
-                at("name"),
-                "may use only lowercase letters, digits, `-` and `_`".into(),
-            );
-        } else if !names.insert(g.name.clone()) {
-            problem(at("name"), format!("duplicate guest name `{}`", g.name));
-        }
-
-        let image = match &g.image {
-            Some(s) if s.contains('/') || s.ends_with(".elf") => {
-                let p = base.join(s);
-                if !p.is_file() {
-                    problem(at("image"), format!("no image file at {}", p.display()));
-                }
-                ImageSource::File(p)
-            }
-            Some(s) => {
-                if !host.builtin_images.iter().any(|b| b == s) {
-                    problem(
-                        at("image"),
-                        format!(
-                            "unknown image `{s}` (built-in images: {}; a file path must contain `/`)",
-                            host.builtin_images.join(", ")
-                        ),
-                    );
-                }
-                ImageSource::BuiltIn(s.clone())
-            }
-            None => {
-                let by_role = g.role.as_str();
-                if host.builtin_images.iter().any(|b| b == by_role) {
-                    ImageSource::BuiltIn(by_role.to_string())
-                } else {
-                    problem(
-                        at("image"),
-                        format!(
-                            "no built-in server image for role `{by_role}` yet; name one with `image` (built-in images: {})",
-                            host.builtin_images.join(", ")
-                        ),
-                    );
-                    ImageSource::BuiltIn(String::new())
-                }
-            }
-        };
-
-        let memory_mib = g.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
-        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
-            problem(
-                at("memory_mib"),
-                format!(
-                    "{memory_mib} MiB is out of range ({MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB)"
-                ),
-            );
-        }
-
-        let vcpus = g.vcpus.unwrap_or(match &g.vcpu_cores {
-            Some(v) => v.len() as u32,
-            None => 1,
-        });
-        if vcpus == 0 || vcpus > MAX_VCPUS {
-            problem(
-                at("vcpus"),
-                format!("{vcpus} is out of range (1 to {MAX_VCPUS})"),
-            );
-        }
-
-        let check_set = |problem: &mut dyn FnMut(String, String), key: &str, set: &[u32]| {
-            if set.is_empty() {
-                problem(at(key), "a core set must name at least one core".into());
-            }
-            if set.len() > MAX_CORES_LISTED {
-                problem(
-                    at(key),
-                    format!("a core set may name at most {MAX_CORES_LISTED} cores"),
-                );
-            }
-            for &c in set {
-                if !allowed.contains(&HostCore(c)) {
-                    let why = if online.contains(&HostCore(c)) {
-                        format!(
-                            "core {c} is not one of host.cores ({})",
-                            core_list(&host_cores)
-                        )
-                    } else {
-                        format!(
-                            "core {c} is not online on this host (online: {})",
-                            core_list(&host.online_cores)
-                        )
-                    };
-                    problem(at(key), why);
-                }
-            }
-            let mut v: Vec<HostCore> = set.iter().map(|&c| HostCore(c)).collect();
-            v.sort();
-            v.dedup();
-            v
-        };
-
-        let vcpu_cores = match (&g.cores, &g.vcpu_cores) {
-            (Some(_), Some(_)) => {
-                problem(
-                    at("vcpu_cores"),
-                    "give either `cores` or `vcpu_cores`, not both".into(),
-                );
-                Vec::new()
-            }
-            (_, Some(per)) => {
-                if per.len() as u32 != vcpus {
-                    problem(
-                        at("vcpu_cores"),
-                        format!("lists {} core sets for {vcpus} vCPU(s)", per.len()),
-                    );
-                }
-                per.iter()
-                    .map(|s| check_set(&mut problem, "vcpu_cores", s))
-                    .collect()
-            }
-            (Some(set), None) => {
-                let set = check_set(&mut problem, "cores", set);
-                vec![set; vcpus.min(MAX_VCPUS) as usize]
-            }
-            (None, None) => {
-                let set = host_cores
-                    .iter()
-                    .copied()
-                    .take(MAX_CORES_LISTED)
-                    .collect::<Vec<_>>();
-                vec![set; vcpus.min(MAX_VCPUS) as usize]
-            }
-        };
-
-        if g.cmdline.len() > CMDLINE_LEN {
-            problem(
-                at("cmdline"),
-                format!("is {} bytes long; at most {CMDLINE_LEN}", g.cmdline.len()),
-            );
-        }
-
-        if g.ppc as usize >= pstates.len() {
-            problem(
-                at("ppc"),
-                format!(
-                    "P{} does not exist: the ladder has {} P-states (P0 to P{})",
-                    g.ppc,
-                    pstates.len(),
-                    pstates.len() - 1
-                ),
-            );
-        }
-
-        let initial_pstate = g.pstate.unwrap_or(g.ppc);
-        let ppc_valid = (g.ppc as usize) < pstates.len();
-        if ppc_valid && (initial_pstate < g.ppc || initial_pstate as usize >= pstates.len()) {
-            problem(
-                at("pstate"),
-                format!(
-                    "P{initial_pstate} is not one the guest may use (P{} to P{})",
-                    g.ppc,
-                    pstates.len() - 1
-                ),
-            );
-        }
-
-        guests.push(GuestConfig {
-            initial_pstate,
-            ppc: g.ppc,
-            coordination: g
-                .coordination
-                .map_or(default_coordination, Coordination::from),
-            name: g.name,
-            role: g.role,
-            image,
-            memory_mib,
-            vcpu_cores,
-            on_failure: g.on_failure,
-            cmdline: g.cmdline,
-        });
-    }
-
-    let mut channels = Vec::new();
-    let mut per_guest = vec![0usize; guests.len()];
-    for (i, c) in file.channels.iter().enumerate() {
-        let at = |key: &str| format!("channel[{i}] ({}-{}).{key}", c.a, c.b);
-        let find = |name: &str| guests.iter().position(|g| g.name == name);
-        let (a, b) = (find(&c.a), find(&c.b));
-        if a.is_none() {
-            problem(at("a"), format!("no guest named `{}`", c.a));
-        }
-        if b.is_none() {
-            problem(at("b"), format!("no guest named `{}`", c.b));
-        }
-        if c.a == c.b {
-            problem(at("b"), "a channel connects two different guests".into());
-        }
-        let pair = PairConfig::new(
-            c.queue_depth.unwrap_or(64),
-            c.max_outstanding.unwrap_or(16),
-            c.buf_size.unwrap_or(256),
-        );
-        match PairLayout::new(&pair) {
-            Err(e) => problem(at("queue_depth"), format!("invalid sizes: {e}")),
-            Ok(l) if l.size() as u64 > CHANNEL_STRIDE => problem(
-                at("buf_size"),
-                format!(
-                    "the region would take {} bytes; at most {CHANNEL_STRIDE} (lower max_outstanding or buf_size)",
-                    l.size()
-                ),
-            ),
-            Ok(_) => {}
-        }
-        if let (Some(a), Some(b)) = (a, b) {
-            for g in [a, b] {
-                per_guest[g] += 1;
-                if per_guest[g] == MAX_CHANNELS + 1 {
-                    problem(
-                        at("a"),
-                        format!(
-                            "guest `{}` has more than {MAX_CHANNELS} channels",
-                            guests[g].name
-                        ),
-                    );
-                }
-            }
-            if a != b {
-                channels.push(ChannelConfig { a, b, pair });
-            }
-        }
-    }
-
-    if problems.is_empty() {
-        Ok(Topology {
-            channels,
-            host_cores,
-            guests,
-            pstates,
-            freq_domains: host.freq_domains.clone(),
-            freq_backend: file
-                .pstates
-                .as_ref()
-                .map_or_else(Default::default, |p| p.backend),
-            soft_period: std::time::Duration::from_micros(soft_period_us),
-        })
-    } else {
-        Err(problems)
-    }
-}
-
-/// Formats cores as `0-3,6`.
-pub fn core_list(cores: &[HostCore]) -> String {
-    let mut v: Vec<u32> = cores.iter().map(|c| c.0).collect();
-    v.sort_unstable();
-    v.dedup();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < v.len() {
-        let start = v[i];
-        let mut end = start;
-        while i + 1 < v.len() && v[i + 1] == end + 1 {
-            i += 1;
-            end = v[i];
-        }
-        out.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        i += 1;
-    }
-    out.join(",")
-}
-
-/// Parses a Linux CPU list (`0-3,6`), as in `/sys/devices/system/cpu/online`.
-pub fn parse_core_list(s: &str) -> Option<Vec<HostCore>> {
-    let mut out = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
-                if b < a || b - a > 65536 {
-                    return None;
-                }
-                out.extend((a..=b).map(HostCore));
-            }
-            None => out.push(HostCore(part.parse().ok()?)),
-        }
-    }
-    Some(out)
-}
-
-/// The cores online on this host, from `/sys/devices/system/cpu/online`, or failing
-/// that the cores this process may run on.
-pub fn online_host_cores() -> Vec<HostCore> {
-    if let Some(v) = std::fs::read_to_string("/sys/devices/system/cpu/online")
-        .ok()
-        .and_then(|s| parse_core_list(&s))
-    {
-        if !v.is_empty() {
-            return v;
-        }
-    }
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (0..n as u32).map(HostCore).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use compart_acpi::{Mhz, Micros, MilliWatts};
 
     fn host() -> HostFacts {
         HostFacts {
@@ -1103,6 +672,22 @@ mod tests {
     }
 
     #[test]
+    fn every_coordination_name_reads_back_as_its_type_and_others_are_refused() {
+        for (c, name) in COORDINATION_NAMES {
+            let t = parse(&format!(
+                "[pstates]\ncoordination = \"{name}\"\n[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\n"
+            ))
+            .unwrap();
+            assert_eq!(t.guests[0].coordination, c);
+            assert_eq!(coordination_name(c), name);
+        }
+        let m = syntax(
+            "[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\ncoordination = \"sw_all\"\n",
+        );
+        assert!(m.contains("unknown variant `sw_all`"), "{m}");
+    }
+
+    #[test]
     fn bad_ladder_and_ppc_are_reported() {
         let p = problems(
             "[pstates]\nladder = [{ mhz = 1000, power_mw = 1 }, { mhz = 2000, power_mw = 2 }]\n\
@@ -1141,16 +726,8 @@ mod tests {
     }
 
     #[test]
-    fn core_lists_round_trip() {
-        let v = parse_core_list("0-3,6,8-9\n").unwrap();
-        assert_eq!(core_list(&v), "0-3,6,8-9");
-        assert!(parse_core_list("3-1").is_none());
-        assert!(parse_core_list("x").is_none());
-    }
-
-    #[test]
     fn shipped_default_topology_is_valid() {
-        let text = include_str!("../../topologies/default.toml");
+        let text = include_str!("../../../topologies/default.toml");
         let t = parse(text).unwrap();
         let roles: Vec<Role> = t.guests.iter().map(|g| g.role).collect();
         assert_eq!(

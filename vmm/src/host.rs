@@ -1,8 +1,9 @@
-//! What the host tells us about its frequency scaling: the P-state ladder to offer guests
-//! and the host's frequency domains.
+//! Facts about the host, all probed here: its online cores, the P-state ladder its
+//! cpufreq offers, its frequency domains; and what the VMM does to host threads
+//! (pinning them to cores). `compart-acpi` stays pure: it gets these as values.
 //!
-//! Every function takes the root of the file system (`/` in production, a fake tree in
-//! tests) and reads `sys/devices/system/cpu/...` and `proc/cpuinfo` below it.
+//! The probing functions take the root of the file system (`/` in production, a fake
+//! tree in tests) and read `sys/devices/system/cpu/...` and `proc/cpuinfo` below it.
 //!
 //! The ladder comes from, in order of preference:
 //! 1. cpufreq's `scaling_available_frequencies` of the CPU (acpi-cpufreq hosts);
@@ -14,19 +15,136 @@
 //!
 //! Frequency domains come from cpufreq's `freqdomain_cpus` (the CPUs hardware scales
 //! together), else `related_cpus` (the CPUs sharing a cpufreq policy); a CPU without
-//! cpufreq is its own domain.
+//! cpufreq is its own domain. Where the frequency backends write (cpufreq limits, the
+//! MSR devices) and whether the CPU is Intel's are here too; whether those can be
+//! *written* is the backends' own probe (`pstate/backend.rs`), since only opening
+//! them for writing tells.
+//!
+//! (`compart_channel::host::pin_current_thread` pins the calling thread to one CPU for
+//! the channel crate's host-thread tests and benchmarks; the VMM pins any thread, by
+//! id, to a set of cores, which is why both exist.)
 
+use std::fmt;
 use std::fs;
 use std::path::Path;
 
-use crate::config::{Coordination, PsdDomain};
-use crate::ladder;
-use crate::pstate::PStateTable;
-use crate::units::Mhz;
+use compart_acpi::{ladder, HostFreqDomains, Mhz, PStateTable};
 
 const CPU_DIR: &str = "sys/devices/system/cpu";
 
-/// Where a host ladder came from, for the VMM to log.
+/// A host CPU number, as `sched_setaffinity` and `/sys/devices/system/cpu` count them.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct HostCore(pub u32);
+
+impl fmt::Display for HostCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Pins thread `tid` (0: the calling thread) to `cores`.
+pub fn pin_thread(tid: i32, cores: &[HostCore]) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for c in cores {
+        if c.0 as usize >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::other(format!("core {c} is out of range")));
+        }
+        // SAFETY: the index was checked against CPU_SETSIZE.
+        unsafe { libc::CPU_SET(c.0 as usize, &mut set) };
+    }
+    // SAFETY: `tid` names a thread (0 is the caller); `set` is a valid cpu_set_t of the
+    // size given.
+    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Formats cores as `0-3,6`.
+pub fn core_list(cores: &[HostCore]) -> String {
+    let mut v: Vec<u32> = cores.iter().map(|c| c.0).collect();
+    v.sort_unstable();
+    v.dedup();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let start = v[i];
+        let mut end = start;
+        while i + 1 < v.len() && v[i + 1] == end + 1 {
+            i += 1;
+            end = v[i];
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+/// Parses a Linux CPU list (`0-3,6`), as in `/sys/devices/system/cpu/online`.
+pub fn parse_core_list(s: &str) -> Option<Vec<HostCore>> {
+    let mut out = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                if b < a || b - a > 65536 {
+                    return None;
+                }
+                out.extend((a..=b).map(HostCore));
+            }
+            None => out.push(HostCore(part.trim().parse().ok()?)),
+        }
+    }
+    Some(out)
+}
+
+/// The cores online on this host, from `/sys/devices/system/cpu/online`, or failing
+/// that the cores this process may run on.
+pub fn online_host_cores() -> Vec<HostCore> {
+    if let Some(v) = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| parse_core_list(&s))
+    {
+        if !v.is_empty() {
+            return v;
+        }
+    }
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0..n as u32).map(HostCore).collect()
+}
+
+/// The cpufreq limit the `cpufreq` frequency backend writes for `core`.
+pub fn cpufreq_max_freq_file(root: &Path, core: HostCore) -> std::path::PathBuf {
+    root.join(format!("{CPU_DIR}/cpu{core}/cpufreq/scaling_max_freq"))
+}
+
+/// The MSR device of `core` (the `msr` module's), which the `msr` backend uses.
+pub fn msr_device(root: &Path, core: HostCore) -> std::path::PathBuf {
+    root.join(format!("dev/cpu/{core}/msr"))
+}
+
+/// Whether the host CPU is Intel's (whose IA32_PERF_CTL ratios the `msr` backend
+/// writes), from `/proc/cpuinfo`.
+pub fn is_intel(root: &Path) -> bool {
+    fs::read_to_string(root.join("proc/cpuinfo")).is_ok_and(|c| c.contains("GenuineIntel"))
+}
+
+/// [`parse_core_list`] as plain CPU numbers.
+fn parse_cpus(s: &str) -> Option<Vec<u32>> {
+    parse_core_list(s).map(|v| v.into_iter().map(|c| c.0).collect())
+}
+
+/// Where a host ladder came from (logged at start-up).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LadderSource {
     /// cpufreq's `scaling_available_frequencies`.
@@ -50,15 +168,21 @@ pub struct HostLadder {
     pub source: LadderSource,
 }
 
-impl PStateTable {
-    /// The P-state ladder of host CPU 0 (see [`host_ladder`]).
-    pub fn from_host() -> Self {
-        host_ladder(Path::new("/"), 0).table
+impl fmt::Display for LadderSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LadderSource::CpufreqAvailable => f.write_str("cpufreq's available frequencies"),
+            LadderSource::CpufreqRange => f.write_str("cpufreq's frequency range"),
+            LadderSource::ModelName(m) => write!(f, "the CPU model name's {m}"),
+            LadderSource::CpuMhz(m) => write!(f, "/proc/cpuinfo's cpu MHz ({m})"),
+            LadderSource::Fallback => f.write_str("a default (the host says nothing)"),
+        }
     }
 }
 
-/// The P-state ladder of host CPU `cpu`, reading the tree under `root` (see the module docs).
-pub fn host_ladder(root: &Path, cpu: u32) -> HostLadder {
+/// The P-state ladder of host CPU `cpu`, reading the tree under `root` (see the module
+/// docs).
+pub fn ladder(root: &Path, cpu: u32) -> HostLadder {
     let cpufreq = root.join(format!("{CPU_DIR}/cpu{cpu}/cpufreq"));
     if let Some(freqs) = read_khz_list(&cpufreq.join("scaling_available_frequencies")) {
         if let Ok(table) = ladder::from_frequencies(&freqs) {
@@ -133,83 +257,28 @@ fn read_khz_list(path: &Path) -> Option<Vec<Mhz>> {
     values.filter(|v| !v.is_empty())
 }
 
-/// Parses a kernel CPU list such as `0-3,8,10-11`.
-pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
-    let mut cpus = Vec::new();
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-                if b < a || b - a > 65_536 {
-                    return None;
-                }
-                cpus.extend(a..=b);
-            }
-            None => cpus.push(part.trim().parse().ok()?),
-        }
-    }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Some(cpus)
-}
-
-/// The host's frequency domains: sets of CPUs whose frequency changes together.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostFreqDomains {
-    domains: Vec<Vec<u32>>,
-}
-
-impl HostFreqDomains {
-    /// Domains from explicit CPU sets (sorted and made disjoint: a CPU belongs to the first
-    /// set that names it).
-    pub fn from_sets(sets: Vec<Vec<u32>>) -> Self {
-        let mut domains: Vec<Vec<u32>> = Vec::new();
-        for mut set in sets {
-            set.retain(|cpu| !domains.iter().any(|d| d.contains(cpu)));
-            set.sort_unstable();
-            set.dedup();
-            if !set.is_empty() {
-                domains.push(set);
-            }
-        }
-        domains.sort_by_key(|d| d[0]);
-        Self { domains }
-    }
-
-    /// Reads the domains of the host whose root is `root` (see the module docs).
-    pub fn probe(root: &Path) -> Self {
-        let cpu_dir = root.join(CPU_DIR);
-        let cpus = fs::read_to_string(cpu_dir.join("online"))
-            .ok()
-            .and_then(|t| parse_cpu_list(&t))
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| list_cpu_dirs(&cpu_dir));
-        let sets = cpus
-            .iter()
-            .map(|&cpu| {
-                let cpufreq = cpu_dir.join(format!("cpu{cpu}/cpufreq"));
-                ["freqdomain_cpus", "related_cpus"]
-                    .iter()
-                    .find_map(|f| {
-                        let list = parse_cpu_list(&fs::read_to_string(cpufreq.join(f)).ok()?)?;
-                        list.contains(&cpu).then_some(list)
-                    })
-                    .unwrap_or_else(|| vec![cpu])
-            })
-            .collect();
-        Self::from_sets(sets)
-    }
-
-    /// The domains, each a sorted CPU list, ordered by their lowest CPU.
-    pub fn domains(&self) -> &[Vec<u32>] {
-        &self.domains
-    }
-
-    /// The index of the domain holding `cpu`.
-    pub fn domain_of(&self, cpu: u32) -> Option<u32> {
-        let index = self.domains.iter().position(|d| d.contains(&cpu))?;
-        u32::try_from(index).ok()
-    }
+/// The frequency domains of the host whose root is `root` (see the module docs).
+pub fn freq_domains(root: &Path) -> HostFreqDomains {
+    let cpu_dir = root.join(CPU_DIR);
+    let cpus = fs::read_to_string(cpu_dir.join("online"))
+        .ok()
+        .and_then(|t| parse_cpus(&t))
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| list_cpu_dirs(&cpu_dir));
+    let sets = cpus
+        .iter()
+        .map(|&cpu| {
+            let cpufreq = cpu_dir.join(format!("cpu{cpu}/cpufreq"));
+            ["freqdomain_cpus", "related_cpus"]
+                .iter()
+                .find_map(|f| {
+                    let list = parse_cpus(&fs::read_to_string(cpufreq.join(f)).ok()?)?;
+                    list.contains(&cpu).then_some(list)
+                })
+                .unwrap_or_else(|| vec![cpu])
+        })
+        .collect();
+    HostFreqDomains::from_sets(sets)
 }
 
 fn list_cpu_dirs(cpu_dir: &Path) -> Vec<u32> {
@@ -229,38 +298,6 @@ fn list_cpu_dirs(cpu_dir: &Path) -> Vec<u32> {
     cpus
 }
 
-/// `_PSD` of each vCPU of a guest from its pinning: vCPU `i` is pinned to host CPU
-/// `pins[i]` (or floats, `None`).
-///
-/// vCPUs pinned into one host frequency domain share a `_PSD` domain numbered after the
-/// host domain; a floating vCPU, or one pinned to a CPU outside every domain, gets a domain
-/// of its own (numbered after all host domains). `NumProcessors` is the number of this
-/// guest's vCPUs in the domain: the guest sees only its own processors.
-pub fn psd_from_pinning(
-    pins: &[Option<u32>],
-    domains: &HostFreqDomains,
-    coordination: Coordination,
-) -> Vec<PsdDomain> {
-    let host_domains = u32::try_from(domains.domains().len()).unwrap_or(u32::MAX);
-    let numbers: Vec<u32> = pins
-        .iter()
-        .zip(0u32..)
-        .map(|(pin, vcpu)| {
-            pin.and_then(|cpu| domains.domain_of(cpu))
-                .unwrap_or_else(|| host_domains.saturating_add(vcpu))
-        })
-        .collect();
-    numbers
-        .iter()
-        .map(|&domain| PsdDomain {
-            domain,
-            coordination,
-            num_processors: u32::try_from(numbers.iter().filter(|&&d| d == domain).count())
-                .unwrap_or(u32::MAX),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,7 +309,7 @@ mod tests {
     impl FakeRoot {
         fn new(name: &str) -> Self {
             let dir = std::env::temp_dir()
-                .join(format!("compart-acpi-host-{name}-{}", std::process::id()));
+                .join(format!("compart-vmm-host-{name}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             Self(dir)
@@ -304,7 +341,7 @@ mod tests {
             "2400000 2000000 1600000 800000 \n",
         )
         .write("proc/cpuinfo", "model name\t: X @ 3.00GHz\n");
-        let ladder = host_ladder(&root.0, 0);
+        let ladder = ladder(&root.0, 0);
         assert_eq!(ladder.source, LadderSource::CpufreqAvailable);
         assert_eq!(mhz(&ladder.table), [2400, 2000, 1600, 800]);
     }
@@ -320,7 +357,7 @@ mod tests {
             "sys/devices/system/cpu/cpu1/cpufreq/cpuinfo_min_freq",
             "1000000\n",
         );
-        let ladder = host_ladder(&root.0, 1);
+        let ladder = ladder(&root.0, 1);
         assert_eq!(ladder.source, LadderSource::CpufreqRange);
         assert_eq!(mhz(&ladder.table), [3000, 2500, 2000, 1500, 1000]);
     }
@@ -332,7 +369,7 @@ mod tests {
             "proc/cpuinfo",
             "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) CPU E5520 @ 2.27GHz\ncpu MHz\t\t: 1600.000\n",
         );
-        let ladder = host_ladder(&root.0, 0);
+        let ladder = ladder(&root.0, 0);
         assert_eq!(ladder.source, LadderSource::ModelName(Mhz(2270)));
         assert_eq!(ladder.table.p0().frequency, Mhz(2270));
     }
@@ -344,7 +381,7 @@ mod tests {
             "proc/cpuinfo",
             "model name\t: AMD EPYC\ncpu MHz\t\t: 2596.140\n",
         );
-        let ladder = host_ladder(&root.0, 0);
+        let ladder = ladder(&root.0, 0);
         assert_eq!(ladder.source, LadderSource::CpuMhz(Mhz(2596)));
         assert_eq!(mhz(&ladder.table), [2596, 2271, 1947, 1622, 1298]);
     }
@@ -352,25 +389,27 @@ mod tests {
     #[test]
     fn ladder_of_an_empty_host_is_the_fallback() {
         let root = FakeRoot::new("empty");
-        let ladder = host_ladder(&root.0, 0);
+        let ladder = ladder(&root.0, 0);
         assert_eq!(ladder.source, LadderSource::Fallback);
         assert_eq!(ladder.table.p0().frequency, ladder::DEFAULT_NOMINAL);
     }
 
     #[test]
     fn this_host_has_a_ladder() {
-        assert!(!PStateTable::from_host().is_empty());
+        assert!(!ladder(Path::new("/"), 0).table.is_empty());
     }
 
     #[test]
-    fn cpu_lists_parse_like_the_kernel_writes_them() {
+    fn core_lists_parse_like_the_kernel_writes_them_and_format_back() {
+        let v = parse_core_list("0-3,6,8-9\n").unwrap();
+        assert_eq!(core_list(&v), "0-3,6,8-9");
         assert_eq!(
-            parse_cpu_list("0-3,8,10-11\n"),
+            parse_cpus("0-3,8,10-11\n"),
             Some(vec![0, 1, 2, 3, 8, 10, 11])
         );
-        assert_eq!(parse_cpu_list("5"), Some(vec![5]));
-        assert_eq!(parse_cpu_list("3-1"), None);
-        assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(parse_cpus("5"), Some(vec![5]));
+        assert!(parse_core_list("3-1").is_none());
+        assert!(parse_core_list("x").is_none());
     }
 
     #[test]
@@ -383,7 +422,7 @@ mod tests {
             .write(&format!("{cpu}/cpu1/cpufreq/freqdomain_cpus"), "0-1\n")
             .write(&format!("{cpu}/cpu2/cpufreq/related_cpus"), "2-3\n")
             .write(&format!("{cpu}/cpu3/cpufreq/related_cpus"), "2-3\n");
-        let domains = HostFreqDomains::probe(&root.0);
+        let domains = freq_domains(&root.0);
         assert_eq!(domains.domains(), [vec![0, 1], vec![2, 3], vec![4]]);
         assert_eq!(domains.domain_of(3), Some(1));
         assert_eq!(domains.domain_of(9), None);
@@ -394,20 +433,7 @@ mod tests {
         let root = FakeRoot::new("nocpufreq");
         root.write("sys/devices/system/cpu/cpu0/uevent", "")
             .write("sys/devices/system/cpu/cpu1/uevent", "");
-        let domains = HostFreqDomains::probe(&root.0);
+        let domains = freq_domains(&root.0);
         assert_eq!(domains.domains(), [vec![0], vec![1]]);
-    }
-
-    #[test]
-    fn psd_groups_vcpus_pinned_into_one_host_domain() {
-        let domains = HostFreqDomains::from_sets(vec![vec![0, 1], vec![2, 3]]);
-        let psd = psd_from_pinning(
-            &[Some(0), Some(1), Some(2), None],
-            &domains,
-            Coordination::SwAll,
-        );
-        let got: Vec<(u32, u32)> = psd.iter().map(|p| (p.domain, p.num_processors)).collect();
-        assert_eq!(got, [(0, 2), (0, 2), (1, 1), (5, 1)]);
-        assert!(psd.iter().all(|p| p.coordination == Coordination::SwAll));
     }
 }
