@@ -128,7 +128,8 @@ impl GuestAcpiConfig {
             pstates,
             ppc: 0,
             io_apic: None,
-            local_apic_address: 0xFEE0_0000,
+            // Below 4 GiB, as the abi asserts.
+            local_apic_address: compart_abi::lapic::BASE_GPA as u32,
         }
     }
 

@@ -34,10 +34,10 @@ use acpi_tables::{Aml, AmlSink};
 
 use crate::config::{GuestAcpiConfig, VcpuAcpi};
 
-/// IA32_PERF_CTL: the performance-control MSR named by `_PCT`.
-pub const IA32_PERF_CTL: u32 = 0x199;
-/// IA32_PERF_STATUS: the performance-status MSR named by `_PCT`.
-pub const IA32_PERF_STATUS: u32 = 0x198;
+/// IA32_PERF_CTL: the performance-control MSR named by `_PCT` (the contract's).
+pub const IA32_PERF_CTL: u32 = compart_abi::msr::PERF_CTL;
+/// IA32_PERF_STATUS: the performance-status MSR named by `_PCT` (the contract's).
+pub const IA32_PERF_STATUS: u32 = compart_abi::msr::PERF_STATUS;
 /// Address space id of Functional Fixed Hardware.
 pub const ADDRESS_SPACE_FFH: u8 = 0x7F;
 /// `_HID` of a processor device.
@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn ffh_register_descriptor_has_the_spec_length() {
         let mut bytes = Vec::new();
-        FfhMsrRegister { msr: 0x199 }.to_aml_bytes(&mut bytes);
+        FfhMsrRegister { msr: IA32_PERF_CTL }.to_aml_bytes(&mut bytes);
         assert_eq!(
             bytes,
             [0x82, 0x0C, 0x00, 0x7F, 64, 0, 4, 0x99, 0x01, 0, 0, 0, 0, 0, 0]

@@ -8,8 +8,8 @@
 //!   placement page allows (long on a dedicated core, not at all on a shared one),
 //!   then announce sleep, re-check, and halt.
 
+use compart_abi::ChannelSide;
 use compart_channel::{ChannelError, Endpoint, Notifier, Region, Side, Waiter};
-
 
 use crate::{boot_info, placement, pstate::rdtsc, ring0};
 
@@ -47,6 +47,8 @@ pub enum OpenError {
     NoSuchChannel(usize),
     /// The region is not a valid channel pair.
     Channel(ChannelError),
+    /// The boot info's side is neither A nor B (its raw value).
+    BadSide(u32),
 }
 
 /// Number of channels this guest has.
@@ -65,7 +67,11 @@ pub fn open(index: usize) -> Result<Channel, OpenError> {
         .channels()
         .get(index)
         .ok_or(OpenError::NoSuchChannel(index))?;
-    let side = if c.side == 0 { Side::A } else { Side::B };
+    let side = match c.side() {
+        Some(ChannelSide::A) => Side::A,
+        Some(ChannelSide::B) => Side::B,
+        None => return Err(OpenError::BadSide(c.side)),
+    };
     // SAFETY: the VMM mapped region_size bytes of shared memory at region_gpa for the
     // guest's whole life (identity-mapped); we only access it through the Region.
     let region = unsafe { Region::from_raw(c.region_gpa as *mut u8, c.region_size as usize) }

@@ -5,7 +5,7 @@
 //! Ring-0 code here uses general-purpose registers only: no SSE, no x87, no Rust
 //! (the compiler may emit SSE), because guest ring 0 may be emulated.
 
-use compart_abi::{ports, FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, GP_VECTOR};
+use compart_abi::{lapic, ports, FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, GP_VECTOR};
 
 core::arch::global_asm!(
     // --- the firmware header, at IMAGE_GPA (see the linker script) ---
@@ -117,11 +117,11 @@ core::arch::global_asm!(
     "    jmp 91b",
 
     // External interrupts (doorbells, kicks) only wake a halted vCPU: acknowledge and
-    // return. xAPIC EOI register at 0xFEE000B0.
+    // return (the xAPIC's EOI register).
     ".global compart_irq_entry",
     "compart_irq_entry:",
     "    push rax",
-    "    mov rax, 0xfee000b0",
+    "    mov rax, {lapic_eoi}",
     "    mov dword ptr [rax], 0",
     "    pop rax",
     "    iretq",
@@ -133,4 +133,5 @@ core::arch::global_asm!(
     stub_size = const EXCEPTION_STUB_SIZE,
     gp = const GP_VECTOR,
     fault_port = const ports::FAULT,
+    lapic_eoi = const lapic::BASE_GPA + lapic::EOI,
 );

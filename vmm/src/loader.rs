@@ -2,7 +2,7 @@
 //! memory and checks its firmware header. The image is untrusted input: every offset
 //! and size is checked against the file and against guest memory before use.
 
-use compart_abi::{FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, IMAGE_GPA, PAGE_SIZE};
+use compart_abi::{FirmwareHeader, Pod, ABI_VERSION, EXCEPTION_STUB_SIZE, IMAGE_GPA, PAGE_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Why an image cannot be loaded.
@@ -153,16 +153,7 @@ fn read_header(mem: &GuestMemoryMmap) -> Result<FirmwareHeader, LoadError> {
     let mut raw = [0u8; core::mem::size_of::<FirmwareHeader>()];
     mem.read_slice(&mut raw, GuestAddress(IMAGE_GPA))
         .map_err(|_| LoadError::BadHeader("not loaded"))?;
-    let q = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().unwrap());
-    let d = |i: usize| u32::from_le_bytes(raw[i..i + 4].try_into().unwrap());
-    Ok(FirmwareHeader {
-        magic: q(0),
-        abi_version: d(8),
-        size: d(12),
-        entry: q(16),
-        exception_stubs: q(24),
-        irq_entry: q(32),
-    })
+    FirmwareHeader::read_from(&raw).ok_or(LoadError::BadHeader("not loaded"))
 }
 
 #[cfg(test)]
