@@ -26,6 +26,6 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
-echo "==> loom model of the channel's sleep/kick protocol"
+echo "==> loom models: the channel's sleep/kick protocol, the placement page's sequence lock"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-    cargo test -p compart-channel --release --test loom
+    cargo test -p compart-channel -p compart-abi --release --test loom

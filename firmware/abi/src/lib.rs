@@ -43,6 +43,7 @@
 //! (a refused access) on its own stack; every other gate uses IST1.
 #![no_std]
 
+pub mod placement;
 mod pod;
 
 pub use pod::Pod;
@@ -247,7 +248,7 @@ pub enum ChannelSide {
 
 /// Where a vCPU runs, as the VMM tells the guest.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlacementEntry {
     /// 1 when the vCPU has its host core to itself: poll for up to `poll_us` before
     /// sleeping. 0 when it shares the core: sleep as soon as there is no work.
@@ -277,7 +278,7 @@ impl PlacementEntry {
 /// the VMM whenever it moves the guest's vCPUs, after which it kicks the guest on
 /// [`PLACEMENT_VECTOR`]. `generation` is a sequence lock: odd while the VMM writes;
 /// a reader retries until it reads the same even value before and after. Both halves
-/// are in `placement`.
+/// are in [`placement`].
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct PlacementPage {
