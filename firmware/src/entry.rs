@@ -5,7 +5,7 @@
 //! Ring-0 code here uses general-purpose registers only: no SSE, no x87, no Rust
 //! (the compiler may emit SSE), because guest ring 0 may be emulated.
 
-use compart_abi::{lapic, ports, FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, GP_VECTOR};
+use compart_abi::{lapic, msr, ports, FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, GP_VECTOR};
 
 core::arch::global_asm!(
     // --- the firmware header, at IMAGE_GPA (see the linker script) ---
@@ -79,13 +79,33 @@ core::arch::global_asm!(
     "    add qword ptr [rsp + 16], 1",
     "    add rsp, 16",
     "    iretq",
-    // rdmsr / wrmsr with ring 3's own ecx, edx:eax.
+    // rdmsr / wrmsr with ring 3's own ecx, edx:eax, on the contract's MSRs only
+    // (compart_abi::msr::INTERCEPTED): any other MSR (EFER, LSTAR, …) would hand ring 0
+    // to ring 3, so it is refused like an access the VMM refuses.
     "11: pop rax",
+    "    cmp ecx, {msr_mperf}",
+    "    je 13f",
+    "    cmp ecx, {msr_aperf}",
+    "    je 13f",
+    "    cmp ecx, {msr_perf_status}",
+    "    je 13f",
+    "    cmp ecx, {msr_perf_ctl}",
+    "    jne compart_msr_refused",
+    "13:",
     ".global compart_rdmsr_insn",
     "compart_rdmsr_insn:",
     "    rdmsr",
     "    jmp 20f",
     "12: pop rax",
+    "    cmp ecx, {msr_mperf}",
+    "    je 14f",
+    "    cmp ecx, {msr_aperf}",
+    "    je 14f",
+    "    cmp ecx, {msr_perf_status}",
+    "    je 14f",
+    "    cmp ecx, {msr_perf_ctl}",
+    "    jne compart_msr_refused",
+    "14:",
     ".global compart_wrmsr_insn",
     "compart_wrmsr_insn:",
     "    wrmsr",
@@ -134,4 +154,19 @@ core::arch::global_asm!(
     gp = const GP_VECTOR,
     fault_port = const ports::FAULT,
     lapic_eoi = const lapic::BASE_GPA + lapic::EOI,
+    msr_mperf = const msr::MPERF,
+    msr_aperf = const msr::APERF,
+    msr_perf_status = const msr::PERF_STATUS,
+    msr_perf_ctl = const msr::PERF_CTL,
+);
+
+// The stub's allow-list above names each MSR of the contract.
+const _: () = assert!(
+    msr::INTERCEPTED[0].0 == msr::MPERF
+        && msr::INTERCEPTED[0].1 == 2
+        && msr::APERF == msr::MPERF + 1
+        && msr::INTERCEPTED[1].0 == msr::PERF_STATUS
+        && msr::INTERCEPTED[1].1 == 2
+        && msr::PERF_CTL == msr::PERF_STATUS + 1
+        && msr::INTERCEPTED.len() == 2
 );

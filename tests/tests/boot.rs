@@ -137,7 +137,6 @@ fn failing_guests_are_reported_and_the_others_keep_running() {
     let text = [
         guest("survivor", "halt", "stop-guest"),
         guest("panicker", "panic", "stop-guest"),
-        guest("tripler", "triple-fault", "stop-guest"),
         guest("faulter", "page-fault", "stop-guest"),
     ]
     .concat();
@@ -167,10 +166,6 @@ fn failing_guests_are_reported_and_the_others_keep_running() {
             );
         }
         other => panic!("panicker: {other:?}"),
-    }
-    match outcome.state("tripler") {
-        Some(GuestState::Failed(Failure::TripleFault { rip })) => assert!(*rip >= 0x20_0000),
-        other => panic!("tripler: {other:?}"),
     }
     match outcome.state("faulter") {
         Some(GuestState::Failed(Failure::Exception {
@@ -242,4 +237,64 @@ fn memory_too_small_for_image_stacks_and_heap_is_refused_before_anything_runs() 
         "{msg}"
     );
     assert!(msg.ends_with("raise memory_mib"), "{msg}");
+}
+
+#[test]
+fn a_guest_cannot_write_its_page_tables_or_idt_nor_run_code_from_its_stack() {
+    if !require_kvm() {
+        return;
+    }
+    let capture = Capture::default();
+    let text = [
+        guest("tables", "write-page-tables", "stop-guest"),
+        guest("idt", "write-idt", "stop-guest"),
+        guest("stack", "exec-stack", "stop-guest"),
+        guest("msr", "foreign-msr", "stop-guest"),
+    ]
+    .concat();
+    let vmm = compart_vmm::start(&topology(&text), capture.sink()).unwrap();
+    let outcome = vmm.wait();
+    let failure = |name: &str| match outcome.state(name) {
+        Some(GuestState::Failed(f @ Failure::Exception { vector: 14, .. })) => {
+            eprintln!("{name}: {f}");
+            f.to_string()
+        }
+        other => panic!("{name}: {other:?}, console {:?}", capture.of(name)),
+    };
+    assert!(
+        failure("tables").starts_with(&format!(
+            "page fault: ring-3 write to a supervisor-only page at {:#x} (the guest's page tables)",
+            compart_abi::PAGE_TABLES_GPA
+        )),
+        "{}",
+        failure("tables")
+    );
+    assert!(
+        failure("idt").starts_with(&format!(
+            "page fault: ring-3 write to a supervisor-only page at {:#x} (the IDT)",
+            compart_abi::IDT_GPA
+        )),
+        "{}",
+        failure("idt")
+    );
+    let stack = failure("stack");
+    assert!(
+        stack.starts_with("page fault: ring-3 instruction fetch from a no-execute page at"),
+        "{stack}"
+    );
+    assert_eq!(outcome.state("msr"), Some(&GuestState::Exited(0)));
+    assert!(
+        capture
+            .of("msr")
+            .contains(&"foreign msr: EFER read refused, LSTAR write refused".to_string()),
+        "{:?}",
+        capture.of("msr")
+    );
+    for name in ["tables", "idt", "stack"] {
+        assert!(
+            capture.of(name).iter().all(|l| !l.contains("?!")),
+            "{name}: {:?}",
+            capture.of(name)
+        );
+    }
 }

@@ -6,25 +6,30 @@
 //! guest uses to talk to the VMM, and the operations of the ring-0 stub.
 //!
 //! ```text
-//!  guest-physical memory (identity-mapped, user-accessible, 4 KiB pages below 2 MiB,
-//!  2 MiB pages above; the page at 0 is not present so that null dereferences fault)
+//!  guest-physical memory (identity-mapped; 4 KiB pages below 2 MiB + MAX_IMAGE_SIZE,
+//!  2 MiB pages above; access rights per area: S = supervisor only, U = ring 3 too,
+//!  RO = read-only, X = executable, everything else no-execute)
 //!
-//!  0x0000_0000  ┌──────────────────────────┐ not present
-//!  0x0000_1000  │ BootInfo                 │ written by the VMM
-//!  0x0000_2000  │ console buffer           │ guest writes a line, then OUT CONSOLE
-//!  0x0000_3000  │ IDT (256 gates)          │ written by the VMM
-//!  0x0000_4000  │ page tables              │ PML4, PDPT, 4 PDs, 1 PT
-//!  0x0010_0000  │ per-vCPU areas           │ GDT, TSS + I/O bitmap, ring-0 stacks
-//!  0x0018_0000  │ ACPI tables              │ RSDP, XSDT, FADT, MADT, DSDT
-//!  0x0020_0000  │ guest image              │ starts with a FirmwareHeader
-//!               │ ring-3 stacks, heap      │ placed by the VMM after the image
+//!  0x0000_0000  ┌──────────────────────────┐ not present, so null dereferences fault
+//!  0x0000_1000  │ BootInfo                 │ U RO   written by the VMM
+//!  0x0000_2000  │ console buffer           │ U      guest writes a line, then OUT CONSOLE
+//!  0x0000_3000  │ IDT (256 gates)          │ S RO   written by the VMM
+//!  0x0000_4000  │ page tables              │ S RO   PML4, PDPT, 4 PDs, 1 + 8 PTs
+//!  0x0010_0000  │ per-vCPU areas           │ S      GDT, TSS + I/O bitmap, ring-0 stacks
+//!  0x0018_0000  │ ACPI tables              │ U RO   RSDP, XSDT, FADT, MADT, DSDT
+//!  0x0020_0000  │ guest image              │ U      per ELF segment: RO unless W, X if X;
+//!               │                          │        starts with a FirmwareHeader
+//!               │ ring-3 stacks, heap      │ U      placed by the VMM after the image
 //!  mem_size     └──────────────────────────┘
-//!  0xC000_0000  │ channel regions          │ channel i at CHANNELS_GPA + i·CHANNEL_STRIDE
-//!  0xE000_0000  │ placement page           │ read-only to the guest, written by the VMM
-//!  0xF000_0000  │ doorbell pages           │ a write to page i kicks channel i's peer
-//!  0xFEC0_0000  │ I/O APIC                 │ ioapic::BASE_GPA
-//!  0xFEE0_0000  │ local APIC               │ lapic::BASE_GPA
+//!  0xC000_0000  │ channel regions          │ U      channel i at CHANNELS_GPA + i·CHANNEL_STRIDE
+//!  0xE000_0000  │ placement page           │ U      read-only slot, written by the VMM
+//!  0xF000_0000  │ doorbell pages           │ U      a write to page i kicks channel i's peer
+//!  0xFEC0_0000  │ I/O APIC                 │ S      ioapic::BASE_GPA
+//!  0xFEE0_0000  │ local APIC               │ S      lapic::BASE_GPA
 //! ```
+//!
+//! Ring 3 can therefore neither rewrite what ring 0 runs on (page tables, IDT, GDT,
+//! TSS, ring-0 stacks, the APIC) nor execute anything but the image's code.
 //!
 //! Guests run in ring 3 (see `DESIGN.md`: ring 0 is emulated instruction by instruction
 //! on the machines we target). The VMM prepares the whole long-mode state so that the
@@ -61,10 +66,12 @@ pub const CONSOLE_BUF_SIZE: u64 = PAGE_SIZE;
 pub const IDT_GPA: u64 = 0x3000;
 /// Guest-physical address of the page tables (PML4 first).
 pub const PAGE_TABLES_GPA: u64 = 0x4000;
-/// Number of 4 KiB pages the page tables occupy: PML4, PDPT, four PDs and one PT.
-pub const PAGE_TABLE_PAGES: u64 = 7;
-/// How much guest-physical address space the page tables map (identity, user bit set).
-/// Accesses above guest RAM but below this limit reach the VMM as MMIO.
+/// Number of 4 KiB pages the page tables occupy: PML4, PDPT, four PDs, one PT for
+/// the low 2 MiB and one per 2 MiB of [`MAX_IMAGE_SIZE`] (the image is mapped in
+/// 4 KiB pages so that each of its segments gets its own access rights).
+pub const PAGE_TABLE_PAGES: u64 = 7 + MAX_IMAGE_SIZE / (2 << 20);
+/// How much guest-physical address space the page tables map (identity). Accesses
+/// above guest RAM but below this limit reach the VMM as MMIO.
 pub const MAPPED_LIMIT: u64 = 4 << 30;
 
 /// First per-vCPU area.
@@ -97,9 +104,11 @@ pub mod percpu {
 pub const ACPI_GPA: u64 = 0x18_0000;
 /// Size of the ACPI tables area.
 pub const ACPI_SIZE: u64 = 0x8_0000;
-/// Guest-physical address where the guest image is loaded; it starts with a
-/// [`FirmwareHeader`].
+/// Guest-physical address where the guest image is loaded (its link address, which
+/// `firmware/link.ld` must match); it starts with a [`FirmwareHeader`].
 pub const IMAGE_GPA: u64 = 0x20_0000;
+/// Most bytes an image's segments may span from [`IMAGE_GPA`].
+pub const MAX_IMAGE_SIZE: u64 = 16 << 20;
 /// Size of each vCPU's ring-3 stack, placed by the VMM after the image.
 pub const RING3_STACK_SIZE: u64 = 0x1_0000;
 /// The least heap the VMM gives a guest; a guest whose memory cannot hold its image,
@@ -372,8 +381,10 @@ impl FirmwareHeader {
 /// Distance between two exception stubs of the firmware.
 pub const EXCEPTION_STUB_SIZE: u64 = 32;
 
-/// Version of this ABI; the VMM refuses images built against another.
-pub const ABI_VERSION: u32 = 3;
+/// Version of this ABI; the VMM refuses images built against another. 4: the page
+/// tables give each area its access rights (see the memory map) and the ring-0 stub
+/// performs `rdmsr`/`wrmsr` only on the MSRs of [`msr::INTERCEPTED`].
+pub const ABI_VERSION: u32 = 4;
 
 /// Maximum length of a guest's name.
 pub const NAME_LEN: usize = 32;

@@ -108,26 +108,64 @@ fn exception_name(vector: u64) -> &'static str {
     }
 }
 
+/// What a page fault's error code says happened at `addr`, and which area that is:
+/// "ring-3 write to a supervisor-only page at 0x4000 (the guest's page tables)".
+fn page_fault_cause(error_code: u64, addr: u64) -> String {
+    const PRESENT: u64 = 1;
+    const WRITE: u64 = 1 << 1;
+    const USER: u64 = 1 << 2;
+    const RESERVED: u64 = 1 << 3;
+    const FETCH: u64 = 1 << 4;
+    let ring = if error_code & USER != 0 { 3 } else { 0 };
+    let access = if error_code & FETCH != 0 {
+        "instruction fetch from"
+    } else if error_code & WRITE != 0 {
+        "write to"
+    } else {
+        "read from"
+    };
+    let supervisor_only = crate::arch::paging::supervisor_only(addr);
+    let page = if error_code & RESERVED != 0 {
+        "a page whose table entry has reserved bits set"
+    } else if error_code & PRESENT == 0 {
+        "a not-present page"
+    } else if ring == 3 && supervisor_only {
+        "a supervisor-only page"
+    } else if error_code & FETCH != 0 {
+        "a no-execute page"
+    } else {
+        "a read-only page"
+    };
+    format!(
+        "page fault: ring-{ring} {access} {page} at {addr:#x} ({})",
+        crate::arch::paging::area(addr)
+    )
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Panic { message } => write!(f, "{message}"),
             Failure::Exception {
-                vector,
+                vector: 14,
                 error_code,
                 rip,
                 cr2,
-            } => {
-                write!(
-                    f,
-                    "unhandled {} (vector {vector}) at RIP {rip:#x}, error code {error_code:#x}",
-                    exception_name(*vector)
-                )?;
-                if *vector == 14 {
-                    write!(f, ", address {cr2:#x}")?;
-                }
-                Ok(())
-            }
+            } => write!(
+                f,
+                "{} (RIP {rip:#x}, error code {error_code:#x})",
+                page_fault_cause(*error_code, *cr2)
+            ),
+            Failure::Exception {
+                vector,
+                error_code,
+                rip,
+                ..
+            } => write!(
+                f,
+                "unhandled {} (vector {vector}) at RIP {rip:#x}, error code {error_code:#x}",
+                exception_name(*vector)
+            ),
             Failure::TripleFault { rip } => {
                 write!(f, "triple fault: the vCPU shut down at RIP {rip:#x}")
             }
@@ -604,8 +642,28 @@ mod tests {
         };
         assert_eq!(
             f.to_string(),
-            "unhandled #PF page fault (vector 14) at RIP 0x201234, error code 0x4, address 0x0"
+            "page fault: ring-3 read from a not-present page at 0x0 (the null page) \
+             (RIP 0x201234, error code 0x4)"
         );
+        let write_tables = Failure::Exception {
+            vector: 14,
+            error_code: 7,
+            rip: 0x20_1234,
+            cr2: 0x4000,
+        };
+        assert!(write_tables.to_string().starts_with(
+            "page fault: ring-3 write to a supervisor-only page at 0x4000 (the guest's page tables)"
+        ));
+        let exec_stack = Failure::Exception {
+            vector: 14,
+            error_code: 0x15,
+            rip: 0x40_0000,
+            cr2: 0x40_0000,
+        };
+        assert!(exec_stack.to_string().starts_with(
+            "page fault: ring-3 instruction fetch from a no-execute page at 0x400000 \
+             (the image, a stack, the heap or a device)"
+        ));
         assert_eq!(
             Failure::TripleFault { rip: 0x20_0000 }.to_string(),
             "triple fault: the vCPU shut down at RIP 0x200000"

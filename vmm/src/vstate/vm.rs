@@ -316,7 +316,7 @@ impl GuestVm {
             &shared.memory,
             config,
             &layout,
-            &image.header,
+            &image,
             acpi,
             tsc_khz,
             wiring,
@@ -415,7 +415,7 @@ fn write_boot_state(
     mem: &GuestMemoryMmap,
     config: &GuestConfig,
     layout: &GuestLayout,
-    header: &compart_abi::FirmwareHeader,
+    image: &loader::LoadedImage,
     acpi: &AcpiTables,
     tsc_khz: u64,
     wiring: &Wiring,
@@ -453,8 +453,8 @@ fn write_boot_state(
     write(info.as_bytes(), BOOT_INFO_GPA);
     // Built for ACPI_GPA and at most ACPI_SIZE bytes (see crate::acpi).
     write(acpi.bytes(), acpi.base_gpa());
-    write(&arch::paging::page_tables(), PAGE_TABLES_GPA);
-    write(&arch::gdt::idt(header), IDT_GPA);
+    write(&arch::paging::page_tables(&image.segments), PAGE_TABLES_GPA);
+    write(&arch::gdt::idt(&image.header), IDT_GPA);
     for i in 0..config.vcpus() {
         let gdt: Vec<u8> = arch::gdt::gdt(i)
             .iter()
