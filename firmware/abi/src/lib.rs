@@ -48,6 +48,7 @@
 //! (a refused access) on its own stack; every other gate uses IST1.
 #![no_std]
 
+pub mod acpi;
 pub mod placement;
 mod pod;
 

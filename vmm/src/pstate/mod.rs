@@ -23,7 +23,7 @@ pub mod soft;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use compart_acpi::{Coordination, Mhz};
+use compart_acpi::Mhz;
 
 use crate::topology::{HostCore, Topology};
 use backend::FreqBackend;
@@ -90,14 +90,6 @@ pub struct PStateController {
     backend: Box<dyn FreqBackend>,
     soft_period: std::time::Duration,
     guests: Mutex<Vec<GuestEntry>>,
-}
-
-fn coordination_name(c: Coordination) -> &'static str {
-    match c {
-        Coordination::SwAll => "sw-all",
-        Coordination::SwAny => "sw-any",
-        Coordination::HwAll => "hw-all",
-    }
 }
 
 impl PStateController {
@@ -194,7 +186,7 @@ impl PStateController {
             "guest {} vCPU {vcpu}: requests P{requested} (control {value:#x}); _PSD domain {} {}",
             g.name,
             d.domain,
-            coordination_name(d.coordination)
+            d.coordination.name()
         );
         self.apply_changes(g, &changes);
         self.apply_to_host(&guests);
@@ -214,7 +206,7 @@ impl PStateController {
                 c.from,
                 c.to,
                 d.domain,
-                coordination_name(d.coordination),
+                d.coordination.name(),
                 self.backend.name()
             );
         }
