@@ -5,7 +5,9 @@
 //! Ring-0 code here uses general-purpose registers only: no SSE, no x87, no Rust
 //! (the compiler may emit SSE), because guest ring 0 may be emulated.
 
-use compart_abi::{lapic, msr, ports, FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, GP_VECTOR};
+use compart_abi::{
+    lapic, msr, ports, FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, GP_VECTOR, IMAGE_GPA,
+};
 
 core::arch::global_asm!(
     // --- the firmware header, at IMAGE_GPA (see the linker script) ---
@@ -18,6 +20,9 @@ core::arch::global_asm!(
     ".quad compart_exception_stubs",
     ".quad compart_irq_entry",
     ".popsection",
+    // The link address the ABI expects; firmware/link.ld asserts that it links there.
+    ".globl compart_abi_image_gpa",
+    ".set compart_abi_image_gpa, {image_gpa}",
 
     // --- ring-3 entry: rdi = boot info, rsi = vCPU index, rsp = top of stack ---
     ".pushsection .text.compart_entry, \"ax\"",
@@ -154,6 +159,7 @@ core::arch::global_asm!(
     gp = const GP_VECTOR,
     fault_port = const ports::FAULT,
     lapic_eoi = const lapic::BASE_GPA + lapic::EOI,
+    image_gpa = const IMAGE_GPA,
     msr_mperf = const msr::MPERF,
     msr_aperf = const msr::APERF,
     msr_perf_status = const msr::PERF_STATUS,
