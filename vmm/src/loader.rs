@@ -2,6 +2,7 @@
 //! memory and checks its firmware header. The image is untrusted input: every offset
 //! and size is checked against the file and against guest memory before use.
 
+use compart_abi::le::{u16_at, u32_at, u64_at};
 use compart_abi::{
     FirmwareHeader, Pod, ABI_VERSION, EXCEPTION_STUB_SIZE, IMAGE_GPA, MAX_IMAGE_SIZE, PAGE_SIZE,
 };
@@ -57,16 +58,6 @@ pub struct Segment {
     pub writable: bool,
     /// PF_X: it may be executed.
     pub executable: bool,
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
 const PT_LOAD: u32 = 1;

@@ -49,6 +49,7 @@
 #![no_std]
 
 pub mod acpi;
+pub mod le;
 pub mod placement;
 mod pod;
 
