@@ -2,7 +2,7 @@
 # The project's test command: installs the Debian packages the tests need, then runs
 # every check CI runs. Needs /dev/kvm (run as root, or as a user in the kvm group);
 # without it the KVM tests fail with a message saying so, unless
-# COMPART_SKIP_KVM_TESTS=1.
+# COMPART_SKIP_KVM_TESTS=1, which reports them as ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
