@@ -1,9 +1,14 @@
 //! The contract between the `compart` VMM and the guests it runs.
 //!
 //! Everything both sides of the wall must agree on is defined here, once: the fixed
-//! guest-physical layout, the boot-info page the VMM fills in before the first
-//! instruction, the firmware header every guest image starts with, the I/O ports a
-//! guest uses to talk to the VMM, and the operations of the ring-0 stub.
+//! guest-physical layout and each area's access rights, the boot-info page the VMM
+//! fills in before the first instruction, the firmware header every guest image
+//! starts with, the I/O ports a guest uses to talk to the VMM, and the operations of
+//! the ring-0 stub; the MSRs of the P-state interface ([`msr`]) and the APICs
+//! ([`lapic`], [`ioapic`]); the ACPI values the table writer and the guest's reader
+//! share ([`acpi`]); the placement page's sequence lock, both halves ([`placement`]);
+//! and, once for all of these structures, the proof that they may cross the wall as
+//! raw bytes ([`Pod`]). [`le`] reads little-endian integers from untrusted bytes.
 //!
 //! ```text
 //!  guest-physical memory (identity-mapped; 4 KiB pages below 2 MiB + MAX_IMAGE_SIZE,
