@@ -125,7 +125,7 @@ impl RawPage {
     ///
     /// `ptr` must be 8-byte aligned and point to `size_of::<PlacementPage>()` bytes
     /// that stay mapped while the `RawPage` is used, readable, and writable if
-    /// [`write`] is called; other parties access them only through this protocol.
+    /// [`write()`] is called; other parties access them only through this protocol.
     pub const unsafe fn new(ptr: *mut PlacementPage) -> RawPage {
         RawPage(ptr)
     }
