@@ -27,7 +27,7 @@
 //!               │ ring-3 stacks, heap      │ U      placed by the VMM after the image
 //!  mem_size     └──────────────────────────┘
 //!  0xC000_0000  │ channel regions          │ U      channel i at CHANNELS_GPA + i·CHANNEL_STRIDE
-//!  0xE000_0000  │ placement page           │ U      read-only slot, written by the VMM
+//!  0xE000_0000  │ placement page           │ U RO   a read-only slot, written by the VMM
 //!  0xF000_0000  │ doorbell pages           │ U      a write to page i kicks channel i's peer
 //!  0xFEC0_0000  │ I/O APIC                 │ S      ioapic::BASE_GPA
 //!  0xFEE0_0000  │ local APIC               │ S      lapic::BASE_GPA

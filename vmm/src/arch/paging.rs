@@ -8,8 +8,9 @@
 //! as MMIO exits. Upper levels allow everything; the leaf entries decide.
 
 use compart_abi::{
-    ioapic, lapic, ACPI_GPA, ACPI_SIZE, BOOT_INFO_GPA, CONSOLE_BUF_GPA, IDT_GPA, IMAGE_GPA,
-    MAPPED_LIMIT, MAX_IMAGE_SIZE, PAGE_SIZE, PAGE_TABLES_GPA, PAGE_TABLE_PAGES, PERCPU_GPA,
+    ioapic, lapic, ACPI_GPA, ACPI_SIZE, BOOT_INFO_GPA, CHANNELS_GPA, CHANNEL_STRIDE,
+    CONSOLE_BUF_GPA, DOORBELLS_GPA, IDT_GPA, IMAGE_GPA, MAPPED_LIMIT, MAX_CHANNELS, MAX_IMAGE_SIZE,
+    PAGE_SIZE, PAGE_TABLES_GPA, PAGE_TABLE_PAGES, PERCPU_GPA, PLACEMENT_GPA,
 };
 
 use crate::loader::Segment;
@@ -50,6 +51,12 @@ pub fn area(gpa: u64) -> &'static str {
         "unused low memory"
     } else if within(ioapic::BASE_GPA, TWO_MIB) || within(lapic::BASE_GPA, TWO_MIB) {
         "the APICs"
+    } else if within(CHANNELS_GPA, MAX_CHANNELS as u64 * CHANNEL_STRIDE) {
+        "a channel region"
+    } else if within(PLACEMENT_GPA, PAGE_SIZE) {
+        "the placement page"
+    } else if within(DOORBELLS_GPA, MAX_CHANNELS as u64 * PAGE_SIZE) {
+        "a doorbell page"
     } else {
         "the image, a stack, the heap or a device"
     }
@@ -130,6 +137,9 @@ pub fn page_tables(segments: &[Segment]) -> Vec<u8> {
                 // The APICs: ring 0 acknowledges interrupts; ring 3 must not send
                 // IPIs (an INIT/SIPI would restart the vCPU outside ring 3).
                 addr | PRESENT | WRITABLE | NO_EXECUTE | HUGE
+            } else if addr == PLACEMENT_GPA & !(TWO_MIB - 1) {
+                // The placement page is a read-only slot; say so before KVM has to.
+                addr | PRESENT | USER | NO_EXECUTE | HUGE
             } else {
                 addr | USER_DATA | HUGE
             };
@@ -291,7 +301,9 @@ mod tests {
                 IMAGE_GPA + MAX_IMAGE_SIZE + 0x1000,
                 rights(true, true, false),
             ),
-            (compart_abi::CHANNELS_GPA, rights(true, true, false)),
+            (CHANNELS_GPA, rights(true, true, false)),
+            (PLACEMENT_GPA, rights(true, false, false)),
+            (DOORBELLS_GPA, rights(true, true, false)),
         ] {
             assert_eq!(translate(&t, va).unwrap().1, want, "{va:#x}");
         }
@@ -302,5 +314,6 @@ mod tests {
         assert_eq!(area(PAGE_TABLES_GPA + 0x10), "the guest's page tables");
         assert_eq!(area(IDT_GPA), "the IDT");
         assert_eq!(area(0), "the null page");
+        assert_eq!(area(PLACEMENT_GPA + 8), "the placement page");
     }
 }
