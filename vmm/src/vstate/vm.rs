@@ -5,9 +5,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use compart_abi::{
-    fill_str_field, lapic, percpu, percpu_gpa, ports, BootInfo, Pod, BOOT_INFO_GPA,
-    CONSOLE_BUF_GPA, CONSOLE_BUF_SIZE, IDT_GPA, MAX_CHANNELS, MAX_CORES_LISTED, MIN_HEAP_SIZE,
-    PAGE_SIZE, PAGE_TABLES_GPA, PLACEMENT_GPA, PLACEMENT_VECTOR, RING3_STACK_SIZE, SPURIOUS_VECTOR,
+    fill_str_field, percpu, percpu_gpa, ports, BootInfo, Pod, BOOT_INFO_GPA, CONSOLE_BUF_GPA,
+    CONSOLE_BUF_SIZE, IDT_GPA, MAX_CHANNELS, MAX_CORES_LISTED, MIN_HEAP_SIZE, PAGE_SIZE,
+    PAGE_TABLES_GPA, PLACEMENT_GPA, PLACEMENT_VECTOR, RING3_STACK_SIZE, SPURIOUS_VECTOR,
 };
 use kvm_bindings::{
     kvm_irq_routing_msi, kvm_userspace_memory_region, CpuId, KvmIrqRouting, KVM_IRQ_ROUTING_MSI,
@@ -293,9 +293,9 @@ impl GuestVm {
             let mut lapic = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
             // Spurious-interrupt vector register: software-enable the local APIC so
             // that doorbell interrupts are accepted, spurious vector 0xff.
-            let svr = lapic::SVR_ENABLE | u32::from(SPURIOUS_VECTOR);
+            let svr = compart_abi::lapic::SVR_ENABLE | u32::from(SPURIOUS_VECTOR);
             for (k, b) in svr.to_le_bytes().iter().enumerate() {
-                lapic.regs[lapic::SVR as usize + k] = *b as _;
+                lapic.regs[compart_abi::lapic::SVR as usize + k] = *b as _;
             }
             fd.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
             vcpu_list.push(Vcpu {
@@ -356,7 +356,7 @@ fn connect_doorbells(vm: &VmFd, wiring: &Wiring) -> Result<(), kvm_ioctls::Error
         entry.type_ = KVM_IRQ_ROUTING_MSI;
         // Fixed delivery, physical destination APIC id 0, edge-triggered.
         entry.u.msi = kvm_irq_routing_msi {
-            address_lo: lapic::BASE_GPA as u32,
+            address_lo: compart_abi::lapic::BASE_GPA as u32,
             address_hi: 0,
             data: u32::from(vector),
             ..Default::default()
