@@ -3,7 +3,7 @@
 //!
 //! A test that boots guests is written
 //!
-//! ```ignore
+//! ```text
 //! kvm_test! {
 //!     /// What it checks.
 //!     fn a_guest_does_what_it_should() {
