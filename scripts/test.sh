@@ -2,7 +2,7 @@
 # The project's test command: installs the Debian packages the tests need, then runs
 # every check CI runs. Needs /dev/kvm (run as root, or as a user in the kvm group);
 # without it the KVM tests fail with a message saying so, unless
-# COMPART_SKIP_KVM_TESTS=1.
+# COMPART_SKIP_KVM_TESTS=1, which reports them as ignored.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +34,6 @@ for lib in guest-servers/*/src/lib.rs; do
     cargo test --manifest-path "${lib%/src/lib.rs}/Cargo.toml" --lib \
         --target x86_64-unknown-linux-gnu --target-dir target/guest-libs
 done
-echo "==> loom model of the channel's sleep/kick protocol"
+echo "==> loom models: the channel's sleep/kick protocol, the placement page's sequence lock"
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-    cargo test -p compart-channel --release --test loom
+    cargo test -p compart-channel -p compart-abi --release --test loom

@@ -8,44 +8,8 @@ use crate::pstate::PStateTable;
 /// Most processors a guest may have: devices are named `C000` to `CFFF`.
 pub const MAX_VCPUS: usize = 0x1000;
 
-/// `_PSD` CoordType (ACPI 6.5 §8.4.5.5): who coordinates the processors of a domain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Coordination {
-    /// The OS must set the same state on all processors of the domain (0xFC).
-    SwAll,
-    /// The OS may set any processor; a change applies to the whole domain (0xFD).
-    SwAny,
-    /// The OS sets each processor; hardware resolves the domain (0xFE).
-    HwAll,
-}
-
-impl Coordination {
-    /// The value written into `_PSD`.
-    pub const fn acpi_value(self) -> u32 {
-        match self {
-            Coordination::SwAll => 0xFC,
-            Coordination::SwAny => 0xFD,
-            Coordination::HwAll => 0xFE,
-        }
-    }
-
-    /// The coordination type of a `_PSD` value.
-    pub const fn from_acpi_value(value: u64) -> Option<Self> {
-        match value {
-            0xFC => Some(Coordination::SwAll),
-            0xFD => Some(Coordination::SwAny),
-            0xFE => Some(Coordination::HwAll),
-            _ => None,
-        }
-    }
-
-    /// All three types, for tests and tools.
-    pub const ALL: [Coordination; 3] = [
-        Coordination::SwAll,
-        Coordination::SwAny,
-        Coordination::HwAll,
-    ];
-}
+/// `_PSD` CoordType: the contract's (`compart_abi::acpi`), shared with the reader.
+pub use compart_abi::acpi::Coordination;
 
 /// One processor's `_PSD` entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,7 +92,8 @@ impl GuestAcpiConfig {
             pstates,
             ppc: 0,
             io_apic: None,
-            local_apic_address: 0xFEE0_0000,
+            // Below 4 GiB, as the abi asserts.
+            local_apic_address: compart_abi::lapic::BASE_GPA as u32,
         }
     }
 
@@ -292,19 +257,6 @@ mod tests {
 
     fn config(vcpus: Vec<VcpuAcpi>) -> GuestAcpiConfig {
         GuestAcpiConfig::new(vcpus, ladder::default_ladder(Mhz(2000)))
-    }
-
-    #[test]
-    fn coordination_values_are_acpis() {
-        let values: Vec<u32> = Coordination::ALL.iter().map(|c| c.acpi_value()).collect();
-        assert_eq!(values, [0xFC, 0xFD, 0xFE]);
-        for c in Coordination::ALL {
-            assert_eq!(
-                Coordination::from_acpi_value(c.acpi_value().into()),
-                Some(c)
-            );
-        }
-        assert_eq!(Coordination::from_acpi_value(0), None);
     }
 
     #[test]

@@ -34,12 +34,13 @@ use acpi_tables::{Aml, AmlSink};
 
 use crate::config::{GuestAcpiConfig, VcpuAcpi};
 
-/// IA32_PERF_CTL: the performance-control MSR named by `_PCT`.
-pub const IA32_PERF_CTL: u32 = 0x199;
-/// IA32_PERF_STATUS: the performance-status MSR named by `_PCT`.
-pub const IA32_PERF_STATUS: u32 = 0x198;
-/// Address space id of Functional Fixed Hardware.
-pub const ADDRESS_SPACE_FFH: u8 = 0x7F;
+/// IA32_PERF_CTL: the performance-control MSR named by `_PCT` (the contract's).
+pub const IA32_PERF_CTL: u32 = compart_abi::msr::PERF_CTL;
+/// IA32_PERF_STATUS: the performance-status MSR named by `_PCT` (the contract's).
+pub const IA32_PERF_STATUS: u32 = compart_abi::msr::PERF_STATUS;
+use compart_abi::acpi::generic_register;
+/// Address space id of Functional Fixed Hardware (the contract's).
+pub use compart_abi::acpi::ADDRESS_SPACE_FFH;
 /// `_HID` of a processor device.
 pub const PROCESSOR_HID: &str = "ACPI0007";
 /// `_STA` of our processors: present, enabled, shown in UI, functioning.
@@ -63,13 +64,13 @@ pub struct FfhMsrRegister {
 
 impl FfhMsrRegister {
     /// Large resource item name of a Generic Register descriptor.
-    pub const DESCRIPTOR: u8 = 0x82;
+    pub const DESCRIPTOR: u8 = generic_register::DESCRIPTOR;
     /// Its length field: the bytes after the 3-byte header.
-    pub const LENGTH: u16 = 0x0C;
+    pub const LENGTH: u16 = generic_register::LENGTH;
     /// Register bit width: MSRs are 64 bits.
-    pub const BIT_WIDTH: u8 = 64;
+    pub const BIT_WIDTH: u8 = generic_register::MSR_BIT_WIDTH;
     /// Access size 4: QWORD.
-    pub const ACCESS_SIZE: u8 = 4;
+    pub const ACCESS_SIZE: u8 = generic_register::ACCESS_SIZE_QWORD;
 }
 
 impl Aml for FfhMsrRegister {
@@ -186,7 +187,7 @@ mod tests {
     #[test]
     fn ffh_register_descriptor_has_the_spec_length() {
         let mut bytes = Vec::new();
-        FfhMsrRegister { msr: 0x199 }.to_aml_bytes(&mut bytes);
+        FfhMsrRegister { msr: IA32_PERF_CTL }.to_aml_bytes(&mut bytes);
         assert_eq!(
             bytes,
             [0x82, 0x0C, 0x00, 0x7F, 64, 0, 4, 0x99, 0x01, 0, 0, 0, 0, 0, 0]

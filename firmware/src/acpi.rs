@@ -56,14 +56,6 @@ pub fn pstates(vcpu: u32) -> &'static [PState] {
     processor(vcpu).map_or(&[], |p| p.pstates())
 }
 
-fn coordination_name(c: Coordination) -> &'static str {
-    match c {
-        Coordination::SwAll => "sw-all",
-        Coordination::SwAny => "sw-any",
-        Coordination::HwAll => "hw-all",
-    }
-}
-
 /// Prints every processor's P-state objects (at boot, from vCPU 0).
 pub(crate) fn report() {
     let info = match info() {
@@ -83,7 +75,7 @@ pub(crate) fn report() {
             pct.control_msr,
             pct.status_msr,
             psd.domain,
-            coordination_name(psd.coordination),
+            psd.coordination.name(),
             psd.num_processors,
             p.ppc()
         );

@@ -17,7 +17,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use compart_abi::{ChannelInfo, Role};
+use compart_abi::{ChannelInfo, ChannelSide, Role};
 use compart_channel::{ChannelError, Endpoint, Notifier, Region, Side, Waiter};
 use compart_kit::server::Peer;
 
@@ -63,6 +63,8 @@ pub enum OpenError {
     AlreadyOpen(usize),
     /// The region is not a valid channel pair.
     Channel(ChannelError),
+    /// The boot info's side is neither A nor B (its raw value).
+    BadSide(u32),
 }
 
 /// Bit `i`: channel `i` is open.
@@ -148,7 +150,11 @@ pub fn open(index: usize) -> Result<Channel, OpenError> {
     if OPENED.fetch_or(1 << index, Ordering::Relaxed) & (1 << index) != 0 {
         return Err(OpenError::AlreadyOpen(index));
     }
-    let side = if c.side == 0 { Side::A } else { Side::B };
+    let side = match c.side() {
+        Some(ChannelSide::A) => Side::A,
+        Some(ChannelSide::B) => Side::B,
+        None => return Err(OpenError::BadSide(c.side)),
+    };
     let region = region_of(c).map_err(OpenError::Channel)?;
     Endpoint::attach(
         region,

@@ -5,7 +5,9 @@
 //! Ring-0 code here uses general-purpose registers only: no SSE, no x87, no Rust
 //! (the compiler may emit SSE), because guest ring 0 may be emulated.
 
-use compart_abi::{ports, FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, GP_VECTOR};
+use compart_abi::{
+    lapic, msr, ports, FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, GP_VECTOR, IMAGE_GPA,
+};
 
 core::arch::global_asm!(
     // --- the firmware header, at IMAGE_GPA (see the linker script) ---
@@ -18,6 +20,9 @@ core::arch::global_asm!(
     ".quad compart_exception_stubs",
     ".quad compart_irq_entry",
     ".popsection",
+    // The link address the ABI expects; firmware/link.ld asserts that it links there.
+    ".globl compart_abi_image_gpa",
+    ".set compart_abi_image_gpa, {image_gpa}",
 
     // --- ring-3 entry: rdi = boot info, rsi = vCPU index, rsp = top of stack ---
     ".pushsection .text.compart_entry, \"ax\"",
@@ -79,13 +84,33 @@ core::arch::global_asm!(
     "    add qword ptr [rsp + 16], 1",
     "    add rsp, 16",
     "    iretq",
-    // rdmsr / wrmsr with ring 3's own ecx, edx:eax.
+    // rdmsr / wrmsr with ring 3's own ecx, edx:eax, on the contract's MSRs only
+    // (compart_abi::msr::INTERCEPTED): any other MSR (EFER, LSTAR, …) would hand ring 0
+    // to ring 3, so it is refused like an access the VMM refuses.
     "11: pop rax",
+    "    cmp ecx, {msr_mperf}",
+    "    je 13f",
+    "    cmp ecx, {msr_aperf}",
+    "    je 13f",
+    "    cmp ecx, {msr_perf_status}",
+    "    je 13f",
+    "    cmp ecx, {msr_perf_ctl}",
+    "    jne compart_msr_refused",
+    "13:",
     ".global compart_rdmsr_insn",
     "compart_rdmsr_insn:",
     "    rdmsr",
     "    jmp 20f",
     "12: pop rax",
+    "    cmp ecx, {msr_mperf}",
+    "    je 14f",
+    "    cmp ecx, {msr_aperf}",
+    "    je 14f",
+    "    cmp ecx, {msr_perf_status}",
+    "    je 14f",
+    "    cmp ecx, {msr_perf_ctl}",
+    "    jne compart_msr_refused",
+    "14:",
     ".global compart_wrmsr_insn",
     "compart_wrmsr_insn:",
     "    wrmsr",
@@ -117,11 +142,11 @@ core::arch::global_asm!(
     "    jmp 91b",
 
     // External interrupts (doorbells, kicks) only wake a halted vCPU: acknowledge and
-    // return. xAPIC EOI register at 0xFEE000B0.
+    // return (the xAPIC's EOI register).
     ".global compart_irq_entry",
     "compart_irq_entry:",
     "    push rax",
-    "    mov rax, 0xfee000b0",
+    "    mov rax, {lapic_eoi}",
     "    mov dword ptr [rax], 0",
     "    pop rax",
     "    iretq",
@@ -133,4 +158,21 @@ core::arch::global_asm!(
     stub_size = const EXCEPTION_STUB_SIZE,
     gp = const GP_VECTOR,
     fault_port = const ports::FAULT,
+    lapic_eoi = const lapic::BASE_GPA + lapic::EOI,
+    image_gpa = const IMAGE_GPA,
+    msr_mperf = const msr::MPERF,
+    msr_aperf = const msr::APERF,
+    msr_perf_status = const msr::PERF_STATUS,
+    msr_perf_ctl = const msr::PERF_CTL,
+);
+
+// The stub's allow-list above names each MSR of the contract.
+const _: () = assert!(
+    msr::INTERCEPTED[0].0 == msr::MPERF
+        && msr::INTERCEPTED[0].1 == 2
+        && msr::APERF == msr::MPERF + 1
+        && msr::INTERCEPTED[1].0 == msr::PERF_STATUS
+        && msr::INTERCEPTED[1].1 == 2
+        && msr::PERF_CTL == msr::PERF_STATUS + 1
+        && msr::INTERCEPTED.len() == 2
 );

@@ -5,13 +5,10 @@
 //! A write affects the vCPU that executes it. The VMM refuses values `_PSS` does not
 //! list or `_PPC` does not allow; the write then reports [`PStateError::Refused`].
 
+use compart_abi::msr::{APERF as MSR_APERF, MPERF as MSR_MPERF};
+
 use crate::acpi;
 use crate::ring0::{read_msr, write_msr};
-
-/// IA32_MPERF.
-const MSR_MPERF: u32 = 0xe7;
-/// IA32_APERF.
-const MSR_APERF: u32 = 0xe8;
 
 /// Why a P-state could not be set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

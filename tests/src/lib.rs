@@ -1,5 +1,23 @@
 //! Helpers for tests and benchmarks that boot real guests: the KVM requirement,
 //! topologies from text, console capture, and per-thread facts from `/proc`.
+//!
+//! A test that boots guests is written
+//!
+//! ```text
+//! kvm_test! {
+//!     /// What it checks.
+//!     fn a_guest_does_what_it_should() {
+//!         let (vmm, capture) = boot(&topology("[[guest]]\nname = \"g\"\n…"));
+//!         let outcome = vmm.wait();
+//!         …
+//!     }
+//! }
+//! ```
+//!
+//! [`kvm_test!`] makes it a `#[test]` that fails with a clear message without
+//! `/dev/kvm`, and that `COMPART_SKIP_KVM_TESTS=1` (at build time, see `build.rs`)
+//! marks ignored, so a run that skipped it says so. [`boot`] is the usual start:
+//! topology from text, a console capture, a running VMM.
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
@@ -7,14 +25,16 @@ use std::time::{Duration, Instant};
 
 use compart_vmm::console::{ConsoleLine, ConsoleSink};
 use compart_vmm::topology::ParseFailure;
-use compart_vmm::Topology;
+use compart_vmm::{RunningVmm, Topology};
 
-/// Set to `1` to skip (rather than fail) the tests that need `/dev/kvm`.
+/// Set to `1` to skip (rather than fail) the tests that need `/dev/kvm`: those declared
+/// with [`kvm_test!`] are then reported as ignored.
 pub const SKIP_VAR: &str = "COMPART_SKIP_KVM_TESTS";
 
 /// Whether the calling test may use KVM. Without `/dev/kvm` it fails, with a message
-/// saying why, unless [`SKIP_VAR`] is `1`, in which case it returns `false` and the
-/// test should return early.
+/// saying why, unless [`SKIP_VAR`] is `1`, in which case it says on stderr that the
+/// test is skipped (past the test harness's capture, so that the skip shows) and
+/// returns `false`: the test should return early.
 pub fn require_kvm() -> bool {
     let opened = std::fs::OpenOptions::new()
         .read(true)
@@ -23,7 +43,13 @@ pub fn require_kvm() -> bool {
     match opened {
         Ok(_) => true,
         Err(e) if std::env::var(SKIP_VAR).as_deref() == Ok("1") => {
-            eprintln!("skipping: /dev/kvm is not usable ({e}) and {SKIP_VAR}=1");
+            use std::io::Write;
+            let test = std::thread::current().name().unwrap_or("?").to_string();
+            // Straight to the process's stderr: the harness captures only eprintln!.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: /dev/kvm is not usable ({e}) and {SKIP_VAR}=1"
+            );
             false
         }
         Err(e) => panic!(
@@ -31,6 +57,58 @@ pub fn require_kvm() -> bool {
              Run it as a user who may open /dev/kvm, or set {SKIP_VAR}=1 to skip it"
         ),
     }
+}
+
+/// Declares tests that boot guests under KVM: each `fn` becomes a `#[test]` (its
+/// attributes and doc comments kept) that is reported as ignored when this crate was
+/// built with `COMPART_SKIP_KVM_TESTS=1`, and otherwise fails with a clear message if
+/// `/dev/kvm` is not usable (see [`require_kvm`]). Usable from other packages' tests
+/// too: the choice is made here, not where the macro expands.
+#[cfg(not(compart_skip_kvm))]
+#[macro_export]
+macro_rules! kvm_test {
+    ($($tests:tt)*) => { $crate::__kvm_tests!([] $($tests)*); };
+}
+
+/// See the other `kvm_test`: this is the one built with `COMPART_SKIP_KVM_TESTS=1`.
+#[cfg(compart_skip_kvm)]
+#[macro_export]
+macro_rules! kvm_test {
+    ($($tests:tt)*) => {
+        $crate::__kvm_tests!(
+            [#[ignore = "needs /dev/kvm; skipped because COMPART_SKIP_KVM_TESTS=1"]]
+            $($tests)*
+        );
+    };
+}
+
+/// The body of `kvm_test!`, one test at a time, with the extra attributes (`ignore`)
+/// in brackets.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __kvm_tests {
+    ([$($extra:tt)*]) => {};
+    ([$($extra:tt)*] $(#[$meta:meta])* fn $name:ident() $body:block $($rest:tt)*) => {
+        #[test]
+        $($extra)*
+        $(#[$meta])*
+        fn $name() {
+            if !$crate::require_kvm() {
+                return;
+            }
+            $body
+        }
+        $crate::__kvm_tests!([$($extra)*] $($rest)*);
+    };
+}
+
+/// Starts the VMM on `topology` with every console line captured; panics if it
+/// cannot start.
+pub fn boot(topology: &Topology) -> (RunningVmm, Capture) {
+    let capture = Capture::default();
+    let vmm = compart_vmm::start(topology, capture.sink())
+        .unwrap_or_else(|e| panic!("the VMM does not start: {e}"));
+    (vmm, capture)
 }
 
 /// A topology from text, validated against this host; panics with the problems.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use compart_tests::{cpu_share, poll, require_kvm, topology, Capture};
+use compart_tests::{boot, cpu_share, kvm_test, poll, topology};
 use compart_vmm::topology::HostCore;
 use compart_vmm::{ControlRequest, GuestState};
 
@@ -41,336 +41,321 @@ fn pair_sized(ping_cmdline: &str, queue_depth: u32, max_outstanding: u32, buf_si
     )
 }
 
-#[test]
-fn a_million_round_trips_survive_live_moves_between_dedicated_and_shared_cores() {
-    if !require_kvm() {
-        return;
-    }
-    let t = topology(&pair("role=ping n=1000000 phases=3 window=64 payload=8"));
-    let capture = Capture::default();
-    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
-    let control = vmm.handle();
-    let waiter = std::thread::spawn(move || vmm.wait());
+kvm_test! {
+    fn a_million_round_trips_survive_live_moves_between_dedicated_and_shared_cores() {
+        let t = topology(&pair("role=ping n=1000000 phases=3 window=64 payload=8"));
+        let (vmm, capture) = boot(&t);
+        let control = vmm.handle();
+        let waiter = std::thread::spawn(move || vmm.wait());
 
-    let move_pong = |core: u32| {
-        control
-            .request(
-                ControlRequest::Move {
-                    guest: "pong".into(),
-                    cores: vec![HostCore(core)],
-                },
-                Duration::from_secs(10),
-            )
+        let move_pong = |core: u32| {
+            control
+                .request(
+                    ControlRequest::Move {
+                        guest: "pong".into(),
+                        cores: vec![HostCore(core)],
+                    },
+                    Duration::from_secs(10),
+                )
+                .unwrap()
+                .to_string()
+        };
+        capture.wait_for("ping", "phase 0 done", PHASE);
+        assert_eq!(move_pong(0), "moved pong to host core(s) 0 (shared)");
+        capture.wait_for("ping", "phase 1 done", PHASE);
+        let status = control
+            .request(ControlRequest::Status, Duration::from_secs(10))
             .unwrap()
-            .to_string()
-    };
-    capture.wait_for("ping", "phase 0 done", PHASE);
-    assert_eq!(move_pong(0), "moved pong to host core(s) 0 (shared)");
-    capture.wait_for("ping", "phase 1 done", PHASE);
-    let status = control
-        .request(ControlRequest::Status, Duration::from_secs(10))
-        .unwrap()
-        .to_string();
-    assert!(status.contains("cores 0 shared"), "{status}");
-    assert_eq!(move_pong(1), "moved pong to host core(s) 1 (dedicated)");
-    capture.wait_for("ping", "phase 2 done", PHASE);
+            .to_string();
+        assert!(status.contains("cores 0 shared"), "{status}");
+        assert_eq!(move_pong(1), "moved pong to host core(s) 1 (dedicated)");
+        capture.wait_for("ping", "phase 2 done", PHASE);
 
-    let outcome = waiter.join().unwrap();
-    assert_eq!(
-        outcome.state("ping"),
-        Some(&GuestState::Exited(0)),
-        "{outcome:?}"
-    );
-    assert_eq!(
-        outcome.state("pong"),
-        Some(&GuestState::Exited(0)),
-        "{outcome:?}"
-    );
-    let ping = capture.of("ping");
-    let phase = |p: usize| {
-        ping.iter()
-            .find(|l| l.starts_with(&format!("ping: phase {p} done: 1000000 round trips")))
-            .unwrap_or_else(|| panic!("phase {p} missing: {ping:?}"))
-            .clone()
-    };
-    assert!(
-        phase(0).contains(" dedicated on core(s) Some(0)"),
-        "{}",
-        phase(0)
-    );
-    assert!(
-        phase(1).contains(" shared on core(s) Some(0)"),
-        "{}",
-        phase(1)
-    );
-    assert!(
-        phase(2).contains(" dedicated on core(s) Some(0)"),
-        "{}",
-        phase(2)
-    );
-    assert!(
-        ping.contains(&"ping: 3000000 round trips, none lost, reordered or duplicated".to_string()),
-        "{ping:?}"
-    );
-    assert!(capture
-        .of("pong")
-        .contains(&"pong: stop after 3000000 requests on 1 channel(s), 0 broken".to_string()));
-}
-
-#[test]
-fn a_guest_whose_peer_is_idle_uses_under_one_percent_of_a_core() {
-    if !require_kvm() {
-        return;
-    }
-    let t = topology(&pair("role=quiet"));
-    let capture = Capture::default();
-    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
-    capture.wait_for("pong", "channel 0 to ping open", Duration::from_secs(20));
-    capture.wait_for("ping", "channel 0 to pong open", Duration::from_secs(20));
-    let threads = poll(Duration::from_secs(20), "two vCPU threads", || {
-        let v = vmm.vcpu_threads();
-        (v.len() == 2).then_some(v)
-    });
-    let pong = threads.iter().find(|t| t.guest == "pong").unwrap().tid;
-    std::thread::sleep(Duration::from_millis(100));
-    let share = cpu_share(pong, Duration::from_secs(3));
-    eprintln!(
-        "pong with an idle peer used {:.4} % of a core",
-        share * 100.0
-    );
-    assert!(share < 0.01, "pong used {:.3} % of a core", share * 100.0);
-    vmm.handle().stop();
-    vmm.wait();
-}
-
-#[test]
-fn one_receive_loop_serves_all_of_a_guests_channels() {
-    if !require_kvm() {
-        return;
-    }
-    let ping = |name: &str, core: u32| {
-        format!(
-            "[[guest]]\nname = \"{name}\"\nrole = \"app\"\nimage = \"pingpong\"\ncores = [{core}]\n\
-             cmdline = \"role=ping n=100000 window=8 payload=32\"\n\
-             [[channel]]\na = \"{name}\"\nb = \"server\"\n"
-        )
-    };
-    let t = topology(&format!(
-        "[[guest]]\nname = \"server\"\nrole = \"app\"\nimage = \"pingpong\"\ncores = [1]\ncmdline = \"role=pong\"\n{}{}",
-        ping("left", 0),
-        ping("right", 0)
-    ));
-    let capture = Capture::default();
-    let outcome = compart_vmm::start(&t, capture.sink()).unwrap().wait();
-    for g in ["server", "left", "right"] {
+        let outcome = waiter.join().unwrap();
         assert_eq!(
-            outcome.state(g),
+            outcome.state("ping"),
             Some(&GuestState::Exited(0)),
-            "{g}: {outcome:?}"
+            "{outcome:?}"
         );
-    }
-    assert!(
-        capture
-            .of("server")
-            .contains(&"pong: stop after 200000 requests on 2 channel(s), 0 broken".to_string()),
-        "{:?}",
-        capture.of("server")
-    );
-    for g in ["left", "right"] {
+        assert_eq!(
+            outcome.state("pong"),
+            Some(&GuestState::Exited(0)),
+            "{outcome:?}"
+        );
+        let ping = capture.of("ping");
+        let phase = |p: usize| {
+            ping.iter()
+                .find(|l| l.starts_with(&format!("ping: phase {p} done: 1000000 round trips")))
+                .unwrap_or_else(|| panic!("phase {p} missing: {ping:?}"))
+                .clone()
+        };
+        assert!(
+            phase(0).contains(" dedicated on core(s) Some(0)"),
+            "{}",
+            phase(0)
+        );
+        assert!(
+            phase(1).contains(" shared on core(s) Some(0)"),
+            "{}",
+            phase(1)
+        );
+        assert!(
+            phase(2).contains(" dedicated on core(s) Some(0)"),
+            "{}",
+            phase(2)
+        );
+        assert!(
+            ping.contains(&"ping: 3000000 round trips, none lost, reordered or duplicated".to_string()),
+            "{ping:?}"
+        );
         assert!(capture
-            .of(g)
+            .of("pong")
+            .contains(&"pong: stop after 3000000 requests on 1 channel(s), 0 broken".to_string()));
+    }
+}
+
+kvm_test! {
+    fn a_guest_whose_peer_is_idle_uses_under_one_percent_of_a_core() {
+        let t = topology(&pair("role=quiet"));
+        let (vmm, capture) = boot(&t);
+        capture.wait_for("pong", "channel 0 to ping open", Duration::from_secs(20));
+        capture.wait_for("ping", "channel 0 to pong open", Duration::from_secs(20));
+        let threads = poll(Duration::from_secs(20), "two vCPU threads", || {
+            let v = vmm.vcpu_threads();
+            (v.len() == 2).then_some(v)
+        });
+        let pong = threads.iter().find(|t| t.guest == "pong").unwrap().tid;
+        std::thread::sleep(Duration::from_millis(100));
+        let share = cpu_share(pong, Duration::from_secs(3));
+        eprintln!(
+            "pong with an idle peer used {:.4} % of a core",
+            share * 100.0
+        );
+        assert!(share < 0.01, "pong used {:.3} % of a core", share * 100.0);
+        vmm.handle().stop();
+        vmm.wait();
+    }
+}
+
+kvm_test! {
+    fn one_receive_loop_serves_all_of_a_guests_channels() {
+        let ping = |name: &str, core: u32| {
+            format!(
+                "[[guest]]\nname = \"{name}\"\nrole = \"app\"\nimage = \"pingpong\"\ncores = [{core}]\n\
+                 cmdline = \"role=ping n=100000 window=8 payload=32\"\n\
+                 [[channel]]\na = \"{name}\"\nb = \"server\"\n"
+            )
+        };
+        let t = topology(&format!(
+            "[[guest]]\nname = \"server\"\nrole = \"app\"\nimage = \"pingpong\"\ncores = [1]\ncmdline = \"role=pong\"\n{}{}",
+            ping("left", 0),
+            ping("right", 0)
+        ));
+        let (vmm, capture) = boot(&t);
+        let outcome = vmm.wait();
+        for g in ["server", "left", "right"] {
+            assert_eq!(
+                outcome.state(g),
+                Some(&GuestState::Exited(0)),
+                "{g}: {outcome:?}"
+            );
+        }
+        assert!(
+            capture
+                .of("server")
+                .contains(&"pong: stop after 200000 requests on 2 channel(s), 0 broken".to_string()),
+            "{:?}",
+            capture.of("server")
+        );
+        for g in ["left", "right"] {
+            assert!(capture
+                .of(g)
+                .contains(&"ping: 100000 round trips, none lost, reordered or duplicated".to_string()));
+        }
+    }
+}
+
+kvm_test! {
+    fn a_hostile_peer_breaks_only_its_own_channel() {
+        let t = topology(
+            r#"
+            [[guest]]
+            name = "server"
+            role = "app"
+            image = "pingpong"
+            cores = [1]
+            cmdline = "role=pong"
+
+            [[guest]]
+            name = "vandal"
+            role = "app"
+            image = "pingpong"
+            cores = [0]
+            cmdline = "role=vandal"
+
+            [[guest]]
+            name = "honest"
+            role = "app"
+            image = "pingpong"
+            cores = [0]
+            cmdline = "role=ping n=100000 window=8 payload=16"
+
+            [[channel]]
+            a = "vandal"
+            b = "server"
+
+            [[channel]]
+            a = "honest"
+            b = "server"
+            "#,
+        );
+        let (vmm, capture) = boot(&t);
+        let outcome = vmm.wait();
+        for g in ["server", "vandal", "honest"] {
+            assert_eq!(
+                outcome.state(g),
+                Some(&GuestState::Exited(0)),
+                "{g}: {outcome:?}"
+            );
+        }
+        let server = capture.of("server");
+        assert!(
+            server
+                .iter()
+                .any(|l| l.starts_with("pong: channel 0 to vandal broken: ")),
+            "{server:?}"
+        );
+        assert!(
+            server.contains(&"pong: stop after 100001 requests on 2 channel(s), 1 broken".to_string()),
+            "{server:?}"
+        );
+        assert!(capture
+            .of("honest")
             .contains(&"ping: 100000 round trips, none lost, reordered or duplicated".to_string()));
     }
 }
 
-#[test]
-fn a_hostile_peer_breaks_only_its_own_channel() {
-    if !require_kvm() {
-        return;
-    }
-    let t = topology(
-        r#"
-        [[guest]]
-        name = "server"
-        role = "app"
-        image = "pingpong"
-        cores = [1]
-        cmdline = "role=pong"
-
-        [[guest]]
-        name = "vandal"
-        role = "app"
-        image = "pingpong"
-        cores = [0]
-        cmdline = "role=vandal"
-
-        [[guest]]
-        name = "honest"
-        role = "app"
-        image = "pingpong"
-        cores = [0]
-        cmdline = "role=ping n=100000 window=8 payload=16"
-
-        [[channel]]
-        a = "vandal"
-        b = "server"
-
-        [[channel]]
-        a = "honest"
-        b = "server"
-        "#,
-    );
-    let capture = Capture::default();
-    let outcome = compart_vmm::start(&t, capture.sink()).unwrap().wait();
-    for g in ["server", "vandal", "honest"] {
-        assert_eq!(
-            outcome.state(g),
-            Some(&GuestState::Exited(0)),
-            "{g}: {outcome:?}"
-        );
-    }
-    let server = capture.of("server");
-    assert!(
-        server
-            .iter()
-            .any(|l| l.starts_with("pong: channel 0 to vandal broken: ")),
-        "{server:?}"
-    );
-    assert!(
-        server.contains(&"pong: stop after 100001 requests on 2 channel(s), 1 broken".to_string()),
-        "{server:?}"
-    );
-    assert!(capture
-        .of("honest")
-        .contains(&"ping: 100000 round trips, none lost, reordered or duplicated".to_string()));
-}
-
-#[test]
-fn three_misbehaving_peers_neither_stop_nor_slow_a_server_and_it_idles_after() {
-    if !require_kvm() {
-        return;
-    }
-    // One pong server; on the other core an honest peer and three that misbehave at once:
-    // wrong requests, replies never taken, replies forged.
-    let peer = |name: &str, cmdline: &str| {
-        format!(
-            "[[guest]]\nname = \"{name}\"\nrole = \"app\"\nimage = \"pingpong\"\ncores = [0]\n\
-             cmdline = \"{cmdline}\"\n\
-             [[channel]]\na = \"{name}\"\nb = \"server\"\nqueue_depth = 64\nmax_outstanding = 64\n"
-        )
-    };
-    let t = topology(&format!(
-        "[[guest]]\nname = \"server\"\nrole = \"ip\"\nimage = \"pingpong\"\ncores = [1]\n\
-         cmdline = \"role=pong\"\n{}{}{}{}",
-        peer("liar", "role=liar n=3000 to=server"),
-        peer("hog", "role=hog"),
-        peer("forger", "role=forger n=100000"),
-        peer(
+kvm_test! {
+    fn three_misbehaving_peers_neither_stop_nor_slow_a_server_and_it_idles_after() {
+        // One pong server; on the other core an honest peer and three that misbehave at once:
+        // wrong requests, replies never taken, replies forged.
+        let peer = |name: &str, cmdline: &str| {
+            format!(
+                "[[guest]]\nname = \"{name}\"\nrole = \"app\"\nimage = \"pingpong\"\ncores = [0]\n\
+                 cmdline = \"{cmdline}\"\n\
+                 [[channel]]\na = \"{name}\"\nb = \"server\"\nqueue_depth = 64\nmax_outstanding = 64\n"
+            )
+        };
+        let t = topology(&format!(
+            "[[guest]]\nname = \"server\"\nrole = \"ip\"\nimage = \"pingpong\"\ncores = [1]\n\
+             cmdline = \"role=pong\"\n{}{}{}{}",
+            peer("liar", "role=liar n=3000 to=server"),
+            peer("hog", "role=hog"),
+            peer("forger", "role=forger n=100000"),
+            peer(
+                "honest",
+                "role=ping n=1000000 window=64 payload=16 to-role=ip"
+            ),
+        ));
+        let (vmm, capture) = boot(&t);
+        let done = Duration::from_secs(60);
+        capture.wait_for(
             "honest",
-            "role=ping n=1000000 window=64 payload=16 to-role=ip"
-        ),
-    ));
-    let capture = Capture::default();
-    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
-    let done = Duration::from_secs(60);
-    capture.wait_for(
-        "honest",
-        "ping: 1000000 round trips, none lost, reordered or duplicated",
-        done,
-    );
-    for (guest, line) in [
-        (
-            "liar",
-            "liar: 3000 wrong requests, each refused for its reason",
-        ),
-        ("forger", "forger: 100000 forged replies"),
-        (
-            "hog",
-            "hog: 64 requests sent and 64 again; never taking a reply",
-        ),
-        (
-            "server",
-            "to honest closed (done): 1000000 served, 0 refused, 0 stale and 0 unexpected replies",
-        ),
-        (
-            "server",
-            "to liar closed (done): 0 served, 3000 refused, 0 stale and 0 unexpected replies",
-        ),
-        (
-            "server",
-            "to forger closed (done): 0 served, 0 refused, 100000 stale and 0 unexpected replies",
-        ),
-        ("server", "to hog throttled: its reply queue is full"),
-    ] {
-        capture.wait_for(guest, line, done);
-    }
-    // Only the hog is left, throttled: the server must sleep, not spin on its queue.
-    let server = vmm
-        .vcpu_threads()
-        .into_iter()
-        .find(|t| t.guest == "server")
-        .unwrap()
-        .tid;
-    std::thread::sleep(Duration::from_millis(100));
-    let share = cpu_share(server, Duration::from_secs(1));
-    eprintln!(
-        "the server used {:.4} % of a core after its honest peer stopped",
-        share * 100.0
-    );
-    assert!(
-        share < 0.01,
-        "the server used {:.3} % of a core",
-        share * 100.0
-    );
-    vmm.handle().stop();
-    let outcome = vmm.wait();
-    for g in ["liar", "forger", "honest"] {
-        assert_eq!(
-            outcome.state(g),
-            Some(&GuestState::Exited(0)),
-            "{g}: {outcome:?}"
+            "ping: 1000000 round trips, none lost, reordered or duplicated",
+            done,
         );
-    }
-    for g in ["server", "hog"] {
-        assert_eq!(
-            outcome.state(g),
-            Some(&GuestState::Stopped),
-            "{g}: {outcome:?}"
+        for (guest, line) in [
+            (
+                "liar",
+                "liar: 3000 wrong requests, each refused for its reason",
+            ),
+            ("forger", "forger: 100000 forged replies"),
+            (
+                "hog",
+                "hog: 64 requests sent and 64 again; never taking a reply",
+            ),
+            (
+                "server",
+                "to honest closed (done): 1000000 served, 0 refused, 0 stale and 0 unexpected replies",
+            ),
+            (
+                "server",
+                "to liar closed (done): 0 served, 3000 refused, 0 stale and 0 unexpected replies",
+            ),
+            (
+                "server",
+                "to forger closed (done): 0 served, 0 refused, 100000 stale and 0 unexpected replies",
+            ),
+            ("server", "to hog throttled: its reply queue is full"),
+        ] {
+            capture.wait_for(guest, line, done);
+        }
+        // Only the hog is left, throttled: the server must sleep, not spin on its queue.
+        let server = vmm
+            .vcpu_threads()
+            .into_iter()
+            .find(|t| t.guest == "server")
+            .unwrap()
+            .tid;
+        std::thread::sleep(Duration::from_millis(100));
+        let share = cpu_share(server, Duration::from_secs(1));
+        eprintln!(
+            "the server used {:.4} % of a core after its honest peer stopped",
+            share * 100.0
         );
+        assert!(
+            share < 0.01,
+            "the server used {:.3} % of a core",
+            share * 100.0
+        );
+        vmm.handle().stop();
+        let outcome = vmm.wait();
+        for g in ["liar", "forger", "honest"] {
+            assert_eq!(
+                outcome.state(g),
+                Some(&GuestState::Exited(0)),
+                "{g}: {outcome:?}"
+            );
+        }
+        for g in ["server", "hog"] {
+            assert_eq!(
+                outcome.state(g),
+                Some(&GuestState::Stopped),
+                "{g}: {outcome:?}"
+            );
+        }
     }
 }
 
-/// The network stack's data channels carry 64 KiB segments: 128 of them in flight in a
-/// 16 MiB region, each written in place by ping and rewritten in place by pong.
-#[test]
-fn segments_of_64_kib_make_the_round_trip_between_guests_intact() {
-    if !require_kvm() {
-        return;
-    }
-    let t = topology(&pair_sized(
-        "role=ping n=3000 window=128 payload=65600",
-        256,
-        128,
-        65600,
-    ));
-    let capture = Capture::default();
-    let outcome = compart_vmm::start(&t, capture.sink()).unwrap().wait();
-    for g in ["ping", "pong"] {
-        assert_eq!(
-            outcome.state(g),
-            Some(&GuestState::Exited(0)),
-            "{g}: {outcome:?} {:?}",
-            capture.of(g)
+kvm_test! {
+    /// The network stack's data channels carry 64 KiB segments: 128 of them in flight in a
+    /// 16 MiB region, each written in place by ping and rewritten in place by pong.
+    fn segments_of_64_kib_make_the_round_trip_between_guests_intact() {
+        let t = topology(&pair_sized(
+            "role=ping n=3000 window=128 payload=65600",
+            256,
+            128,
+            65600,
+        ));
+        let (vmm, capture) = boot(&t);
+        let outcome = vmm.wait();
+        for g in ["ping", "pong"] {
+            assert_eq!(
+                outcome.state(g),
+                Some(&GuestState::Exited(0)),
+                "{g}: {outcome:?} {:?}",
+                capture.of(g)
+            );
+        }
+        let ping = capture.of("ping");
+        assert!(
+            ping.iter()
+                .any(|l| l.starts_with("ping: phase 0 done: 3000 round trips")),
+            "{ping:?}"
+        );
+        assert!(
+            ping.contains(&"ping: 3000 round trips, none lost, reordered or duplicated".to_string()),
+            "{ping:?}"
         );
     }
-    let ping = capture.of("ping");
-    assert!(
-        ping.iter()
-            .any(|l| l.starts_with("ping: phase 0 done: 3000 round trips")),
-        "{ping:?}"
-    );
-    assert!(
-        ping.contains(&"ping: 3000 round trips, none lost, reordered or duplicated".to_string()),
-        "{ping:?}"
-    );
 }

@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use compart_tests::{require_kvm, topology, Capture};
+use compart_tests::{kvm_test, topology, Capture};
 use compart_vmm::GuestState;
 
 static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -77,66 +77,64 @@ fn median(mut v: Vec<u64>) -> u64 {
     v[v.len() / 2]
 }
 
-#[test]
-fn a_guest_flooding_perf_ctl_slows_neither_another_guests_switches_nor_the_log() {
-    if !require_kvm() {
-        return;
-    }
-    log::set_boxed_logger(Box::new(Recorder)).unwrap();
-    log::set_max_level(log::LevelFilter::Info);
+kvm_test! {
+    fn a_guest_flooding_perf_ctl_slows_neither_another_guests_switches_nor_the_log() {
+        log::set_boxed_logger(Box::new(Recorder)).unwrap();
+        log::set_max_level(log::LevelFilter::Info);
 
-    let (mut quiet, mut flooded) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        quiet.push(run(false).0);
-        let (p50, console, log) = run(true);
-        flooded.push(p50);
+        let (mut quiet, mut flooded) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            quiet.push(run(false).0);
+            let (p50, console, log) = run(true);
+            flooded.push(p50);
 
-        // The flood really happened: thousands of refused writes.
-        let report = console
-            .iter()
-            .find(|l| l.starts_with("flood: "))
-            .unwrap_or_else(|| panic!("{console:?}"));
-        let refused: u64 = report["flood: ".len()..]
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(refused >= 1000, "{report}");
-        assert!(report.ends_with(" 0 accepted in 1500 ms"), "{report}");
-
-        // …and the log holds a handful of lines about it: the first refusal, a
-        // summary a second, and the count at the end.
-        let about: Vec<&String> = log
-            .iter()
-            .filter(|l| l.starts_with("guest flooder:") && l.contains("refused"))
-            .collect();
-        let bound = 2 + FLOOD_MS.div_ceil(1000) as usize;
-        eprintln!(
-            "{refused} refused writes, {} log lines about them",
-            about.len()
-        );
-        assert!(
-            !about.is_empty() && about.len() <= bound,
-            "{} lines about {refused} refused writes (at most {bound}): {about:?}",
-            about.len()
-        );
-        assert!(
-            about
-                .last()
+            // The flood really happened: thousands of refused writes.
+            let report = console
+                .iter()
+                .find(|l| l.starts_with("flood: "))
+                .unwrap_or_else(|| panic!("{console:?}"));
+            let refused: u64 = report["flood: ".len()..]
+                .split_whitespace()
+                .next()
                 .unwrap()
-                .contains(&format!("({refused} in all)")),
-            "the last line counts every refusal: {about:?}"
+                .parse()
+                .unwrap();
+            assert!(refused >= 1000, "{report}");
+            assert!(report.ends_with(" 0 accepted in 1500 ms"), "{report}");
+
+            // …and the log holds a handful of lines about it: the first refusal, a
+            // summary a second, and the count at the end.
+            let about: Vec<&String> = log
+                .iter()
+                .filter(|l| l.starts_with("guest flooder:") && l.contains("refused"))
+                .collect();
+            let bound = 2 + FLOOD_MS.div_ceil(1000) as usize;
+            eprintln!(
+                "{refused} refused writes, {} log lines about them",
+                about.len()
+            );
+            assert!(
+                !about.is_empty() && about.len() <= bound,
+                "{} lines about {refused} refused writes (at most {bound}): {about:?}",
+                about.len()
+            );
+            assert!(
+                about
+                    .last()
+                    .unwrap()
+                    .contains(&format!("({refused} in all)")),
+                "the last line counts every refusal: {about:?}"
+            );
+        }
+        let (q, f) = (median(quiet.clone()), median(flooded.clone()));
+        eprintln!(
+            "honest switch p50: quiet {quiet:?} -> median {q} ns; flooded {flooded:?} -> median {f} ns"
+        );
+        // Generous: this machine is shared and noisy. Before the fix, every refusal took
+        // the controller's global lock and wrote a log line under it.
+        assert!(
+            f <= q * 2 + 50_000,
+            "with the flood the honest guest's switches took {f} ns (p50) against {q} ns without"
         );
     }
-    let (q, f) = (median(quiet.clone()), median(flooded.clone()));
-    eprintln!(
-        "honest switch p50: quiet {quiet:?} -> median {q} ns; flooded {flooded:?} -> median {f} ns"
-    );
-    // Generous: this machine is shared and noisy. Before the fix, every refusal took
-    // the controller's global lock and wrote a log line under it.
-    assert!(
-        f <= q * 2 + 50_000,
-        "with the flood the honest guest's switches took {f} ns (p50) against {q} ns without"
-    );
 }

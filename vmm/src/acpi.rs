@@ -8,8 +8,8 @@ use compart_acpi::{
     psd_from_pinning, AcpiTables, GuestAcpiConfig, IoApicConfig, PsdDomain, VcpuAcpi,
 };
 
-/// Where KVM's in-kernel I/O APIC sits.
-const IO_APIC_GPA: u32 = 0xfec0_0000;
+/// Where KVM's in-kernel I/O APIC sits (the abi asserts it is below 4 GiB).
+const IO_APIC_GPA: u32 = compart_abi::ioapic::BASE_GPA as u32;
 
 use crate::topology::{GuestConfig, HostCore, Topology};
 

@@ -130,8 +130,8 @@ impl GuestChannel {
         c.region_size = self.memory.len() as u64;
         c.doorbell_gpa = self.doorbell_gpa();
         c.side = match self.side {
-            Side::A => 0,
-            Side::B => 1,
+            Side::A => ChannelInfo::SIDE_A,
+            Side::B => ChannelInfo::SIDE_B,
         };
         c.vector = u32::from(self.vector());
         c.peer_len = compart_abi::fill_str_field(&mut c.peer, &self.peer).unwrap_or(0);

@@ -2,7 +2,10 @@
 //! memory and checks its firmware header. The image is untrusted input: every offset
 //! and size is checked against the file and against guest memory before use.
 
-use compart_abi::{FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, IMAGE_GPA, PAGE_SIZE};
+use compart_abi::le::{u16_at, u32_at, u64_at};
+use compart_abi::{
+    FirmwareHeader, Pod, ABI_VERSION, EXCEPTION_STUB_SIZE, IMAGE_GPA, MAX_IMAGE_SIZE, PAGE_SIZE,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Why an image cannot be loaded.
@@ -34,33 +37,32 @@ pub enum LoadError {
 }
 
 /// What the VMM needs to know about a loaded image.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoadedImage {
     /// The checked firmware header.
     pub header: FirmwareHeader,
     /// First page-aligned address after the image.
     pub end: u64,
+    /// Its loaded segments, with the access rights the page tables give them.
+    pub segments: Vec<Segment>,
 }
 
-/// The `N` bytes at `at`, if they are all inside `b` (no offset overflows).
-///
-/// `firmware/acpi-reader` reads its tables the same way on the guest side of the
-/// wall; the two would share a helper only through a crate both link (`compart-abi`),
-/// which is where a POD reader belongs.
-fn bytes_at<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
-    b.get(at..at.checked_add(N)?)?.try_into().ok()
-}
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    bytes_at(b, at).map(u16::from_le_bytes)
-}
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    bytes_at(b, at).map(u32::from_le_bytes)
-}
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    bytes_at(b, at).map(u64::from_le_bytes)
+/// One loaded segment: guest-physical `[start, end)` and what the ELF allows on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// First byte.
+    pub start: u64,
+    /// First byte after it.
+    pub end: u64,
+    /// PF_W: ring 3 may write it.
+    pub writable: bool,
+    /// PF_X: it may be executed.
+    pub executable: bool,
 }
 
 const PT_LOAD: u32 = 1;
+const PF_X: u32 = 1;
+const PF_W: u32 = 2;
 
 /// Loads `elf` into `mem` (whose RAM ends at `mem_end`) and returns its header.
 /// Segment bytes beyond the file size (`.bss`) are zeroed.
@@ -86,7 +88,9 @@ pub fn load(elf: &[u8], mem: &GuestMemoryMmap, mem_end: u64) -> Result<LoadedIma
     }
 
     let mut end = IMAGE_GPA;
-    let mut loaded_any = false;
+    let mut segments = Vec::new();
+    // The page tables map the image in 4 KiB pages up to MAX_IMAGE_SIZE.
+    let mem_end = mem_end.min(IMAGE_GPA + MAX_IMAGE_SIZE);
     for i in 0..u64::from(phnum) {
         let at = phoff
             .checked_add(i * u64::from(phentsize))
@@ -99,6 +103,7 @@ pub fn load(elf: &[u8], mem: &GuestMemoryMmap, mem_end: u64) -> Result<LoadedIma
         if u32_at(ph, 0) != Some(PT_LOAD) {
             continue;
         }
+        let flags = u32_at(ph, 4).unwrap();
         let (offset, paddr) = (u64_at(ph, 8).unwrap(), u64_at(ph, 24).unwrap());
         let (filesz, memsz) = (u64_at(ph, 32).unwrap(), u64_at(ph, 40).unwrap());
         if filesz > memsz {
@@ -126,9 +131,14 @@ pub fn load(elf: &[u8], mem: &GuestMemoryMmap, mem_end: u64) -> Result<LoadedIma
         mem.write_slice(&zeros, GuestAddress(paddr + filesz))
             .map_err(|_| LoadError::Malformed("segment write"))?;
         end = end.max(paddr + memsz);
-        loaded_any = true;
+        segments.push(Segment {
+            start: paddr,
+            end: paddr + memsz,
+            writable: flags & PF_W != 0,
+            executable: flags & PF_X != 0,
+        });
     }
-    if !loaded_any {
+    if segments.is_empty() {
         return Err(LoadError::Malformed("no loadable segment"));
     }
     let end = end.next_multiple_of(PAGE_SIZE);
@@ -154,23 +164,18 @@ pub fn load(elf: &[u8], mem: &GuestMemoryMmap, mem_end: u64) -> Result<LoadedIma
             "an entry point lies outside the image",
         ));
     }
-    Ok(LoadedImage { header, end })
+    Ok(LoadedImage {
+        header,
+        end,
+        segments,
+    })
 }
 
 fn read_header(mem: &GuestMemoryMmap) -> Result<FirmwareHeader, LoadError> {
     let mut raw = [0u8; core::mem::size_of::<FirmwareHeader>()];
     mem.read_slice(&mut raw, GuestAddress(IMAGE_GPA))
         .map_err(|_| LoadError::BadHeader("not loaded"))?;
-    let q = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().unwrap());
-    let d = |i: usize| u32::from_le_bytes(raw[i..i + 4].try_into().unwrap());
-    Ok(FirmwareHeader {
-        magic: q(0),
-        abi_version: d(8),
-        size: d(12),
-        entry: q(16),
-        exception_stubs: q(24),
-        irq_entry: q(32),
-    })
+    FirmwareHeader::read_from(&raw).ok_or(LoadError::BadHeader("not loaded"))
 }
 
 #[cfg(test)]
@@ -195,6 +200,20 @@ mod tests {
         let l = load(image("idle"), &m, 4 << 20).unwrap();
         assert!(l.end > IMAGE_GPA && l.end < 4 << 20);
         assert!(l.header.entry >= IMAGE_GPA);
+    }
+
+    #[test]
+    fn segments_carry_the_elf_access_rights() {
+        let l = load(image("selftest"), &mem(), 4 << 20).unwrap();
+        let code = l.segments.iter().find(|s| s.executable).unwrap();
+        assert!(!code.writable, "{code:?}");
+        assert!((code.start..code.end).contains(&l.header.entry));
+        let data = l.segments.iter().find(|s| s.writable).unwrap();
+        assert!(!data.executable, "{data:?}");
+        assert!(l
+            .segments
+            .iter()
+            .all(|s| s.start >= IMAGE_GPA && s.end <= l.end));
     }
 
     #[test]

@@ -9,10 +9,10 @@
 //! and the placement pages, KVM halt polling, `_PSD` domains, thread pinning and the
 //! status view are all derived from it.
 
-use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use compart_abi::{PlacementEntry, PlacementPage, MAX_CORES_LISTED, MAX_VCPUS, PAGE_SIZE};
+use compart_abi::placement::{self, RawPage};
+use compart_abi::{PlacementEntry, PlacementPage, MAX_CORES_LISTED, PAGE_SIZE};
 use compart_channel::host::SharedMemory;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -146,8 +146,7 @@ pub fn compute(guests: &[Vec<Vec<HostCore>>]) -> Vec<Vec<PlacementEntry>> {
                         dedicated: u32::from(dedicated),
                         poll_us: if dedicated { DEDICATED_POLL_US } else { 0 },
                         host_core_count: cores.len().min(MAX_CORES_LISTED) as u32,
-                        _reserved: 0,
-                        host_cores: [0; MAX_CORES_LISTED],
+                        ..PlacementEntry::EMPTY
                     };
                     for (slot, c) in e.host_cores.iter_mut().zip(cores) {
                         *slot = c.0;
@@ -179,56 +178,17 @@ impl Placement {
         })
     }
 
-    fn with_generation<R>(&self, f: impl FnOnce(&AtomicU64) -> R) -> R {
-        let region = self.memory.region();
-        let gen = region
-            .u64_at(core::mem::offset_of!(PlacementPage, generation))
-            .expect("the generation lies inside the page");
-        f(gen)
+    fn page(&self) -> RawPage {
+        // SAFETY: the mapping is one page (page-aligned, larger than a PlacementPage),
+        // readable and writable, and lives as long as `self`, which the RawPage does
+        // not outlive; the guest reads it only through the sequence lock.
+        unsafe { RawPage::new(self.memory.region().as_ptr().cast::<PlacementPage>()) }
     }
 
-    /// Writes the entries under the sequence lock.
+    /// Writes the entries under the sequence lock (`compart_abi::placement`). The
+    /// coordinator is the only writer.
     pub fn write(&self, entries: &[PlacementEntry]) {
-        let mut page = PlacementPage {
-            magic: PlacementPage::MAGIC,
-            generation: 0,
-            vcpu_count: entries.len().min(MAX_VCPUS as usize) as u32,
-            _reserved: 0,
-            vcpus: [PlacementEntry {
-                dedicated: 0,
-                poll_us: 0,
-                host_core_count: 0,
-                _reserved: 0,
-                host_cores: [0; MAX_CORES_LISTED],
-            }; MAX_VCPUS as usize],
-        };
-        for (slot, e) in page.vcpus.iter_mut().zip(entries) {
-            *slot = *e;
-        }
-        let g = self.with_generation(|gen| {
-            let g = gen.load(Ordering::Relaxed);
-            gen.store(g | 1, Ordering::Relaxed);
-            g
-        });
-        fence(Ordering::SeqCst);
-        // SAFETY: PlacementPage is repr(C) plain integers without padding (its size is
-        // the sum of its fields); we view it as bytes to copy it.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&page as *const PlacementPage).cast::<u8>(),
-                std::mem::size_of::<PlacementPage>(),
-            )
-        };
-        let region = self.memory.region();
-        let gen_off = core::mem::offset_of!(PlacementPage, generation);
-        region
-            .write_bytes(0, &bytes[..gen_off])
-            .expect("the page holds a PlacementPage");
-        region
-            .write_bytes(gen_off + 8, &bytes[gen_off + 8..])
-            .expect("the page holds a PlacementPage");
-        fence(Ordering::SeqCst);
-        self.with_generation(|gen| gen.store((g | 1) + 1, Ordering::Release));
+        placement::write(&self.page(), entries);
     }
 
     /// Wakes the guest so that it reads the page again.
@@ -259,16 +219,20 @@ mod tests {
 
     #[test]
     fn writes_leave_an_even_generation_and_the_entries() {
+        use compart_abi::placement::PageAccess;
         let p = Placement::new("t").unwrap();
-        let e = compute(&[vec![vec![HostCore(1)]]]);
+        let e = compute(&[vec![vec![HostCore(1)], vec![HostCore(0), HostCore(1)]]]);
         p.write(&e[0]);
         p.write(&e[0]);
-        assert_eq!(p.with_generation(|g| g.load(Ordering::Relaxed)), 4);
-        let mut raw = vec![0u8; std::mem::size_of::<PlacementPage>()];
-        p.memory.region().read_bytes(0, &mut raw).unwrap();
+        let page = p.page();
         assert_eq!(
-            u64::from_le_bytes(raw[0..8].try_into().unwrap()),
-            PlacementPage::MAGIC
+            page.load_generation(std::sync::atomic::Ordering::Relaxed),
+            4
         );
+        for (v, want) in e[0].iter().enumerate() {
+            let got = placement::read(&page, v as u32).unwrap();
+            assert_eq!(got, *want, "vCPU {v}");
+        }
+        assert!(placement::read(&page, 2).is_none());
     }
 }

@@ -5,26 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_compart");
+use compart_tests::kvm_test;
 
-/// Like `compart_tests::require_kvm`, which this crate cannot depend on.
-fn require_kvm() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) if std::env::var("COMPART_SKIP_KVM_TESTS").as_deref() == Ok("1") => {
-            eprintln!("skipping: /dev/kvm is not usable ({e})");
-            false
-        }
-        Err(e) => panic!(
-            "/dev/kvm is not usable ({e}): this test boots real guests under KVM; \
-             set COMPART_SKIP_KVM_TESTS=1 to skip it"
-        ),
-    }
-}
+const BIN: &str = env!("CARGO_BIN_EXE_compart");
 
 fn write_topology(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("t.toml");
@@ -32,60 +15,56 @@ fn write_topology(dir: &Path, text: &str) -> PathBuf {
     p
 }
 
-#[test]
-fn run_exits_with_the_guest_exit_status() {
-    if !require_kvm() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let t = write_topology(
-        dir.path(),
-        "[[guest]]\nname = \"solo\"\nrole = \"app\"\nimage = \"selftest\"\ncmdline = \"exit=42\"\n",
-    );
-    let out = Command::new(BIN).arg("run").arg(&t).output().unwrap();
-    assert_eq!(out.status.code(), Some(42), "{out:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("[solo] hello from solo (app), exiting with 42"),
-        "{stdout}"
-    );
-}
-
-#[test]
-fn sigterm_stops_the_default_topology_cleanly() {
-    if !require_kvm() {
-        return;
-    }
-    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .arg(default)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut up = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while up.len() < 5 && Instant::now() < deadline {
-        match lines.next() {
-            Some(Ok(l)) if l.contains(" up: ") => up.push(l),
-            Some(_) => {}
-            None => break,
-        }
-    }
-    assert_eq!(up.len(), 5, "five guests report: {up:?}");
-    for role in ["driver", "ip", "pf", "tcp", "posix"] {
+kvm_test! {
+    fn run_exits_with_the_guest_exit_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = write_topology(
+            dir.path(),
+            "[[guest]]\nname = \"solo\"\nrole = \"app\"\nimage = \"selftest\"\ncmdline = \"exit=42\"\n",
+        );
+        let out = Command::new(BIN).arg("run").arg(&t).output().unwrap();
+        assert_eq!(out.status.code(), Some(42), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            up.iter()
-                .any(|l| l.starts_with(&format!("[{role}] role {role} up"))),
-            "{up:?}"
+            stdout.contains("[solo] hello from solo (app), exiting with 42"),
+            "{stdout}"
         );
     }
-    // SAFETY: sending SIGTERM to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = wait_exit(&mut child, "SIGTERM");
-    assert_eq!(status.code(), Some(0));
+}
+
+kvm_test! {
+    fn sigterm_stops_the_default_topology_cleanly() {
+        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg(default)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut up = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while up.len() < 5 && Instant::now() < deadline {
+            match lines.next() {
+                Some(Ok(l)) if l.contains(" up: ") => up.push(l),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        assert_eq!(up.len(), 5, "five guests report: {up:?}");
+        for role in ["driver", "ip", "pf", "tcp", "posix"] {
+            assert!(
+                up.iter()
+                    .any(|l| l.starts_with(&format!("[{role}] role {role} up"))),
+                "{up:?}"
+            );
+        }
+        // SAFETY: sending SIGTERM to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = wait_exit(&mut child, "SIGTERM");
+        assert_eq!(status.code(), Some(0));
+    }
 }
 
 /// Waits up to 10 s for `child` to exit after `what`; kills it and fails otherwise.
@@ -212,74 +191,72 @@ fn acpi_dump_writes_tables_acpica_evaluates_to_the_topology() {
     }
 }
 
-#[test]
-fn ctl_moves_reports_and_stops_a_running_vmm() {
-    if !require_kvm() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("ctl.sock");
-    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .arg(default)
-        .arg("--control")
-        .arg(&sock)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ctl = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("ctl")
+kvm_test! {
+    fn ctl_moves_reports_and_stops_a_running_vmm() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("ctl.sock");
+        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg(default)
+            .arg("--control")
             .arg(&sock)
-            .args(args)
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
             .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+        let ctl = |args: &[&str]| {
+            let out = Command::new(BIN)
+                .arg("ctl")
+                .arg(&sock)
+                .args(args)
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (code, status, _) = ctl(&["status"]);
+        assert_eq!(code, Some(0));
+        assert_eq!(
+            status.lines().filter(|l| l.starts_with("guest ")).count(),
+            5,
+            "{status}"
+        );
+            assert!(status.contains("guest tcp (tcp): running"), "{status}");
+
+        let (code, json, _) = ctl(&["status", "--json"]);
+        assert_eq!(code, Some(0));
+        assert!(json.trim_start().starts_with('{'), "{json}");
+        assert!(json.contains("\"name\": \"tcp\""), "{json}");
+        assert!(json.contains("\"state\": \"running\""), "{json}");
+        assert!(json.contains("\"refused_msr_writes\": 0"), "{json}");
+
+        let (code, moved, _) = ctl(&["move", "tcp", "--cores", "0"]);
+        assert_eq!(code, Some(0));
+        assert_eq!(moved.trim(), "moved tcp to host core(s) 0 (shared)");
+        let (_, status, _) = ctl(&["status"]);
+        let tcp = status
+            .lines()
+            .skip_while(|l| !l.starts_with("guest tcp"))
+            .nth(1)
+            .unwrap();
+        assert!(tcp.contains(" cores 0 shared "), "{tcp}");
+
+        let (code, _, err) = ctl(&["move", "nobody", "--cores", "0"]);
+        assert_eq!(code, Some(1));
+        assert!(err.contains("no guest named `nobody`"), "{err}");
+
+        let (code, _, _) = ctl(&["stop"]);
+        assert_eq!(code, Some(0));
+        let status = wait_exit(&mut child, "`ctl stop`");
+        assert_eq!(status.code(), Some(0));
+        assert!(!sock.exists(), "the control socket is removed on exit");
     }
-    let (code, status, _) = ctl(&["status"]);
-    assert_eq!(code, Some(0));
-    assert_eq!(
-        status.lines().filter(|l| l.starts_with("guest ")).count(),
-        5,
-        "{status}"
-    );
-    assert!(status.contains("guest tcp (tcp): running"), "{status}");
-
-    let (code, json, _) = ctl(&["status", "--json"]);
-    assert_eq!(code, Some(0));
-    assert!(json.trim_start().starts_with('{'), "{json}");
-    assert!(json.contains("\"name\": \"tcp\""), "{json}");
-    assert!(json.contains("\"state\": \"running\""), "{json}");
-    assert!(json.contains("\"refused_msr_writes\": 0"), "{json}");
-
-    let (code, moved, _) = ctl(&["move", "tcp", "--cores", "0"]);
-    assert_eq!(code, Some(0));
-    assert_eq!(moved.trim(), "moved tcp to host core(s) 0 (shared)");
-    let (_, status, _) = ctl(&["status"]);
-    let tcp = status
-        .lines()
-        .skip_while(|l| !l.starts_with("guest tcp"))
-        .nth(1)
-        .unwrap();
-    assert!(tcp.contains(" cores 0 shared "), "{tcp}");
-
-    let (code, _, err) = ctl(&["move", "nobody", "--cores", "0"]);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("no guest named `nobody`"), "{err}");
-
-    let (code, _, _) = ctl(&["stop"]);
-    assert_eq!(code, Some(0));
-    let status = wait_exit(&mut child, "`ctl stop`");
-    assert_eq!(status.code(), Some(0));
-    assert!(!sock.exists(), "the control socket is removed on exit");
 }

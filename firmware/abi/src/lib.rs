@@ -1,29 +1,40 @@
 //! The contract between the `compart` VMM and the guests it runs.
 //!
 //! Everything both sides of the wall must agree on is defined here, once: the fixed
-//! guest-physical layout, the boot-info page the VMM fills in before the first
-//! instruction, the firmware header every guest image starts with, the I/O ports a
-//! guest uses to talk to the VMM, and the operations of the ring-0 stub.
+//! guest-physical layout and each area's access rights, the boot-info page the VMM
+//! fills in before the first instruction, the firmware header every guest image
+//! starts with, the I/O ports a guest uses to talk to the VMM, and the operations of
+//! the ring-0 stub; the MSRs of the P-state interface ([`msr`]) and the APICs
+//! ([`lapic`], [`ioapic`]); the ACPI values the table writer and the guest's reader
+//! share ([`acpi`]); the placement page's sequence lock, both halves ([`placement`]);
+//! and, once for all of these structures, the proof that they may cross the wall as
+//! raw bytes ([`Pod`]). [`le`] reads little-endian integers from untrusted bytes.
 //!
 //! ```text
-//!  guest-physical memory (identity-mapped, user-accessible, 4 KiB pages below 2 MiB,
-//!  2 MiB pages above; the page at 0 is not present so that null dereferences fault)
+//!  guest-physical memory (identity-mapped; 4 KiB pages below 2 MiB + MAX_IMAGE_SIZE,
+//!  2 MiB pages above; access rights per area: S = supervisor only, U = ring 3 too,
+//!  RO = read-only, X = executable, everything else no-execute)
 //!
-//!  0x0000_0000  ┌──────────────────────────┐ not present
-//!  0x0000_1000  │ BootInfo                 │ written by the VMM
-//!  0x0000_2000  │ console buffer           │ guest writes a line, then OUT CONSOLE
-//!  0x0000_3000  │ IDT (256 gates)          │ written by the VMM
-//!  0x0000_4000  │ page tables              │ PML4, PDPT, 4 PDs, 1 PT
-//!  0x0010_0000  │ per-vCPU areas           │ GDT, TSS + I/O bitmap, ring-0 stacks
-//!  0x0018_0000  │ ACPI tables              │ RSDP, XSDT, FADT, MADT, DSDT
-//!  0x0020_0000  │ guest image              │ starts with a FirmwareHeader
-//!               │ ring-3 stacks, heap      │ placed by the VMM after the image
+//!  0x0000_0000  ┌──────────────────────────┐ not present, so null dereferences fault
+//!  0x0000_1000  │ BootInfo                 │ U RO   written by the VMM
+//!  0x0000_2000  │ console buffer           │ U      guest writes a line, then OUT CONSOLE
+//!  0x0000_3000  │ IDT (256 gates)          │ S RO   written by the VMM
+//!  0x0000_4000  │ page tables              │ S RO   PML4, PDPT, 4 PDs, 1 + 8 PTs
+//!  0x0010_0000  │ per-vCPU areas           │ S      GDT, TSS + I/O bitmap, ring-0 stacks
+//!  0x0018_0000  │ ACPI tables              │ U RO   RSDP, XSDT, FADT, MADT, DSDT
+//!  0x0020_0000  │ guest image              │ U      per ELF segment: RO unless W, X if X;
+//!               │                          │        starts with a FirmwareHeader
+//!               │ ring-3 stacks, heap      │ U      placed by the VMM after the image
 //!  mem_size     └──────────────────────────┘
-//!  0xC000_0000  │ channel regions          │ channel i at CHANNELS_GPA + i·CHANNEL_STRIDE
-//!  0xE000_0000  │ placement page           │ read-only to the guest, written by the VMM
-//!  0xF000_0000  │ doorbell pages           │ a write to page i kicks channel i's peer
-//!  0xFEE0_0000  │ local APIC               │
+//!  0xC000_0000  │ channel regions          │ U      channel i at CHANNELS_GPA + i·CHANNEL_STRIDE
+//!  0xE000_0000  │ placement page           │ U RO   a read-only slot, written by the VMM
+//!  0xF000_0000  │ doorbell pages           │ U      a write to page i kicks channel i's peer
+//!  0xFEC0_0000  │ I/O APIC                 │ S      ioapic::BASE_GPA
+//!  0xFEE0_0000  │ local APIC               │ S      lapic::BASE_GPA
 //! ```
+//!
+//! Ring 3 can therefore neither rewrite what ring 0 runs on (page tables, IDT, GDT,
+//! TSS, ring-0 stacks, the APIC) nor execute anything but the image's code.
 //!
 //! Guests run in ring 3 (see `DESIGN.md`: ring 0 is emulated instruction by instruction
 //! on the machines we target). The VMM prepares the whole long-mode state so that the
@@ -42,6 +53,13 @@
 //! (a refused access) on its own stack; every other gate uses IST1.
 #![no_std]
 
+pub mod acpi;
+pub mod le;
+pub mod placement;
+mod pod;
+
+pub use pod::Pod;
+
 /// Size of a small page.
 pub const PAGE_SIZE: u64 = 0x1000;
 
@@ -55,10 +73,12 @@ pub const CONSOLE_BUF_SIZE: u64 = PAGE_SIZE;
 pub const IDT_GPA: u64 = 0x3000;
 /// Guest-physical address of the page tables (PML4 first).
 pub const PAGE_TABLES_GPA: u64 = 0x4000;
-/// Number of 4 KiB pages the page tables occupy: PML4, PDPT, four PDs and one PT.
-pub const PAGE_TABLE_PAGES: u64 = 7;
-/// How much guest-physical address space the page tables map (identity, user bit set).
-/// Accesses above guest RAM but below this limit reach the VMM as MMIO.
+/// Number of 4 KiB pages the page tables occupy: PML4, PDPT, four PDs, one PT for
+/// the low 2 MiB and one per 2 MiB of [`MAX_IMAGE_SIZE`] (the image is mapped in
+/// 4 KiB pages so that each of its segments gets its own access rights).
+pub const PAGE_TABLE_PAGES: u64 = 7 + MAX_IMAGE_SIZE / (2 << 20);
+/// How much guest-physical address space the page tables map (identity). Accesses
+/// above guest RAM but below this limit reach the VMM as MMIO.
 pub const MAPPED_LIMIT: u64 = 4 << 30;
 
 /// First per-vCPU area.
@@ -91,9 +111,11 @@ pub mod percpu {
 pub const ACPI_GPA: u64 = 0x18_0000;
 /// Size of the ACPI tables area.
 pub const ACPI_SIZE: u64 = 0x8_0000;
-/// Guest-physical address where the guest image is loaded; it starts with a
-/// [`FirmwareHeader`].
+/// Guest-physical address where the guest image is loaded (its link address, which
+/// `firmware/link.ld` must match); it starts with a [`FirmwareHeader`].
 pub const IMAGE_GPA: u64 = 0x20_0000;
+/// Most bytes an image's segments may span from [`IMAGE_GPA`].
+pub const MAX_IMAGE_SIZE: u64 = 16 << 20;
 /// Size of each vCPU's ring-3 stack, placed by the VMM after the image.
 pub const RING3_STACK_SIZE: u64 = 0x1_0000;
 /// The least heap the VMM gives a guest; a guest whose memory cannot hold its image,
@@ -121,7 +143,60 @@ pub const DOORBELL_VECTOR: u8 = 0x40;
 pub const PLACEMENT_VECTOR: u8 = 0x3f;
 
 const _: () = assert!(CHANNELS_GPA + MAX_CHANNELS as u64 * CHANNEL_STRIDE <= PLACEMENT_GPA);
-const _: () = assert!(DOORBELLS_GPA + MAX_CHANNELS as u64 * PAGE_SIZE < 0xFEC0_0000);
+const _: () = assert!(DOORBELLS_GPA + MAX_CHANNELS as u64 * PAGE_SIZE < ioapic::BASE_GPA);
+
+/// The local APIC (xAPIC, memory-mapped), as KVM's in-kernel irqchip places it and as
+/// the MADT describes it. Register offsets are from [`lapic::BASE_GPA`].
+pub mod lapic {
+    /// Guest-physical address of every vCPU's local APIC (below 4 GiB: the MADT's and
+    /// an MSI address's 32-bit fields hold it).
+    pub const BASE_GPA: u64 = 0xFEE0_0000;
+    /// End-of-interrupt register: write 0 to acknowledge the interrupt in service.
+    pub const EOI: u64 = 0xB0;
+    /// Spurious-interrupt vector register: bits 7:0 the vector, bit 8 software-enable.
+    pub const SVR: u64 = 0xF0;
+    /// The SVR's APIC software-enable bit.
+    pub const SVR_ENABLE: u32 = 1 << 8;
+}
+
+/// The I/O APIC of KVM's in-kernel irqchip.
+pub mod ioapic {
+    /// Guest-physical address of its registers (below 4 GiB, as for the local APIC).
+    pub const BASE_GPA: u64 = 0xFEC0_0000;
+}
+
+// Both APICs below 4 GiB (32-bit address fields) and inside the mapped range.
+const _: () = assert!(ioapic::BASE_GPA < lapic::BASE_GPA);
+const _: () = assert!(lapic::BASE_GPA + PAGE_SIZE <= u32::MAX as u64 + 1);
+const _: () = assert!(lapic::BASE_GPA < MAPPED_LIMIT);
+
+/// Model-specific registers of the contract: the ones the guest uses to scale its
+/// frequency (named by its `_PCT`) and to measure it, and that the VMM therefore
+/// intercepts.
+pub mod msr {
+    /// IA32_MPERF: counts at the maximum frequency while the vCPU runs.
+    pub const MPERF: u32 = 0xE7;
+    /// IA32_APERF: counts at the actual frequency while the vCPU runs.
+    pub const APERF: u32 = 0xE8;
+    /// IA32_PERF_STATUS: the effective P-state's `_PSS` status value (`_PCT` status).
+    pub const PERF_STATUS: u32 = 0x198;
+    /// IA32_PERF_CTL: write a `_PSS` control value to request that P-state (`_PCT`
+    /// control).
+    pub const PERF_CTL: u32 = 0x199;
+    /// The MSRs the VMM intercepts, as (first, count) ranges: MPERF and APERF,
+    /// PERF_STATUS and PERF_CTL. Every other MSR stays with KVM.
+    pub const INTERCEPTED: [(u32, u32); 2] = [(MPERF, 2), (PERF_STATUS, 2)];
+    /// AMD's P-state current-limit MSR. AMD's own P-state MSRs (this one to
+    /// [`AMD_PSTATE_DEF0`]) are not part of the guest's interface: its `_PCT` names
+    /// PERF_CTL/PERF_STATUS on every host, so they are not intercepted.
+    pub const AMD_PSTATE_CURRENT_LIMIT: u32 = 0xC001_0061;
+    /// AMD's P-state control MSR (see [`AMD_PSTATE_CURRENT_LIMIT`]).
+    pub const AMD_PSTATE_CONTROL: u32 = 0xC001_0062;
+    /// AMD's P-state status MSR.
+    pub const AMD_PSTATE_STATUS: u32 = 0xC001_0063;
+    /// AMD's first P-state definition MSR.
+    pub const AMD_PSTATE_DEF0: u32 = 0xC001_0064;
+}
 
 /// One channel as a guest sees it.
 #[repr(C)]
@@ -134,7 +209,8 @@ pub struct ChannelInfo {
     pub region_size: u64,
     /// Write here to kick the peer.
     pub doorbell_gpa: u64,
-    /// This guest's side of the pair: 0 = A, 1 = B.
+    /// This guest's side of the pair: [`ChannelInfo::SIDE_A`] or
+    /// [`ChannelInfo::SIDE_B`].
     pub side: u32,
     /// The vector on which the peer kicks this guest.
     pub vector: u32,
@@ -159,6 +235,11 @@ impl ChannelInfo {
         peer: [0; NAME_LEN],
     };
 
+    /// `side` of the guest on side A of the pair.
+    pub const SIDE_A: u32 = 0;
+    /// `side` of the guest on side B of the pair.
+    pub const SIDE_B: u32 = 1;
+
     /// The peer's name, or `"?"`.
     pub fn peer(&self) -> &str {
         str_field(&self.peer, self.peer_len)
@@ -168,6 +249,23 @@ impl ChannelInfo {
     pub fn peer_role(&self) -> Role {
         Role::from_code(self.peer_role)
     }
+    /// This guest's side, or `None` when `side` holds neither value.
+    pub fn side(&self) -> Option<ChannelSide> {
+        match self.side {
+            Self::SIDE_A => Some(ChannelSide::A),
+            Self::SIDE_B => Some(ChannelSide::B),
+            _ => None,
+        }
+    }
+}
+
+/// A guest's side of a channel pair, as [`ChannelInfo::side`] decodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelSide {
+    /// Side A ([`ChannelInfo::SIDE_A`]).
+    A,
+    /// Side B ([`ChannelInfo::SIDE_B`]).
+    B,
 }
 
 /// What a guest is in the network stack: the topology's `role`, as a code in
@@ -233,7 +331,7 @@ impl Role {
 
 /// Where a vCPU runs, as the VMM tells the guest.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlacementEntry {
     /// 1 when the vCPU has its host core to itself: poll for up to `poll_us` before
     /// sleeping. 0 when it shares the core: sleep as soon as there is no work.
@@ -248,10 +346,22 @@ pub struct PlacementEntry {
     pub host_cores: [u32; MAX_CORES_LISTED],
 }
 
+impl PlacementEntry {
+    /// An unused entry: shared, no polling, no cores.
+    pub const EMPTY: PlacementEntry = PlacementEntry {
+        dedicated: 0,
+        poll_us: 0,
+        host_core_count: 0,
+        _reserved: 0,
+        host_cores: [0; MAX_CORES_LISTED],
+    };
+}
+
 /// The placement page: read-only to the guest (a read-only memory slot), rewritten by
 /// the VMM whenever it moves the guest's vCPUs, after which it kicks the guest on
 /// [`PLACEMENT_VECTOR`]. `generation` is a sequence lock: odd while the VMM writes;
-/// a reader retries until it reads the same even value before and after.
+/// a reader retries until it reads the same even value before and after. Both halves
+/// are in [`placement`].
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct PlacementPage {
@@ -345,8 +455,10 @@ impl FirmwareHeader {
 /// Distance between two exception stubs of the firmware.
 pub const EXCEPTION_STUB_SIZE: u64 = 32;
 
-/// Version of this ABI; the VMM refuses images built against another.
-pub const ABI_VERSION: u32 = 3;
+/// Version of this ABI; the VMM refuses images built against another. 4: the page
+/// tables give each area its access rights (see the memory map) and the ring-0 stub
+/// performs `rdmsr`/`wrmsr` only on the MSRs of [`msr::INTERCEPTED`].
+pub const ABI_VERSION: u32 = 4;
 
 /// Maximum length of a guest's name.
 pub const NAME_LEN: usize = 32;
@@ -461,19 +573,6 @@ impl BootInfo {
         &self.channels[..(self.channel_count as usize).min(MAX_CHANNELS)]
     }
 
-    /// The structure's bytes, as the VMM writes them into guest memory.
-    pub fn as_bytes(&self) -> &[u8] {
-        // SAFETY: BootInfo is repr(C), made only of integers and integer arrays, and
-        // has no padding (its size is asserted below to be the sum of its fields), so
-        // every byte is initialised.
-        unsafe {
-            core::slice::from_raw_parts(
-                (self as *const BootInfo).cast::<u8>(),
-                core::mem::size_of::<BootInfo>(),
-            )
-        }
-    }
-
     /// The guest's name, or `"?"` when it is not valid UTF-8.
     pub fn name(&self) -> &str {
         str_field(&self.name, self.name_len)
@@ -523,8 +622,43 @@ pub const fn percpu_gpa(index: u32) -> u64 {
 
 // The layout must hold together; these fail the build of both sides if it does not.
 const _: () = assert!(core::mem::size_of::<BootInfo>() as u64 <= PAGE_SIZE);
-// The sum of BootInfo's fields: no padding anywhere (see `BootInfo::as_bytes`).
-const _: () = assert!(core::mem::size_of::<BootInfo>() == 1560 + 72 * MAX_CHANNELS);
+
+// The structures that cross the wall as bytes. Each is repr(C), made only of integers,
+// integer arrays and the Pod structures before it, and has no padding: its size is
+// asserted to be the sum of its fields' sizes.
+// SAFETY: as stated above; the assert checks the padding.
+unsafe impl Pod for VcpuInfo {}
+const _: () = assert!(core::mem::size_of::<VcpuInfo>() == 8 + 4 * MAX_CORES_LISTED);
+// SAFETY: as above.
+unsafe impl Pod for ChannelInfo {}
+const _: () = assert!(core::mem::size_of::<ChannelInfo>() == 3 * 8 + 4 * 4 + NAME_LEN);
+// SAFETY: as above.
+unsafe impl Pod for BootInfo {}
+const _: () = assert!(
+    core::mem::size_of::<BootInfo>()
+        == 8 + 2 * 4
+            + NAME_LEN
+            + 2 * 4
+            + ROLE_LEN
+            + 8 * 8
+            + 2 * 4
+            + MAX_VCPUS as usize * core::mem::size_of::<VcpuInfo>()
+            + 2 * 4
+            + CMDLINE_LEN
+            + MAX_CHANNELS * core::mem::size_of::<ChannelInfo>()
+);
+// SAFETY: as above.
+unsafe impl Pod for PlacementEntry {}
+const _: () = assert!(core::mem::size_of::<PlacementEntry>() == 4 * 4 + 4 * MAX_CORES_LISTED);
+// SAFETY: as above.
+unsafe impl Pod for PlacementPage {}
+const _: () = assert!(
+    core::mem::size_of::<PlacementPage>()
+        == 2 * 8 + 2 * 4 + MAX_VCPUS as usize * core::mem::size_of::<PlacementEntry>()
+);
+// SAFETY: as above.
+unsafe impl Pod for FirmwareHeader {}
+const _: () = assert!(core::mem::size_of::<FirmwareHeader>() == 8 + 2 * 4 + 3 * 8);
 const _: () = assert!(PAGE_TABLES_GPA + PAGE_TABLE_PAGES * PAGE_SIZE <= PERCPU_GPA);
 const _: () = assert!(PERCPU_GPA + MAX_VCPUS as u64 * PERCPU_STRIDE <= ACPI_GPA);
 const _: () = assert!(ACPI_GPA + ACPI_SIZE <= IMAGE_GPA);
@@ -558,6 +692,51 @@ mod tests {
         let mut c = ChannelInfo::EMPTY;
         c.peer_role = 0xdead;
         assert_eq!(c.peer_role(), Role::Unknown);
+    }
+
+    #[test]
+    fn pod_values_round_trip_through_their_bytes() {
+        let mut b = BootInfo::empty();
+        b.name_len = fill_str_field(&mut b.name, "tcp").unwrap();
+        b.channels[7].peer_len = 9;
+        b.vcpus[15].host_cores[15] = 0xdead_beef;
+        let bytes = b.as_bytes();
+        assert_eq!(bytes.len(), core::mem::size_of::<BootInfo>());
+        assert_eq!(bytes[..8], BootInfo::MAGIC.to_le_bytes());
+        let back = BootInfo::read_from(bytes).unwrap();
+        assert_eq!(back.as_bytes(), bytes);
+        assert_eq!(back.name(), "tcp");
+        assert_eq!(back.vcpus[15].host_cores[15], 0xdead_beef);
+    }
+
+    #[test]
+    fn pod_reads_unaligned_bytes_and_refuses_short_ones() {
+        let h = FirmwareHeader {
+            magic: FirmwareHeader::MAGIC,
+            abi_version: ABI_VERSION,
+            size: 40,
+            entry: 0x20_1000,
+            exception_stubs: 0x20_2000,
+            irq_entry: 0x20_3000,
+        };
+        let mut raw = [0u8; 41];
+        raw[1..].copy_from_slice(h.as_bytes());
+        let back = FirmwareHeader::read_from(&raw[1..]).unwrap();
+        assert_eq!(
+            (back.magic, back.entry, back.irq_entry),
+            (h.magic, h.entry, h.irq_entry)
+        );
+        assert!(FirmwareHeader::read_from(&raw[1..40]).is_none());
+    }
+
+    #[test]
+    fn channel_sides_decode_and_unknown_values_are_refused() {
+        let mut c = ChannelInfo::EMPTY;
+        assert_eq!(c.side(), Some(ChannelSide::A));
+        c.side = ChannelInfo::SIDE_B;
+        assert_eq!(c.side(), Some(ChannelSide::B));
+        c.side = 2;
+        assert_eq!(c.side(), None);
     }
 
     #[test]

@@ -36,12 +36,14 @@ const POWER_RES_OP: u8 = 0x84;
 const THERMAL_ZONE_OP: u8 = 0x85;
 const ONES_OP: u8 = 0xFF;
 
-/// Generic Register descriptor (ACPI 6.5 §6.4.3.7) and End Tag.
-const REGISTER_DESCRIPTOR: u8 = 0x82;
-const REGISTER_LENGTH: u16 = 0x0C;
+// Generic Register descriptor (ACPI 6.5 §6.4.3.7, the contract's values) and End Tag.
+use compart_abi::acpi::generic_register::{
+    DESCRIPTOR as REGISTER_DESCRIPTOR, LENGTH as REGISTER_LENGTH,
+};
+// Functional Fixed Hardware address space.
+use compart_abi::acpi::ADDRESS_SPACE_FFH;
+/// End Tag of a resource template.
 const END_TAG: u8 = 0x79;
-/// Functional Fixed Hardware address space.
-const ADDRESS_SPACE_FFH: u8 = 0x7F;
 
 /// A position in the AML of a DSDT, bounded by the enclosing package.
 #[derive(Clone, Copy, Debug)]

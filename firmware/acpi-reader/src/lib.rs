@@ -66,37 +66,8 @@ impl PState {
     };
 }
 
-/// `_PSD` CoordType.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Coordination {
-    /// SW_ALL (0xFC): software sets every processor of the domain.
-    SwAll,
-    /// SW_ANY (0xFD): software sets any one processor for the domain.
-    SwAny,
-    /// HW_ALL (0xFE): hardware coordinates the domain.
-    HwAll,
-}
-
-impl Coordination {
-    /// The coordination type of a `_PSD` value.
-    pub const fn from_acpi_value(value: u64) -> Option<Self> {
-        match value {
-            0xFC => Some(Coordination::SwAll),
-            0xFD => Some(Coordination::SwAny),
-            0xFE => Some(Coordination::HwAll),
-            _ => None,
-        }
-    }
-
-    /// The value in `_PSD`.
-    pub const fn acpi_value(self) -> u32 {
-        match self {
-            Coordination::SwAll => 0xFC,
-            Coordination::SwAny => 0xFD,
-            Coordination::HwAll => 0xFE,
-        }
-    }
-}
+/// `_PSD` CoordType: the contract's (`compart_abi::acpi`), shared with the writer.
+pub use compart_abi::acpi::Coordination;
 
 /// A processor's `_PSD`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

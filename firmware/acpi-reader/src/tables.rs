@@ -1,5 +1,7 @@
 //! Finding and verifying the tables: RSDP → XSDT → FADT (→ DSDT) and MADT.
 
+use compart_abi::le::{u32_at, u64_at};
+
 use crate::aml::{self, Cursor, DeviceObjects};
 use crate::error::{Error, Sig};
 use crate::{AcpiInfo, PhysMem, ProcessorInfo};
@@ -23,18 +25,6 @@ fn read<M: PhysMem + ?Sized>(mem: &M, gpa: u64, len: usize) -> Result<&[u8], Err
 
 fn sum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b))
-}
-
-fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
-    let b = bytes.get(offset..offset.checked_add(4)?)?;
-    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-}
-
-fn u64_at(bytes: &[u8], offset: usize) -> Option<u64> {
-    let b = bytes.get(offset..offset.checked_add(8)?)?;
-    let mut q = [0u8; 8];
-    q.copy_from_slice(b);
-    Some(u64::from_le_bytes(q))
 }
 
 /// The whole table at `gpa`, with its signature, length and checksum verified.

@@ -5,7 +5,11 @@
 //! - `lines=N`: print N numbered lines first;
 //! - `panic`: panic (the VMM reports message and location);
 //! - `page-fault`: read address 0 (not present: an exception the VMM reports);
-//! - `triple-fault`: wipe the IDT and execute `ud2`, so the CPU shuts down;
+//! - `write-page-tables`, `write-idt`: try to overwrite the page tables or the IDT
+//!   (supervisor-only: the VMM reports the page fault);
+//! - `exec-stack`: try to run code from the stack (no-execute: a page fault);
+//! - `foreign-msr`: try to read EFER and write LSTAR through the ring-0 stub (refused:
+//!   only the contract's MSRs are accessed for ring 3) and report the outcome;
 //! - `heap`: allocate, use and free a vector, then exit 0;
 //! - `halt`: sleep in `hlt` until stopped;
 //! - `freq=A,B,…`: for each P-state index, set it, run a fixed compute loop and print
@@ -45,14 +49,10 @@ fn main(info: &'static BootInfo) -> i32 {
                 let v = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
                 println!("read {v} from address 0?!");
             }
-            "triple-fault" => {
-                // SAFETY: deliberately destroys this guest: with no valid IDT gate
-                // the #UD escalates to #GP, #DF and a CPU shutdown.
-                unsafe {
-                    core::ptr::write_bytes(abi::IDT_GPA as *mut u8, 0, 256 * 16);
-                    core::arch::asm!("ud2");
-                }
-            }
+            "write-page-tables" => write_ring0_page("page tables", abi::PAGE_TABLES_GPA),
+            "write-idt" => write_ring0_page("IDT", abi::IDT_GPA),
+            "exec-stack" => exec_stack(),
+            "foreign-msr" => foreign_msr(),
             "heap" => {
                 let v: alloc::vec::Vec<u64> = (0..10_000u64).collect();
                 let sum: u64 = v.iter().sum();
@@ -89,6 +89,38 @@ fn main(info: &'static BootInfo) -> i32 {
         info.role()
     );
     status
+}
+
+/// Tries to zero the first word of a structure ring 0 runs on; the page tables make
+/// the store fault, so the line after it must never appear.
+fn write_ring0_page(what: &str, gpa: u64) {
+    // SAFETY: deliberately attacks this guest's own ring 0; the store must fault.
+    unsafe { core::ptr::write_volatile(gpa as *mut u64, 0) };
+    println!("overwrote the {what} at {gpa:#x}?!");
+}
+
+/// Tries to run a `ret` written onto the stack; the stack is no-execute, so the call
+/// faults and the line after it must never appear.
+fn exec_stack() {
+    let code = core::hint::black_box([0xc3u8; 16]);
+    // SAFETY: deliberately jumps to data; the fetch must fault (no-execute page).
+    unsafe { core::arch::asm!("call {0}", in(reg) code.as_ptr(), clobber_abi("C")) };
+    println!("executed code on the stack at {:p}?!", code.as_ptr());
+}
+
+/// Asks the ring-0 stub for MSRs outside the contract, which would give ring 0 away
+/// (EFER.SCE with LSTAR pointing at ring-3 code makes `syscall` run it in ring 0).
+fn foreign_msr() {
+    const IA32_EFER: u32 = 0xc000_0080;
+    const IA32_LSTAR: u32 = 0xc000_0082;
+    let outcome = |allowed: bool| if allowed { "allowed" } else { "refused" };
+    let efer = ring0::read_msr(IA32_EFER).is_some();
+    let lstar = ring0::write_msr(IA32_LSTAR, abi::IMAGE_GPA);
+    println!(
+        "foreign msr: EFER read {}, LSTAR write {}",
+        outcome(efer),
+        outcome(lstar)
+    );
 }
 
 /// A fixed amount of integer work the compiler cannot elide.

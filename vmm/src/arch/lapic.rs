@@ -7,9 +7,9 @@ use kvm_bindings::kvm_lapic_state;
 /// Spurious-interrupt vector register: bits 7:0 the spurious vector, bit 8 the APIC
 /// software enable. While software-disabled the APIC accepts no interrupt (doorbells,
 /// the placement kick).
-pub const APIC_SVR: usize = 0xf0;
+pub const APIC_SVR: usize = compart_abi::lapic::SVR as usize;
 
-const SVR_SOFTWARE_ENABLE: u32 = 1 << 8;
+const SVR_SOFTWARE_ENABLE: u32 = compart_abi::lapic::SVR_ENABLE;
 
 /// Register `reg` of the page.
 pub fn get_reg(lapic: &kvm_lapic_state, reg: usize) -> u32 {

@@ -15,6 +15,8 @@ const CR4_OSFXSR: u64 = 1 << 9;
 const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
+/// No-execute enable: the page tables' XD bit keeps data, stacks and heap from running.
+const EFER_NXE: u64 = 1 << 11;
 
 fn flat(selector: u16, code: bool) -> kvm_segment {
     kvm_segment {
@@ -62,7 +64,7 @@ pub fn sregs(mut s: kvm_sregs, vcpu: u32) -> kvm_sregs {
     s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
     s.cr3 = PAGE_TABLES_GPA;
     s.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
-    s.efer = EFER_LME | EFER_LMA;
+    s.efer = EFER_LME | EFER_LMA | EFER_NXE;
     s
 }
 

@@ -104,7 +104,8 @@ pub struct Msr {
     touched: Mutex<BTreeMap<u32, u64>>,
 }
 
-const IA32_PERF_CTL: u64 = 0x199;
+/// The file offset of IA32_PERF_CTL in `/dev/cpu/N/msr` is its MSR number.
+const IA32_PERF_CTL: u64 = compart_abi::msr::PERF_CTL as u64;
 
 impl Msr {
     fn dev(&self, core: u32) -> PathBuf {

@@ -37,16 +37,11 @@ use crate::topology::{coordination_name, HostCore, Topology};
 use backend::FreqBackend;
 use coordination::{Change, GuestPStates, Refusal};
 
-/// IA32_MPERF.
-pub const MSR_MPERF: u32 = 0xe7;
-/// IA32_APERF.
-pub const MSR_APERF: u32 = 0xe8;
-/// IA32_PERF_STATUS.
-pub const MSR_PERF_STATUS: u32 = 0x198;
-/// IA32_PERF_CTL.
-pub const MSR_PERF_CTL: u32 = 0x199;
-/// The MSRs the VMM intercepts: (first, count).
-pub const INTERCEPTED: [(u32, u32); 2] = [(MSR_MPERF, 2), (MSR_PERF_STATUS, 2)];
+// The MSRs of the contract (compart_abi::msr), under the names the exit handling uses.
+pub use compart_abi::msr::{
+    APERF as MSR_APERF, INTERCEPTED, MPERF as MSR_MPERF, PERF_CTL as MSR_PERF_CTL,
+    PERF_STATUS as MSR_PERF_STATUS,
+};
 
 /// What a vCPU thread needs on its fast path: its effective and maximum frequency.
 #[derive(Debug)]

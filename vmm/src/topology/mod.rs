@@ -76,20 +76,17 @@ pub const MAX_MEMORY_MIB: u32 = 2048;
 
 pub use crate::host::{core_list, HostCore};
 
-/// The `_PSD` coordination types as topology files (and the VMM's logs) spell them:
-/// the one spelling on the VMM's side.
+/// The `_PSD` coordination types with the names topology files (and the VMM's logs)
+/// give them: [`Coordination::name`], the one spelling on both sides of the wall.
 pub const COORDINATION_NAMES: [(Coordination, &str); 3] = [
-    (Coordination::SwAll, "sw-all"),
-    (Coordination::SwAny, "sw-any"),
-    (Coordination::HwAll, "hw-all"),
+    (Coordination::SwAll, Coordination::SwAll.name()),
+    (Coordination::SwAny, Coordination::SwAny.name()),
+    (Coordination::HwAll, Coordination::HwAll.name()),
 ];
 
 /// How a topology file spells `c`.
 pub fn coordination_name(c: Coordination) -> &'static str {
-    COORDINATION_NAMES
-        .iter()
-        .find(|(k, _)| *k == c)
-        .map_or("?", |(_, n)| n)
+    c.name()
 }
 
 /// The coordination type a topology file calls `name`.

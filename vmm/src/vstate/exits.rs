@@ -97,6 +97,38 @@ fn exception_name(vector: u64) -> &'static str {
     }
 }
 
+/// What a page fault's error code says happened at `addr`, and which area of the
+/// guest that is: "page fault: ring-3 write to a supervisor-only page at 0x4000 (the
+/// guest's page tables)".
+fn page_fault_cause(error_code: u64, addr: u64) -> String {
+    const PRESENT: u64 = 1;
+    const WRITE: u64 = 1 << 1;
+    const USER: u64 = 1 << 2;
+    const RESERVED: u64 = 1 << 3;
+    const FETCH: u64 = 1 << 4;
+    let ring = if error_code & USER != 0 { 3 } else { 0 };
+    let what = if error_code & FETCH != 0 {
+        "instruction fetch from"
+    } else {
+        access(error_code & WRITE != 0)
+    };
+    let page = if error_code & RESERVED != 0 {
+        "a page whose table entry has reserved bits set"
+    } else if error_code & PRESENT == 0 {
+        "a not-present page"
+    } else if ring == 3 && crate::arch::paging::supervisor_only(addr) {
+        "a supervisor-only page"
+    } else if error_code & FETCH != 0 {
+        "a no-execute page"
+    } else {
+        "a read-only page"
+    };
+    format!(
+        "page fault: ring-{ring} {what} {page} at {addr:#x} ({})",
+        crate::arch::paging::area(addr)
+    )
+}
+
 fn access(write: bool) -> &'static str {
     if write {
         "write to"
@@ -110,20 +142,21 @@ impl fmt::Display for FailureKind {
         match self {
             FailureKind::Panic { message } => write!(f, "{message}"),
             FailureKind::Exception {
-                vector,
+                vector: 14,
                 error_code,
                 cr2,
-            } => {
-                write!(
-                    f,
-                    "unhandled {} (vector {vector}), error code {error_code:#x}",
-                    exception_name(*vector)
-                )?;
-                if *vector == 14 {
-                    write!(f, ", address {cr2:#x}")?;
-                }
-                Ok(())
-            }
+            } => write!(
+                f,
+                "{}, error code {error_code:#x}",
+                page_fault_cause(*error_code, *cr2)
+            ),
+            FailureKind::Exception {
+                vector, error_code, ..
+            } => write!(
+                f,
+                "unhandled {} (vector {vector}), error code {error_code:#x}",
+                exception_name(*vector)
+            ),
             FailureKind::TripleFault => write!(f, "triple fault: the vCPU shut down"),
             FailureKind::InternalError { suberror } => write!(
                 f,
@@ -467,7 +500,29 @@ mod tests {
         };
         assert_eq!(
             f.to_string(),
-            "unhandled #PF page fault (vector 14), error code 0x4, address 0x0 (RIP 0x201234)"
+            "page fault: ring-3 read from a not-present page at 0x0 (the null page), \
+             error code 0x4 (RIP 0x201234)"
+        );
+        let page_fault = |error_code, cr2| FailureKind::Exception {
+            vector: 14,
+            error_code,
+            cr2,
+        };
+        assert!(page_fault(7, 0x4000).to_string().starts_with(
+            "page fault: ring-3 write to a supervisor-only page at 0x4000 (the guest's page tables)"
+        ));
+        assert!(page_fault(0x15, 0x40_0000).to_string().starts_with(
+            "page fault: ring-3 instruction fetch from a no-execute page at 0x400000 \
+             (the image, a stack, the heap or a device)"
+        ));
+        let f = FailureKind::Exception {
+            vector: 13,
+            error_code: 0,
+            cr2: 0,
+        };
+        assert_eq!(
+            f.to_string(),
+            "unhandled #GP general protection (vector 13), error code 0x0"
         );
         let f = Failure {
             kind: FailureKind::TripleFault,

@@ -29,7 +29,7 @@ pub const FIRST_GSI: u32 = 24;
 pub const MAX_ROUTED_GSIS: u32 = 64;
 
 /// The MSI address window: fixed delivery, physical destination mode.
-const MSI_ADDRESS_BASE: u32 = 0xfee0_0000;
+const MSI_ADDRESS_BASE: u32 = compart_abi::lapic::BASE_GPA as u32;
 
 /// Why an interrupt could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use compart_abi::{
-    fill_str_field, percpu, percpu_gpa, ports, BootInfo, BOOT_INFO_GPA, CONSOLE_BUF_GPA,
+    fill_str_field, percpu, percpu_gpa, ports, BootInfo, Pod, BOOT_INFO_GPA, CONSOLE_BUF_GPA,
     CONSOLE_BUF_SIZE, IDT_GPA, MAX_CORES_LISTED, MIN_HEAP_SIZE, PAGE_TABLES_GPA, PLACEMENT_GPA,
     PLACEMENT_VECTOR, RING3_STACK_SIZE, SPURIOUS_VECTOR,
 };
@@ -347,7 +347,7 @@ impl GuestVm {
             mib: config.memory_mib,
             reason: e.to_string(),
         })?;
-        let (header, layout) = load_image(config, &memory)?;
+        let (image, layout) = load_image(config, &memory)?;
         let vm = register(ctx.kvm, config, memory.clone(), wiring)?;
 
         let shared = Arc::new(GuestShared {
@@ -363,7 +363,7 @@ impl GuestVm {
         let vcpus = (0..config.vcpus())
             .map(|i| {
                 Ok(Vcpu {
-                    fd: create_vcpu(ctx, &vm, config, i, header.entry, &layout)?,
+                    fd: create_vcpu(ctx, &vm, config, i, image.header.entry, &layout)?,
                     index: i,
                     guest: shared.clone(),
                     cores: config.vcpu_cores[i as usize].clone(),
@@ -380,7 +380,7 @@ impl GuestVm {
             &shared.memory,
             config,
             &layout,
-            &header,
+            &image,
             acpi,
             tsc_khz,
             wiring,
@@ -408,7 +408,7 @@ fn kvm_err(guest: &str, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) ->
 fn load_image(
     config: &GuestConfig,
     memory: &GuestMemoryMmap,
-) -> Result<(compart_abi::FirmwareHeader, GuestLayout), BuildError> {
+) -> Result<(loader::LoadedImage, GuestLayout), BuildError> {
     let (name, size) = (&config.name, config.memory_bytes());
     let image_bytes =
         crate::images::read(&config.image).map_err(|source| BuildError::ImageRead {
@@ -438,7 +438,7 @@ fn load_image(
         heap_start: stacks_end,
         heap_size: size - stacks_end,
     };
-    Ok((image.header, layout))
+    Ok((image, layout))
 }
 
 /// The VM with everything registered, in the order start-up cost needs: memory slots
@@ -533,7 +533,7 @@ fn write_boot_state(
     mem: &GuestMemoryMmap,
     config: &GuestConfig,
     layout: &GuestLayout,
-    header: &compart_abi::FirmwareHeader,
+    image: &loader::LoadedImage,
     acpi: &AcpiTables,
     tsc_khz: u64,
     wiring: &Wiring,
@@ -571,8 +571,8 @@ fn write_boot_state(
     write(info.as_bytes(), BOOT_INFO_GPA);
     // Built for ACPI_GPA and at most ACPI_SIZE bytes (see crate::acpi).
     write(acpi.bytes(), acpi.base_gpa());
-    write(&arch::paging::page_tables(), PAGE_TABLES_GPA);
-    write(&arch::gdt::idt(header), IDT_GPA);
+    write(&arch::paging::page_tables(&image.segments), PAGE_TABLES_GPA);
+    write(&arch::gdt::idt(&image.header), IDT_GPA);
     for i in 0..config.vcpus() {
         let gdt: Vec<u8> = arch::gdt::gdt(i)
             .iter()
