@@ -15,9 +15,12 @@
 //! - a heap (`alloc` works) over the memory the boot info hands over;
 //! - a panic handler that reports message and location to the VMM;
 //! - [`ring0`]: the few privileged operations (halt until an interrupt, MSR access),
-//!   performed by the ring-0 stub when ring 3 traps on them. The stub is hand-written
+//!   performed by the ring-0 stub when ring 3 traps on them (a halt through its own
+//!   gate, `int3`, and back through the interrupt that ends it). The stub is hand-written
 //!   assembly without SSE, because ring 0 is emulated instruction by instruction on
 //!   the machines we target and the emulator cannot execute SSE;
+//! - [`lapic`]: the local APIC, which ring 3 reaches directly (self-interrupts, the
+//!   in-service register);
 //! - [`exit`]: end the guest with a status the VMM reports.
 #![no_std]
 
@@ -26,6 +29,7 @@ pub mod channel;
 pub mod console;
 mod entry;
 mod heap;
+pub mod lapic;
 mod mem;
 mod panic;
 pub mod placement;

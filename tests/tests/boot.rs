@@ -128,6 +128,47 @@ fn idle_guests_use_under_one_percent_of_a_core() {
     vmm.wait();
 }
 
+/// Runs a selftest guest with `cmdline` until it exits (or fails), stopping it after
+/// `limit` so that a guest stuck in a broken halt fails the test instead of hanging it.
+fn run_selftest(name: &str, cmdline: &str, limit: Duration) -> (GuestState, Vec<String>) {
+    let capture = Capture::default();
+    let t = topology(&guest(name, cmdline, "stop-guest"));
+    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+    let handle = vmm.handle();
+    let waiter = std::thread::spawn(move || vmm.wait());
+    let deadline = std::time::Instant::now() + limit;
+    while !waiter.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    handle.stop();
+    let outcome = waiter.join().unwrap();
+    let state = outcome
+        .state(name)
+        .cloned()
+        .expect("the guest has an outcome");
+    (state, capture.of(name))
+}
+
+#[test]
+fn an_interrupt_ends_a_halt_and_returns_to_ring_3_through_either_halt_route() {
+    if !require_kvm() {
+        return;
+    }
+    let (state, lines) = run_selftest("waker", "wake=200", Duration::from_secs(20));
+    assert_eq!(state, GuestState::Exited(0), "{lines:?}");
+    assert!(
+        lines.contains(&"wake: an interrupt stays pending in ring 3 until the halt".to_string()),
+        "{lines:?}"
+    );
+    for route in ["Int3", "Hlt"] {
+        let want = format!("wake {route}: 200 halts returned to ring 3 right after the halt, ");
+        assert!(
+            lines.iter().any(|l| l.starts_with(&want)),
+            "{route}: {lines:?}"
+        );
+    }
+}
+
 #[test]
 fn failing_guests_are_reported_and_the_others_keep_running() {
     if !require_kvm() {

@@ -11,14 +11,18 @@
 //! - `freq=A,B,…`: for each P-state index, set it, run a fixed compute loop and print
 //!   its wall time (TSC) and the APERF/MPERF ratio;
 //! - `switch=N`: time N P-state switches (P0 ↔ the slowest allowed state);
-//! - `pstate-control=V`: write the raw control value V (hex) and report the outcome.
+//! - `pstate-control=V`: write the raw control value V (hex) and report the outcome;
+//! - `wake=N`: N times each through the halt gate (`int3`) and through `hlt` (#GP):
+//!   send itself an interrupt, halt, and check that the wake-up came back to ring 3
+//!   right after the halt, with interrupts off and registers intact; print the time
+//!   per halt-and-wake.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
 use compart_firmware::pstate::{self, rdtsc};
-use compart_firmware::{abi, println, ring0, BootInfo};
+use compart_firmware::{abi, lapic, println, ring0, BootInfo};
 
 compart_firmware::entry!(main);
 
@@ -60,6 +64,11 @@ fn main(info: &'static BootInfo) -> i32 {
                 match pstate::write_control(v) {
                     Ok(()) => println!("pstate control {v:#x} accepted, now P{:?}", pstate::current()),
                     Err(e) => println!("pstate control {v:#x} refused: {e:?}, still P{:?}", pstate::current()),
+                }
+            }
+            "wake" => {
+                if !wake(info, value.parse().unwrap_or(1000)) {
+                    status = 1;
                 }
             }
             "halt" => loop {
@@ -139,4 +148,88 @@ fn switch(info: &BootInfo, n: u32) {
         at(90),
         at(100)
     );
+}
+
+/// How a halt enters ring 0.
+#[derive(Debug, Clone, Copy)]
+enum HaltRoute {
+    /// The halt gate (what `ring0::halt` uses).
+    Int3,
+    /// A privileged `hlt`, through the #GP stub.
+    Hlt,
+}
+
+/// RFLAGS as ring 3 reads it. (On a host that runs ring 3 natively, as this one
+/// does, IF reads 1 whatever the guest's virtual IF is.)
+fn rflags() -> u64 {
+    let flags: u64;
+    // SAFETY: reads RFLAGS through the stack; changes nothing else.
+    unsafe { core::arch::asm!("pushfq", "pop {f}", f = out(reg) flags) };
+    flags
+}
+
+/// RFLAGS bits the compiler's code does not change between two reads: TF, IF, DF.
+const CONTROL_FLAGS: u64 = 0x700;
+
+/// Halts once through `route` with interrupt `vector` already pending, and checks
+/// where the wake-up returned: to ring 3 (CS.RPL 3), with IF, TF, DF and `rax`/`rdx`
+/// as they were. Returns the fault found.
+fn halt_and_check(route: HaltRoute, vector: u8, marker: u64) -> Option<&'static str> {
+    lapic::send_self(vector);
+    let before = rflags();
+    let (a, b, cs, flags): (u64, u64, u64, u64);
+    // SAFETY: both halt routes return to the next instruction with every register
+    // but the outputs declared here unchanged (that is what is being checked);
+    // `pushfq`/`pop` use the stack, so the block is not `nostack`.
+    unsafe {
+        match route {
+            HaltRoute::Int3 => core::arch::asm!(
+                "int3", "mov {cs}, cs", "pushfq", "pop {fl}",
+                inout("rax") marker => a, inout("rdx") !marker => b,
+                cs = out(reg) cs, fl = out(reg) flags),
+            HaltRoute::Hlt => core::arch::asm!(
+                "hlt", "mov {cs}, cs", "pushfq", "pop {fl}",
+                inout("rax") marker => a, inout("rdx") !marker => b,
+                cs = out(reg) cs, fl = out(reg) flags),
+        }
+    }
+    if cs & 3 != 3 {
+        Some("not in ring 3")
+    } else if (flags ^ before) & CONTROL_FLAGS != 0 {
+        Some("IF, TF or DF changed")
+    } else if a != marker || b != !marker {
+        Some("registers changed")
+    } else {
+        None
+    }
+}
+
+/// `wake=N`; false when a halt returned wrongly.
+fn wake(info: &BootInfo, n: u32) -> bool {
+    /// A vector nothing else uses: only this test sends it.
+    const VECTOR: u8 = 0x30;
+    // Interrupts are taken only inside a halt (its entry returns through the halt's
+    // frame, so one taken in ring 3 would be fatal): a pending one must wait.
+    lapic::send_self(VECTOR);
+    let t = rdtsc();
+    while rdtsc() - t < info.tsc_khz {}
+    if !lapic::pending(VECTOR) {
+        println!("wake: an interrupt was taken in ring 3");
+        return false;
+    }
+    ring0::halt();
+    println!("wake: an interrupt stays pending in ring 3 until the halt");
+    for route in [HaltRoute::Int3, HaltRoute::Hlt] {
+        let t = rdtsc();
+        for i in 0..n {
+            let marker = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            if let Some(fault) = halt_and_check(route, VECTOR, marker) {
+                println!("wake {route:?}: halt {i} returned wrongly: {fault}");
+                return false;
+            }
+        }
+        let ns = tsc_us(info, (rdtsc() - t) * 1000) / u64::from(n.max(1));
+        println!("wake {route:?}: {n} halts returned to ring 3 right after the halt, {ns} ns per halt-and-wake");
+    }
+    true
 }
