@@ -19,6 +19,7 @@
 //!   gate, `int3`, and back through the interrupt that ends it). The stub is hand-written
 //!   assembly without SSE, because ring 0 is emulated instruction by instruction on
 //!   the machines we target and the emulator cannot execute SSE;
+//! - [`eoi`]: whether this host needs the interrupt entry's EOI (probed at boot);
 //! - [`lapic`]: the local APIC, which ring 3 reaches directly (self-interrupts, the
 //!   in-service register);
 //! - [`exit`]: end the guest with a status the VMM reports.
@@ -28,6 +29,7 @@ pub mod acpi;
 pub mod channel;
 pub mod console;
 mod entry;
+pub mod eoi;
 mod heap;
 pub mod lapic;
 mod mem;
@@ -107,6 +109,7 @@ extern "C" fn compart_rust_start(info: *const BootInfo, vcpu: u64) -> ! {
         }
     }
     heap::init(info);
+    eoi::probe();
     acpi::report();
     // SAFETY: `compart_main` is defined by the guest image through `entry!`.
     let status = unsafe { compart_main(info) };

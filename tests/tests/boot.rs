@@ -170,6 +170,31 @@ fn an_interrupt_ends_a_halt_and_returns_to_ring_3_through_either_halt_route() {
 }
 
 #[test]
+fn the_boot_probe_decides_the_eoi_and_interrupts_still_end_halts() {
+    if !require_kvm() {
+        return;
+    }
+    // Whatever the probe found, the gates it left must work: a wrong guess (no EOI on
+    // a host that needs one) would leave the first interrupt in service and block
+    // every later one, and the halts below would never end.
+    let (state, lines) = run_selftest("eoi", "eoi wake=200", Duration::from_secs(20));
+    assert_eq!(state, GuestState::Exited(0), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "eoi: host completes interrupts on delivery: true"
+                || l == "eoi: host completes interrupts on delivery: false"),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("wake Hlt: 200 halts returned")),
+        "{lines:?}"
+    );
+}
+
+#[test]
 fn failing_guests_are_reported_and_the_others_keep_running() {
     if !require_kvm() {
         return;

@@ -15,7 +15,8 @@
 //! - `wake=N`: N times each through the halt gate (`int3`) and through `hlt` (#GP):
 //!   send itself an interrupt, halt, and check that the wake-up came back to ring 3
 //!   right after the halt, with interrupts off and registers intact; print the time
-//!   per halt-and-wake.
+//!   per halt-and-wake;
+//! - `eoi`: print what the boot probe found (whether interrupts enter without EOI).
 #![no_std]
 #![no_main]
 
@@ -71,6 +72,10 @@ fn main(info: &'static BootInfo) -> i32 {
                     status = 1;
                 }
             }
+            "eoi" => println!(
+                "eoi: host completes interrupts on delivery: {}",
+                compart_firmware::eoi::host_completes_interrupts()
+            ),
             "halt" => loop {
                 ring0::halt();
             },
