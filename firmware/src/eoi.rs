@@ -18,6 +18,7 @@ use compart_abi::{IDT_GPA, TIMER_VECTOR};
 
 use crate::{lapic, ring0};
 
+// Labels in `entry.rs`; only their addresses are taken.
 extern "C" {
     static compart_irq_entry: u8;
     static compart_irq_entry_no_eoi: u8;
@@ -51,13 +52,10 @@ fn set_gate(vector: u8, handler: u64) {
 /// Runs the probe (once, on vCPU 0 before the guest's main): costs a self-interrupt,
 /// one halt and a few APIC accesses.
 pub(crate) fn probe() {
-    // SAFETY: only the addresses of the two entry labels are taken.
-    let (with_eoi, without) = unsafe {
-        (
-            core::ptr::addr_of!(compart_irq_entry) as u64,
-            core::ptr::addr_of!(compart_irq_entry_no_eoi) as u64,
-        )
-    };
+    let (with_eoi, without) = (
+        core::ptr::addr_of!(compart_irq_entry) as u64,
+        core::ptr::addr_of!(compart_irq_entry_no_eoi) as u64,
+    );
     set_gate(TIMER_VECTOR, without);
     lapic::send_self(TIMER_VECTOR);
     // Another interrupt (a kick) may end the halt first; halt until ours came.
