@@ -5,14 +5,14 @@
 use compart_abi::lapic;
 
 /// Reads the 32-bit APIC register at offset `reg`.
-pub(crate) fn read(reg: u64) -> u32 {
+pub fn read(reg: u64) -> u32 {
     // SAFETY: the APIC page is identity-mapped, user-accessible MMIO; every register
     // offset in `compart_abi::lapic` is 16-byte aligned inside it.
     unsafe { core::ptr::read_volatile((lapic::BASE_GPA + reg) as *const u32) }
 }
 
 /// Writes the 32-bit APIC register at offset `reg`.
-pub(crate) fn write(reg: u64, value: u32) {
+pub fn write(reg: u64, value: u32) {
     // SAFETY: as in `read`; a store changes only the APIC's state.
     unsafe { core::ptr::write_volatile((lapic::BASE_GPA + reg) as *mut u32, value) };
 }

@@ -19,6 +19,8 @@
 //!   gate, `int3`, and back through the interrupt that ends it). The stub is hand-written
 //!   assembly without SSE, because ring 0 is emulated instruction by instruction on
 //!   the machines we target and the emulator cannot execute SSE;
+//! - [`time`]: a monotonic clock from the TSC ([`time::Instant`]), and sleeping until
+//!   a deadline on the local APIC timer, with no exit to the VMM;
 //! - [`eoi`]: whether this host needs the interrupt entry's EOI (probed at boot);
 //! - [`lapic`]: the local APIC, which ring 3 reaches directly (self-interrupts, the
 //!   in-service register);
@@ -37,6 +39,7 @@ mod panic;
 pub mod placement;
 pub mod pstate;
 pub mod ring0;
+pub mod time;
 
 pub use compart_abi as abi;
 pub use compart_abi::BootInfo;

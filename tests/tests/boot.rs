@@ -195,6 +195,33 @@ fn the_boot_probe_decides_the_eoi_and_interrupts_still_end_halts() {
 }
 
 #[test]
+fn a_guest_sleeps_on_the_apic_timer_for_as_long_as_asked() {
+    if !require_kvm() {
+        return;
+    }
+    // No doorbell, no other interrupt: only the timer can end these halts.
+    let (state, lines) = run_selftest("sleeper", "sleep=10000,1000,100", Duration::from_secs(20));
+    assert_eq!(state, GuestState::Exited(0), "{lines:?}");
+    for asked_us in [10_000u64, 1000, 100] {
+        let prefix = format!("sleep {asked_us} us: slept ");
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no {asked_us} us sleep: {lines:?}"));
+        eprintln!("{line}");
+        let slept_ns: u64 = line[prefix.len()..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("slept N ns");
+        let asked_ns = asked_us * 1000;
+        assert!(slept_ns >= asked_ns, "woke early: {line}");
+        // Generous for a loaded machine; a halt the timer does not end never returns.
+        assert!(slept_ns < asked_ns * 3 / 2 + 5_000_000, "overslept: {line}");
+    }
+}
+
+#[test]
 fn failing_guests_are_reported_and_the_others_keep_running() {
     if !require_kvm() {
         return;

@@ -83,7 +83,7 @@ fn idle(info: &BootInfo, chans: &mut [Channel]) -> Result<(), compart_channel::C
         u64::MAX => placement::poll_us(0),
         us => us as u32,
     };
-    channel::wait_for_any(chans, poll)
+    channel::wait_for_any_polling(chans, poll, None).map(drop)
 }
 
 fn vandal(info: &BootInfo, ch: &mut Channel) -> i32 {
