@@ -8,7 +8,9 @@
 //! both vCPU threads per round trip.
 //!
 //! `cargo bench -p compart-tests --bench handover` (`COMPART_BENCH_RUNS` reps, default
-//! 7; `COMPART_BENCH_ROUND_TRIPS` per rep, default 20 000).
+//! 7; `COMPART_BENCH_ROUND_TRIPS` per rep, default 20 000). With
+//! `COMPART_BENCH_PING_NICE=N` a third case runs the guests with ping's vCPU thread at
+//! nice N (a scheduling-weight experiment: the VMM itself leaves nice alone).
 
 use std::time::Duration;
 
@@ -35,7 +37,20 @@ fn sleeps(status: &str) -> u64 {
         .sum()
 }
 
-fn guests(n: u64) -> GuestRep {
+/// Sets the nice value of thread `tid` of this process.
+fn set_nice(tid: i32, nice: i32) {
+    // SAFETY: setpriority reads only its integer arguments; a thread id is a valid
+    // PRIO_PROCESS target on Linux.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    assert_eq!(
+        r,
+        0,
+        "setpriority({tid}, {nice}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn guests(n: u64, ping_nice: Option<i32>) -> GuestRep {
     // Ping stops after its one timed phase and waits for a placement change that never
     // comes, so both vCPU threads are still alive (and idle) when their CPU time is read.
     let t = topology(&format!(
@@ -50,10 +65,17 @@ fn guests(n: u64) -> GuestRep {
     let handle = vmm.handle();
     capture.wait_for("pong", "channel 0 to ping open", TIMEOUT);
     capture.wait_for("ping", "channel 0 to pong open", TIMEOUT);
-    let tids: Vec<i32> = compart_tests::poll(TIMEOUT, "two vCPU threads", || {
+    let threads = compart_tests::poll(TIMEOUT, "two vCPU threads", || {
         let v = vmm.vcpu_threads();
-        (v.len() == 2).then(|| v.iter().map(|t| t.tid).collect())
+        (v.len() == 2).then_some(v)
     });
+    if let Some(nice) = ping_nice {
+        set_nice(
+            threads.iter().find(|t| t.guest == "ping").unwrap().tid,
+            nice,
+        );
+    }
+    let tids: Vec<i32> = threads.iter().map(|t| t.tid).collect();
     // Control requests are served by the thread that waits for the VMM.
     let waiter = std::thread::spawn(move || vmm.wait());
     let cpu = || tids.iter().map(|&t| thread_cpu_ns(t)).sum::<u64>();
@@ -98,15 +120,27 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    let nice: Option<i32> = std::env::var("COMPART_BENCH_PING_NICE")
+        .ok()
+        .and_then(|v| v.parse().ok());
     println!("hand-overs on one shared core (0): window 1, receivers sleep at once, {reps} reps x {n} round trips, interleaved");
-    let (mut threads, mut guest) = (Vec::new(), Vec::new());
+    let (mut threads, mut guest, mut niced) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..reps {
         let h = 1e6 / common::host_threads([0, 0], 0, n, 1);
-        let g = guests(n);
-        println!(
+        let g = guests(n, None);
+        print!(
             "  rep {rep}: host threads {h:.2} us, guests {:.2} us ({:.2} halts, {:.1} us vCPU CPU)",
             g.us, g.halts, g.cpu_us
         );
+        if let Some(nice) = nice {
+            let g = guests(n, Some(nice));
+            print!(
+                ", ping at nice {nice} {:.2} us ({:.2} halts, {:.1} us vCPU CPU)",
+                g.us, g.halts, g.cpu_us
+            );
+            niced.push(g);
+        }
+        println!();
         threads.push(h);
         guest.push(g);
     }
@@ -116,19 +150,24 @@ fn main() {
     };
     println!("medians over {reps} reps:");
     row("host threads (eventfd), round trip", threads, "us");
-    row(
-        "guests, round trip",
-        guest.iter().map(|g| g.us).collect(),
-        "us",
-    );
-    row(
-        "guests, halts per round trip",
-        guest.iter().map(|g| g.halts).collect(),
-        "  ",
-    );
-    row(
-        "guests, vCPU CPU time per round trip",
-        guest.iter().map(|g| g.cpu_us).collect(),
-        "us",
-    );
+    for (what, reps) in [("guests", guest), ("guests, ping niced", niced)] {
+        if reps.is_empty() {
+            continue;
+        }
+        row(
+            &format!("{what}, round trip"),
+            reps.iter().map(|g| g.us).collect(),
+            "us",
+        );
+        row(
+            &format!("{what}, halts per round trip"),
+            reps.iter().map(|g| g.halts).collect(),
+            "  ",
+        );
+        row(
+            &format!("{what}, vCPU CPU time per round trip"),
+            reps.iter().map(|g| g.cpu_us).collect(),
+            "us",
+        );
+    }
 }
