@@ -95,7 +95,8 @@ pub enum Wake {
 
 /// Whether the last wait ended at its deadline with no work: the guest is idle, and
 /// the next wait sleeps at once instead of polling (a periodic timer on a dedicated
-/// core would otherwise poll for the whole budget after every tick).
+/// core would otherwise poll for the whole budget after every tick). vCPU 0's: it is
+/// the only vCPU that runs guest code.
 static IDLE: AtomicBool = AtomicBool::new(false);
 
 /// The receive loop's idle step over all of a guest's channels: poll them for as

@@ -9,6 +9,9 @@
 //! TSC is measured once, on first use (0.5 ms of the first wait). The TSC-deadline
 //! mode works here too, but its MSR needs the ring-0 stub's `wrmsr`, a #GP round trip
 //! through emulated ring 0 (≈ 27 µs here) for every deadline.
+//!
+//! The timer state here belongs to vCPU 0's APIC: vCPU 0 is the only vCPU that runs
+//! guest code (the others halt until the guest stops).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
