@@ -41,10 +41,15 @@ fn set_gate(vector: u8, handler: u64) {
     // aligned 8-byte store switches the gate atomically for any vCPU that takes it.
     unsafe {
         let high = core::ptr::read_volatile(gate.add(1)) & 0xffff_ffff;
-        assert_eq!(high, handler >> 32, "firmware entries share their upper address bits");
+        assert_eq!(
+            high,
+            handler >> 32,
+            "firmware entries share their upper address bits"
+        );
         let low = core::ptr::read_volatile(gate);
         // Offset bits 0–15 are bits 0–15 of the gate, bits 16–31 its bits 48–63.
-        let low = (low & 0x0000_ffff_ffff_0000) | (handler & 0xffff) | ((handler >> 16) & 0xffff) << 48;
+        let low =
+            (low & 0x0000_ffff_ffff_0000) | (handler & 0xffff) | ((handler >> 16) & 0xffff) << 48;
         core::ptr::write_volatile(gate, low);
     }
 }

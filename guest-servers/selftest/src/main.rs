@@ -299,7 +299,9 @@ fn timer_modes() {
         let now = Instant::now();
         now.duration_since(deadline).as_nanos()
     };
-    println!("timer one-shot (MMIO store from ring 3): arm {arm} ns, a 200 us halt ended {late} ns late");
+    println!(
+        "timer one-shot (MMIO store from ring 3): arm {arm} ns, a 200 us halt ended {late} ns late"
+    );
     // TSC-deadline mode: LVT mode 0b10; the deadline is a wrmsr through the stub.
     lapic::write(r::LVT_TIMER, lvt | 2 << 17);
     let mode = lapic::read(r::LVT_TIMER) >> 17 & 3;
@@ -322,9 +324,13 @@ fn timer_modes() {
 }
 
 fn tick(period_us: u64) {
-    let mut chans: alloc::vec::Vec<Channel> =
-        (0..channel::count()).filter_map(|i| channel::open(i).ok()).collect();
-    println!("tick: waiting on {} channel(s) with a deadline every {period_us} us", chans.len());
+    let mut chans: alloc::vec::Vec<Channel> = (0..channel::count())
+        .filter_map(|i| channel::open(i).ok())
+        .collect();
+    println!(
+        "tick: waiting on {} channel(s) with a deadline every {period_us} us",
+        chans.len()
+    );
     let period = Duration::from_micros(period_us.max(1));
     let mut next = Instant::now() + period;
     loop {
