@@ -52,11 +52,12 @@ core::arch::global_asm!(
     "    iretq",
     ".elseif (\\vec == 8) || (\\vec == 10) || (\\vec == 11) || (\\vec == 12) || (\\vec == 13) || (\\vec == 14) || (\\vec == 17) || (\\vec == 21) || (\\vec == 29) || (\\vec == 30)",
     "    push \\vec",
+    "    jmp compart_exception_common",
     ".else",
     "    push 0",
     "    push \\vec",
-    ".endif",
     "    jmp compart_exception_common",
+    ".endif",
     ".endr",
 
     // Stack: [rsp] vector, +8 error code, +16 RIP, +24 CS, +32 RFLAGS, +40 RSP, +48 SS.
