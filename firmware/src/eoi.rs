@@ -54,13 +54,30 @@ fn set_gate(vector: u8, handler: u64) {
     }
 }
 
+/// The addresses of the interrupt entries with and without the EOI.
+fn entries() -> (u64, u64) {
+    (
+        core::ptr::addr_of!(compart_irq_entry) as u64,
+        core::ptr::addr_of!(compart_irq_entry_no_eoi) as u64,
+    )
+}
+
+/// Points interrupt `vector` (32–255) at the entry with the EOI or at the one without,
+/// whatever the probe chose: for tests that exercise both entries on any host. The
+/// entry without the EOI is only safe for a vector where [`host_completes_interrupts`].
+///
+/// # Panics
+/// If `vector` is an exception vector (below 32).
+pub fn use_entry(vector: u8, with_eoi: bool) {
+    assert!(vector >= 32, "vector {vector} is an exception");
+    let (with, without) = entries();
+    set_gate(vector, if with_eoi { with } else { without });
+}
+
 /// Runs the probe (once, on vCPU 0 before the guest's main): costs a self-interrupt,
 /// one halt and a few APIC accesses.
 pub(crate) fn probe() {
-    let (with_eoi, without) = (
-        core::ptr::addr_of!(compart_irq_entry) as u64,
-        core::ptr::addr_of!(compart_irq_entry_no_eoi) as u64,
-    );
+    let (with_eoi, without) = entries();
     set_gate(TIMER_VECTOR, without);
     lapic::send_self(TIMER_VECTOR);
     // Another interrupt (a kick) may end the halt first; halt until ours came.
