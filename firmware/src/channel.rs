@@ -4,9 +4,10 @@
 //! - [`Doorbell`]: a sender's kick is a store to the channel's doorbell page, which
 //!   the kernel turns into an interrupt in the peer (no exit to the VMM's user space);
 //! - [`Halt`]: a receiver with no work sleeps in `hlt` until that interrupt;
-//! - [`wait_for_work`]: the receive loop's idle step: poll for as long as the
-//!   placement page allows (long on a dedicated core, not at all on a shared one),
-//!   then announce sleep, re-check, and halt.
+//! - [`wait_for_any`]: the receive loop's idle step over all of a guest's channels,
+//!   until work or a deadline: poll for as long as the placement page allows (long on
+//!   a dedicated core, not at all on a shared one), then announce sleep, re-check, and
+//!   halt (until the deadline, on the APIC timer).
 //!
 //! A guest finds its channels by who is on the other side: [`open_to`] a peer by name,
 //! [`open_by_role`] by its role, or [`open_all`], which also reports the channels that
@@ -15,13 +16,15 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::time::Duration;
 
 use compart_abi::{ChannelInfo, ChannelSide, Role};
 use compart_channel::{ChannelError, Endpoint, Notifier, Region, Side, Waiter};
 use compart_kit::server::Peer;
 
-use crate::{boot_info, placement, pstate::rdtsc, ring0};
+use crate::time::{self, Instant};
+use crate::{boot_info, placement, ring0};
 
 /// Rings the peer of one channel.
 #[derive(Debug, Clone, Copy)]
@@ -179,33 +182,71 @@ pub fn raw_region(index: usize) -> Option<Region> {
     region_of(boot_info().channels().get(index)?).ok()
 }
 
-/// Waits for work on `channel` as vCPU 0's placement says: poll for up to its
-/// `poll_us`, then sleep until kicked (no wake-up is lost: see `compart-channel`).
-pub fn wait_for_work(channel: &mut Channel) -> Result<(), ChannelError> {
-    wait_for_any(core::slice::from_mut(channel), placement::poll_us(0))
+/// Why [`wait_for_any`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Work may be waiting on some channel (or the VMM kicked: placement changed).
+    Work,
+    /// The deadline passed with no work found.
+    Deadline,
 }
 
-/// [`wait_for_work`] with an explicit poll budget instead of the placement's.
-pub fn wait_for_work_polling(channel: &mut Channel, poll_us: u32) -> Result<(), ChannelError> {
-    wait_for_any(core::slice::from_mut(channel), poll_us)
+/// Whether the last wait ended at its deadline with no work: the guest is idle, and
+/// the next wait sleeps at once instead of polling (a periodic timer on a dedicated
+/// core would otherwise poll for the whole budget after every tick). vCPU 0's: it is
+/// the only vCPU that runs guest code.
+static IDLE: AtomicBool = AtomicBool::new(false);
+
+/// The receive loop's idle step over all of a guest's channels: poll them for as
+/// long as vCPU 0's placement says (`poll_us`), then announce sleep on each, re-check,
+/// and halt until any peer (or the VMM) kicks or `deadline` passes. No wake-up is
+/// lost (see `compart-channel`). Returns [`Wake::Work`] when work may be waiting (a
+/// wake-up may be spurious: poll and call again), [`Wake::Deadline`] when the
+/// deadline passed without any.
+pub fn wait_for_any(
+    channels: &mut [Channel],
+    deadline: Option<Instant>,
+) -> Result<Wake, ChannelError> {
+    wait_for_any_polling(channels, placement::poll_us(0), deadline)
 }
 
-/// The receive loop's idle step over all of a guest's channels: poll them all for up
-/// to `poll_us`, then announce sleep on each, re-check, and halt until any peer (or the
-/// VMM) kicks. Returns when work may be waiting on some channel.
-pub fn wait_for_any(channels: &mut [Channel], poll_us: u32) -> Result<(), ChannelError> {
+/// [`wait_for_any`] with an explicit poll budget instead of the placement's.
+pub fn wait_for_any_polling(
+    channels: &mut [Channel],
+    poll_us: u32,
+    deadline: Option<Instant>,
+) -> Result<Wake, ChannelError> {
+    let wake = wait(channels, poll_us, deadline)?;
+    IDLE.store(wake == Wake::Deadline, Ordering::Relaxed);
+    Ok(wake)
+}
+
+fn wait(
+    channels: &mut [Channel],
+    poll_us: u32,
+    deadline: Option<Instant>,
+) -> Result<Wake, ChannelError> {
     for c in channels.iter_mut() {
         c.flush()?;
     }
-    let ticks = u64::from(poll_us) * boot_info().tsc_khz.max(1) / 1000;
-    let start = rdtsc();
+    let passed = |now: Instant| deadline.is_some_and(|d| now >= d);
+    let start = Instant::now();
+    let budget = if IDLE.load(Ordering::Relaxed) {
+        Duration::ZERO
+    } else {
+        Duration::from_micros(u64::from(poll_us))
+    };
     loop {
         for c in channels.iter_mut() {
             if c.has_incoming()? {
-                return Ok(());
+                return Ok(Wake::Work);
             }
         }
-        if rdtsc().wrapping_sub(start) >= ticks {
+        let now = Instant::now();
+        if passed(now) {
+            return Ok(Wake::Deadline);
+        }
+        if now.duration_since(start) >= budget {
             break;
         }
         core::hint::spin_loop();
@@ -215,12 +256,23 @@ pub fn wait_for_any(channels: &mut [Channel], poll_us: u32) -> Result<(), Channe
             for c in &mut channels[..i] {
                 c.end_sleep()?;
             }
-            return Ok(());
+            return Ok(Wake::Work);
         }
     }
-    ring0::halt();
+    match deadline {
+        Some(d) => time::halt_until(d),
+        None => ring0::halt(),
+    }
     for c in channels.iter_mut() {
         c.end_sleep()?;
     }
-    Ok(())
+    if !passed(Instant::now()) {
+        return Ok(Wake::Work);
+    }
+    for c in channels.iter_mut() {
+        if c.has_incoming()? {
+            return Ok(Wake::Work);
+        }
+    }
+    Ok(Wake::Deadline)
 }

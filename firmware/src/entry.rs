@@ -1,12 +1,14 @@
 //! The image's first bytes and its only hand-written code: the firmware header, the
-//! ring-3 entry point, and ring 0 (exception stubs, whose #GP handler is the stub that
-//! performs `hlt`, `rdmsr` and `wrmsr` for ring 3, and the interrupt entry).
+//! ring-3 entry point, and ring 0: the exception stubs (the #BP stub is the halt gate;
+//! the #GP handler performs `hlt`, `rdmsr` and `wrmsr` for ring 3) and the interrupt
+//! entries, which return to ring 3 straight through the halt's frame.
 //!
 //! Ring-0 code here uses general-purpose registers only: no SSE, no x87, no Rust
 //! (the compiler may emit SSE), because guest ring 0 may be emulated.
 
 use compart_abi::{
-    lapic, msr, ports, FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, GP_VECTOR, IMAGE_GPA,
+    lapic, msr, ports, FirmwareHeader, ABI_VERSION, EXCEPTION_STUB_SIZE, GP_VECTOR, HALT_VECTOR,
+    IMAGE_GPA,
 };
 
 core::arch::global_asm!(
@@ -38,19 +40,28 @@ core::arch::global_asm!(
     ".pushsection .text.compart_ring0, \"ax\"",
 
     // Exception stubs, {stub_size} bytes apart: push a zero error code where the CPU
-    // pushes none, then the vector.
+    // pushes none, then the vector. The halt gate's stub is the halt itself: `int3`
+    // is a trap, so the frame's RIP is already past it, and the interrupt that ends
+    // the `hlt` returns through this frame (see compart_irq_entry). The `sti` shadow
+    // covers `hlt`, so no interrupt is taken in between. The `iretq` runs only if
+    // `hlt` ever ends without an interrupt.
     ".balign {stub_size}",
     ".global compart_exception_stubs",
     "compart_exception_stubs:",
     ".irp vec, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
     ".balign {stub_size}",
-    ".if (\\vec == 8) || (\\vec == 10) || (\\vec == 11) || (\\vec == 12) || (\\vec == 13) || (\\vec == 14) || (\\vec == 17) || (\\vec == 21) || (\\vec == 29) || (\\vec == 30)",
+    ".if \\vec == {halt}",
+    "    sti",
+    "    hlt",
+    "    iretq",
+    ".elseif (\\vec == 8) || (\\vec == 10) || (\\vec == 11) || (\\vec == 12) || (\\vec == 13) || (\\vec == 14) || (\\vec == 17) || (\\vec == 21) || (\\vec == 29) || (\\vec == 30)",
     "    push \\vec",
+    "    jmp compart_exception_common",
     ".else",
     "    push 0",
     "    push \\vec",
-    ".endif",
     "    jmp compart_exception_common",
+    ".endif",
     ".endr",
 
     // Stack: [rsp] vector, +8 error code, +16 RIP, +24 CS, +32 RFLAGS, +40 RSP, +48 SS.
@@ -76,13 +87,13 @@ core::arch::global_asm!(
     "    je 12f",
     "89: pop rax",
     "    jmp 90f",
-    // hlt: the `sti` shadow covers `hlt`, so no interrupt is lost in between.
+    // hlt: step past it and drop vector and error code first, so that the hardware
+    // frame is on top when the interrupt returns through it, as for the halt gate.
     "10: pop rax",
-    "    sti",
-    "    hlt",
-    "    cli",
     "    add qword ptr [rsp + 16], 1",
     "    add rsp, 16",
+    "    sti",
+    "    hlt",
     "    iretq",
     // rdmsr / wrmsr with ring 3's own ecx, edx:eax, on the contract's MSRs only
     // (compart_abi::msr::INTERCEPTED): any other MSR (EFER, LSTAR, …) would hand ring 0
@@ -141,14 +152,22 @@ core::arch::global_asm!(
     "    hlt",
     "    jmp 91b",
 
-    // External interrupts (doorbells, kicks) only wake a halted vCPU: acknowledge and
-    // return (the xAPIC's EOI register).
+    // External interrupts (doorbells, kicks, the timer) only end a halt. Interrupts
+    // are enabled only in the halt's `sti; hlt`, so the interrupted context is always
+    // a halt whose frame is at the interrupted RSP ([rsp + 24]): acknowledge, switch
+    // to that frame, and return to ring 3 through it in one `iretq`. The frame
+    // restores ring 3's RFLAGS, so interrupts are off again.
     ".global compart_irq_entry",
     "compart_irq_entry:",
     "    push rax",
-    "    mov rax, {lapic_eoi}",
+    "    mov eax, {eoi}",
     "    mov dword ptr [rax], 0",
     "    pop rax",
+    // The same without the EOI, where the host completes interrupts on delivery
+    // (`eoi.rs` probes that at boot and points the gates here).
+    ".global compart_irq_entry_no_eoi",
+    "compart_irq_entry_no_eoi:",
+    "    mov rsp, [rsp + 24]",
     "    iretq",
     ".popsection",
 
@@ -157,8 +176,9 @@ core::arch::global_asm!(
     header_size = const core::mem::size_of::<FirmwareHeader>(),
     stub_size = const EXCEPTION_STUB_SIZE,
     gp = const GP_VECTOR,
+    halt = const HALT_VECTOR,
+    eoi = const lapic::BASE_GPA + lapic::EOI,
     fault_port = const ports::FAULT,
-    lapic_eoi = const lapic::BASE_GPA + lapic::EOI,
     image_gpa = const IMAGE_GPA,
     msr_mperf = const msr::MPERF,
     msr_aperf = const msr::APERF,

@@ -19,9 +19,15 @@
 //! - a heap (`alloc` works) over the memory the boot info hands over;
 //! - a panic handler that reports message and location to the VMM;
 //! - [`ring0`]: the few privileged operations (halt until an interrupt, MSR access),
-//!   performed by the ring-0 stub when ring 3 traps on them. The stub is hand-written
+//!   performed by the ring-0 stub when ring 3 traps on them (a halt through its own
+//!   gate, `int3`, and back through the interrupt that ends it). The stub is hand-written
 //!   assembly without SSE, because ring 0 is emulated instruction by instruction on
 //!   the machines we target and the emulator cannot execute SSE;
+//! - [`time`]: a monotonic clock from the TSC ([`time::Instant`]), and sleeping until
+//!   a deadline on the local APIC timer, with no exit to the VMM;
+//! - [`eoi`]: whether this host needs the interrupt entry's EOI (probed at boot);
+//! - [`lapic`]: the local APIC, which ring 3 reaches directly (self-interrupts, the
+//!   in-service register);
 //! - [`exit`]: end the guest with a status the VMM reports.
 #![no_std]
 // Only guests run this crate: the host workspace lints it (`cargo clippy --workspace
@@ -36,13 +42,16 @@ pub mod channel;
 pub mod cmdline;
 pub mod console;
 mod entry;
+pub mod eoi;
 mod heap;
+pub mod lapic;
 mod mem;
 mod panic;
 pub mod placement;
 pub mod pstate;
 pub mod ring0;
 pub mod server;
+pub mod time;
 
 pub use compart_abi as abi;
 pub use compart_abi::BootInfo;
@@ -115,6 +124,7 @@ extern "C" fn compart_rust_start(info: *const BootInfo, vcpu: u64) -> ! {
         }
     }
     heap::init(info);
+    eoi::probe();
     acpi::report();
     // SAFETY: `compart_main` is defined by the guest image through `entry!`.
     let status = unsafe { compart_main(info) };

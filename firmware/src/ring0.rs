@@ -1,13 +1,16 @@
 //! Privileged operations, performed for ring 3 by the ring-0 stub (see `entry.rs` and
-//! "Entering ring 0" in `compart_abi`): the instruction traps with #GP and the stub
-//! executes it. Each costs an exception round trip through emulated ring 0, so these
-//! belong off the fast path.
+//! "Entering ring 0" in `compart_abi`). A halt enters ring 0 through its own gate
+//! (`int3`) and comes back through the interrupt that ends it: about four emulated
+//! instructions. An MSR access traps with #GP and the stub executes it: an exception
+//! round trip through emulated ring 0 with some twenty instructions, so MSRs belong
+//! off the fast path.
 
-/// Sleeps until an interrupt arrives (a doorbell, or the VMM's kick).
+/// Sleeps until an interrupt arrives (a doorbell, the timer, or the VMM's kick).
 pub fn halt() {
-    // SAFETY: `hlt` traps to the stub, which halts with interrupts enabled and
-    // returns past the instruction; no register or memory of ours changes.
-    unsafe { core::arch::asm!("hlt", options(nomem, nostack, preserves_flags)) };
+    // SAFETY: `int3` enters the halt gate, whose stub halts with interrupts enabled;
+    // the interrupt returns to the next instruction with our registers, flags and
+    // stack as they were (ring 0 runs on its own stack).
+    unsafe { core::arch::asm!("int3", options(nomem, nostack, preserves_flags)) };
 }
 
 /// Reads an MSR. `None` when the VMM refused the access.

@@ -7,7 +7,6 @@ use alloc::vec::Vec;
 pub use compart_kit::server::*;
 
 use crate::channel::{self, Channel, Doorbell, OpenError};
-use crate::placement;
 
 /// A server over every channel of this guest that opens, with `handler(peer, channel)`
 /// as each one's handler; and the channels that could not be opened, with the reason.
@@ -40,6 +39,9 @@ fn idle(
     channels: &mut [Channel],
     poll_us: Option<u32>,
 ) -> Result<(), compart_channel::ChannelError> {
-    let poll = poll_us.unwrap_or_else(|| placement::poll_us(0));
-    channel::wait_for_any(channels, poll)
+    match poll_us {
+        Some(us) => channel::wait_for_any_polling(channels, us, None),
+        None => channel::wait_for_any(channels, None),
+    }
+    .map(drop)
 }

@@ -43,14 +43,29 @@
 //!
 //! # Entering ring 0
 //!
-//! Ring 3 executes the privileged instruction itself (`hlt`, `rdmsr`, `wrmsr`). That
-//! raises #GP, whose ring-0 handler (the firmware's stub) checks the faulting
-//! instruction, performs it, and returns past it. `rdmsr` and `wrmsr` keep their
-//! architectural registers (`ecx` = MSR, `edx:eax` = value); the stub returns with CF
-//! set when the access was refused (the VMM made it fault) and with CF clear
-//! otherwise. Neither `syscall` nor `int n` is used: not every host we run on delivers
-//! them to a guest's ring 0. The #GP gate has no IST, so the stub takes a nested #GP
-//! (a refused access) on its own stack; every other gate uses IST1.
+//! **Halting** is the one operation on the fast path, so it has its own gate: ring 3
+//! executes `int3` ([`HALT_VECTOR`], a DPL-3 interrupt gate) and the gate's stub is
+//! just `sti; hlt`. The interrupt that ends the halt returns to ring 3 directly,
+//! through the halt's own frame (its entry reloads RSP from the interrupted frame and
+//! executes `iretq` once), so a halt costs two event deliveries and about four ring-0
+//! instructions. A plain `hlt` in ring 3 also halts (through #GP, below) and returns
+//! the same way, past the `hlt`.
+//!
+//! The other privileged instructions, `rdmsr` and `wrmsr`, ring 3 executes itself.
+//! That raises #GP, whose ring-0 handler (the firmware's stub) checks the faulting
+//! instruction, performs it, and returns past it. They keep their architectural
+//! registers (`ecx` = MSR, `edx:eax` = value); the stub returns with CF set when the
+//! access was refused (the VMM made it fault) and with CF clear otherwise. Neither
+//! `syscall` nor `int n` is used: not every host we run on delivers them to a guest's
+//! ring 0 (`int3` is delivered everywhere). The #GP and halt gates and every interrupt
+//! gate have no IST: the stub takes a nested #GP (a refused access) on its own stack,
+//! and an interrupt, which only ever arrives inside a halt, lands below the halt's
+//! frame. The other exception gates use IST1.
+//!
+//! Ring 3 also reaches the local APIC directly (its page is mapped like the rest of
+//! the low 4 GiB; see [`lapic`]): the firmware arms the APIC timer and reads the
+//! in-service register with plain loads and stores, which the in-kernel LAPIC serves
+//! without an exit to the VMM.
 #![no_std]
 
 pub mod acpi;
@@ -100,10 +115,11 @@ pub mod percpu {
     pub const IO_BITMAP: u64 = TSS + TSS_SIZE;
     /// Size of the I/O permission bitmap including its terminating byte.
     pub const IO_BITMAP_SIZE: u64 = 8192 + 1;
-    /// Top of the ring-0 stack (TSS.RSP0): the #GP gate has no IST, so that the stub
-    /// may take a nested #GP (a refused MSR access) on its own stack.
+    /// Top of the ring-0 stack (TSS.RSP0): the #GP, halt and interrupt gates have no
+    /// IST, so that the stub may take a nested #GP (a refused MSR access) on its own
+    /// stack and an interrupt lands below the halt's frame.
     pub const RING0_STACK_TOP: u64 = 0x5000;
-    /// Top of the interrupt stack (TSS.IST1) for exceptions and interrupts.
+    /// Top of the interrupt stack (TSS.IST1) for the other exceptions.
     pub const IST1_STACK_TOP: u64 = 0x8000;
 }
 
@@ -157,6 +173,26 @@ pub mod lapic {
     pub const SVR: u64 = 0xF0;
     /// The SVR's APIC software-enable bit.
     pub const SVR_ENABLE: u32 = 1 << 8;
+    /// In-service register: 8 registers of 32 vectors each, 16 bytes apart.
+    pub const ISR_BASE: u64 = 0x100;
+    /// Interrupt request register (pending vectors), laid out like the ISR.
+    pub const IRR_BASE: u64 = 0x200;
+    /// Interrupt command register, low half: a write sends the interrupt.
+    pub const ICR_LOW: u64 = 0x300;
+    /// Local vector table entry of the timer: vector, mask (bit 16), mode (bits 17–18).
+    pub const LVT_TIMER: u64 = 0x320;
+    /// Timer initial count: a write starts the count-down (0 stops the timer).
+    pub const TIMER_INITIAL_COUNT: u64 = 0x380;
+    /// Timer current count.
+    pub const TIMER_CURRENT_COUNT: u64 = 0x390;
+    /// Timer divide configuration.
+    pub const TIMER_DIVIDE: u64 = 0x3E0;
+    /// ICR: fixed delivery to this APIC itself (destination shorthand "self").
+    pub const ICR_SELF: u32 = 1 << 18;
+    /// LVT: the entry is masked.
+    pub const LVT_MASKED: u32 = 1 << 16;
+    /// Timer divide configuration value for "divide by 1".
+    pub const DIVIDE_BY_1: u32 = 0b1011;
 }
 
 /// The I/O APIC of KVM's in-kernel irqchip.
@@ -423,6 +459,10 @@ pub mod ports {
 
 /// The #GP vector, whose handler is the ring-0 stub.
 pub const GP_VECTOR: u8 = 13;
+/// The halt gate: `int3` from ring 3 halts until the next interrupt (DPL 3).
+pub const HALT_VECTOR: u8 = 3;
+/// The vector of the local APIC timer (a guest's deadline).
+pub const TIMER_VECTOR: u8 = 0x3e;
 /// The vector of the spurious interrupt (LAPIC SVR).
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -443,7 +483,10 @@ pub struct FirmwareHeader {
     /// Ring-0 handlers of the 32 exception vectors, [`EXCEPTION_STUB_SIZE`] bytes apart.
     /// The #GP handler is the ring-0 stub (see the crate doc, "Entering ring 0").
     pub exception_stubs: u64,
-    /// Ring-0 handler of all external interrupts (vectors 32..=255).
+    /// Ring-0 handler of all external interrupts (vectors 32..=255). It returns to
+    /// ring 3 through the frame of the halt it ended. The IDT is guest memory: the
+    /// firmware may repoint these gates at its other entries (it does after its EOI
+    /// probe at boot).
     pub irq_entry: u64,
 }
 
@@ -456,8 +499,9 @@ impl FirmwareHeader {
 pub const EXCEPTION_STUB_SIZE: u64 = 32;
 
 /// Version of this ABI; the VMM refuses images built against another. 4: the page
-/// tables give each area its access rights (see the memory map) and the ring-0 stub
-/// performs `rdmsr`/`wrmsr` only on the MSRs of [`msr::INTERCEPTED`].
+/// tables give each area its access rights (see the memory map), the ring-0 stub
+/// performs `rdmsr`/`wrmsr` only on the MSRs of [`msr::INTERCEPTED`], and ring 3
+/// halts through the [`HALT_VECTOR`] gate, woken interrupts returning straight to it.
 pub const ABI_VERSION: u32 = 4;
 
 /// Maximum length of a guest's name.

@@ -159,7 +159,7 @@ impl Client<'_> {
     /// Waits for work with the `poll=` override, or as the placement page says.
     fn idle(&mut self) {
         let poll = self.poll.unwrap_or_else(|| placement::poll_us(0));
-        channel::wait_for_any(core::slice::from_mut(self.ch), poll).expect("wait");
+        channel::wait_for_any_polling(core::slice::from_mut(self.ch), poll, None).expect("wait");
     }
 
     /// Sends `req`; `false` when the queue or the database is full.

@@ -18,14 +18,32 @@
 //! - `pstate-control=V`: write the raw control value V (hex) and report the outcome;
 //! - `flood=MS`: write an invalid PERF_CTL value as fast as it can for MS milliseconds
 //!   (a hostile guest: the VMM must not slow the others or its log).
+//! - `wake=N`: N times each through the halt gate (`int3`) and through `hlt` (#GP),
+//!   and through the interrupt entry with the EOI and (where the host allows it)
+//!   without: send itself an interrupt, halt, and check that the wake-up came back to
+//!   ring 3 right after the halt, with registers intact; print the time per
+//!   halt-and-wake;
+//! - `eoi`: print what the boot probe found (whether interrupts enter without EOI);
+//! - `sleep=A,B,…`: sleep A, B, … microseconds on the APIC timer (no doorbell) and
+//!   print the time slept and the error of each;
+//! - `timer-modes`: compare the two ways to arm a deadline (APIC one-shot count by
+//!   MMIO from ring 3, TSC-deadline MSR through the ring-0 stub): cost to arm, and
+//!   whether each ends a halt;
+//! - `tick=US`: open every channel and wait on them with a deadline every US
+//!   microseconds, forever (an idle server with a periodic timer; it serves nothing,
+//!   so its peers must stay quiet).
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+use core::time::Duration;
+
+use compart_firmware::channel::{self, Channel};
 use compart_firmware::cmdline::{self, Hex};
-use compart_firmware::pstate::{self, rdtsc};
-use compart_firmware::{abi, println, ring0, BootInfo};
+use compart_firmware::pstate;
+use compart_firmware::time::{self, Instant};
+use compart_firmware::{abi, lapic, println, ring0, BootInfo};
 
 compart_firmware::entry!(main);
 
@@ -58,9 +76,9 @@ fn main(info: &'static BootInfo) -> i32 {
                 let sum: u64 = v.iter().sum();
                 println!("heap ok: sum {sum}");
             }
-            "freq" => freq(info, value),
-            "switch" => switch(info, word.parse().unwrap_or(100)),
-            "flood" => flood(info, word.parse().unwrap_or(1000)),
+            "freq" => freq(value),
+            "switch" => switch(word.parse().unwrap_or(100)),
+            "flood" => flood(word.parse().unwrap_or(1000)),
             "pstate-control" => {
                 let Hex(v) = word.parse().unwrap_or(Hex(0));
                 match pstate::write_control(v) {
@@ -74,6 +92,18 @@ fn main(info: &'static BootInfo) -> i32 {
                     ),
                 }
             }
+            "wake" => {
+                if !wake(value.parse().unwrap_or(1000)) {
+                    status = 1;
+                }
+            }
+            "eoi" => println!(
+                "eoi: host completes interrupts on delivery: {}",
+                compart_firmware::eoi::host_completes_interrupts()
+            ),
+            "sleep" => sleep(value),
+            "timer-modes" => timer_modes(),
+            "tick" => tick(value.parse().unwrap_or(1000)),
             "halt" => loop {
                 ring0::halt();
             },
@@ -132,25 +162,21 @@ fn work(iterations: u64) -> u64 {
     x
 }
 
-fn tsc_us(info: &BootInfo, ticks: u64) -> u64 {
-    ticks * 1000 / info.tsc_khz.max(1)
-}
-
-fn freq(info: &BootInfo, list: &str) {
+fn freq(list: &str) {
     // Calibrate at the current (start-up) speed: about 150 ms of work.
-    let t = rdtsc();
+    let t = Instant::now();
     work(10_000_000);
-    let per_million = ((rdtsc() - t) / 10).max(1);
-    let iterations = 1_000_000 * (150 * info.tsc_khz.max(1)) / per_million;
+    let per_million = (t.elapsed().as_nanos() / 10).max(1);
+    let iterations = (1_000_000 * 150_000_000 / per_million) as u64;
     for idx in list.split(',').filter_map(|s| s.parse::<usize>().ok()) {
         if let Err(e) = pstate::set(idx) {
             println!("freq P{idx}: cannot set: {e:?}");
             continue;
         }
         let before = pstate::sample();
-        let t = rdtsc();
+        let t = Instant::now();
         work(iterations);
-        let wall = rdtsc() - t;
+        let wall = t.elapsed();
         let after = pstate::sample();
         let ratio = match (before, after) {
             (Some(b), Some(a)) => a.ratio_since(&b),
@@ -160,7 +186,7 @@ fn freq(info: &BootInfo, list: &str) {
             "freq P{idx} {} MHz: status P{:?} loop {} us aperf/mperf {} permille",
             pstate::states().get(idx).map_or(0, |s| s.frequency_mhz),
             pstate::current(),
-            tsc_us(info, wall),
+            wall.as_micros(),
             (ratio * 1000.0) as u64
         );
     }
@@ -170,20 +196,20 @@ fn freq(info: &BootInfo, list: &str) {
 /// the write returning with the new state in effect (the VMM applies it before the
 /// vCPU resumes; under soft scaling the vCPU may then sleep out its period, which is
 /// the new speed taking effect and is included).
-fn switch(info: &BootInfo, n: u32) {
+fn switch(n: u32) {
     let slowest = pstate::states().len().saturating_sub(1);
     let mut times = alloc::vec::Vec::with_capacity(n as usize);
     for i in 0..n {
         let target = if i % 2 == 0 { slowest } else { 0 };
-        let t = rdtsc();
+        let t = Instant::now();
         if pstate::set(target).is_err() {
             println!("switch: P{target} refused");
             return;
         }
-        times.push(rdtsc() - t);
+        times.push(t.elapsed());
     }
     times.sort_unstable();
-    let at = |q: usize| tsc_us(info, times[(times.len() - 1) * q / 100] * 1000);
+    let at = |q: usize| times[(times.len() - 1) * q / 100].as_nanos();
     println!(
         "switch {n}: p50 {} ns p90 {} ns max {} ns",
         at(50),
@@ -194,14 +220,201 @@ fn switch(info: &BootInfo, n: u32) {
 
 /// Writes a PERF_CTL value no `_PSS` lists, in a loop, for `ms` milliseconds; every
 /// write should be refused.
-fn flood(info: &BootInfo, ms: u64) {
-    let end = rdtsc() + ms * info.tsc_khz.max(1);
+fn flood(ms: u64) {
+    let end = Instant::now() + Duration::from_millis(ms);
     let (mut refused, mut accepted) = (0u64, 0u64);
-    while rdtsc() < end {
+    while Instant::now() < end {
         match pstate::write_control(0xdead) {
             Ok(()) => accepted += 1,
             Err(_) => refused += 1,
         }
     }
     println!("flood: {refused} writes refused, {accepted} accepted in {ms} ms");
+}
+
+/// How a halt enters ring 0.
+#[derive(Debug, Clone, Copy)]
+enum HaltRoute {
+    /// The halt gate (what `ring0::halt` uses).
+    Int3,
+    /// A privileged `hlt`, through the #GP stub.
+    Hlt,
+}
+
+/// RFLAGS as ring 3 reads it. (On a host that runs ring 3 natively, as this one
+/// does, IF reads 1 whatever the guest's virtual IF is.)
+fn rflags() -> u64 {
+    let flags: u64;
+    // SAFETY: reads RFLAGS through the stack; changes nothing else.
+    unsafe { core::arch::asm!("pushfq", "pop {f}", f = out(reg) flags) };
+    flags
+}
+
+/// RFLAGS bits the compiler's code does not change between two reads: TF, IF, DF.
+const CONTROL_FLAGS: u64 = 0x700;
+
+/// Halts once through `route` with interrupt `vector` already pending, and checks
+/// where the wake-up returned: to ring 3 (CS.RPL 3), with IF, TF, DF and `rax`/`rdx`
+/// as they were. Returns the fault found.
+fn halt_and_check(route: HaltRoute, vector: u8, marker: u64) -> Option<&'static str> {
+    lapic::send_self(vector);
+    let before = rflags();
+    let (a, b, cs, flags): (u64, u64, u64, u64);
+    // SAFETY: both halt routes return to the next instruction with every register
+    // but the outputs declared here unchanged (that is what is being checked);
+    // `pushfq`/`pop` use the stack, so the block is not `nostack`.
+    unsafe {
+        match route {
+            HaltRoute::Int3 => core::arch::asm!(
+                "int3", "mov {cs}, cs", "pushfq", "pop {fl}",
+                inout("rax") marker => a, inout("rdx") !marker => b,
+                cs = out(reg) cs, fl = out(reg) flags),
+            HaltRoute::Hlt => core::arch::asm!(
+                "hlt", "mov {cs}, cs", "pushfq", "pop {fl}",
+                inout("rax") marker => a, inout("rdx") !marker => b,
+                cs = out(reg) cs, fl = out(reg) flags),
+        }
+    }
+    if cs & 3 != 3 {
+        Some("not in ring 3")
+    } else if (flags ^ before) & CONTROL_FLAGS != 0 {
+        Some("IF, TF or DF changed")
+    } else if a != marker || b != !marker {
+        Some("registers changed")
+    } else {
+        None
+    }
+}
+
+/// `wake=N`; false when a halt returned wrongly.
+fn wake(n: u32) -> bool {
+    /// A vector nothing else uses: only this test sends it.
+    const VECTOR: u8 = 0x30;
+    // Interrupts are taken only inside a halt (its entry returns through the halt's
+    // frame, so one taken in ring 3 would be fatal): a pending one must wait.
+    lapic::send_self(VECTOR);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(1) {}
+    if !lapic::pending(VECTOR) {
+        println!("wake: an interrupt was taken in ring 3");
+        return false;
+    }
+    ring0::halt();
+    println!("wake: an interrupt stays pending in ring 3 until the halt");
+    // Both interrupt entries, whichever the boot probe chose: the one with the EOI
+    // (what hardware-virtualised KVM uses) and, where the host allows it, the one
+    // without.
+    let completes = compart_firmware::eoi::host_completes_interrupts();
+    for with_eoi in [true, false].into_iter().filter(|&e| e || completes) {
+        compart_firmware::eoi::use_entry(VECTOR, with_eoi);
+        let entry = if with_eoi { "with EOI" } else { "without EOI" };
+        for route in [HaltRoute::Int3, HaltRoute::Hlt] {
+            let t = Instant::now();
+            for i in 0..n {
+                let marker = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                if let Some(fault) = halt_and_check(route, VECTOR, marker) {
+                    println!("wake {route:?} {entry}: halt {i} returned wrongly: {fault}");
+                    return false;
+                }
+            }
+            let ns = t.elapsed().as_nanos() / u128::from(n.max(1));
+            println!("wake {route:?} {entry}: {n} halts returned to ring 3 right after the halt, {ns} ns per halt-and-wake");
+        }
+    }
+    true
+}
+
+fn sleep(list: &str) {
+    for us in list.split(',').filter_map(|s| s.parse::<u64>().ok()) {
+        let asked = Duration::from_micros(us);
+        let t = Instant::now();
+        time::sleep(asked);
+        let slept = t.elapsed();
+        let error = slept.as_nanos() as i128 - asked.as_nanos() as i128;
+        println!(
+            "sleep {us} us: slept {} ns, error {error:+} ns",
+            slept.as_nanos()
+        );
+    }
+}
+
+/// Mean cost of `f` over `n` calls, in nanoseconds.
+fn cost(n: u32, mut f: impl FnMut()) -> u128 {
+    let t = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    t.elapsed().as_nanos() / u128::from(n)
+}
+
+/// Halts once and reports how long after `deadline` the halt ended (negative: before).
+fn woke_after(deadline: Instant) -> i128 {
+    ring0::halt();
+    let now = Instant::now();
+    if now >= deadline {
+        now.duration_since(deadline).as_nanos() as i128
+    } else {
+        -(deadline.duration_since(now).as_nanos() as i128)
+    }
+}
+
+fn timer_modes() {
+    use abi::lapic as r;
+    const TSC_DEADLINE: u32 = 0x6e0;
+    let lvt = u32::from(abi::TIMER_VECTOR);
+    // A sleep first, so that the firmware has measured the timer and set it up.
+    time::sleep(Duration::from_micros(100));
+    let far = u32::MAX;
+    let arm = cost(1000, || lapic::write(r::TIMER_INITIAL_COUNT, far));
+    lapic::write(r::TIMER_INITIAL_COUNT, 0);
+    let late = {
+        let deadline = Instant::now() + Duration::from_micros(200);
+        time::halt_until(deadline);
+        let now = Instant::now();
+        now.duration_since(deadline).as_nanos()
+    };
+    println!(
+        "timer one-shot (MMIO store from ring 3): arm {arm} ns, a 200 us halt ended {late} ns late"
+    );
+    // TSC-deadline mode: LVT mode 0b10; the deadline is a wrmsr through the stub.
+    lapic::write(r::LVT_TIMER, lvt | 2 << 17);
+    let mode = lapic::read(r::LVT_TIMER) >> 17 & 3;
+    let accepted = ring0::write_msr(TSC_DEADLINE, 0);
+    let arm = cost(1000, || {
+        ring0::write_msr(TSC_DEADLINE, u64::MAX);
+    });
+    let deadline = Instant::now() + Duration::from_micros(200);
+    let woke = if mode == 2 && accepted {
+        ring0::write_msr(TSC_DEADLINE, deadline.tsc());
+        woke_after(deadline)
+    } else {
+        0
+    };
+    ring0::write_msr(TSC_DEADLINE, 0);
+    lapic::write(r::LVT_TIMER, lvt);
+    println!(
+        "timer TSC-deadline (wrmsr 0x6e0 through the stub): LVT mode {mode}, MSR accepted {accepted}, arm {arm} ns, a 200 us halt ended {woke} ns after the deadline"
+    );
+}
+
+fn tick(period_us: u64) {
+    let mut chans: alloc::vec::Vec<Channel> = (0..channel::count())
+        .filter_map(|i| channel::open(i).ok())
+        .collect();
+    println!(
+        "tick: waiting on {} channel(s) with a deadline every {period_us} us",
+        chans.len()
+    );
+    let period = Duration::from_micros(period_us.max(1));
+    let mut next = Instant::now() + period;
+    loop {
+        match channel::wait_for_any(&mut chans, Some(next)) {
+            Ok(channel::Wake::Deadline) => next = next + period,
+            Ok(channel::Wake::Work) => {}
+            Err(e) => {
+                println!("tick: a channel broke: {e:?}");
+                chans.clear();
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use compart_abi::{
     percpu, percpu_gpa, ports, selectors, FirmwareHeader, EXCEPTION_STUB_SIZE, GP_VECTOR,
+    HALT_VECTOR,
 };
 
 /// A flat 64-bit code or data segment descriptor.
@@ -68,23 +69,19 @@ fn gate(handler: u64, dpl: u8, ist: u8) -> [u8; 16] {
 }
 
 /// The IDT: the firmware's exception stubs for vectors 0–31 and its interrupt entry
-/// for 32–255, all ring-0 only. Every gate uses IST1 except #GP, the ring-0 stub,
-/// which must be able to nest (see "Entering ring 0" in `compart_abi`).
+/// for 32–255. Only the halt gate may be called from ring 3 (`int3`). The ring-0 stub
+/// (#GP) must be able to nest, and an interrupt arrives only inside a halt and
+/// returns through the halt's frame on the same stack, so those gates have no IST;
+/// the other exceptions use IST1 (see "Entering ring 0" in `compart_abi`).
 pub fn idt(header: &FirmwareHeader) -> Vec<u8> {
     let mut idt = Vec::with_capacity(256 * 16);
     for vector in 0..=255u8 {
+        let stub = header.exception_stubs + u64::from(vector) * EXCEPTION_STUB_SIZE;
         let g = match vector {
-            GP_VECTOR => gate(
-                header.exception_stubs + u64::from(vector) * EXCEPTION_STUB_SIZE,
-                0,
-                0,
-            ),
-            0..=31 => gate(
-                header.exception_stubs + u64::from(vector) * EXCEPTION_STUB_SIZE,
-                0,
-                1,
-            ),
-            _ => gate(header.irq_entry, 0, 1),
+            HALT_VECTOR => gate(stub, 3, 0),
+            GP_VECTOR => gate(stub, 0, 0),
+            0..=31 => gate(stub, 0, 1),
+            _ => gate(header.irq_entry, 0, 0),
         };
         idt.extend_from_slice(&g);
     }
@@ -126,7 +123,7 @@ mod tests {
     }
 
     #[test]
-    fn no_gate_is_callable_from_ring_3() {
+    fn only_the_halt_gate_is_callable_from_ring_3() {
         let h = FirmwareHeader {
             magic: FirmwareHeader::MAGIC,
             abi_version: 1,
@@ -137,18 +134,25 @@ mod tests {
         };
         let idt = idt(&h);
         let g = |v: usize| &idt[v * 16..v * 16 + 16];
+        assert_eq!(g(3)[5], 0xee, "present, DPL 3, interrupt gate");
         assert!(
-            (0..256).all(|v| g(v)[5] == 0x8e),
+            (0..256).filter(|&v| v != 3).all(|v| g(v)[5] == 0x8e),
             "present, DPL 0, interrupt gate"
         );
         assert_eq!(g(14)[4], 1, "exceptions run on IST1");
         assert_eq!(g(13)[4], 0, "the #GP stub nests on its own stack");
+        assert_eq!(g(3)[4], 0, "the halt stays on the ring-0 stack");
+        assert!(
+            (32..256).all(|v| g(v)[4] == 0),
+            "interrupts land below the halt's frame"
+        );
         let off = |b: &[u8]| {
             u64::from(u16::from_le_bytes([b[0], b[1]]))
                 | u64::from(u16::from_le_bytes([b[6], b[7]])) << 16
                 | u64::from(u32::from_le_bytes([b[8], b[9], b[10], b[11]])) << 32
         };
         assert_eq!(off(g(14)), 0x20_0100 + 14 * EXCEPTION_STUB_SIZE);
+        assert_eq!(off(g(3)), 0x20_0100 + 3 * EXCEPTION_STUB_SIZE);
         assert_eq!(off(g(0x40)), 0x20_0500);
     }
 }
