@@ -21,6 +21,7 @@ core::arch::global_asm!(
     ".quad _start",
     ".quad compart_exception_stubs",
     ".quad compart_irq_entry",
+    ".quad compart_irq_entry_no_eoi",
     ".popsection",
     // The link address the ABI expects; firmware/link.ld asserts that it links there.
     ".globl compart_abi_image_gpa",
@@ -96,9 +97,12 @@ core::arch::global_asm!(
     "    hlt",
     "    iretq",
     // rdmsr / wrmsr with ring 3's own ecx, edx:eax, on the contract's MSRs only
-    // (compart_abi::msr::INTERCEPTED): any other MSR (EFER, LSTAR, …) would hand ring 0
+    // (compart_abi::msr::INTERCEPTED, and TSC_DEADLINE for the timer of a guest whose
+    // APIC page ring 3 cannot reach): any other MSR (EFER, LSTAR, …) would hand ring 0
     // to ring 3, so it is refused like an access the VMM refuses.
     "11: pop rax",
+    "    cmp ecx, {msr_tsc_deadline}",
+    "    je 13f",
     "    cmp ecx, {msr_mperf}",
     "    je 13f",
     "    cmp ecx, {msr_aperf}",
@@ -113,6 +117,8 @@ core::arch::global_asm!(
     "    rdmsr",
     "    jmp 20f",
     "12: pop rax",
+    "    cmp ecx, {msr_tsc_deadline}",
+    "    je 14f",
     "    cmp ecx, {msr_mperf}",
     "    je 14f",
     "    cmp ecx, {msr_aperf}",
@@ -184,6 +190,7 @@ core::arch::global_asm!(
     msr_aperf = const msr::APERF,
     msr_perf_status = const msr::PERF_STATUS,
     msr_perf_ctl = const msr::PERF_CTL,
+    msr_tsc_deadline = const msr::TSC_DEADLINE,
 );
 
 // The stub's allow-list above names each MSR of the contract.

@@ -9,20 +9,19 @@
 //!
 //! [`probe`] finds out at boot: it sends itself an interrupt, halts through the entry
 //! without the EOI, and reads whether the interrupt is still in service. Only if it
-//! is not does it point every interrupt gate at that entry; otherwise it completes
-//! the probe's interrupt and leaves the gates as the VMM built them.
+//! is not does it have every interrupt gate point at that entry; otherwise it
+//! completes the probe's interrupt and leaves the gates as the VMM built them. The IDT
+//! is not writable from ring 3, so the gates change through the VMM
+//! (`ports::IRQ_ENTRY`), which takes the entries from the image's header.
+//!
+//! Only a guest of one vCPU probes: ring 3 reaches the APIC page only there
+//! ([`compart_abi::lapic_user_accessible`]). Others keep the EOI.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use compart_abi::{IDT_GPA, TIMER_VECTOR};
+use compart_abi::{lapic_user_accessible, ports, IrqEntry, TIMER_VECTOR};
 
-use crate::{lapic, ring0};
-
-// Labels in `entry.rs`; only their addresses are taken.
-extern "C" {
-    static compart_irq_entry: u8;
-    static compart_irq_entry_no_eoi: u8;
-}
+use crate::{boot_info, lapic, ring0};
 
 static HOST_COMPLETES: AtomicBool = AtomicBool::new(false);
 
@@ -32,34 +31,11 @@ pub fn host_completes_interrupts() -> bool {
     HOST_COMPLETES.load(Ordering::Relaxed)
 }
 
-/// Points interrupt gate `vector` at `handler`.
-fn set_gate(vector: u8, handler: u64) {
-    let gate = (IDT_GPA + 16 * u64::from(vector)) as *mut u64;
-    // SAFETY: the IDT is 256 16-byte gates at IDT_GPA, identity-mapped and writable
-    // by the guest (it is the guest's own table). Only the low quadword changes: the
-    // firmware's entries share their upper 32 address bits (checked below), so one
-    // aligned 8-byte store switches the gate atomically for any vCPU that takes it.
-    unsafe {
-        let high = core::ptr::read_volatile(gate.add(1)) & 0xffff_ffff;
-        assert_eq!(
-            high,
-            handler >> 32,
-            "firmware entries share their upper address bits"
-        );
-        let low = core::ptr::read_volatile(gate);
-        // Offset bits 0–15 are bits 0–15 of the gate, bits 16–31 its bits 48–63.
-        let low =
-            (low & 0x0000_ffff_ffff_0000) | (handler & 0xffff) | ((handler >> 16) & 0xffff) << 48;
-        core::ptr::write_volatile(gate, low);
-    }
-}
-
-/// The addresses of the interrupt entries with and without the EOI.
-fn entries() -> (u64, u64) {
-    (
-        core::ptr::addr_of!(compart_irq_entry) as u64,
-        core::ptr::addr_of!(compart_irq_entry_no_eoi) as u64,
-    )
+/// Asks the VMM to point the gates of `request` at the entry it names.
+fn request(request: IrqEntry) {
+    // SAFETY: IRQ_ENTRY is one of the ports ring 3 may write; the VMM rewrites the
+    // IDT, which this guest only reads (one vCPU: no gate changes under another).
+    unsafe { crate::outl(ports::IRQ_ENTRY, request.encode()) };
 }
 
 /// Points interrupt `vector` (32–255) at the entry with the EOI or at the one without,
@@ -67,18 +43,30 @@ fn entries() -> (u64, u64) {
 /// entry without the EOI is only safe for a vector where [`host_completes_interrupts`].
 ///
 /// # Panics
-/// If `vector` is an exception vector (below 32).
+/// If `vector` is an exception vector (below 32), or the guest has more than one
+/// vCPU (its gates are the VMM's to keep).
 pub fn use_entry(vector: u8, with_eoi: bool) {
     assert!(vector >= 32, "vector {vector} is an exception");
-    let (with, without) = entries();
-    set_gate(vector, if with_eoi { with } else { without });
+    assert!(
+        lapic_user_accessible(boot_info().vcpu_count),
+        "only a guest of one vCPU chooses its interrupt entries"
+    );
+    request(IrqEntry {
+        vector: Some(vector),
+        without_eoi: !with_eoi,
+    });
 }
 
 /// Runs the probe (once, on vCPU 0 before the guest's main): costs a self-interrupt,
-/// one halt and a few APIC accesses.
+/// one halt, a few APIC accesses and two exits to the VMM.
 pub(crate) fn probe() {
-    let (with_eoi, without) = entries();
-    set_gate(TIMER_VECTOR, without);
+    if !lapic_user_accessible(boot_info().vcpu_count) {
+        return;
+    }
+    request(IrqEntry {
+        vector: Some(TIMER_VECTOR),
+        without_eoi: true,
+    });
     lapic::send_self(TIMER_VECTOR);
     // Another interrupt (a kick) may end the halt first; halt until ours came.
     ring0::halt();
@@ -87,12 +75,16 @@ pub(crate) fn probe() {
     }
     let completes = !lapic::in_service(TIMER_VECTOR);
     if completes {
-        for v in 32..=255u8 {
-            set_gate(v, without);
-        }
+        request(IrqEntry {
+            vector: None,
+            without_eoi: true,
+        });
     } else {
         lapic::end_of_interrupt();
-        set_gate(TIMER_VECTOR, with_eoi);
+        request(IrqEntry {
+            vector: Some(TIMER_VECTOR),
+            without_eoi: false,
+        });
     }
     HOST_COMPLETES.store(completes, Ordering::Relaxed);
 }

@@ -1,12 +1,15 @@
-//! The local APIC, reached from ring 3 with plain loads and stores: its page is
-//! mapped like the rest of the low 4 GiB, and KVM's in-kernel LAPIC serves every
-//! access without an exit to the VMM (`compart_abi::lapic` has the registers).
+//! The local APIC, reached from ring 3 with plain loads and stores in a guest of one
+//! vCPU (`compart_abi::lapic_user_accessible`: there its page is mapped for ring 3),
+//! and KVM's in-kernel LAPIC serves every access without an exit to the VMM
+//! (`compart_abi::lapic` has the registers). In a guest of more vCPUs every access
+//! here faults: the firmware does not use it there.
 
 use compart_abi::lapic;
 
 /// Reads the 32-bit APIC register at offset `reg`.
 pub fn read(reg: u64) -> u32 {
-    // SAFETY: the APIC page is identity-mapped, user-accessible MMIO; every register
+    // SAFETY: the APIC page is identity-mapped MMIO (user-accessible in a one-vCPU
+    // guest; in others the access faults and stops the guest); every register
     // offset in `compart_abi::lapic` is 16-byte aligned inside it.
     unsafe { core::ptr::read_volatile((lapic::BASE_GPA + reg) as *const u32) }
 }

@@ -8,7 +8,10 @@
 //! serves without an exit to the VMM (≈ 2.6 µs here); the timer's rate against the
 //! TSC is measured once, on first use (0.5 ms of the first wait). The TSC-deadline
 //! mode works here too, but its MSR needs the ring-0 stub's `wrmsr`, a #GP round trip
-//! through emulated ring 0 (≈ 27 µs here) for every deadline.
+//! through emulated ring 0 (≈ 27 µs here) for every deadline: that is the way of a
+//! guest with more than one vCPU, whose APIC page ring 3 cannot reach
+//! ([`compart_abi::lapic_user_accessible`]); the VMM leaves its timer in TSC-deadline
+//! mode on [`TIMER_VECTOR`].
 //!
 //! The timer state here belongs to vCPU 0's APIC: vCPU 0 is the only vCPU that runs
 //! guest code (the others halt until the guest stops).
@@ -16,7 +19,7 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
-use compart_abi::{lapic as regs, TIMER_VECTOR};
+use compart_abi::{lapic as regs, lapic_user_accessible, msr, TIMER_VECTOR};
 
 use crate::{boot_info, lapic, pstate::rdtsc, ring0};
 
@@ -116,6 +119,13 @@ fn timer_rate() -> u64 {
 fn arm(deadline: Instant) {
     let armed = ARMED.load(Ordering::Relaxed);
     if armed == deadline.0 && armed > rdtsc() {
+        return;
+    }
+    if !lapic_user_accessible(boot_info().vcpu_count) {
+        // Ring 3 cannot reach this guest's APIC page: the VMM left the timer in
+        // TSC-deadline mode, armed through the stub's `wrmsr` (≈ 27 µs here).
+        ring0::write_msr(msr::TSC_DEADLINE, deadline.0.max(1));
+        ARMED.store(deadline.0, Ordering::Relaxed);
         return;
     }
     // The first use measures the rate first (that time counts against the deadline).

@@ -460,3 +460,64 @@ kvm_test! {
         }
     }
 }
+
+kvm_test! {
+    fn only_a_guest_of_one_vcpu_reaches_its_local_apic_and_the_others_sleep_on_the_msr_timer() {
+        // One vCPU: ring 3 reads its APIC (it arms its timer there).
+        let (state, lines) = run_selftest("one", "read-lapic", Duration::from_secs(20));
+        assert_eq!(state, GuestState::Exited(0), "{lines:?}");
+        assert!(lines.contains(&"read-lapic: SVR 0x1ff".to_string()), "{lines:?}");
+        // Two vCPUs: the APIC page is supervisor-only (an INIT/SIPI from ring 3 would
+        // start the sibling in real mode), so the read faults...
+        let two = |name: &str, cmdline: &str| {
+            format!("{}vcpus = 2\n", guest(name, cmdline, "stop-guest"))
+        };
+        let (vmm, capture) = boot(&topology(&format!(
+            "{}{}",
+            two("reader", "read-lapic"),
+            two("sleeper", "sleep=10000,1000")
+        )));
+        // A timer that never fires would leave the sleeper halted: stop it after 20 s.
+        let handle = vmm.handle();
+        let waiter = std::thread::spawn(move || vmm.wait());
+        let limit = std::time::Instant::now() + Duration::from_secs(20);
+        while !waiter.is_finished() && std::time::Instant::now() < limit {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        handle.stop();
+        let outcome = waiter.join().unwrap();
+        match outcome.state("reader") {
+            Some(GuestState::Failed(f)) => assert!(
+                f.to_string().starts_with(&format!(
+                    "page fault: ring-3 read from a supervisor-only page at {:#x} (the APICs)",
+                    compart_abi::lapic::BASE_GPA + compart_abi::lapic::SVR
+                )),
+                "{f}"
+            ),
+            other => panic!("reader: {other:?}, console {:?}", capture.of("reader")),
+        }
+        // ...and the timer runs in TSC-deadline mode through the stub instead.
+        assert_eq!(
+            outcome.state("sleeper"),
+            Some(&GuestState::Exited(0)),
+            "{:?}",
+            capture.of("sleeper")
+        );
+        let lines = capture.of("sleeper");
+        for asked_us in [10_000u64, 1000] {
+            let prefix = format!("sleep {asked_us} us: slept ");
+            let line = lines
+                .iter()
+                .find(|l| l.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("no {asked_us} us sleep: {lines:?}"));
+            let slept_ns: u64 = line[prefix.len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(slept_ns >= asked_us * 1000, "woke early: {line}");
+            assert!(slept_ns < asked_us * 1000 + 5_000_000, "{line}");
+        }
+    }
+}

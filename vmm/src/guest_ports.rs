@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use compart_abi::{ports, CONSOLE_BUF_GPA, CONSOLE_BUF_SIZE};
+use compart_abi::{ports, IrqEntry, CONSOLE_BUF_GPA, CONSOLE_BUF_SIZE, IDT_GPA};
 use kvm_bindings::kvm_regs;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -43,6 +43,31 @@ impl GuestPorts {
     }
 }
 
+impl GuestPorts {
+    /// Points the interrupt gates `request` names at the firmware entry it chose. The
+    /// handlers come from the image's header (checked to lie in the image when it was
+    /// loaded), never from the guest's request, so ring 3 chooses only between its
+    /// firmware's two entries. The guest has one vCPU, which is in this exit: no gate
+    /// changes under a vCPU taking it.
+    fn set_irq_entry(&self, (with_eoi, without_eoi): (u64, u64), request: IrqEntry) {
+        let handler = if request.without_eoi {
+            without_eoi
+        } else {
+            with_eoi
+        };
+        let gate = crate::arch::gdt::interrupt_gate(handler);
+        let vectors = match request.vector {
+            Some(v) => v..=v,
+            None => 32..=255,
+        };
+        for v in vectors {
+            let at = GuestAddress(IDT_GPA + crate::arch::gdt::gate_offset(v));
+            // The IDT lies inside guest RAM (it was written there at build time).
+            let _ = self.guest.memory.write_slice(&gate, at);
+        }
+    }
+}
+
 impl PortIo for GuestPorts {
     fn out(&mut self, port: u16, value: u64) -> Action {
         match port {
@@ -58,6 +83,15 @@ impl PortIo for GuestPorts {
                 Action::Fail(FailureKind::Panic { message })
             }
             ports::FAULT => Action::FaultReported,
+            ports::IRQ_ENTRY => match (self.guest.irq_entries, IrqEntry::decode(value as u32)) {
+                (Some(entries), Some(request)) => {
+                    self.set_irq_entry(entries, request);
+                    Action::Continue
+                }
+                // A guest of several vCPUs may not change gates under its siblings,
+                // and a value that is no request is the guest's bug: both fail it.
+                _ => Action::Fail(FailureKind::UnexpectedIo { port, write: true }),
+            },
             _ => Action::Fail(FailureKind::UnexpectedIo { port, write: true }),
         }
     }

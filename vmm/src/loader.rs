@@ -157,7 +157,9 @@ pub fn load(elf: &[u8], mem: &GuestMemoryMmap, mem_end: u64) -> Result<LoadedIma
     if header.entry != entry {
         return Err(LoadError::BadHeader("entry point differs from the ELF's"));
     }
-    if ![header.entry, header.irq_entry].into_iter().all(inside)
+    if ![header.entry, header.irq_entry, header.irq_entry_no_eoi]
+        .into_iter()
+        .all(inside)
         || !inside(header.exception_stubs + 32 * EXCEPTION_STUB_SIZE - 1)
     {
         return Err(LoadError::BadHeader(

@@ -30,7 +30,7 @@
 //!  0xE000_0000  │ placement page           │ U RO   a read-only slot, written by the VMM
 //!  0xF000_0000  │ doorbell pages           │ U      a write to page i kicks channel i's peer
 //!  0xFEC0_0000  │ I/O APIC                 │ S      ioapic::BASE_GPA
-//!  0xFEE0_0000  │ local APIC               │ S      lapic::BASE_GPA
+//!  0xFEE0_0000  │ local APIC               │ S/U    lapic::BASE_GPA; U with one vCPU
 //! ```
 //!
 //! Ring 3 can therefore neither rewrite what ring 0 runs on (page tables, IDT, GDT,
@@ -62,10 +62,11 @@
 //! and an interrupt, which only ever arrives inside a halt, lands below the halt's
 //! frame. The other exception gates use IST1.
 //!
-//! Ring 3 also reaches the local APIC directly (its page is mapped like the rest of
-//! the low 4 GiB; see [`lapic`]): the firmware arms the APIC timer and reads the
-//! in-service register with plain loads and stores, which the in-kernel LAPIC serves
-//! without an exit to the VMM.
+//! In a guest of one vCPU, ring 3 also reaches the local APIC directly (see
+//! [`lapic_user_accessible`] for why only there): the firmware arms the APIC timer and
+//! reads the in-service register with plain loads and stores, which the in-kernel
+//! LAPIC serves without an exit to the VMM. Its interrupt gates it changes through the
+//! VMM ([`ports::IRQ_ENTRY`]): the IDT is not writable from ring 3.
 #![no_std]
 
 pub mod acpi;
@@ -232,6 +233,11 @@ pub mod msr {
     pub const AMD_PSTATE_STATUS: u32 = 0xC001_0063;
     /// AMD's first P-state definition MSR.
     pub const AMD_PSTATE_DEF0: u32 = 0xC001_0064;
+    /// IA32_TSC_DEADLINE: the local APIC timer's deadline (TSC) in TSC-deadline mode.
+    /// Served by KVM's in-kernel APIC (not intercepted); the ring-0 stub performs it
+    /// for the timer of guests whose APIC page ring 3 cannot reach (see
+    /// [`crate::lapic_user_accessible`]).
+    pub const TSC_DEADLINE: u32 = 0x6E0;
 }
 
 /// One channel as a guest sees it.
@@ -451,10 +457,82 @@ pub mod ports {
     /// Ring 0 only: an unexpected exception. Registers: `rax` = vector, `rdi` = error
     /// code, `rsi` = faulting RIP, `rcx` = CR2.
     pub const FAULT: u16 = 0x50c;
+    /// `OUT` with `eax` = an [`IrqEntry`](crate::IrqEntry) request: which of the
+    /// firmware's two interrupt entries (with or without the EOI) interrupt gates use.
+    /// The VMM rewrites the IDT (which ring 3 cannot write) from the entries the
+    /// image's [`FirmwareHeader`](crate::FirmwareHeader) declares; only a guest with
+    /// one vCPU may ask (with more, a gate could change under a sibling taking it).
+    pub const IRQ_ENTRY: u16 = 0x510;
     /// Width in ports of each register.
     pub const WIDTH: u16 = 4;
     /// The ports ring 3 may use (each with its [`WIDTH`] bytes).
-    pub const RING3: [u16; 3] = [CONSOLE, EXIT, PANIC];
+    pub const RING3: [u16; 4] = [CONSOLE, EXIT, PANIC, IRQ_ENTRY];
+}
+
+/// A request on [`ports::IRQ_ENTRY`]: bits 0–7 the vector (32–255), bit 8 set for the
+/// entry without the EOI, bit 9 set for every vector 32–255 instead of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IrqEntry {
+    /// The vector, or `None` for every interrupt vector.
+    pub vector: Option<u8>,
+    /// The entry without the EOI (where the host completes interrupts on delivery).
+    pub without_eoi: bool,
+}
+
+impl IrqEntry {
+    const WITHOUT_EOI: u32 = 1 << 8;
+    const ALL: u32 = 1 << 9;
+
+    /// The value the guest writes.
+    pub const fn encode(self) -> u32 {
+        let v = match self.vector {
+            Some(v) => v as u32,
+            None => Self::ALL,
+        };
+        v | if self.without_eoi {
+            Self::WITHOUT_EOI
+        } else {
+            0
+        }
+    }
+
+    /// The request a guest wrote, or `None` for a value that is none (unknown bits, an
+    /// exception vector).
+    pub const fn decode(value: u32) -> Option<IrqEntry> {
+        if value & !(0xff | Self::WITHOUT_EOI | Self::ALL) != 0 {
+            return None;
+        }
+        let without_eoi = value & Self::WITHOUT_EOI != 0;
+        if value & Self::ALL != 0 {
+            if value & 0xff != 0 {
+                return None;
+            }
+            return Some(IrqEntry {
+                vector: None,
+                without_eoi,
+            });
+        }
+        let v = (value & 0xff) as u8;
+        if v < 32 {
+            return None;
+        }
+        Some(IrqEntry {
+            vector: Some(v),
+            without_eoi,
+        })
+    }
+}
+
+/// Whether ring 3 may reach the local APIC's page in a guest of `vcpus` vCPUs. With
+/// one vCPU it may: the firmware arms its timer with one store (≈ 2.6 µs against ≈ 27 µs
+/// through the stub's `wrmsr`) and probes whether the host needs the EOI, and the worst
+/// it can do with the APIC is stop itself (an INIT restarts it in real mode at the reset
+/// vector, where no RAM is; SMRAM is supervisor-only). With more it may not: an
+/// INIT/SIPI pair would start a sibling vCPU in real mode, that is with ring 0's
+/// privileges, at a page ring 3 wrote; those guests arm their timer in TSC-deadline
+/// mode through the stub ([`msr::TSC_DEADLINE`]) and keep the EOI.
+pub const fn lapic_user_accessible(vcpus: u32) -> bool {
+    vcpus == 1
 }
 
 /// The #GP vector, whose handler is the ring-0 stub.
@@ -483,11 +561,13 @@ pub struct FirmwareHeader {
     /// Ring-0 handlers of the 32 exception vectors, [`EXCEPTION_STUB_SIZE`] bytes apart.
     /// The #GP handler is the ring-0 stub (see the crate doc, "Entering ring 0").
     pub exception_stubs: u64,
-    /// Ring-0 handler of all external interrupts (vectors 32..=255). It returns to
-    /// ring 3 through the frame of the halt it ended. The IDT is guest memory: the
-    /// firmware may repoint these gates at its other entries (it does after its EOI
-    /// probe at boot).
+    /// Ring-0 handler of all external interrupts (vectors 32..=255), with the EOI. It
+    /// returns to ring 3 through the frame of the halt it ended. The VMM builds the IDT
+    /// with it.
     pub irq_entry: u64,
+    /// The same without the EOI, for hosts that complete interrupts on delivery: the
+    /// gates use it once the firmware asks through [`ports::IRQ_ENTRY`].
+    pub irq_entry_no_eoi: u64,
 }
 
 impl FirmwareHeader {
@@ -702,7 +782,7 @@ const _: () = assert!(
 );
 // SAFETY: as above.
 unsafe impl Pod for FirmwareHeader {}
-const _: () = assert!(core::mem::size_of::<FirmwareHeader>() == 8 + 2 * 4 + 3 * 8);
+const _: () = assert!(core::mem::size_of::<FirmwareHeader>() == 8 + 2 * 4 + 4 * 8);
 const _: () = assert!(PAGE_TABLES_GPA + PAGE_TABLE_PAGES * PAGE_SIZE <= PERCPU_GPA);
 const _: () = assert!(PERCPU_GPA + MAX_VCPUS as u64 * PERCPU_STRIDE <= ACPI_GPA);
 const _: () = assert!(ACPI_GPA + ACPI_SIZE <= IMAGE_GPA);
@@ -758,19 +838,36 @@ mod tests {
         let h = FirmwareHeader {
             magic: FirmwareHeader::MAGIC,
             abi_version: ABI_VERSION,
-            size: 40,
+            size: 48,
             entry: 0x20_1000,
             exception_stubs: 0x20_2000,
             irq_entry: 0x20_3000,
+            irq_entry_no_eoi: 0x20_3010,
         };
-        let mut raw = [0u8; 41];
+        let mut raw = [0u8; 49];
         raw[1..].copy_from_slice(h.as_bytes());
         let back = FirmwareHeader::read_from(&raw[1..]).unwrap();
         assert_eq!(
             (back.magic, back.entry, back.irq_entry),
             (h.magic, h.entry, h.irq_entry)
         );
-        assert!(FirmwareHeader::read_from(&raw[1..40]).is_none());
+        assert!(FirmwareHeader::read_from(&raw[1..48]).is_none());
+    }
+
+    #[test]
+    fn irq_entry_requests_round_trip_and_others_are_refused() {
+        for vector in [None, Some(32), Some(0x40), Some(255)] {
+            for without_eoi in [false, true] {
+                let r = IrqEntry {
+                    vector,
+                    without_eoi,
+                };
+                assert_eq!(IrqEntry::decode(r.encode()), Some(r));
+            }
+        }
+        for bad in [0, 13, 31, 1 << 10, (1 << 9) | 0x40, u32::MAX] {
+            assert_eq!(IrqEntry::decode(bad), None, "{bad:#x}");
+        }
     }
 
     #[test]

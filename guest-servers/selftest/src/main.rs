@@ -16,6 +16,8 @@
 //!   its wall time (TSC) and the APERF/MPERF ratio;
 //! - `switch=N`: time N P-state switches (P0 ↔ the slowest allowed state);
 //! - `pstate-control=V`: write the raw control value V (hex) and report the outcome;
+//! - `read-lapic`: read the local APIC's SVR from ring 3 (a guest of several vCPUs
+//!   must fault: its APIC page is supervisor-only);
 //! - `flood=MS`: write an invalid PERF_CTL value as fast as it can for MS milliseconds
 //!   (a hostile guest: the VMM must not slow the others or its log).
 //! - `wake=N`: N times each through the halt gate (`int3`) and through `hlt` (#GP),
@@ -71,6 +73,7 @@ fn main(info: &'static BootInfo) -> i32 {
             "write-idt" => write_ring0_page("IDT", abi::IDT_GPA),
             "exec-stack" => exec_stack(),
             "foreign-msr" => foreign_msr(),
+            "read-lapic" => println!("read-lapic: SVR {:#x}", lapic::read(abi::lapic::SVR)),
             "heap" => {
                 let v: alloc::vec::Vec<u64> = (0..10_000u64).collect();
                 let sum: u64 = v.iter().sum();

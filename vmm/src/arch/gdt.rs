@@ -68,6 +68,16 @@ fn gate(handler: u64, dpl: u8, ist: u8) -> [u8; 16] {
     g
 }
 
+/// Offset of interrupt gate `vector` in the IDT.
+pub fn gate_offset(vector: u8) -> u64 {
+    16 * u64::from(vector)
+}
+
+/// An interrupt gate (32–255) to `handler`, as [`idt`] builds it.
+pub fn interrupt_gate(handler: u64) -> [u8; 16] {
+    gate(handler, 0, 0)
+}
+
 /// The IDT: the firmware's exception stubs for vectors 0–31 and its interrupt entry
 /// for 32–255. Only the halt gate may be called from ring 3 (`int3`). The ring-0 stub
 /// (#GP) must be able to nest, and an interrupt arrives only inside a halt and
@@ -81,7 +91,7 @@ pub fn idt(header: &FirmwareHeader) -> Vec<u8> {
             HALT_VECTOR => gate(stub, 3, 0),
             GP_VECTOR => gate(stub, 0, 0),
             0..=31 => gate(stub, 0, 1),
-            _ => gate(header.irq_entry, 0, 0),
+            _ => interrupt_gate(header.irq_entry),
         };
         idt.extend_from_slice(&g);
     }
@@ -131,6 +141,7 @@ mod tests {
             entry: 0x20_0040,
             exception_stubs: 0x20_0100,
             irq_entry: 0x20_0500,
+            irq_entry_no_eoi: 0x20_0510,
         };
         let idt = idt(&h);
         let g = |v: usize| &idt[v * 16..v * 16 + 16];

@@ -33,6 +33,21 @@ pub fn software_enable(lapic: &mut kvm_lapic_state, spurious_vector: u8) {
     );
 }
 
+/// LVT timer mode bits (17–18): TSC-deadline.
+const LVT_TSC_DEADLINE: u32 = 0b10 << 17;
+
+/// Puts the APIC timer in TSC-deadline mode on `vector`: a write of a TSC value to
+/// IA32_TSC_DEADLINE then interrupts at that time (KVM's in-kernel APIC serves the
+/// MSR). The firmware of a guest that cannot reach its APIC page from ring 3 arms its
+/// timer this way through the ring-0 stub; one that can reprograms the LVT itself.
+pub fn tsc_deadline_timer(lapic: &mut kvm_lapic_state, vector: u8) {
+    set_reg(
+        lapic,
+        compart_abi::lapic::LVT_TIMER as usize,
+        LVT_TSC_DEADLINE | u32::from(vector),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

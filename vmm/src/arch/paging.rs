@@ -111,7 +111,8 @@ fn image_page(gpa: u64, segments: &[Segment]) -> u64 {
 
 /// The page-table pages for an image with `segments`, to be written at
 /// `PAGE_TABLES_GPA`: PML4, PDPT, 4 PDs, the PT of the low 2 MiB, the image's PTs.
-pub fn page_tables(segments: &[Segment]) -> Vec<u8> {
+/// `lapic_user`: ring 3 may reach the local APIC (a guest of one vCPU).
+pub fn page_tables(segments: &[Segment], lapic_user: bool) -> Vec<u8> {
     const GIB: u64 = 1 << 30;
     const PDS: u64 = MAPPED_LIMIT / GIB;
     let mut mem = vec![0u8; (PAGE_TABLE_PAGES * PAGE_SIZE) as usize];
@@ -131,11 +132,15 @@ pub fn page_tables(segments: &[Segment]) -> Vec<u8> {
                 page_gpa(low_pt) | TABLE
             } else if (IMAGE_GPA..IMAGE_GPA + MAX_IMAGE_SIZE).contains(&addr) {
                 page_gpa(image_pt((addr - IMAGE_GPA) / TWO_MIB)) | TABLE
+            } else if addr == lapic::BASE_GPA & !(TWO_MIB - 1) && lapic_user {
+                // A one-vCPU guest's local APIC: ring 3 arms its timer and probes the
+                // EOI itself (see `compart_abi::lapic_user_accessible`).
+                addr | USER_DATA | HUGE
             } else if addr == ioapic::BASE_GPA & !(TWO_MIB - 1)
                 || addr == lapic::BASE_GPA & !(TWO_MIB - 1)
             {
                 // The APICs: ring 0 acknowledges interrupts; ring 3 must not send
-                // IPIs (an INIT/SIPI would restart the vCPU outside ring 3).
+                // IPIs (an INIT/SIPI would start a sibling vCPU outside ring 3).
                 addr | PRESENT | WRITABLE | NO_EXECUTE | HUGE
             } else if addr == PLACEMENT_GPA & !(TWO_MIB - 1) {
                 // The placement page is a read-only slot; say so before KVM has to.
@@ -245,7 +250,7 @@ mod tests {
 
     #[test]
     fn identity_maps_everything_but_the_null_page() {
-        let t = page_tables(&SEGMENTS);
+        let t = page_tables(&SEGMENTS, false);
         assert!(translate(&t, 0).is_none());
         assert!(translate(&t, 0xfff).is_none());
         for va in [
@@ -266,7 +271,7 @@ mod tests {
 
     #[test]
     fn ring_zero_structures_are_supervisor_only_and_nothing_there_executes() {
-        let t = page_tables(&SEGMENTS);
+        let t = page_tables(&SEGMENTS, false);
         let gdt = compart_abi::percpu_gpa(3) + compart_abi::percpu::GDT;
         for (va, want) in [
             (IDT_GPA, rights(false, false, false)),
@@ -288,7 +293,7 @@ mod tests {
 
     #[test]
     fn image_pages_get_their_segments_rights_and_the_rest_is_data() {
-        let t = page_tables(&SEGMENTS);
+        let t = page_tables(&SEGMENTS, false);
         for (va, want) in [
             (IMAGE_GPA, rights(true, false, true)),
             (IMAGE_GPA + 0x3fff, rights(true, false, true)),
@@ -307,6 +312,27 @@ mod tests {
         ] {
             assert_eq!(translate(&t, va).unwrap().1, want, "{va:#x}");
         }
+    }
+
+    #[test]
+    fn only_a_one_vcpu_guest_reaches_its_local_apic_from_ring_3() {
+        let eoi = lapic::BASE_GPA + lapic::EOI;
+        let one = page_tables(&SEGMENTS, true);
+        assert_eq!(translate(&one, eoi).unwrap().1, rights(true, true, false));
+        // The I/O APIC and everything ring 0 runs on stay as they are.
+        assert_eq!(
+            translate(&one, ioapic::BASE_GPA).unwrap().1,
+            rights(false, true, false)
+        );
+        assert_eq!(
+            translate(&one, IDT_GPA).unwrap().1,
+            rights(false, false, false)
+        );
+        let several = page_tables(&SEGMENTS, false);
+        assert_eq!(
+            translate(&several, eoi).unwrap().1,
+            rights(false, true, false)
+        );
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct GuestShared {
     pub events: Arc<GuestEvents>,
     /// Its devices.
     pub mmio: Arc<MmioBus>,
+    /// The firmware's interrupt entries (with, without the EOI) that the guest may
+    /// choose between for its interrupt gates (`ports::IRQ_ENTRY`); `None` for a
+    /// guest with more than one vCPU, which may not.
+    pub irq_entries: Option<(u64, u64)>,
 }
 
 /// The VMM's handle on a running vCPU thread.

@@ -359,6 +359,8 @@ impl GuestVm {
             events: Arc::new(GuestEvents::new(name)),
             // No device is on a guest's bus yet: every MMIO exit fails the guest.
             mmio: Arc::new(MmioBus::new()),
+            irq_entries: (config.vcpus() == 1)
+                .then_some((image.header.irq_entry, image.header.irq_entry_no_eoi)),
         });
         let vcpus = (0..config.vcpus())
             .map(|i| {
@@ -497,6 +499,7 @@ fn create_vcpu(
     let mut lapic = fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
     // Doorbells and the placement kick need an enabled APIC; spurious vector 0xff.
     arch::lapic::software_enable(&mut lapic, SPURIOUS_VECTOR);
+    arch::lapic::tsc_deadline_timer(&mut lapic, compart_abi::TIMER_VECTOR);
     fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))?;
     Ok(fd)
 }
@@ -571,7 +574,13 @@ fn write_boot_state(
     write(info.as_bytes(), BOOT_INFO_GPA);
     // Built for ACPI_GPA and at most ACPI_SIZE bytes (see crate::acpi).
     write(acpi.bytes(), acpi.base_gpa());
-    write(&arch::paging::page_tables(&image.segments), PAGE_TABLES_GPA);
+    write(
+        &arch::paging::page_tables(
+            &image.segments,
+            compart_abi::lapic_user_accessible(config.vcpus()),
+        ),
+        PAGE_TABLES_GPA,
+    );
     write(&arch::gdt::idt(&image.header), IDT_GPA);
     for i in 0..config.vcpus() {
         let gdt: Vec<u8> = arch::gdt::gdt(i)
