@@ -25,19 +25,6 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::topology::{Role, Topology};
 
-/// A topology role as the boot info codes it. (The topology keeps its own `Role` for
-/// serde; the match is exhaustive, and a test checks that the names agree.)
-fn abi_role(role: Role) -> compart_abi::Role {
-    match role {
-        Role::Driver => compart_abi::Role::Driver,
-        Role::Ip => compart_abi::Role::Ip,
-        Role::Pf => compart_abi::Role::Pf,
-        Role::Tcp => compart_abi::Role::Tcp,
-        Role::Posix => compart_abi::Role::Posix,
-        Role::App => compart_abi::Role::App,
-    }
-}
-
 /// Why channels could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelSetupError {
@@ -135,7 +122,7 @@ impl GuestChannel {
         };
         c.vector = u32::from(self.vector());
         c.peer_len = compart_abi::fill_str_field(&mut c.peer, &self.peer).unwrap_or(0);
-        c.peer_role = abi_role(self.peer_role) as u32;
+        c.peer_role = self.peer_role.abi() as u32;
         c
     }
 }
@@ -219,7 +206,7 @@ mod tests {
         for r in compart_abi::Role::ALL {
             let de: value::StrDeserializer<value::Error> = r.name().into_deserializer();
             let role = Role::deserialize(de).unwrap();
-            assert_eq!(abi_role(role), r);
+            assert_eq!(role.abi(), r);
         }
     }
 }

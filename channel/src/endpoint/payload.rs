@@ -239,6 +239,20 @@ impl<N: Notifier> Endpoint<N> {
         let index = self.db.next_free().ok_or(ChannelError::NoFreeRequest)?;
         let r = self.my_pool.span(index, 0, cap);
         let off = self.guard(r)?;
+        let n = self.fill_in_place(off, len, fill)?;
+        let id = self.commit_request(opcode, inline, n, &[])?;
+        debug_assert_eq!(id.index(), index);
+        Ok(id)
+    }
+
+    /// Lets `fill` write up to `len` bytes of the buffer at `off` (already checked to lie
+    /// in this side's region) and returns how many it says it wrote, refused when more
+    /// than `len`.
+    #[inline]
+    fn fill_in_place<F>(&self, off: usize, len: usize, fill: F) -> Result<u32, ChannelError>
+    where
+        F: FnOnce(&mut PayloadMut<'_>) -> Result<usize, ChannelError>,
+    {
         let n = fill(&mut PayloadMut {
             region: self.region,
             off,
@@ -249,10 +263,7 @@ impl<N: Notifier> Endpoint<N> {
             return Err(ChannelError::PayloadTooLarge);
         }
         #[allow(clippy::cast_possible_truncation)] // n <= len <= buf_size
-        let n = n as u32;
-        let id = self.commit_request(opcode, inline, n, &[])?;
-        debug_assert_eq!(id.index(), index);
-        Ok(id)
+        Ok(n as u32)
     }
 
     /// Send a new request carrying `src`, a payload received on this or another endpoint
@@ -295,17 +306,7 @@ impl<N: Notifier> Endpoint<N> {
             .peer_pool
             .span(req.id().index(), 0, cap)
             .map_err(|_| ChannelError::PayloadTooLarge)?;
-        let n = fill(&mut PayloadMut {
-            region: self.region,
-            off,
-            cap: len,
-            _buffer: PhantomData,
-        })?;
-        if n > len {
-            return Err(ChannelError::PayloadTooLarge);
-        }
-        #[allow(clippy::cast_possible_truncation)] // n <= len <= buf_size
-        let n = n as u32;
+        let n = self.fill_in_place(off, len, fill)?;
         self.push_reply(req, status, inline, n)
     }
 

@@ -134,16 +134,23 @@ pub enum Role {
 }
 
 impl Role {
-    /// The role's name as written in topology files and boot info.
-    pub fn as_str(self) -> &'static str {
+    /// The role as the boot info codes it. (The topology keeps its own `Role` for
+    /// serde; this match is exhaustive, and a test checks that the names agree.)
+    pub fn abi(self) -> compart_abi::Role {
         match self {
-            Role::Driver => "driver",
-            Role::Ip => "ip",
-            Role::Pf => "pf",
-            Role::Tcp => "tcp",
-            Role::Posix => "posix",
-            Role::App => "app",
+            Role::Driver => compart_abi::Role::Driver,
+            Role::Ip => compart_abi::Role::Ip,
+            Role::Pf => compart_abi::Role::Pf,
+            Role::Tcp => compart_abi::Role::Tcp,
+            Role::Posix => compart_abi::Role::Posix,
+            Role::App => compart_abi::Role::App,
         }
+    }
+
+    /// The role's name as written in topology files and boot info (the ABI's
+    /// spelling, [`compart_abi::Role::name`]).
+    pub fn as_str(self) -> &'static str {
+        self.abi().name()
     }
 }
 
