@@ -1,6 +1,8 @@
 //! Helpers for tests and benchmarks that boot real guests: the KVM requirement,
 //! topologies from text, console capture, and per-thread facts from `/proc`.
 
+pub mod netns;
+
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
