@@ -265,3 +265,51 @@ fn frames_cross_a_real_tap_both_ways_through_the_device_thread() {
     thread.stop();
     drop(ns);
 }
+
+#[test]
+fn a_nic_in_a_namespace_the_vmm_creates_is_wired_reported_and_removed_with_it() {
+    if !compart_tests::require_kvm() || !require_netns() {
+        return;
+    }
+    let ns = format!("cpt-rt-{}", std::process::id());
+    let t = compart_tests::topology(&format!(
+        "[[guest]]\nname = \"drv\"\nrole = \"driver\"\nimage = \"idle\"\n\
+         [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"idle\"\n\
+         [[channel]]\na = \"drv\"\nb = \"ip\"\n\
+         [[nic]]\nguest = \"drv\"\ntap = \"cpt1\"\nnetns = \"{ns}\"\n\
+         peer_address = \"198.18.1.1/24\"\naddress = \"198.18.1.2/24\"\n"
+    ));
+    let capture = compart_tests::Capture::default();
+    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+    capture.wait_for("drv", "idle", Duration::from_secs(10));
+    let handle = vmm.handle();
+    let addr = std::process::Command::new("ip")
+        .args(["-n", &ns, "-o", "addr", "show", "dev", "cpt1"])
+        .output()
+        .unwrap();
+    let addr = String::from_utf8_lossy(&addr.stdout).to_string();
+    assert!(addr.contains("198.18.1.1/24"), "{addr}");
+    let waiter = std::thread::spawn(move || vmm.wait());
+    let status = handle
+        .request(compart_vmm::ControlRequest::Status, Duration::from_secs(10))
+        .unwrap();
+    let compart_vmm::ControlResponse::Status(report) = status else {
+        panic!("{status:?}")
+    };
+    let nic = &report.guests[0].nics[0];
+    assert_eq!(nic.name, "cpt1");
+    assert_eq!(nic.netns.as_deref(), Some(ns.as_str()));
+    assert!(!nic.active, "the idle image drives nothing");
+    assert!(nic.thread_tid > 0);
+    assert!(report.guests[1].nics.is_empty());
+    handle.stop();
+    waiter.join().unwrap();
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&ns),
+        "the namespace compart created is gone"
+    );
+}
