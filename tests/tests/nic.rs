@@ -313,3 +313,99 @@ fn a_nic_in_a_namespace_the_vmm_creates_is_wired_reported_and_removed_with_it() 
         "the namespace compart created is gone"
     );
 }
+
+/// The MAC of interface `dev` in `ns`, from `ip -o link show`.
+fn mac_of(ns: &NetNs, dev: &str) -> [u8; 6] {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns.name(), "-o", "link", "show", dev])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let after = text.split("link/ether ").nth(1).expect("an Ethernet link");
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(after[..17].split(':')) {
+        *b = u8::from_str_radix(p, 16).unwrap();
+    }
+    mac
+}
+
+#[test]
+fn a_host_interface_is_attached_through_a_macvtap_that_goes_with_the_vmm() {
+    if !require_netns() {
+        return;
+    }
+    let ns = NetNs::new("mvt").unwrap();
+    // cve0 stands in for the host's NIC; cve1 is the wire's other end.
+    ns.add_veth("cve0", "cve1").unwrap();
+    ns.ip(&["addr", "add", "198.18.2.1/24", "dev", "cve1"])
+        .unwrap();
+    ns.ip(&[
+        "neigh",
+        "add",
+        "198.18.2.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "cve1",
+    ])
+    .unwrap();
+    let t = compart_tests::topology(&format!(
+        "[[guest]]\nname = \"drv\"\nrole = \"driver\"\nimage = \"idle\"\n\
+         [[nic]]\nguest = \"drv\"\nhost_interface = \"cve0\"\nnetns = \"{}\"\n\
+         mac = \"02:00:00:00:00:02\"\n",
+        ns.name()
+    ));
+    let (host, mut backends) = compart_vmm::host_net::HostNet::open(&t).unwrap();
+    let links = |kind: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns.name(), "-o", "link", "show", "type", kind])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(links("macvtap").contains("@cve0"), "{}", links("macvtap"));
+    let tap = &mut backends[0];
+
+    // Out through the macvtap and cve0 to a socket on cve1's address.
+    let peer_mac = mac_of(&ns, "cve1");
+    let got = ns
+        .run_in(|| {
+            let sock = UdpSocket::bind("198.18.2.1:9999").unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut f = vec![0u8; NET_HDR_SIZE];
+            let mut eth = udp_frame(b"via macvtap", 7777, 9999);
+            eth[0..6].copy_from_slice(&peer_mac);
+            // udp_frame addresses 198.18.0.x; use this test's network.
+            eth[26..30].copy_from_slice(&[198, 18, 2, 2]);
+            eth[30..34].copy_from_slice(&[198, 18, 2, 1]);
+            eth[24..26].copy_from_slice(&[0, 0]);
+            let sum: u32 = eth[14..34]
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+                .sum();
+            let sum = (sum & 0xffff) + (sum >> 16);
+            let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+            eth[24..26].copy_from_slice(&sum.to_be_bytes());
+            f.extend(eth);
+            tap.send(&f).unwrap();
+            let mut buf = [0u8; 64];
+            let n = sock.recv(&mut buf).unwrap();
+            // And back: a datagram to the guest's address arrives on the macvtap.
+            sock.send_to(b"to the macvtap", "198.18.2.2:7777").unwrap();
+            buf[..n].to_vec()
+        })
+        .unwrap();
+    assert_eq!(got, b"via macvtap");
+    let mut buf = vec![0u8; 70000];
+    let mut found = false;
+    wait_until("the datagram reaches the macvtap", || {
+        while let Ok(n) = tap.recv(&mut buf) {
+            let eth = &buf[NET_HDR_SIZE..n];
+            found |= eth.len() > 42 && eth[12..14] == [8, 0] && &eth[42..] == b"to the macvtap";
+        }
+        found
+    });
+    drop(backends);
+    drop(host);
+    assert!(!links("macvtap").contains("@cve0"), "the macvtap is gone");
+}

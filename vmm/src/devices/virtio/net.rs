@@ -104,6 +104,9 @@ pub struct Net {
     offered: u64,
     active: Option<Active>,
     broken: bool,
+    /// Notifications were re-armed before the last sleep; suppress them again while
+    /// busy (without EVENT_IDX that is the used ring's NO_NOTIFY flag).
+    armed: bool,
     isr: u32,
     irq: Arc<EventFd>,
     kicks: [Arc<EventFd>; 2],
@@ -180,6 +183,7 @@ impl Net {
             offered,
             active: None,
             broken: false,
+            armed: false,
             isr: 0,
             irq,
             kicks,
@@ -461,6 +465,17 @@ impl Net {
         }
     }
 
+    /// Asks the driver not to notify `queue` while the device is busy (a no-op with
+    /// EVENT_IDX, where not moving `avail_event` does it).
+    fn quiet(&mut self, queue: u16) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        if let Err(e) = a.queues[queue as usize].disable_notification(&a.mem) {
+            self.break_ring(queue, &e);
+        }
+    }
+
     /// Re-arms notifications of `queue` before sleeping; `true` if chains arrived
     /// meanwhile.
     fn rearm(&mut self, queue: u16) -> bool {
@@ -484,6 +499,11 @@ impl Net {
         if self.active.is_none() || self.broken {
             return Round::default();
         }
+        if self.armed {
+            self.armed = false;
+            self.quiet(TX_QUEUE);
+            self.quiet(RX_QUEUE);
+        }
         let sent = self.transmit();
         let (received, waiting) = self.receive();
         if sent > 0 {
@@ -501,6 +521,7 @@ impl Net {
                 wants_rx_frames: waiting,
             };
         }
+        self.armed = true;
         let tx_more = self.rearm(TX_QUEUE);
         // Buffers waiting for frames: the TAP wakes the thread, not a kick.
         let rx_more = !waiting && self.rearm(RX_QUEUE);
@@ -966,6 +987,23 @@ mod tests {
         assert!(!r.net.process().busy);
         assert_eq!(avail_event(&r.mem, TXQ), 2);
         assert_eq!(avail_event(&r.mem, RXQ), 0);
+    }
+
+    #[test]
+    fn without_event_idx_notifications_are_off_while_busy_and_on_before_sleeping() {
+        let mut r = rig(BASE);
+        let flags = |m: &GuestMemoryMmap| -> u16 { m.read_obj(used_ring(TXQ)).unwrap() };
+        assert!(!r.net.process().busy);
+        assert_eq!(flags(&r.mem), 0, "armed before sleeping");
+        r.mem
+            .write_slice(&frame(20, 1), GuestAddress(0x10000))
+            .unwrap();
+        desc(&r.mem, TXQ, 0, 0x10000, 32, 0, 0);
+        offer(&r.mem, TXQ, &[0]);
+        assert!(r.net.process().busy);
+        assert_eq!(flags(&r.mem), 1, "VRING_USED_F_NO_NOTIFY while busy");
+        assert!(!r.net.process().busy);
+        assert_eq!(flags(&r.mem), 0);
     }
 
     #[test]
