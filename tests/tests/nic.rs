@@ -409,3 +409,57 @@ fn a_host_interface_is_attached_through_a_macvtap_that_goes_with_the_vmm() {
     drop(host);
     assert!(!links("macvtap").contains("@cve0"), "the macvtap is gone");
 }
+
+#[test]
+fn a_guest_reads_its_nic_through_mmio_exits_and_its_ip_server_gets_the_address() {
+    if !compart_tests::require_kvm() || !require_netns() {
+        return;
+    }
+    let ns = NetNs::new("mmio").unwrap();
+    let t = compart_tests::topology(&format!(
+        "[[guest]]\nname = \"drv\"\nrole = \"driver\"\nimage = \"selftest\"\ncmdline = \"nic-misuse halt\"\n\
+         [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"selftest\"\ncmdline = \"nic halt\"\n\
+         [[channel]]\na = \"drv\"\nb = \"ip\"\n\
+         [[nic]]\nguest = \"drv\"\ntap = \"cpt3\"\nnetns = \"{}\"\nmac = \"02:00:00:00:03:02\"\n\
+         mtu = 9000\nqueue_size = 128\naddress = \"198.18.3.2/24\"\ngateway = \"198.18.3.1\"\n",
+        ns.name()
+    ));
+    let capture = compart_tests::Capture::default();
+    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+    let handle = vmm.handle();
+    let waiter = std::thread::spawn(move || vmm.wait());
+    capture.wait_for("drv", "misused", Duration::from_secs(20));
+    capture.wait_for("ip", "ipv4:", Duration::from_secs(20));
+    let drv = capture.of("drv").join("\n");
+    assert!(
+        drv.contains("nic 0: window 0xd0000000+0x1000 vector 0x50 queue 128 boot-info mac [02, 00, 00, 00, 03, 02] mtu 9000"),
+        "{drv}"
+    );
+    assert!(
+        drv.contains("nic 0: magic 0x74726976 version 2 device 1 vendor 0x54525043 features 0x1"),
+        "{drv}"
+    );
+    assert!(
+        drv.contains("config mac [02, 00, 00, 00, 03, 02] mtu 9000"),
+        "{drv}"
+    );
+    let ip = capture.of("ip").join("\n");
+    assert!(ip.contains("nics: 0"), "{ip}");
+    assert!(
+        ip.contains("ipv4: [198, 18, 3, 2]/24 gateway Some([198, 18, 3, 1]) routes 0"),
+        "{ip}"
+    );
+    let status = handle
+        .request(compart_vmm::ControlRequest::Status, Duration::from_secs(10))
+        .unwrap();
+    let compart_vmm::ControlResponse::Status(report) = status else {
+        panic!("{status:?}")
+    };
+    let g = &report.guests[0];
+    assert_eq!(g.nics[0].refused_accesses, 3, "{:?}", g.nics[0]);
+    assert_eq!(g.events.refused_device_accesses, 3);
+    assert!(!g.nics[0].active);
+    handle.stop();
+    let outcome = waiter.join().unwrap();
+    assert_eq!(outcome.exit_code(), 0, "{outcome:?}");
+}
