@@ -463,3 +463,12 @@ fn a_guest_reads_its_nic_through_mmio_exits_and_its_ip_server_gets_the_address()
     let outcome = waiter.join().unwrap();
     assert_eq!(outcome.exit_code(), 0, "{outcome:?}");
 }
+
+#[test]
+fn the_example_wire_topology_is_valid_and_feeds_its_ip_server() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/wire.toml");
+    let t = compart_vmm::Topology::load(&path, &compart_vmm::host_facts()).unwrap();
+    assert_eq!(t.nics_of(0), vec![0]);
+    let ip = t.ipv4_of(1).unwrap();
+    assert_eq!(ip.address.to_string(), "198.18.0.2/24");
+}

@@ -16,6 +16,16 @@
 //! `INTERRUPT_ACK`** on the data path. The device keeps both registers correct anyway,
 //! so a standard driver works (slowly).
 //!
+//! # Receive buffers
+//!
+//! compart never offers `MRG_RXBUF`, so each receive chain must hold a whole frame
+//! with its header: `NET_HDR_SIZE + 14 + MTU` bytes, or `NET_HDR_SIZE + 65 549` once
+//! `GUEST_TSO4`/`GUEST_TSO6` are acknowledged. A frame that does not fit the chain
+//! at the head of the receive queue is dropped (and counted) and the chain is kept.
+//! Rings must be aligned as [`DESC_TABLE_ALIGN`], [`AVAIL_RING_ALIGN`] and
+//! [`USED_RING_ALIGN`] say and lie in the driver guest's RAM, or `DRIVER_OK` leaves
+//! the device in `DEVICE_NEEDS_RESET`.
+//!
 //! `QUEUE_NOTIFY` is an ioeventfd with the queue index as datamatch: a notify costs one
 //! in-kernel exit and wakes the device thread only when it sleeps. With
 //! [`F_RING_EVENT_IDX`] negotiated, both sides suppress notifications while the other

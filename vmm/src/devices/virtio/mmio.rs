@@ -9,7 +9,7 @@
 //! `FEATURES_OK` sticks only for a subset of what was offered that includes
 //! `VERSION_1`, queue registers only change while their queue is not ready, sizes are
 //! powers of two not above `QUEUE_NUM_MAX`, and `DRIVER_OK` activates the device only if
-//! every queue is ready and lies inside guest RAM (else `DEVICE_NEEDS_RESET`). A
+//! every queue is ready, aligned and inside guest RAM (else `DEVICE_NEEDS_RESET`). A
 //! refused access changes nothing and is counted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use compart_abi::virtio::*;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::VirtioDevice;
 use crate::devices::BusDevice;
@@ -34,6 +34,9 @@ pub struct MmioTransport<D> {
     status: u32,
     queue_sel: u32,
     queues: Vec<Queue>,
+    /// Each queue's descriptor table, available and used ring addresses as the
+    /// driver wrote them; checked and handed to the queue at `DRIVER_OK`.
+    addrs: Vec<[u64; 3]>,
     active: bool,
     refused: Arc<AtomicU64>,
     events: Arc<GuestEvents>,
@@ -44,6 +47,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// the guest's `events`.
     pub fn new(device: D, mem: GuestMemoryMmap, events: Arc<GuestEvents>) -> MmioTransport<D> {
         let queues = Self::fresh_queues(&device);
+        let addrs = vec![[0; 3]; queues.len()];
         MmioTransport {
             device,
             mem,
@@ -53,6 +57,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             status: 0,
             queue_sel: 0,
             queues,
+            addrs,
             active: false,
             refused: Arc::default(),
             events,
@@ -111,6 +116,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
     fn reset(&mut self) {
         self.device.reset();
         self.queues = Self::fresh_queues(&self.device);
+        self.addrs = vec![[0; 3]; self.queues.len()];
         self.active = false;
         self.status = 0;
         self.driver_features = 0;
@@ -192,12 +198,21 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 0 | 1 => q.set_ready(v == 1),
                 _ => return false,
             },
-            MMIO_QUEUE_DESC_LOW => q.set_desc_table_address(Some(v), None),
-            MMIO_QUEUE_DESC_HIGH => q.set_desc_table_address(None, Some(v)),
-            MMIO_QUEUE_DRIVER_LOW => q.set_avail_ring_address(Some(v), None),
-            MMIO_QUEUE_DRIVER_HIGH => q.set_avail_ring_address(None, Some(v)),
-            MMIO_QUEUE_DEVICE_LOW => q.set_used_ring_address(Some(v), None),
-            MMIO_QUEUE_DEVICE_HIGH => q.set_used_ring_address(None, Some(v)),
+            MMIO_QUEUE_DESC_LOW
+            | MMIO_QUEUE_DESC_HIGH
+            | MMIO_QUEUE_DRIVER_LOW
+            | MMIO_QUEUE_DRIVER_HIGH
+            | MMIO_QUEUE_DEVICE_LOW
+            | MMIO_QUEUE_DEVICE_HIGH => {
+                let which = ((offset - MMIO_QUEUE_DESC_LOW) / 0x10) as usize;
+                let high = offset & 4 != 0;
+                let a = &mut self.addrs[self.queue_sel as usize][which];
+                *a = if high {
+                    (*a & 0xffff_ffff) | (u64::from(v) << 32)
+                } else {
+                    (*a & !0xffff_ffff) | u64::from(v)
+                };
+            }
             _ => return false,
         }
         true
@@ -245,7 +260,17 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.status = v;
         if added & STATUS_DRIVER_OK != 0 {
             let mem = &self.mem;
-            if self.queues.iter().all(|q| q.is_valid(mem)) {
+            // virtio 1.2 §2.7: descriptor table 16-, available ring 2-, used ring
+            // 4-byte aligned (virtio-queue's try_set_* check it), and every ring in
+            // guest RAM (is_valid).
+            let mut ok = true;
+            for (q, a) in self.queues.iter_mut().zip(&self.addrs) {
+                ok &= q.try_set_desc_table_address(GuestAddress(a[0])).is_ok()
+                    && q.try_set_avail_ring_address(GuestAddress(a[1])).is_ok()
+                    && q.try_set_used_ring_address(GuestAddress(a[2])).is_ok()
+                    && q.is_valid(mem);
+            }
+            if ok {
                 let queues = std::mem::take(&mut self.queues);
                 self.device.activate(self.driver_features, queues, mem);
                 self.queues = Self::fresh_queues(&self.device);
@@ -495,6 +520,25 @@ mod tests {
         assert_ne!(rd(&mut t, MMIO_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
         wr(&mut t, MMIO_STATUS, 0);
         assert_eq!(rd(&mut t, MMIO_STATUS), 0);
+    }
+
+    #[test]
+    fn misaligned_rings_make_driver_ok_need_a_reset() {
+        for (reg, addr) in [
+            (MMIO_QUEUE_DESC_LOW, 0x1_0008),
+            (MMIO_QUEUE_DRIVER_LOW, 0x1_4001),
+            (MMIO_QUEUE_DEVICE_LOW, 0x1_8002),
+        ] {
+            let mut t = transport();
+            bring_up(&mut t, feature(F_VERSION_1), 64);
+            wr(&mut t, MMIO_QUEUE_SEL, 0);
+            wr(&mut t, MMIO_QUEUE_READY, 0);
+            wr(&mut t, reg, addr);
+            wr(&mut t, MMIO_QUEUE_READY, 1);
+            wr(&mut t, MMIO_STATUS, ALL_OK);
+            assert!(t.device().activated.is_none(), "register {reg:#x}");
+            assert_ne!(rd(&mut t, MMIO_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
+        }
     }
 
     #[test]

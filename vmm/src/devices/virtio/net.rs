@@ -364,7 +364,11 @@ impl Net {
     /// were used and whether buffers are left waiting for frames.
     fn receive(&mut self) -> (usize, bool) {
         let mut used = 0;
-        while used < BATCH && !self.broken {
+        // Frames dropped do not use a chain; bound them too, so that a flood of
+        // oversized frames cannot hold the device lock.
+        let mut attempts = 0;
+        while used < BATCH && attempts < 2 * BATCH && !self.broken {
+            attempts += 1;
             let Some(head) = self.next_head(RX_QUEUE) else {
                 return (used, false);
             };
