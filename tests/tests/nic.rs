@@ -191,7 +191,7 @@ fn frames_cross_a_real_tap_both_ways_through_the_device_thread() {
         mem.clone(),
         Arc::new(GuestEvents::new("test")),
     )));
-    let mut thread = NetThread::spawn(device.clone(), kicks.clone(), wake).unwrap();
+    let mut thread = NetThread::spawn(device.clone(), kicks.clone(), wake, Vec::new()).unwrap();
     bring_up(
         &mut device.lock().unwrap(),
         feature(F_VERSION_1) | feature(F_MAC) | feature(F_RING_EVENT_IDX),
@@ -300,6 +300,7 @@ fn a_nic_in_a_namespace_the_vmm_creates_is_wired_reported_and_removed_with_it() 
     assert_eq!(nic.name, "cpt1");
     assert_eq!(nic.netns.as_deref(), Some(ns.as_str()));
     assert!(!nic.active, "the idle image drives nothing");
+    assert!(nic.running);
     assert!(nic.thread_tid > 0);
     assert!(report.guests[1].nics.is_empty());
     handle.stop();
@@ -417,7 +418,7 @@ fn a_guest_reads_its_nic_through_mmio_exits_and_its_ip_server_gets_the_address()
     }
     let ns = NetNs::new("mmio").unwrap();
     let t = compart_tests::topology(&format!(
-        "[[guest]]\nname = \"drv\"\nrole = \"driver\"\nimage = \"selftest\"\ncmdline = \"nic-misuse halt\"\n\
+        "[[guest]]\nname = \"drv\"\nrole = \"driver\"\nimage = \"selftest\"\ncmdline = \"nic-misuse halt\"\ncores = [1]\n\
          [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"selftest\"\ncmdline = \"nic halt\"\n\
          [[channel]]\na = \"drv\"\nb = \"ip\"\n\
          [[nic]]\nguest = \"drv\"\ntap = \"cpt3\"\nnetns = \"{}\"\nmac = \"02:00:00:00:03:02\"\n\
@@ -459,6 +460,19 @@ fn a_guest_reads_its_nic_through_mmio_exits_and_its_ip_server_gets_the_address()
     assert_eq!(g.nics[0].refused_accesses, 3, "{:?}", g.nics[0]);
     assert_eq!(g.events.refused_device_accesses, 3);
     assert!(!g.nics[0].active);
+    // The device thread runs where its driver guest runs, and moves with it.
+    let tid = g.nics[0].thread_tid;
+    assert_eq!(compart_tests::thread_affinity(std::process::id(), tid), "1");
+    handle
+        .request(
+            compart_vmm::ControlRequest::Move {
+                guest: "drv".into(),
+                cores: vec![compart_vmm::host::HostCore(0)],
+            },
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert_eq!(compart_tests::thread_affinity(std::process::id(), tid), "0");
     handle.stop();
     let outcome = waiter.join().unwrap();
     assert_eq!(outcome.exit_code(), 0, "{outcome:?}");
@@ -471,4 +485,33 @@ fn the_example_wire_topology_is_valid_and_feeds_its_ip_server() {
     assert_eq!(t.nics_of(0), vec![0]);
     let ip = t.ipv4_of(1).unwrap();
     assert_eq!(ip.address.to_string(), "198.18.0.2/24");
+}
+
+#[test]
+fn a_nics_thread_stops_when_its_driver_guest_ends() {
+    if !compart_tests::require_kvm() || !require_netns() {
+        return;
+    }
+    let ns = NetNs::new("end").unwrap();
+    let t = compart_tests::topology(&format!(
+        "[[guest]]\nname = \"drv\"\nrole = \"driver\"\nimage = \"selftest\"\ncmdline = \"exit=0\"\n\
+         on_failure = \"stop-guest\"\n\
+         [[guest]]\nname = \"other\"\nrole = \"app\"\nimage = \"idle\"\n\
+         [[nic]]\nguest = \"drv\"\ntap = \"cpt4\"\nnetns = \"{}\"\n",
+        ns.name()
+    ));
+    let capture = compart_tests::Capture::default();
+    let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+    let handle = vmm.handle();
+    let waiter = std::thread::spawn(move || vmm.wait());
+    compart_tests::poll(Duration::from_secs(10), "the NIC thread stops", || {
+        let Ok(compart_vmm::ControlResponse::Status(r)) =
+            handle.request(compart_vmm::ControlRequest::Status, Duration::from_secs(10))
+        else {
+            return None;
+        };
+        (!r.guests[0].nics[0].running).then_some(())
+    });
+    handle.stop();
+    waiter.join().unwrap();
 }

@@ -150,6 +150,8 @@ pub struct NicStatus {
     pub features: u64,
     /// The device thread's Linux id.
     pub thread_tid: i32,
+    /// Whether the device thread runs (it stops when its driver guest ends).
+    pub running: bool,
     /// Frames sent (guest → host), their bytes, and those dropped.
     pub tx_packets: u64,
     /// Bytes sent, without virtio headers.
@@ -327,7 +329,7 @@ impl fmt::Display for StatusReport {
             for n in &g.nics {
                 writeln!(
                     f,
-                    "  nic {}{}: {} features {:#x} thread {}; tx {} packets {} bytes {} dropped; \
+                    "  nic {}{}: {} features {:#x} thread {}{}; tx {} packets {} bytes {} dropped; \
                      rx {} packets {} bytes {} dropped; refused chains {} accesses {}; \
                      notifications {}, interrupts {}, wake-ups {}, busy {} µs",
                     n.name,
@@ -338,6 +340,7 @@ impl fmt::Display for StatusReport {
                     if n.active { "active" } else { "not active" },
                     n.features,
                     n.thread_tid,
+                    if n.running { "" } else { " (stopped)" },
                     n.tx_packets,
                     n.tx_bytes,
                     n.tx_drops,
@@ -561,6 +564,7 @@ mod tests {
                     active: true,
                     features: 0x1_2000_0020,
                     thread_tid: 43,
+                    running: true,
                     tx_packets: 1,
                     tx_bytes: 2,
                     tx_drops: 3,

@@ -364,11 +364,12 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
         for (slot, device) in std::mem::take(&mut vm.nics).into_iter().enumerate() {
             let index = topology.nics_of(g)[slot];
             let w = &nic_wirings[index];
-            let thread = NetThread::spawn(device.clone(), w.kicks.clone(), w.wake.clone())
+            let cores = topology.guests[g].vcpu_cores[0].clone();
+            let thread = NetThread::spawn(device.clone(), w.kicks.clone(), w.wake.clone(), cores)
                 .map_err(|source| VmmError::Thread {
-                    what: format!("nic {}: starting its device thread", w.config.name),
-                    source,
-                })?;
+                what: format!("nic {}: starting its device thread", w.config.name),
+                source,
+            })?;
             nics.push(RunningNic {
                 index,
                 guest: g,
@@ -604,6 +605,17 @@ impl RunningVmm {
                 })?;
             }
         }
+        for n in self.nics.iter().filter(|n| n.guest == index) {
+            let tid = n.thread.tid();
+            if tid != 0 {
+                if let Err(e) = pin_thread(tid, &cores) {
+                    log::warn!(
+                        "nic {}: cannot move its thread with guest {name}: {e}",
+                        self.topology.nics[n.index].host_name()
+                    );
+                }
+            }
+        }
         self.assignment.write().unwrap().move_guest(index, &cores);
         self.pstates.repin(index);
         let fresh = self.assignment.read().unwrap().placement();
@@ -738,6 +750,7 @@ impl RunningVmm {
             active: d.is_active(),
             features: net.acked_features().unwrap_or(0),
             thread_tid: n.thread.tid(),
+            running: n.thread.is_running(),
             tx_packets: get(&c.tx_packets),
             tx_bytes: get(&c.tx_bytes),
             tx_drops: get(&c.tx_drops),
@@ -881,6 +894,12 @@ impl RunningVmm {
                 if let Some(t) = g.threads.iter_mut().find(|t| t.index == vcpu) {
                     if let Some(h) = t.handle.take() {
                         let _ = h.join();
+                    }
+                }
+                // A guest that has ended drives its NICs no more.
+                if g.finished() {
+                    for n in self.nics.iter_mut().filter(|n| n.guest == guest) {
+                        n.thread.stop();
                     }
                 }
             }

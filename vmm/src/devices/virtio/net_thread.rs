@@ -1,4 +1,5 @@
-//! One thread per NIC runs its data path (NETSTACK §A.5): it processes rounds while
+//! One thread per NIC runs its data path (NETSTACK §A.5), pinned where its driver
+//! guest's vCPU 0 runs (and moved with it): it processes rounds while
 //! there is work, and when there is none it re-arms notifications, re-checks, and
 //! sleeps in `epoll` on the queue notifies (ioeventfds), the TAP (only while the guest
 //! has receive buffers posted, so an unread TAP does not keep it awake), the
@@ -17,6 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::MmioTransport;
 use super::net::{Net, NetCounters};
+use crate::host::{pin_thread, HostCore};
 
 const STOP: u64 = 0;
 /// Receive queue notify; the transmit queue's is `KICK + 1`.
@@ -37,12 +39,13 @@ pub struct NetThread {
 }
 
 impl NetThread {
-    /// Starts the thread of `device`, which sleeps on `kicks` (receive and transmit
-    /// queue notifies) and `wake` when idle.
+    /// Starts the thread of `device`, pinned to `cores` (none: unpinned), which
+    /// sleeps on `kicks` (receive and transmit queue notifies) and `wake` when idle.
     pub fn spawn(
         device: SharedNet,
         kicks: [Arc<EventFd>; 2],
         wake: Arc<EventFd>,
+        cores: Vec<HostCore>,
     ) -> std::io::Result<NetThread> {
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let epoll = Epoll::new()?;
@@ -69,6 +72,11 @@ impl NetThread {
         let handle = std::thread::Builder::new()
             .name(format!("nic-{name}"))
             .spawn(move || {
+                if !cores.is_empty() {
+                    if let Err(e) = pin_thread(0, &cores) {
+                        log::warn!("nic {name}: cannot pin its thread: {e}");
+                    }
+                }
                 // SAFETY: gettid has no preconditions.
                 t.store(unsafe { libc::gettid() }, Ordering::Release);
                 run(&device, &epoll, &fds, &counters, &name);
@@ -83,6 +91,11 @@ impl NetThread {
     /// The thread's Linux id (0 until it runs).
     pub fn tid(&self) -> i32 {
         self.tid.load(Ordering::Acquire)
+    }
+
+    /// Whether the thread runs (it has not been stopped).
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
     }
 
     /// Stops the thread and waits for it.
