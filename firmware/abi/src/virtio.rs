@@ -26,8 +26,9 @@
 //! [`USED_RING_ALIGN`] say and lie in the driver guest's RAM, or `DRIVER_OK` leaves
 //! the device in `DEVICE_NEEDS_RESET`.
 //!
-//! `QUEUE_NOTIFY` is an ioeventfd with the queue index as datamatch: a notify costs one
-//! in-kernel exit and wakes the device thread only when it sleeps. With
+//! `QUEUE_NOTIFY` is an ioeventfd with the queue index as datamatch: a notify — a
+//! 32-bit store of the queue index, any other width or value exits to the VMM —
+//! costs one in-kernel exit and wakes the device thread only when it sleeps. With
 //! [`F_RING_EVENT_IDX`] negotiated, both sides suppress notifications while the other
 //! is busy (`avail_event` / `used_event` and [`vring_need_event`]).
 
