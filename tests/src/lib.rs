@@ -19,6 +19,8 @@
 //! marks ignored, so a run that skipped it says so. [`boot`] is the usual start:
 //! topology from text, a console capture, a running VMM.
 
+pub mod netns;
+
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};

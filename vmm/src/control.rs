@@ -130,8 +130,52 @@ pub struct GuestStatus {
     pub vcpus: Vec<VcpuStatus>,
     /// Its channels, in boot-info order.
     pub channels: Vec<ChannelStatus>,
+    /// The NICs it drives, in boot-info order.
+    #[serde(default)]
+    pub nics: Vec<NicStatus>,
     /// Events it caused, since it started.
     pub events: EventTotals,
+}
+
+/// One NIC: its device's state and totals since start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicStatus {
+    /// Its host side's name (the TAP, or the interface under the macvtap).
+    pub name: String,
+    /// Its network namespace, if not the VMM's.
+    pub netns: Option<String>,
+    /// Whether the driver has activated it (`DRIVER_OK`).
+    pub active: bool,
+    /// The feature bits the driver acknowledged (0 until active).
+    pub features: u64,
+    /// The device thread's Linux id.
+    pub thread_tid: i32,
+    /// Whether the device thread runs (it stops when its driver guest ends).
+    pub running: bool,
+    /// Frames sent (guest → host), their bytes, and those dropped.
+    pub tx_packets: u64,
+    /// Bytes sent, without virtio headers.
+    pub tx_bytes: u64,
+    /// Frames from the guest dropped.
+    pub tx_drops: u64,
+    /// Frames received (host → guest).
+    pub rx_packets: u64,
+    /// Bytes received, without virtio headers.
+    pub rx_bytes: u64,
+    /// Frames from the host dropped (no room in the guest's buffer).
+    pub rx_drops: u64,
+    /// Descriptor chains refused.
+    pub bad_chains: u64,
+    /// Register accesses refused.
+    pub refused_accesses: u64,
+    /// Queue notifications (kicks) the device thread received.
+    pub notifications: u64,
+    /// Used-buffer interrupts sent.
+    pub interrupts: u64,
+    /// Times the device thread woke from sleep.
+    pub wakeups: u64,
+    /// Time the device thread spent processing, in microseconds.
+    pub busy_us: u64,
 }
 
 /// How a guest is doing.
@@ -225,6 +269,12 @@ pub struct EventTotals {
     pub refused_msr_writes: u64,
     /// Changes of a vCPU's effective P-state.
     pub pstate_changes: u64,
+    /// Descriptor chains a device refused.
+    #[serde(default)]
+    pub refused_descriptor_chains: u64,
+    /// Device register accesses refused.
+    #[serde(default)]
+    pub refused_device_accesses: u64,
 }
 
 impl fmt::Display for StateReport {
@@ -276,10 +326,42 @@ impl fmt::Display for StatusReport {
                     t.kicks
                 )?;
             }
+            for n in &g.nics {
+                writeln!(
+                    f,
+                    "  nic {}{}: {} features {:#x} thread {}{}; tx {} packets {} bytes {} dropped; \
+                     rx {} packets {} bytes {} dropped; refused chains {} accesses {}; \
+                     notifications {}, interrupts {}, wake-ups {}, busy {} µs",
+                    n.name,
+                    n.netns
+                        .as_ref()
+                        .map(|ns| format!(" (netns {ns})"))
+                        .unwrap_or_default(),
+                    if n.active { "active" } else { "not active" },
+                    n.features,
+                    n.thread_tid,
+                    if n.running { "" } else { " (stopped)" },
+                    n.tx_packets,
+                    n.tx_bytes,
+                    n.tx_drops,
+                    n.rx_packets,
+                    n.rx_bytes,
+                    n.rx_drops,
+                    n.bad_chains,
+                    n.refused_accesses,
+                    n.notifications,
+                    n.interrupts,
+                    n.wakeups,
+                    n.busy_us
+                )?;
+            }
             writeln!(
                 f,
-                "  guest events: refused MSR writes {}, P-state changes {}",
-                g.events.refused_msr_writes, g.events.pstate_changes
+                "  guest events: refused MSR writes {}, P-state changes {}, refused descriptor chains {}, refused device accesses {}",
+                g.events.refused_msr_writes,
+                g.events.pstate_changes,
+                g.events.refused_descriptor_chains,
+                g.events.refused_device_accesses
             )?;
         }
         Ok(())
@@ -480,9 +562,31 @@ mod tests {
                         kicks: 6,
                     },
                 }],
+                nics: vec![NicStatus {
+                    name: "cpt0".into(),
+                    netns: Some("ns".into()),
+                    active: true,
+                    features: 0x1_2000_0020,
+                    thread_tid: 43,
+                    running: true,
+                    tx_packets: 1,
+                    tx_bytes: 2,
+                    tx_drops: 3,
+                    rx_packets: 4,
+                    rx_bytes: 5,
+                    rx_drops: 6,
+                    bad_chains: 7,
+                    refused_accesses: 8,
+                    notifications: 9,
+                    interrupts: 10,
+                    wakeups: 11,
+                    busy_us: 12,
+                }],
                 events: EventTotals {
                     refused_msr_writes: 8,
                     pstate_changes: 9,
+                    refused_descriptor_chains: 7,
+                    refused_device_accesses: 8,
                 },
             }],
         };
@@ -492,7 +596,11 @@ mod tests {
              \x20 vcpu 0 tid 42 cores 0-1 shared P2 1200 MHz (soft) exits 7\n\
              \x20 channel to ip (side a): waiting now: requests in 1 out 2, replies in 3 out 4; \
              in total: requests sent 10 received 11, replies sent 12 received 13, sleeps 5, kicks 6\n\
-             \x20 guest events: refused MSR writes 8, P-state changes 9\n"
+             \x20 nic cpt0 (netns ns): active features 0x120000020 thread 43; tx 1 packets 2 bytes 3 dropped; \
+             rx 4 packets 5 bytes 6 dropped; refused chains 7 accesses 8; \
+             notifications 9, interrupts 10, wake-ups 11, busy 12 µs\n\
+             \x20 guest events: refused MSR writes 8, P-state changes 9, refused descriptor chains 7, \
+             refused device accesses 8\n"
         );
     }
 }

@@ -24,23 +24,38 @@ pub enum EventKind {
     RefusedMsrWrite,
     /// A change of a vCPU's effective P-state.
     PStateChange,
+    /// A virtqueue descriptor chain the device refused (outside guest memory, looped,
+    /// too long or too big, the wrong direction), or a broken ring.
+    RefusedDescriptorChain,
+    /// A device register access the device refused (wrong width, unknown register,
+    /// out of order).
+    RefusedDeviceAccess,
 }
 
 impl EventKind {
     /// Every kind, in the order status reports them.
-    pub const ALL: [EventKind; 2] = [EventKind::RefusedMsrWrite, EventKind::PStateChange];
+    pub const ALL: [EventKind; 4] = [
+        EventKind::RefusedMsrWrite,
+        EventKind::PStateChange,
+        EventKind::RefusedDescriptorChain,
+        EventKind::RefusedDeviceAccess,
+    ];
 
     /// How people read it, plural.
     pub fn plural(self) -> &'static str {
         match self {
             EventKind::RefusedMsrWrite => "refused MSR writes",
             EventKind::PStateChange => "P-state changes",
+            EventKind::RefusedDescriptorChain => "refused descriptor chains",
+            EventKind::RefusedDeviceAccess => "refused device register accesses",
         }
     }
 
     fn level(self) -> log::Level {
         match self {
-            EventKind::RefusedMsrWrite => log::Level::Warn,
+            EventKind::RefusedMsrWrite
+            | EventKind::RefusedDescriptorChain
+            | EventKind::RefusedDeviceAccess => log::Level::Warn,
             EventKind::PStateChange => log::Level::Info,
         }
     }

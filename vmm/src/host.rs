@@ -298,6 +298,19 @@ fn list_cpu_dirs(cpu_dir: &Path) -> Vec<u32> {
     cpus
 }
 
+/// The names of the entries of directory `dir` (none if it cannot be read), sorted:
+/// the network interfaces (`/sys/class/net`) or namespaces (`/run/netns`) there are.
+pub fn names_in(dir: impl AsRef<std::path::Path>) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

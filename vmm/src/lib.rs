@@ -32,6 +32,7 @@ pub mod devices;
 pub mod guest_events;
 pub mod guest_ports;
 pub mod host;
+pub mod host_net;
 pub mod images;
 pub mod loader;
 pub mod logger;
@@ -59,5 +60,7 @@ pub fn host_facts() -> HostFacts {
         builtin_images: images::builtin_names(),
         host_ladder: ladder.table,
         freq_domains: host::freq_domains(root),
+        interfaces: host::names_in(root.join("sys/class/net")),
+        netns: host::names_in(root.join("run/netns")),
     }
 }

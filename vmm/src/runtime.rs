@@ -14,16 +14,19 @@ use crate::channels::Channels;
 use crate::console::ConsoleSink;
 use crate::control::{
     ChannelStatus, ChannelTotals, ControlError, ControlRequest, ControlResponse, EventTotals,
-    GuestStatus, QueueDepth, StateReport, StatusReport, VcpuStatus,
+    GuestStatus, NicStatus, QueueDepth, StateReport, StatusReport, VcpuStatus,
 };
+use crate::devices::virtio::net::NetConfig;
+use crate::devices::virtio::net_thread::{NetThread, SharedNet};
 use crate::guest_events::EventKind;
 use crate::host::pin_thread;
 use crate::host::{core_list, HostCore};
+use crate::host_net::{HostNet, HostNetError};
 use crate::placement::{self, Assignment, Placement};
 use crate::pstate::{PStateController, VcpuPState};
 use crate::topology::{FailurePolicy, GuestConfig, Topology};
 use crate::vstate::vcpu::{install_kick_handler, Failure, GuestShared, VcpuEvent, VcpuThread};
-use crate::vstate::vm::{BuildContext, BuildError, GuestVm, Vm, Wiring};
+use crate::vstate::vm::{BuildContext, BuildError, GuestVm, NicWiring, Vm, Wiring};
 use compart_abi::PlacementEntry;
 
 /// Exit status of `compart run` when a guest failed.
@@ -53,6 +56,9 @@ pub enum VmmError {
     /// A guest's ACPI tables could not be built.
     #[error(transparent)]
     Acpi(#[from] crate::acpi::AcpiError),
+    /// A NIC's host side could not be set up.
+    #[error(transparent)]
+    HostNet(#[from] HostNetError),
     /// A thread could not be started or set up.
     #[error("{what}")]
     Thread {
@@ -170,6 +176,16 @@ impl RunningGuest {
     }
 }
 
+/// A NIC of a running topology: its device and its thread.
+struct RunningNic {
+    /// Index in the topology's NICs.
+    index: usize,
+    /// The guest that drives it.
+    guest: usize,
+    device: SharedNet,
+    thread: NetThread,
+}
+
 /// A started topology.
 pub struct RunningVmm {
     topology: Topology,
@@ -183,6 +199,11 @@ pub struct RunningVmm {
     rx: Receiver<Msg>,
     tx: Sender<Msg>,
     first_nonzero_exit: Option<i32>,
+    /// NIC devices and their threads; their threads stop when these drop.
+    nics: Vec<RunningNic>,
+    /// What was created on the host for the NICs; removed when this drops, after the
+    /// NICs above (fields drop in order).
+    _host_net: HostNet,
 }
 
 impl std::fmt::Debug for RunningVmm {
@@ -272,6 +293,8 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
     let pstates = Arc::new(PStateController::new(topology, backend, assignment.clone()));
 
     let channels = Channels::create(topology)?;
+    let (host_net, backends) = HostNet::open(topology)?;
+    let nic_wirings = nic_wirings(topology, backends)?;
     let placement_entries = assignment.read().unwrap().placement();
     let ctx = BuildContext {
         kvm: &kvm,
@@ -293,6 +316,12 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
         let wiring = Wiring {
             channels: channels.of_guest(topology, i),
             placement: Arc::new(page),
+            nics: topology
+                .nics_of(i)
+                .into_iter()
+                .map(|n| nic_wirings[n].clone())
+                .collect(),
+            ipv4: topology.ipv4_of(i).cloned(),
         };
         prepared.push((tables, wiring));
     }
@@ -322,6 +351,27 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
     }
     let wirings: Vec<Wiring> = prepared.into_iter().map(|(_, w)| w).collect();
 
+    // Every NIC's device thread, before any vCPU runs.
+    let mut nics = Vec::with_capacity(topology.nics.len());
+    for (g, vm) in built.iter_mut().enumerate() {
+        for (slot, device) in std::mem::take(&mut vm.nics).into_iter().enumerate() {
+            let index = topology.nics_of(g)[slot];
+            let w = &nic_wirings[index];
+            let cores = topology.guests[g].vcpu_cores[0].clone();
+            let thread = NetThread::spawn(device.clone(), w.kicks.clone(), w.wake.clone(), cores)
+                .map_err(|source| VmmError::Thread {
+                what: format!("nic {}: starting its device thread", w.config.name),
+                source,
+            })?;
+            nics.push(RunningNic {
+                index,
+                guest: g,
+                device,
+                thread,
+            });
+        }
+    }
+
     let (tx, rx) = channel();
     let mut vmm = RunningVmm {
         topology: topology.clone(),
@@ -333,6 +383,8 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
         rx,
         tx: tx.clone(),
         first_nonzero_exit: None,
+        nics,
+        _host_net: host_net,
     };
     for ((g, config), wiring) in built.into_iter().zip(&topology.guests).zip(wirings) {
         log::debug!(
@@ -370,6 +422,42 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
         }
     }
     Ok(vmm)
+}
+
+/// Each NIC's settings, host side and eventfds, in topology order.
+fn nic_wirings(
+    topology: &Topology,
+    backends: Vec<Box<dyn crate::devices::virtio::tap::NetBackend>>,
+) -> Result<Vec<Arc<NicWiring>>, VmmError> {
+    let efd = |name: &str| {
+        vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+            .map(Arc::new)
+            .map_err(|source| VmmError::Thread {
+                what: format!("nic {name}: creating its eventfds"),
+                source,
+            })
+    };
+    topology
+        .nics
+        .iter()
+        .zip(backends)
+        .map(|(n, backend)| {
+            let name = n.host_name();
+            Ok(Arc::new(NicWiring {
+                config: NetConfig {
+                    name: name.to_string(),
+                    mac: n.mac,
+                    mtu: n.mtu,
+                    queue_size: n.queue_size,
+                    offloads: n.offloads,
+                },
+                backend: std::sync::Mutex::new(Some(backend)),
+                irq: efd(name)?,
+                kicks: [efd(name)?, efd(name)?],
+                wake: efd(name)?,
+            }))
+        })
+        .collect()
 }
 
 impl Drop for RunningVmm {
@@ -505,6 +593,17 @@ impl RunningVmm {
                 })?;
             }
         }
+        for n in self.nics.iter().filter(|n| n.guest == index) {
+            let tid = n.thread.tid();
+            if tid != 0 {
+                if let Err(e) = pin_thread(tid, &cores) {
+                    log::warn!(
+                        "nic {}: cannot move its thread with guest {name}: {e}",
+                        self.topology.nics[n.index].host_name()
+                    );
+                }
+            }
+        }
         self.assignment.write().unwrap().move_guest(index, &cores);
         self.pstates.repin(index);
         let placed: Vec<placement::PlacedGuest<'_>> = self
@@ -596,6 +695,12 @@ impl RunningVmm {
                         }
                     })
                     .collect();
+                let nics = self
+                    .nics
+                    .iter()
+                    .filter(|n| n.guest == i)
+                    .map(|n| self.nic_status(n))
+                    .collect();
                 let events = &g.shared.events;
                 GuestStatus {
                     name: g.config.name.clone(),
@@ -610,14 +715,45 @@ impl RunningVmm {
                     },
                     vcpus,
                     channels,
+                    nics,
                     events: EventTotals {
                         refused_msr_writes: events.total(EventKind::RefusedMsrWrite),
                         pstate_changes: events.total(EventKind::PStateChange),
+                        refused_descriptor_chains: events.total(EventKind::RefusedDescriptorChain),
+                        refused_device_accesses: events.total(EventKind::RefusedDeviceAccess),
                     },
                 }
             })
             .collect();
         StatusReport { guests }
+    }
+
+    fn nic_status(&self, n: &RunningNic) -> NicStatus {
+        let config = &self.topology.nics[n.index];
+        let d = n.device.lock().unwrap_or_else(|p| p.into_inner());
+        let net = d.device();
+        let c = net.counters();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        NicStatus {
+            name: config.host_name().to_string(),
+            netns: config.netns.clone(),
+            active: d.is_active(),
+            features: net.acked_features().unwrap_or(0),
+            thread_tid: n.thread.tid(),
+            running: n.thread.is_running(),
+            tx_packets: get(&c.tx_packets),
+            tx_bytes: get(&c.tx_bytes),
+            tx_drops: get(&c.tx_drops),
+            rx_packets: get(&c.rx_packets),
+            rx_bytes: get(&c.rx_bytes),
+            rx_drops: get(&c.rx_drops),
+            bad_chains: get(&c.bad_chains),
+            refused_accesses: get(&d.refused()),
+            notifications: get(&c.notifications),
+            interrupts: get(&c.interrupts),
+            wakeups: get(&c.wakeups),
+            busy_us: get(&c.busy_ns) / 1000,
+        }
     }
 
     fn stop_all(&mut self) {
@@ -748,6 +884,12 @@ impl RunningVmm {
                 if let Some(t) = g.threads.iter_mut().find(|t| t.index == vcpu) {
                     if let Some(h) = t.handle.take() {
                         let _ = h.join();
+                    }
+                }
+                // A guest that has ended drives its NICs no more.
+                if g.finished() {
+                    for n in self.nics.iter_mut().filter(|n| n.guest == guest) {
+                        n.thread.stop();
                     }
                 }
             }

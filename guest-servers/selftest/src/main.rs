@@ -33,7 +33,11 @@
 //!   whether each ends a halt;
 //! - `tick=US`: open every channel and wait on them with a deadline every US
 //!   microseconds, forever (an idle server with a periodic timer; it serves nothing,
-//!   so its peers must stay quiet).
+//!   so its peers must stay quiet);
+//! - `nic`: print each NIC of the boot info and what its virtio-mmio registers say
+//!   (identification, offered features, MAC and MTU from the configuration space),
+//!   and the IPv4 configuration; `nic-misuse`: also make accesses the device refuses
+//!   (a 2-byte register read, a write to a read-only register, a config write).
 #![no_std]
 #![no_main]
 
@@ -82,6 +86,8 @@ fn main(info: &'static BootInfo) -> i32 {
             "freq" => freq(value),
             "switch" => switch(word.parse().unwrap_or(100)),
             "flood" => flood(word.parse().unwrap_or(1000)),
+            "nic" => nics(info, false),
+            "nic-misuse" => nics(info, true),
             "pstate-control" => {
                 let Hex(v) = word.parse().unwrap_or(Hex(0));
                 match pstate::write_control(v) {
@@ -419,5 +425,77 @@ fn tick(period_us: u64) {
                 chans.clear();
             }
         }
+    }
+}
+
+/// A register of a NIC's virtio-mmio window.
+fn reg(base: u64, offset: u64) -> *mut u32 {
+    (base + offset) as *mut u32
+}
+
+fn nics(info: &BootInfo, misuse: bool) {
+    use abi::virtio::*;
+    println!("nics: {}", info.nics().len());
+    for (i, n) in info.nics().iter().enumerate() {
+        let base = n.mmio_gpa;
+        // SAFETY: the boot info names a register window the VMM serves (every
+        // access is an MMIO exit); these are 32-bit reads and writes of registers
+        // inside it.
+        let (magic, version, id, vendor, lo, hi) = unsafe {
+            let r = |o| core::ptr::read_volatile(reg(base, o));
+            let magic = r(MMIO_MAGIC_VALUE);
+            let version = r(MMIO_VERSION);
+            let id = r(MMIO_DEVICE_ID);
+            let vendor = r(MMIO_VENDOR_ID);
+            core::ptr::write_volatile(reg(base, MMIO_DEVICE_FEATURES_SEL), 0);
+            let lo = r(MMIO_DEVICE_FEATURES);
+            core::ptr::write_volatile(reg(base, MMIO_DEVICE_FEATURES_SEL), 1);
+            let hi = r(MMIO_DEVICE_FEATURES);
+            (magic, version, id, vendor, lo, hi)
+        };
+        let mut mac = [0u8; 6];
+        for (k, b) in mac.iter_mut().enumerate() {
+            // SAFETY: one-byte reads of the configuration space, inside the window.
+            *b = unsafe {
+                core::ptr::read_volatile(
+                    (base + MMIO_CONFIG + NET_CONFIG_MAC + k as u64) as *const u8,
+                )
+            };
+        }
+        // SAFETY: a 2-byte read of the configuration space's MTU, inside the window.
+        let mtu = unsafe {
+            core::ptr::read_volatile((base + MMIO_CONFIG + NET_CONFIG_MTU) as *const u16)
+        };
+        println!(
+            "nic {i}: window {base:#x}+{:#x} vector {:#x} queue {} boot-info mac {:02x?} mtu {}",
+            n.mmio_size, n.vector, n.queue_size, n.mac, n.mtu
+        );
+        println!(
+            "nic {i}: magic {magic:#x} version {version} device {id} vendor {vendor:#x} features {:#x} config mac {mac:02x?} mtu {mtu}",
+            (u64::from(hi) << 32) | u64::from(lo)
+        );
+        if misuse {
+            // SAFETY: accesses inside the window that the device must refuse (a
+            // 2-byte register read, a write to MAGIC, a write to the configuration
+            // space); each is an MMIO exit and changes nothing.
+            unsafe {
+                let _ = core::ptr::read_volatile((base + MMIO_MAGIC_VALUE) as *const u16);
+                core::ptr::write_volatile(reg(base, MMIO_MAGIC_VALUE), 0);
+                core::ptr::write_volatile(reg(base, MMIO_CONFIG), 0);
+            }
+            println!("nic {i}: misused");
+        }
+    }
+    let v4 = &info.ipv4;
+    if v4.is_set() {
+        println!(
+            "ipv4: {:?}/{} gateway {:?} routes {}",
+            v4.address,
+            v4.prefix_len,
+            (v4.has_gateway == 1).then_some(v4.gateway),
+            v4.routes().len()
+        );
+    } else {
+        println!("ipv4: none");
     }
 }

@@ -11,6 +11,7 @@
 //! its range and the offset into it, and the bytes of one access.
 
 pub mod bus;
+pub mod virtio;
 
 /// A device behind a range of guest-physical addresses.
 ///

@@ -19,7 +19,32 @@ pub(super) struct FileRepr {
     #[serde(default)]
     pub(super) pstates: Option<PStatesRepr>,
     #[serde(default, rename = "nic")]
-    pub(super) nics: Vec<toml::Table>,
+    pub(super) nics: Vec<NicRepr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NicRepr {
+    pub(super) guest: String,
+    pub(super) tap: Option<String>,
+    pub(super) host_interface: Option<String>,
+    pub(super) netns: Option<String>,
+    pub(super) peer_address: Option<String>,
+    pub(super) mac: Option<String>,
+    pub(super) mtu: Option<u32>,
+    pub(super) offloads: Option<Vec<String>>,
+    pub(super) queue_size: Option<u32>,
+    pub(super) address: Option<String>,
+    pub(super) gateway: Option<String>,
+    #[serde(default)]
+    pub(super) routes: Vec<RouteRepr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteRepr {
+    pub(super) dest: String,
+    pub(super) via: String,
 }
 
 /// A `_PSD` coordination type, spelled as [`super::coordination_name`] spells it.

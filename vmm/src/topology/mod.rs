@@ -51,8 +51,21 @@
 //! buf_size = 256            # payload buffer bytes (multiple of 64; default 256)
 //! ```
 //!
-//! `[[nic]]` is reserved for the NIC configuration; until the VMM implements it a file
-//! that uses it is rejected with a message saying so, rather than silently ignored.
+//! ```toml
+//! [[nic]]                   # a virtio-net device, driven by a guest of role `driver`
+//! guest = "driver"          # the guest that drives it
+//! tap = "cpt0"              # a TAP (opened, or created with IFF_VNET_HDR), or…
+//! # host_interface = "eth1" # …an existing interface, through a macvtap on it
+//! netns = "cpt-test"        # optional: the network namespace of the TAP / interface
+//! peer_address = "198.18.0.1/24" # optional (tap only): the Linux side's address, link up
+//! mac = "02:00:00:00:00:02" # the guest's MAC (default 02:43:50:00:00:<index + 2>)
+//! mtu = 1500                # default 1500
+//! offloads = ["csum", "tso4", "tso6"] # allowed offloads (default all the TAP accepts)
+//! queue_size = 256          # QUEUE_NUM_MAX of both queues (power of two ≤ 1024)
+//! address = "198.18.0.2/24" # the stack's IPv4 address, for the ip server
+//! gateway = "198.18.0.1"    # optional default gateway
+//! routes = [{ dest = "10.0.0.0/8", via = "198.18.0.1" }] # optional static routes
+//! ```
 
 mod file;
 mod validate;
@@ -264,6 +277,94 @@ pub struct Topology {
     pub soft_period: std::time::Duration,
     /// Channels between guests.
     pub channels: Vec<ChannelConfig>,
+    /// NICs, in file order.
+    pub nics: Vec<NicConfig>,
+}
+
+/// What a NIC's host side is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicBackend {
+    /// A TAP of this name, opened or created.
+    Tap(String),
+    /// An existing interface, attached through a macvtap the VMM creates on it.
+    HostInterface(String),
+}
+
+/// An IPv4 network: address and prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    /// The address.
+    pub addr: std::net::Ipv4Addr,
+    /// Prefix length, 0–32.
+    pub prefix_len: u8,
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl std::str::FromStr for Ipv4Net {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Ipv4Net, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not an address/prefix-length (a.b.c.d/n)"))?;
+        let addr = a
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+        let prefix_len = l
+            .parse::<u8>()
+            .ok()
+            .filter(|&n| n <= 32)
+            .ok_or_else(|| format!("`{l}` is not a prefix length (0 to 32)"))?;
+        Ok(Ipv4Net { addr, prefix_len })
+    }
+}
+
+/// The IPv4 configuration the ip server of a NIC gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Settings {
+    /// The stack's address on the NIC's network.
+    pub address: Ipv4Net,
+    /// The default gateway.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Static routes: destination network, next hop.
+    pub routes: Vec<(Ipv4Net, std::net::Ipv4Addr)>,
+}
+
+/// One validated `[[nic]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicConfig {
+    /// Index of the guest (role `driver`) that drives it.
+    pub guest: usize,
+    /// The host side.
+    pub backend: NicBackend,
+    /// The network namespace the host side is in (created if missing, for a TAP).
+    pub netns: Option<String>,
+    /// The address of the TAP's Linux side.
+    pub peer_address: Option<Ipv4Net>,
+    /// The guest's MAC.
+    pub mac: [u8; 6],
+    /// MTU.
+    pub mtu: u16,
+    /// The `TUN_F_*` offloads allowed.
+    pub offloads: u32,
+    /// `QUEUE_NUM_MAX`.
+    pub queue_size: u16,
+    /// What the ip server is told.
+    pub ipv4: Option<Ipv4Settings>,
+}
+
+impl NicConfig {
+    /// The host-side interface's name (the TAP, or the interface under the macvtap).
+    pub fn host_name(&self) -> &str {
+        match &self.backend {
+            NicBackend::Tap(n) | NicBackend::HostInterface(n) => n,
+        }
+    }
 }
 
 /// One validated channel pair.
@@ -278,6 +379,36 @@ pub struct ChannelConfig {
 }
 
 impl Topology {
+    /// The NICs guest `guest` drives, in the order its boot info lists them: (NIC
+    /// index in the topology).
+    pub fn nics_of(&self, guest: usize) -> Vec<usize> {
+        (0..self.nics.len())
+            .filter(|&i| self.nics[i].guest == guest)
+            .collect()
+    }
+
+    /// The IPv4 configuration guest `guest` gets in its boot info: if it is an ip
+    /// server, that of the first NIC with an address whose driver guest it has a
+    /// channel to.
+    pub fn ipv4_of(&self, guest: usize) -> Option<&Ipv4Settings> {
+        if self.guests[guest].role != Role::Ip {
+            return None;
+        }
+        let peers: Vec<usize> = self
+            .channels
+            .iter()
+            .filter_map(|c| match (c.a == guest, c.b == guest) {
+                (true, _) => Some(c.b),
+                (_, true) => Some(c.a),
+                _ => None,
+            })
+            .collect();
+        self.nics
+            .iter()
+            .filter(|n| peers.contains(&n.guest))
+            .find_map(|n| n.ipv4.as_ref())
+    }
+
     /// The channels of guest `guest`, in the order its boot info lists them: (channel
     /// index in the topology, this guest's side).
     pub fn channels_of(&self, guest: usize) -> Vec<(usize, Side)> {
@@ -308,6 +439,10 @@ pub struct HostFacts {
     pub host_ladder: PStateTable,
     /// The host's frequency domains.
     pub freq_domains: HostFreqDomains,
+    /// Network interfaces in the VMM's namespace (for `host_interface`).
+    pub interfaces: Vec<String>,
+    /// Network namespaces (names under `/run/netns`).
+    pub netns: Vec<String>,
 }
 
 /// One problem in a topology file.
@@ -412,6 +547,8 @@ mod tests {
             builtin_images: vec!["idle".into(), "selftest".into()],
             host_ladder: compart_acpi::ladder::default_ladder(Mhz(2000)),
             freq_domains: HostFreqDomains::from_sets(vec![vec![0], vec![1]]),
+            interfaces: vec!["lo".into(), "eth0".into()],
+            netns: vec!["ns1".into()],
         }
     }
 
@@ -594,15 +731,86 @@ mod tests {
         );
     }
 
+    const STACK: &str = "[[guest]]\nname = \"drv\"\nrole = \"driver\"\nimage = \"idle\"\n\
+        [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"idle\"\n\
+        [[guest]]\nname = \"app\"\nrole = \"app\"\nimage = \"idle\"\n\
+        [[channel]]\na = \"drv\"\nb = \"ip\"\n";
+
     #[test]
-    fn reserved_sections_are_refused_not_ignored() {
-        let p = problems(
-            "[[guest]]\nname = \"a\"\nrole = \"ip\"\nimage = \"idle\"\n[[nic]]\nname = \"x\"\n",
-        );
+    fn a_nic_gets_its_defaults_and_its_address_goes_to_the_ip_server_of_its_driver() {
+        let t = parse(&format!(
+            "{STACK}[[nic]]\nguest = \"drv\"\ntap = \"cpt0\"\nnetns = \"cpt-x\"\n\
+             peer_address = \"198.18.0.1/24\"\naddress = \"198.18.0.2/24\"\n\
+             gateway = \"198.18.0.1\"\nroutes = [{{ dest = \"198.19.0.0/16\", via = \"198.18.0.1\" }}]\n"
+        ))
+        .unwrap();
+        let n = &t.nics[0];
+        assert_eq!(n.guest, 0);
+        assert_eq!(n.backend, NicBackend::Tap("cpt0".into()));
+        assert_eq!(n.netns.as_deref(), Some("cpt-x"));
+        assert_eq!((n.mtu, n.queue_size), (1500, 256));
+        assert_eq!(n.mac, [0x02, 0x43, 0x50, 0, 0, 2]);
+        assert_eq!(n.offloads, 0x07);
+        assert_eq!(n.peer_address.unwrap().to_string(), "198.18.0.1/24");
+        assert_eq!(t.nics_of(0), vec![0]);
+        assert!(t.nics_of(1).is_empty());
+        let ip = t
+            .ipv4_of(1)
+            .expect("the ip server has a channel to the driver");
+        assert_eq!(ip.address.to_string(), "198.18.0.2/24");
+        assert_eq!(ip.gateway, Some("198.18.0.1".parse().unwrap()));
+        assert_eq!(ip.routes.len(), 1);
+        assert!(t.ipv4_of(0).is_none() && t.ipv4_of(2).is_none());
+    }
+
+    #[test]
+    fn every_nic_problem_is_reported_with_its_key_path() {
+        let p = problems(&format!(
+            "{STACK}[[nic]]\nguest = \"app\"\ntap = \"a-name-far-too-long\"\n\
+             mac = \"01:00:00:00:00:01\"\nmtu = 10\nqueue_size = 300\n\
+             offloads = [\"tso4\", \"ufo\"]\naddress = \"198.18.0.300/24\"\n\
+             [[nic]]\nguest = \"nobody\"\nhost_interface = \"eth9\"\npeer_address = \"1.2.3.4/8\"\n\
+             [[nic]]\nguest = \"drv\"\ntap = \"t0\"\ngateway = \"x\"\n\
+             [[nic]]\nguest = \"drv\"\ntap = \"t0\"\nhost_interface = \"eth0\"\n\
+             [[nic]]\nguest = \"drv\"\nhost_interface = \"eth0\"\nnetns = \"nope\"\n"
+        ));
+        let want = [
+            "nic[0] (a-name-far-too-long).guest: guest `app` has role `app`; a NIC is driven by a guest of role `driver`",
+            "nic[0] (a-name-far-too-long).tap: `a-name-far-too-long` must be 1 to 15 bytes long",
+            "nic[0] (a-name-far-too-long).address: `198.18.0.300` is not an IPv4 address",
+            "nic[0] (a-name-far-too-long).mac: `01:00:00:00:00:01` is a multicast or zero address",
+            "nic[0] (a-name-far-too-long).mtu: 10 is out of range (68 to 65535)",
+            "nic[0] (a-name-far-too-long).queue_size: 300 is not a power of two from 2 to 1024",
+            "nic[0] (a-name-far-too-long).offloads: unknown offload `ufo` (csum, tso4, tso6)",
+            "nic[0] (a-name-far-too-long).offloads: tso4 and tso6 need csum",
+            "nic[1] (eth9).guest: no guest named `nobody`",
+            "nic[1] (eth9).host_interface: no interface `eth9` on this host",
+            "nic[1] (eth9).peer_address: only a TAP has a Linux side compart configures",
+            "nic[2] (t0).gateway: `x` is not an IPv4 address",
+            "nic[2] (t0).address: a gateway or routes need the NIC's `address`",
+            "nic[3] (t0).tap: give either `tap` or `host_interface`, not both",
+            "nic[4] (eth0).netns: no network namespace `nope` (an existing interface lives in an existing namespace)",
+            "nic[4] (eth0).guest: guest `drv` drives more than 2 NICs",
+        ];
+        for w in want {
+            assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+        }
+    }
+
+    #[test]
+    fn two_nics_on_one_tap_are_refused() {
+        let p = problems(&format!(
+            "{STACK}[[nic]]\nguest = \"drv\"\ntap = \"t0\"\n[[nic]]\nguest = \"drv\"\ntap = \"t0\"\n"
+        ));
         assert_eq!(
             p,
-            vec!["nic: reserved: this version of compart does not implement it yet"]
+            vec!["nic[1] (t0).tap: `t0` is already the host side of another NIC"]
         );
+        // The same name in another namespace is another interface.
+        parse(&format!(
+            "{STACK}[[nic]]\nguest = \"drv\"\ntap = \"t0\"\n[[nic]]\nguest = \"drv\"\ntap = \"t0\"\nnetns = \"b\"\n"
+        ))
+        .unwrap();
     }
 
     const TWO: &str = "[[guest]]\nname = \"p\"\nrole = \"app\"\nimage = \"idle\"\n\

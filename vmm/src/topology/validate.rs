@@ -6,18 +6,26 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
+use compart_abi::virtio::MAX_QUEUE_SIZE;
 use compart_abi::{
-    CHANNEL_STRIDE, CMDLINE_LEN, MAX_CHANNELS, MAX_CORES_LISTED, MAX_VCPUS, NAME_LEN,
+    CHANNEL_STRIDE, CMDLINE_LEN, MAX_CHANNELS, MAX_CORES_LISTED, MAX_NICS, MAX_ROUTES, MAX_VCPUS,
+    NAME_LEN,
 };
 use compart_acpi::ladder::{DEFAULT_BUS_MASTER_LATENCY, DEFAULT_TRANSITION_LATENCY};
 use compart_acpi::{Coordination, Mhz, Micros, MilliWatts, PState, PStateTable};
 use compart_channel::{PairConfig, PairLayout};
 
-use super::file::{ChannelRepr, FileRepr, GuestRepr, HostRepr, PStatesRepr};
+use super::file::{ChannelRepr, FileRepr, GuestRepr, HostRepr, NicRepr, PStatesRepr};
 use super::{
-    core_list, ChannelConfig, GuestConfig, HostCore, HostFacts, ImageSource, Problem, Topology,
-    DEFAULT_MEMORY_MIB, DEFAULT_SOFT_PERIOD, MAX_MEMORY_MIB, MIN_MEMORY_MIB,
+    core_list, ChannelConfig, GuestConfig, HostCore, HostFacts, ImageSource, Ipv4Net, Ipv4Settings,
+    NicBackend, NicConfig, Problem, Role, Topology, DEFAULT_MEMORY_MIB, DEFAULT_SOFT_PERIOD,
+    MAX_MEMORY_MIB, MIN_MEMORY_MIB,
 };
+use crate::devices::virtio::net::MAX_FRAME;
+use crate::devices::virtio::tap::{IFNAME_MAX, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
+
+/// Longest network namespace name compart takes (a file name under `/run/netns`).
+const NETNS_NAME_MAX: usize = 64;
 
 /// Every problem found so far.
 #[derive(Debug, Default)]
@@ -39,7 +47,6 @@ pub(super) fn validate(
     host: &HostFacts,
 ) -> Result<Topology, Vec<Problem>> {
     let mut p = Problems::default();
-    nics(&file.nics, &mut p);
     let ps = pstates(file.pstates.as_ref(), host, &mut p);
     let cores = host_cores(&file.host, host, &mut p);
     if file.guests.is_empty() {
@@ -59,11 +66,13 @@ pub(super) fn validate(
         .map(|(i, g)| guest(i, g, &mut names, &ctx, &mut p))
         .collect();
     let channels = channels(&file.channels, &guests, &mut p);
+    let nics = nics(&file.nics, &guests, &channels, host, &mut p);
     if !p.0.is_empty() {
         return Err(p.0);
     }
     Ok(Topology {
         channels,
+        nics,
         host_cores: cores,
         guests,
         pstates: ps.ladder,
@@ -73,14 +82,277 @@ pub(super) fn validate(
     })
 }
 
-/// `[[nic]]`: reserved until the VMM implements NICs.
-fn nics(nics: &[toml::Table], p: &mut Problems) {
-    if !nics.is_empty() {
-        p.add(
-            "nic",
-            "reserved: this version of compart does not implement it yet",
-        );
+/// Offload names in `[[nic]].offloads`, and their `TUN_F_*` bits.
+const OFFLOADS: [(&str, u32); 3] = [
+    ("csum", TUN_F_CSUM),
+    ("tso4", TUN_F_TSO4),
+    ("tso6", TUN_F_TSO6),
+];
+
+/// A name `ip` and the kernel take for an interface or namespace: 1 to `max` bytes
+/// of letters, digits, `-`, `_` and `.`.
+fn net_name(name: &str, max: usize) -> Result<(), String> {
+    if name.is_empty() || name.len() > max {
+        return Err(format!("`{name}` must be 1 to {max} bytes long"));
     }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        || name.starts_with('.')
+    {
+        return Err(format!(
+            "`{name}` may use only letters, digits, `-`, `_` and `.`"
+        ));
+    }
+    Ok(())
+}
+
+fn mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut m = [0u8; 6];
+    for (b, part) in m.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(part, 16).ok()?;
+    }
+    Some(m)
+}
+
+/// Every `[[nic]]`: a driver guest that exists, one host side, names Linux takes,
+/// no host side used twice, values in range, addresses that parse.
+fn nics(
+    file: &[NicRepr],
+    guests: &[GuestConfig],
+    channels: &[ChannelConfig],
+    host: &HostFacts,
+    p: &mut Problems,
+) -> Vec<NicConfig> {
+    let mut out = Vec::new();
+    let mut per_guest = vec![0usize; guests.len()];
+    let mut host_sides = BTreeSet::new();
+    for (i, n) in file.iter().enumerate() {
+        let label = n
+            .tap
+            .as_deref()
+            .or(n.host_interface.as_deref())
+            .unwrap_or("?");
+        let at = |key: &str| format!("nic[{i}] ({label}).{key}");
+        let guest = guests.iter().position(|g| g.name == n.guest);
+        match guest {
+            None => p.add(at("guest"), format!("no guest named `{}`", n.guest)),
+            Some(g) if guests[g].role != Role::Driver => p.add(
+                at("guest"),
+                format!(
+                    "guest `{}` has role `{}`; a NIC is driven by a guest of role `driver`",
+                    n.guest, guests[g].role
+                ),
+            ),
+            Some(g) => {
+                per_guest[g] += 1;
+                if per_guest[g] == MAX_NICS + 1 {
+                    p.add(
+                        at("guest"),
+                        format!("guest `{}` drives more than {MAX_NICS} NICs", n.guest),
+                    );
+                }
+            }
+        }
+        if let Some(ns) = &n.netns {
+            if let Err(e) = net_name(ns, NETNS_NAME_MAX) {
+                p.add(at("netns"), e);
+            }
+        }
+        let backend = match (&n.tap, &n.host_interface) {
+            (Some(t), None) => {
+                if let Err(e) = net_name(t, IFNAME_MAX) {
+                    p.add(at("tap"), e);
+                }
+                NicBackend::Tap(t.clone())
+            }
+            (None, Some(h)) => {
+                if let Err(e) = net_name(h, IFNAME_MAX) {
+                    p.add(at("host_interface"), e);
+                }
+                match &n.netns {
+                    None if !host.interfaces.contains(h) => p.add(
+                        at("host_interface"),
+                        format!("no interface `{h}` on this host"),
+                    ),
+                    Some(ns) if !host.netns.contains(ns) => p.add(
+                        at("netns"),
+                        format!("no network namespace `{ns}` (an existing interface lives in an existing namespace)"),
+                    ),
+                    _ => {}
+                }
+                if n.peer_address.is_some() {
+                    p.add(
+                        at("peer_address"),
+                        "only a TAP has a Linux side compart configures",
+                    );
+                }
+                NicBackend::HostInterface(h.clone())
+            }
+            (Some(_), Some(_)) => {
+                p.add(at("tap"), "give either `tap` or `host_interface`, not both");
+                NicBackend::Tap(String::new())
+            }
+            (None, None) => {
+                p.add(at("tap"), "give `tap` or `host_interface`");
+                NicBackend::Tap(String::new())
+            }
+        };
+        let side = (n.netns.clone(), n.tap.clone().or(n.host_interface.clone()));
+        if side.1.is_some() && !host_sides.insert(side.clone()) {
+            p.add(
+                at(if n.tap.is_some() {
+                    "tap"
+                } else {
+                    "host_interface"
+                }),
+                format!(
+                    "`{}` is already the host side of another NIC",
+                    side.1.unwrap_or_default()
+                ),
+            );
+        }
+        let mut parse_net = |key: &str, v: &Option<String>| {
+            v.as_ref().and_then(|s| match s.parse::<Ipv4Net>() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    p.add(at(key), e);
+                    None
+                }
+            })
+        };
+        let peer_address = parse_net("peer_address", &n.peer_address);
+        let address = parse_net("address", &n.address);
+        let mac = match &n.mac {
+            None => [0x02, 0x43, 0x50, 0, 0, (i as u8).wrapping_add(2)],
+            Some(s) => match mac(s) {
+                Some(m) if m[0] & 1 == 0 && m != [0; 6] => m,
+                Some(_) => {
+                    p.add(at("mac"), format!("`{s}` is a multicast or zero address"));
+                    [0; 6]
+                }
+                None => {
+                    p.add(
+                        at("mac"),
+                        format!("`{s}` is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+                    );
+                    [0; 6]
+                }
+            },
+        };
+        let mtu = n.mtu.unwrap_or(1500);
+        if !(68..=MAX_FRAME as u32 - 14).contains(&mtu) {
+            p.add(
+                at("mtu"),
+                format!("{mtu} is out of range (68 to {})", MAX_FRAME - 14),
+            );
+        }
+        let queue_size = n.queue_size.unwrap_or(256);
+        if !queue_size.is_power_of_two() || !(2..=u32::from(MAX_QUEUE_SIZE)).contains(&queue_size) {
+            p.add(
+                at("queue_size"),
+                format!("{queue_size} is not a power of two from 2 to {MAX_QUEUE_SIZE}"),
+            );
+        }
+        let mut offloads = 0;
+        match &n.offloads {
+            None => offloads = OFFLOADS.iter().fold(0, |a, (_, b)| a | b),
+            Some(list) => {
+                for name in list {
+                    match OFFLOADS.iter().find(|(k, _)| k == name) {
+                        Some((_, b)) => offloads |= b,
+                        None => p.add(
+                            at("offloads"),
+                            format!("unknown offload `{name}` (csum, tso4, tso6)"),
+                        ),
+                    }
+                }
+                if offloads & (TUN_F_TSO4 | TUN_F_TSO6) != 0 && offloads & TUN_F_CSUM == 0 {
+                    p.add(at("offloads"), "tso4 and tso6 need csum");
+                }
+            }
+        }
+        let gateway = n.gateway.as_ref().and_then(|g| match g.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.add(at("gateway"), format!("`{g}` is not an IPv4 address"));
+                None
+            }
+        });
+        if address.is_none() && (n.gateway.is_some() || !n.routes.is_empty()) {
+            p.add(
+                at("address"),
+                "a gateway or routes need the NIC's `address`",
+            );
+        }
+        if n.routes.len() > MAX_ROUTES {
+            p.add(
+                at("routes"),
+                format!("{} routes; at most {MAX_ROUTES}", n.routes.len()),
+            );
+        }
+        let mut routes = Vec::new();
+        for (k, r) in n.routes.iter().enumerate() {
+            let key = format!("routes[{k}]");
+            let dest = r.dest.parse::<Ipv4Net>();
+            let via = r.via.parse::<std::net::Ipv4Addr>();
+            match (dest, via) {
+                (Ok(d), Ok(v)) => routes.push((d, v)),
+                (Err(e), _) => p.add(at(&format!("{key}.dest")), e),
+                (_, Err(_)) => p.add(
+                    at(&format!("{key}.via")),
+                    format!("`{}` is not an IPv4 address", r.via),
+                ),
+            }
+        }
+        out.push(NicConfig {
+            guest: guest.unwrap_or(0),
+            backend,
+            netns: n.netns.clone(),
+            peer_address,
+            mac,
+            mtu: mtu.min(u32::from(u16::MAX)) as u16,
+            offloads,
+            queue_size: queue_size.min(u32::from(MAX_QUEUE_SIZE)) as u16,
+            ipv4: address.map(|address| Ipv4Settings {
+                address,
+                gateway,
+                routes,
+            }),
+        });
+    }
+    // An ip server that two NICs with addresses feed would get two configurations.
+    for (g, cfg) in guests.iter().enumerate() {
+        if cfg.role != Role::Ip {
+            continue;
+        }
+        let peers: Vec<usize> = channels
+            .iter()
+            .filter_map(|c| match (c.a == g, c.b == g) {
+                (true, _) => Some(c.b),
+                (_, true) => Some(c.a),
+                _ => None,
+            })
+            .collect();
+        let feeding = out
+            .iter()
+            .filter(|n| n.ipv4.is_some() && peers.contains(&n.guest))
+            .count();
+        if feeding > 1 {
+            p.add(
+                format!("guest[{g}] ({})", cfg.name),
+                format!("ip server `{}` has channels to {feeding} NICs' drivers with an address; it serves one", cfg.name),
+            );
+        }
+    }
+    out
 }
 
 /// What `[pstates]` says, defaults filled in.

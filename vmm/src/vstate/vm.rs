@@ -5,9 +5,13 @@ use std::mem::ManuallyDrop;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
+use compart_abi::virtio::{MMIO_QUEUE_NOTIFY, NET_QUEUES};
 use compart_abi::{
-    fill_str_field, percpu, percpu_gpa, ports, BootInfo, Pod, BOOT_INFO_GPA, CONSOLE_BUF_GPA,
-    CONSOLE_BUF_SIZE, IDT_GPA, MAX_CORES_LISTED, MIN_HEAP_SIZE, PAGE_TABLES_GPA, PLACEMENT_GPA,
+    fill_str_field, percpu, percpu_gpa, ports, BootInfo, Ipv4Config, Ipv4Route, NicInfo, Pod,
+    BOOT_INFO_GPA, CONSOLE_BUF_GPA, CONSOLE_BUF_SIZE, IDT_GPA, MAX_CORES_LISTED, MAX_ROUTES,
+    MIN_HEAP_SIZE, NIC_MMIO_GPA, NIC_MMIO_SIZE, NIC_VECTOR, PAGE_TABLES_GPA, PLACEMENT_GPA,
     PLACEMENT_VECTOR, RING3_STACK_SIZE, SPURIOUS_VECTOR,
 };
 use compart_channel::host::SharedMemory;
@@ -22,11 +26,15 @@ use crate::arch;
 use crate::channels::GuestChannel;
 use crate::console::{ConsoleSink, GuestConsole};
 use crate::devices::bus::MmioBus;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::{Net, NetConfig};
+use crate::devices::virtio::net_thread::SharedNet;
+use crate::devices::virtio::tap::NetBackend;
 use crate::guest_events::GuestEvents;
 use crate::loader::{self, LoadError};
 use crate::placement::Placement;
 use crate::pstate::PStateController;
-use crate::topology::GuestConfig;
+use crate::topology::{GuestConfig, Ipv4Settings};
 use crate::vstate::interrupts::{self, Datamatch, InterruptError, MsiRoutes};
 use crate::vstate::vcpu::{GuestShared, Vcpu};
 
@@ -88,6 +96,16 @@ pub enum BuildError {
         /// The cause.
         #[source]
         source: LoadError,
+    },
+    /// A device could not be put on the guest's bus.
+    #[error("guest {guest}: cannot attach NIC {nic}: {reason}")]
+    Device {
+        /// Guest name.
+        guest: String,
+        /// The NIC.
+        nic: String,
+        /// Why.
+        reason: String,
     },
     /// Guest RAM is too small for the image, stacks and heap.
     #[error(
@@ -305,6 +323,8 @@ pub struct GuestVm {
     pub vcpus: Vec<Vcpu>,
     /// Memory layout.
     pub layout: GuestLayout,
+    /// Its NICs' devices, in boot-info order, for their threads.
+    pub nics: Vec<SharedNet>,
 }
 
 /// What every guest of a run is built with.
@@ -348,7 +368,54 @@ impl GuestVm {
             reason: e.to_string(),
         })?;
         let (image, layout) = load_image(config, &memory)?;
-        let vm = register(ctx.kvm, config, memory.clone(), wiring)?;
+        let mut vm = register(ctx.kvm, config, memory.clone(), wiring)?;
+
+        // The NICs' register windows on the bus; their queue notifies as ioeventfds
+        // (datamatch: the queue index), so that a notify never reaches the VMM.
+        let events = Arc::new(GuestEvents::new(name));
+        let mut bus = MmioBus::new();
+        let mut nics = Vec::with_capacity(wiring.nics.len());
+        for (slot, nic) in wiring.nics.iter().enumerate() {
+            let base = NIC_MMIO_GPA + slot as u64 * NIC_MMIO_SIZE;
+            let device_err = |reason: String| BuildError::Device {
+                guest: name.clone(),
+                nic: nic.config.name.clone(),
+                reason,
+            };
+            let backend = nic
+                .backend
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .ok_or_else(|| device_err("its host side was already taken".into()))?;
+            let net = Net::new(
+                nic.config.clone(),
+                backend,
+                nic.irq.clone(),
+                nic.kicks.clone(),
+                nic.wake.clone(),
+                events.clone(),
+            );
+            let transport: SharedNet = Arc::new(Mutex::new(MmioTransport::new(
+                net,
+                memory.clone(),
+                events.clone(),
+            )));
+            bus.insert(base, NIC_MMIO_SIZE, transport.clone())
+                .map_err(|e| device_err(e.to_string()))?;
+            for q in 0..NET_QUEUES {
+                vm.connect_ioeventfd(
+                    nic.kicks[q as usize].clone(),
+                    base + MMIO_QUEUE_NOTIFY,
+                    Datamatch::U32(u32::from(q)),
+                )
+                .map_err(|source| BuildError::Interrupts {
+                    guest: name.clone(),
+                    source,
+                })?;
+            }
+            nics.push(transport);
+        }
 
         let shared = Arc::new(GuestShared {
             index,
@@ -356,9 +423,8 @@ impl GuestVm {
             stop: AtomicBool::new(false),
             memory,
             console: GuestConsole::new(ctx.sink.clone()),
-            events: Arc::new(GuestEvents::new(name)),
-            // No device is on a guest's bus yet: every MMIO exit fails the guest.
-            mmio: Arc::new(MmioBus::new()),
+            events,
+            mmio: Arc::new(bus),
             irq_entries: (config.vcpus() == 1)
                 .then_some((image.header.irq_entry, image.header.irq_entry_no_eoi)),
         });
@@ -392,6 +458,7 @@ impl GuestVm {
             shared,
             vcpus,
             layout,
+            nics,
         })
     }
 }
@@ -504,30 +571,79 @@ fn create_vcpu(
     Ok(fd)
 }
 
-/// What connects a guest to the others: its channels and its placement page.
+/// What connects a guest to the others and to the host: its channels, its
+/// placement page, the NICs it drives and (for an ip server) its IPv4 configuration.
 #[derive(Debug, Clone)]
 pub struct Wiring {
     /// Its channels, in boot-info order.
     pub channels: Vec<GuestChannel>,
     /// Its placement page.
     pub placement: Arc<Placement>,
+    /// The NICs it drives, in boot-info order.
+    pub nics: Vec<Arc<NicWiring>>,
+    /// The IPv4 configuration its boot info carries.
+    pub ipv4: Option<Ipv4Settings>,
 }
 
-/// Every channel's wake-up and the placement kick as an MSI into vCPU 0 (routes
-/// first, set in one call, then the irqfds), and each channel's doorbell page as an
-/// ioeventfd.
+/// One NIC of a guest before the guest is built: its settings, its host side (taken
+/// by the build), and the eventfds of its interrupt, queue notifies and thread wake-up.
+#[derive(Debug)]
+pub struct NicWiring {
+    /// Settings.
+    pub config: NetConfig,
+    /// The host side, until the device takes it.
+    pub backend: Mutex<Option<Box<dyn NetBackend>>>,
+    /// Used-buffer interrupt: an irqfd on `NIC_VECTOR + slot`.
+    pub irq: Arc<EventFd>,
+    /// Receive and transmit queue notifies: ioeventfds.
+    pub kicks: [Arc<EventFd>; 2],
+    /// Wakes the device thread on activation and reset.
+    pub wake: Arc<EventFd>,
+}
+
+/// Every channel's wake-up, the placement kick and each NIC's used-buffer interrupt
+/// as an MSI into vCPU 0 (routes first, set in one call, then the irqfds), and each
+/// channel's doorbell page as an ioeventfd.
 fn connect_interrupts(vm: &mut Vm, wiring: &Wiring) -> Result<(), InterruptError> {
     let mut gsis = Vec::with_capacity(wiring.channels.len());
     for c in &wiring.channels {
         gsis.push(vm.route_msi(0, c.vector())?);
     }
     let placement_gsi = vm.route_msi(0, PLACEMENT_VECTOR)?;
+    let mut nic_gsis = Vec::with_capacity(wiring.nics.len());
+    for slot in 0..wiring.nics.len() {
+        nic_gsis.push(vm.route_msi(0, NIC_VECTOR + slot as u8)?);
+    }
     vm.apply_routes()?;
+    for (n, gsi) in wiring.nics.iter().zip(nic_gsis) {
+        vm.connect_irqfd(n.irq.clone(), gsi)?;
+    }
     for (c, gsi) in wiring.channels.iter().zip(gsis) {
         vm.connect_irqfd(c.wake_me.clone(), gsi)?;
         vm.connect_ioeventfd(c.kick_peer.clone(), c.doorbell_gpa(), Datamatch::Any)?;
     }
     vm.connect_irqfd(wiring.placement.kick.clone(), placement_gsi)
+}
+
+/// An IPv4 configuration as the boot info carries it (routes were validated to fit).
+pub fn ipv4_info(v4: &Ipv4Settings) -> Ipv4Config {
+    let mut c = Ipv4Config::EMPTY;
+    c.address = v4.address.addr.octets();
+    c.prefix_len = v4.address.prefix_len;
+    if let Some(g) = v4.gateway {
+        c.has_gateway = 1;
+        c.gateway = g.octets();
+    }
+    c.route_count = v4.routes.len().min(MAX_ROUTES) as u8;
+    for (slot, (dest, via)) in c.routes.iter_mut().zip(&v4.routes) {
+        *slot = Ipv4Route {
+            dest: dest.addr.octets(),
+            prefix_len: dest.prefix_len,
+            via: via.octets(),
+            ..Ipv4Route::EMPTY
+        };
+    }
+    c
 }
 
 /// Writes boot info, ACPI tables, page tables, IDT and per-vCPU GDT/TSS. All addresses
@@ -546,6 +662,21 @@ fn write_boot_state(
     info.channel_count = wiring.channels.len() as u32;
     for (slot, c) in info.channels.iter_mut().zip(&wiring.channels) {
         *slot = c.info();
+    }
+    info.nic_count = wiring.nics.len() as u32;
+    for (slot, (entry, n)) in info.nics.iter_mut().zip(&wiring.nics).enumerate() {
+        *entry = NicInfo {
+            mmio_gpa: NIC_MMIO_GPA + slot as u64 * NIC_MMIO_SIZE,
+            mmio_size: NIC_MMIO_SIZE,
+            vector: u32::from(NIC_VECTOR) + slot as u32,
+            mtu: u32::from(n.config.mtu),
+            mac: n.config.mac,
+            queue_size: u32::from(n.config.queue_size),
+            ..NicInfo::EMPTY
+        };
+    }
+    if let Some(v4) = &wiring.ipv4 {
+        info.ipv4 = ipv4_info(v4);
     }
     info.tsc_khz = tsc_khz;
     info.acpi_rsdp = acpi.rsdp_gpa();
@@ -624,5 +755,32 @@ mod tests {
         assert!(!vm.disconnect_irqfd(&b).unwrap(), "b was never connected");
         assert!(vm.disconnect_irqfd(&a).unwrap());
         assert!(!vm.disconnect_irqfd(&a).unwrap(), "only once");
+    }
+
+    #[test]
+    fn an_ipv4_configuration_reaches_the_boot_info_in_network_byte_order() {
+        let v4 = Ipv4Settings {
+            address: "198.18.0.2/24".parse().unwrap(),
+            gateway: Some("198.18.0.1".parse().unwrap()),
+            routes: vec![(
+                "198.19.0.0/16".parse().unwrap(),
+                "198.18.0.254".parse().unwrap(),
+            )],
+        };
+        let c = ipv4_info(&v4);
+        assert!(c.is_set());
+        assert_eq!((c.address, c.prefix_len), ([198, 18, 0, 2], 24));
+        assert_eq!((c.has_gateway, c.gateway), (1, [198, 18, 0, 1]));
+        assert_eq!(c.routes().len(), 1);
+        assert_eq!(c.routes()[0].dest, [198, 19, 0, 0]);
+        assert_eq!(c.routes()[0].prefix_len, 16);
+        assert_eq!(c.routes()[0].via, [198, 18, 0, 254]);
+        let none = ipv4_info(&Ipv4Settings {
+            gateway: None,
+            routes: vec![],
+            ..v4
+        });
+        assert_eq!(none.has_gateway, 0);
+        assert_eq!(none.route_count, 0);
     }
 }
