@@ -42,6 +42,8 @@
 //! (a refused access) on its own stack; every other gate uses IST1.
 #![no_std]
 
+pub mod virtio;
+
 /// Size of a small page.
 pub const PAGE_SIZE: u64 = 0x1000;
 
@@ -117,6 +119,21 @@ pub const DOORBELLS_GPA: u64 = 0xF000_0000;
 pub const DOORBELL_VECTOR: u8 = 0x40;
 /// The vector on which the VMM kicks a guest after changing its placement entry.
 pub const PLACEMENT_VECTOR: u8 = 0x3f;
+
+/// Where NIC register files are mapped: NIC `i` of a guest (in boot-info order) has its
+/// virtio-mmio registers ([`virtio`]) at `NIC_MMIO_GPA + i * NIC_MMIO_SIZE`. Not memory:
+/// every access is an MMIO exit served by the VMM's device (≈ 50 at initialisation,
+/// none on the data path), except `QUEUE_NOTIFY`, an in-kernel ioeventfd.
+pub const NIC_MMIO_GPA: u64 = 0xD000_0000;
+/// Size of one NIC's register window.
+pub const NIC_MMIO_SIZE: u64 = PAGE_SIZE;
+/// Most NICs one guest may drive.
+pub const MAX_NICS: usize = 2;
+/// The vector on which NIC `i`'s device signals used buffers: `NIC_VECTOR + i`, an MSI
+/// into vCPU 0 that only wakes it (see [`virtio`], "compart's deviation").
+pub const NIC_VECTOR: u8 = 0x50;
+/// Most static routes an IPv4 configuration carries.
+pub const MAX_ROUTES: usize = 8;
 
 const _: () = assert!(CHANNELS_GPA + MAX_CHANNELS as u64 * CHANNEL_STRIDE <= PLACEMENT_GPA);
 const _: () = assert!(DOORBELLS_GPA + MAX_CHANNELS as u64 * PAGE_SIZE < 0xFEC0_0000);
@@ -226,6 +243,114 @@ impl Role {
             .into_iter()
             .find(|r| *r as u32 == code)
             .unwrap_or(Role::Unknown)
+    }
+}
+
+/// A NIC the guest drives (a `[[nic]]` of the topology whose `guest` is this guest).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NicInfo {
+    /// Guest-physical address of its virtio-mmio register window.
+    pub mmio_gpa: u64,
+    /// Size of that window.
+    pub mmio_size: u64,
+    /// The vector its used-buffer interrupts arrive on (MSI to vCPU 0).
+    pub vector: u32,
+    /// The MTU the device reports (also in its configuration space).
+    pub mtu: u32,
+    /// Its MAC address (also in its configuration space).
+    pub mac: [u8; 6],
+    /// Reserved, zero.
+    pub _reserved: [u8; 2],
+    /// The queue size the device offers (`QUEUE_NUM_MAX`).
+    pub queue_size: u32,
+    /// Reserved, zero.
+    pub _reserved2: u32,
+}
+
+impl NicInfo {
+    /// An unused entry.
+    pub const EMPTY: NicInfo = NicInfo {
+        mmio_gpa: 0,
+        mmio_size: 0,
+        vector: 0,
+        mtu: 0,
+        mac: [0; 6],
+        _reserved: [0; 2],
+        queue_size: 0,
+        _reserved2: 0,
+    };
+}
+
+/// An IPv4 route: packets for `dest/prefix_len` go to the router `via`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Route {
+    /// Destination network, in network byte order.
+    pub dest: [u8; 4],
+    /// Its prefix length (0–32).
+    pub prefix_len: u8,
+    /// Reserved, zero.
+    pub _reserved: [u8; 3],
+    /// The next hop, in network byte order.
+    pub via: [u8; 4],
+}
+
+impl Ipv4Route {
+    /// An unused entry.
+    pub const EMPTY: Ipv4Route = Ipv4Route {
+        dest: [0; 4],
+        prefix_len: 0,
+        _reserved: [0; 3],
+        via: [0; 4],
+    };
+}
+
+/// The IPv4 configuration of the interface an ip server serves (from its NIC's
+/// `address`, `gateway` and `routes` in the topology). `prefix_len == 0 && address ==
+/// [0; 4]` means none was given.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Config {
+    /// The stack's address, in network byte order.
+    pub address: [u8; 4],
+    /// Prefix length of the connected network (0–32).
+    pub prefix_len: u8,
+    /// 1 when `gateway` is set.
+    pub has_gateway: u8,
+    /// Number of valid entries in `routes`.
+    pub route_count: u8,
+    /// Reserved, zero.
+    pub _reserved: u8,
+    /// The default gateway, in network byte order.
+    pub gateway: [u8; 4],
+    /// Static routes, `route_count` valid entries.
+    pub routes: [Ipv4Route; MAX_ROUTES],
+    /// Reserved, zero (keeps the size a multiple of 8).
+    pub _reserved2: [u8; 4],
+}
+
+impl Ipv4Config {
+    /// No configuration.
+    pub const EMPTY: Ipv4Config = Ipv4Config {
+        address: [0; 4],
+        prefix_len: 0,
+        has_gateway: 0,
+        route_count: 0,
+        _reserved: 0,
+        gateway: [0; 4],
+        routes: [Ipv4Route::EMPTY; MAX_ROUTES],
+        _reserved2: [0; 4],
+    };
+
+    /// Whether an address was configured.
+    pub fn is_set(&self) -> bool {
+        self.address != [0; 4] || self.prefix_len != 0
+    }
+
+    /// The valid routes.
+    pub fn routes(&self) -> &[Ipv4Route] {
+        &self.routes[..(self.route_count as usize).min(MAX_ROUTES)]
     }
 }
 
@@ -416,6 +541,15 @@ pub struct BootInfo {
     pub cmdline: [u8; CMDLINE_LEN],
     /// The guest's channels, `channel_count` valid entries.
     pub channels: [ChannelInfo; MAX_CHANNELS],
+    /// Number of valid entries in `nics`.
+    pub nic_count: u32,
+    /// Reserved, zero.
+    pub _reserved_nic: u32,
+    /// The NICs this guest drives (role `driver`), `nic_count` valid entries.
+    pub nics: [NicInfo; MAX_NICS],
+    /// The IPv4 configuration of the interface this guest serves (role `ip`: the
+    /// `address`, `gateway` and `routes` of the NIC whose driver is its channel peer).
+    pub ipv4: Ipv4Config,
 }
 
 impl BootInfo {
@@ -451,7 +585,16 @@ impl BootInfo {
             _reserved: 0,
             cmdline: [0; CMDLINE_LEN],
             channels: [ChannelInfo::EMPTY; MAX_CHANNELS],
+            nic_count: 0,
+            _reserved_nic: 0,
+            nics: [NicInfo::EMPTY; MAX_NICS],
+            ipv4: Ipv4Config::EMPTY,
         }
+    }
+
+    /// The valid NIC entries.
+    pub fn nics(&self) -> &[NicInfo] {
+        &self.nics[..(self.nic_count as usize).min(MAX_NICS)]
     }
 
     /// The valid channel entries.
@@ -522,7 +665,14 @@ pub const fn percpu_gpa(index: u32) -> u64 {
 // The layout must hold together; these fail the build of both sides if it does not.
 const _: () = assert!(core::mem::size_of::<BootInfo>() as u64 <= PAGE_SIZE);
 // The sum of BootInfo's fields: no padding anywhere (see `BootInfo::as_bytes`).
-const _: () = assert!(core::mem::size_of::<BootInfo>() == 1560 + 72 * MAX_CHANNELS);
+const _: () = assert!(
+    core::mem::size_of::<BootInfo>()
+        == 1560 + 72 * MAX_CHANNELS + 8 + 40 * MAX_NICS + 16 + 12 * MAX_ROUTES
+);
+const _: () = assert!(core::mem::size_of::<NicInfo>() == 40);
+const _: () = assert!(core::mem::size_of::<Ipv4Config>() == 16 + 12 * MAX_ROUTES);
+const _: () = assert!(CHANNELS_GPA + MAX_CHANNELS as u64 * CHANNEL_STRIDE <= NIC_MMIO_GPA);
+const _: () = assert!(NIC_MMIO_GPA + MAX_NICS as u64 * NIC_MMIO_SIZE <= PLACEMENT_GPA);
 const _: () = assert!(PAGE_TABLES_GPA + PAGE_TABLE_PAGES * PAGE_SIZE <= PERCPU_GPA);
 const _: () = assert!(PERCPU_GPA + MAX_VCPUS as u64 * PERCPU_STRIDE <= ACPI_GPA);
 const _: () = assert!(ACPI_GPA + ACPI_SIZE <= IMAGE_GPA);
