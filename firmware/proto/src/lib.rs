@@ -10,9 +10,12 @@
 //!
 //! - [`pingpong`]: the checked request/reply traffic of the `pingpong` image, its tests
 //!   and benchmarks.
+//! - [`frame`]: Ethernet frames and their offload metadata between the `driver` and
+//!   `ip` servers.
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod frame;
 pub mod pingpong;
 
 pub use compart_channel::INLINE_WORDS;
