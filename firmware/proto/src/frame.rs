@@ -112,7 +112,7 @@ impl FrameMeta {
 
     const ECN: u8 = 0x80;
 
-    fn words(&self) -> (u64, u64) {
+    pub(crate) fn words(&self) -> (u64, u64) {
         let gso = self.gso as u8 | if self.ecn { Self::ECN } else { 0 };
         (
             u64::from(self.flags)
@@ -124,7 +124,7 @@ impl FrameMeta {
         )
     }
 
-    fn from_words(w0: u64, w1: u64) -> Result<FrameMeta, DecodeError> {
+    pub(crate) fn from_words(w0: u64, w1: u64) -> Result<FrameMeta, DecodeError> {
         let flags = w0 as u8;
         if flags & !(FLAG_NEEDS_CSUM | FLAG_DATA_VALID) != 0 || w1 > u64::from(u16::MAX) {
             return Err(DecodeError::ReservedNotZero);
