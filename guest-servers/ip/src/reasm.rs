@@ -192,6 +192,10 @@ impl Reassembler {
         self.bytes -= s.bytes();
         let header = s.header.expect("complete");
         let total = header.len() + s.data.len();
+        // The first fragment's header may be longer than the others' (options).
+        if total > MAX_DATAGRAM {
+            return Outcome::Malformed;
+        }
         let mut out = Vec::with_capacity(total);
         out.extend_from_slice(&header);
         out.extend_from_slice(&s.data);

@@ -845,12 +845,33 @@ fn within_limits(ip: &Ip, limits: &Limits) {
 
 proptest! {
     #[test]
-    fn random_frames_never_panic(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..1600), 1..20), meta in meta_strategy(), upper in any::<bool>()) {
+    fn random_frames_never_panic(
+        payloads in proptest::collection::vec((0u8..4, proptest::collection::vec(any::<u8>(), 0..1600)), 1..20),
+        meta in meta_strategy(), upper in any::<bool>(),
+    ) {
         let mut ip = stack();
         ip.set_upper(upper);
-        for (i, f) in frames.iter().enumerate() {
-            ip.receive(t(i as u64 * 500), meta, f);
-            ip.receive(t(i as u64 * 500), FrameMeta::PLAIN, f);
+        learn_peer(&mut ip);
+        // Random bytes behind a header that gets them past Ethernet, mostly.
+        let frames = payloads.iter().map(|(kind, p)| match kind {
+            0 => eth(US_MAC, PEER_MAC, EthernetProtocol::Ipv4, p),
+            1 => eth(EthernetAddress::BROADCAST, PEER_MAC, EthernetProtocol::Arp, p),
+            2 => {
+                // An IPv4 header that checks out, random behind it.
+                let mut v = ipv4(PEER, US, IpProtocol::Icmp, p, 1);
+                if let Some(&b) = p.first() {
+                    let mut h = Ipv4Packet::new_unchecked(&mut v[..]);
+                    h.set_next_header(IpProtocol::from(b % 20));
+                    h.set_more_frags(b & 0x20 != 0);
+                    h.fill_checksum();
+                }
+                to_us(&v)
+            }
+            _ => p.clone(),
+        });
+        for (i, f) in frames.enumerate() {
+            ip.receive(t(i as u64 * 500), meta, &f);
+            ip.receive(t(i as u64 * 500), FrameMeta::PLAIN, &f);
         }
         within_limits(&ip, &Limits::default());
         drain(&mut ip);
@@ -901,4 +922,34 @@ proptest! {
             prop_assert!(tx.frame.len() <= 1514 || tx.meta.gso != Gso::None);
         }
     }
+}
+
+#[test]
+fn a_datagram_whose_first_header_pushes_it_past_64_kib_is_dropped() {
+    let mut ip = stack();
+    learn_peer(&mut ip);
+    let frag = |off: usize, len: usize, more: bool, options: usize| {
+        let mut v = ipv4(PEER, US, IpProtocol::Udp, &pattern(len), 77);
+        v.splice(20..20, core::iter::repeat_n(1u8, options));
+        let mut p = Ipv4Packet::new_unchecked(&mut v[..]);
+        p.set_header_len((20 + options) as u8);
+        p.set_total_len((20 + options + len) as u16);
+        p.set_frag_offset(off as u16);
+        p.set_more_frags(more);
+        p.fill_checksum();
+        to_us(&v)
+    };
+    // The first fragment with a 60-byte header, the rest with 20: each fragment fits,
+    // the whole would be 60 + 65 515 bytes.
+    ip.receive(t(1), FrameMeta::PLAIN, &frag(0, 8, true, 40));
+    let mut off = 8;
+    while off < 65_504 {
+        let n = 1480.min(65_504 - off);
+        ip.receive(t(1), FrameMeta::PLAIN, &frag(off, n, true, 0));
+        off += n;
+    }
+    ip.receive(t(1), FrameMeta::PLAIN, &frag(65_504, 11, false, 0));
+    assert_eq!(ip.counters().frag_malformed, 1);
+    assert_eq!(ip.counters().frag_reassembled, 0);
+    assert_eq!(ip.reassembly_usage(), (0, 0));
 }
