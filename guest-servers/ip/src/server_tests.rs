@@ -311,3 +311,37 @@ fn a_driver_that_holds_its_transmits_slows_ip_down_and_loses_nothing() {
     assert_eq!(replies as u64, r.srv.ip().counters().icmp_echo_replied);
     assert_eq!(r.srv.ip().counters().icmp_echo_replied, u64::from(sent));
 }
+
+#[test]
+fn an_upper_layer_that_does_not_take_its_replies_is_left_out_of_the_sleep_set() {
+    let mut r = rig(true, Limits::default());
+    r.link_up();
+    let upper = r.upper.as_mut().unwrap();
+    let (op, w) = packet::Request::Config.encode();
+    while upper.send_request(op, w, &[]).is_ok() {}
+    r.poll();
+    assert_eq!(r.srv.sleep_set().len(), 2);
+    // Every request is answered and no reply taken: send them all again (a hog).
+    let upper = r.upper.as_mut().unwrap();
+    let ids: Vec<_> = upper.outstanding().collect();
+    assert_eq!(ids.len(), 16);
+    for id in ids {
+        upper.resubmit(id).unwrap();
+    }
+    r.poll();
+    assert_eq!(r.srv.sleep_set().len(), 1, "only the driver wakes ip now");
+    // It takes its replies: served again.
+    let upper = r.upper.as_mut().unwrap();
+    while let Some(rep) = upper.poll_reply().unwrap() {
+        upper.free(rep).unwrap();
+    }
+    r.poll();
+    assert_eq!(r.srv.sleep_set().len(), 2);
+    let upper = r.upper.as_mut().unwrap();
+    while upper.poll_reply().unwrap().is_some() {}
+    assert!(
+        upper.stale_replies() > 0,
+        "the second round's replies name freed ids"
+    );
+    assert_eq!(r.srv.len(), 2);
+}
