@@ -48,9 +48,12 @@ fn ip_answers_arp_and_pings_fragmented_or_not_from_a_guest_playing_the_driver() 
         waiter.is_finished().then_some(())
     });
     let outcome = waiter.join().unwrap();
-    assert_eq!(
-        outcome.state("driver"),
-        Some(&GuestState::Exited(0)),
+    // The driver may be stopped between its last line and its exit.
+    assert!(
+        matches!(
+            outcome.state("driver"),
+            Some(GuestState::Exited(0) | GuestState::Stopped)
+        ),
         "{outcome:?}"
     );
     let ip = capture.of("ip");
