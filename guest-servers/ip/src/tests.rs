@@ -590,6 +590,23 @@ fn wrong_headers_are_counted_under_their_reason() {
         |c| c.rx_unknown_ethertype,
     ));
     cases.push((vec![0; 13], |c| c.rx_runt));
+    // An echo request to the network's broadcast address is not answered (smurf).
+    let to_all = ipv4(
+        PEER,
+        Ipv4Address::new(198, 18, 0, 255),
+        IpProtocol::Icmp,
+        &echo_request(1, 1, &[0; 8]),
+        1,
+    );
+    cases.push((
+        eth(
+            EthernetAddress::BROADCAST,
+            PEER_MAC,
+            EthernetProtocol::Ipv4,
+            &to_all,
+        ),
+        |c| c.ip_broadcast,
+    ));
     let mut icmp_sum = good.clone();
     icmp_sum[30] ^= 0xff;
     cases.push((to_us(&icmp_sum), |c| c.icmp_malformed));
@@ -952,4 +969,20 @@ fn a_datagram_whose_first_header_pushes_it_past_64_kib_is_dropped() {
     assert_eq!(ip.counters().frag_malformed, 1);
     assert_eq!(ip.counters().frag_reassembled, 0);
     assert_eq!(ip.reassembly_usage(), (0, 0));
+}
+
+#[test]
+fn an_arp_probe_for_our_address_is_answered_and_teaches_nothing() {
+    let mut ip = stack();
+    let probe = arp(
+        ArpOperation::Request,
+        PEER_MAC,
+        Ipv4Address::UNSPECIFIED,
+        US,
+    );
+    ip.receive(t(1), FrameMeta::PLAIN, &probe);
+    let out = drain(&mut ip);
+    assert_eq!(out.len(), 1, "the prober learns the address is taken");
+    assert!(ip.arp_cache().is_empty());
+    assert_eq!(ip.counters().arp_replies_sent, 1);
 }
