@@ -10,9 +10,15 @@
 //!
 //! - [`pingpong`]: the checked request/reply traffic of the `pingpong` image, its tests
 //!   and benchmarks.
+//! - [`frame`]: Ethernet frames and their offload metadata between the `driver` and
+//!   `ip` servers.
+//! - [`packet`]: IPv4 packets and their offload metadata between the `ip` server and
+//!   the layer above it (`pf`, or `tcp`), and the interface's configuration.
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod frame;
+pub mod packet;
 pub mod pingpong;
 
 pub use compart_channel::INLINE_WORDS;
