@@ -22,6 +22,8 @@
 //!   performed by the ring-0 stub when ring 3 traps on them. The stub is hand-written
 //!   assembly without SSE, because ring 0 is emulated instruction by instruction on
 //!   the machines we target and the emulator cannot execute SSE;
+//! - [`virtio`]: the guest's virtio devices (the network device of a driver server),
+//!   its logic from `compart-virtio`, host-tested there;
 //! - [`exit`]: end the guest with a status the VMM reports.
 #![no_std]
 // Only guests run this crate: the host workspace lints it (`cargo clippy --workspace
@@ -43,6 +45,7 @@ pub mod placement;
 pub mod pstate;
 pub mod ring0;
 pub mod server;
+pub mod virtio;
 
 pub use compart_abi as abi;
 pub use compart_abi::BootInfo;

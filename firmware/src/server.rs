@@ -8,6 +8,7 @@ pub use compart_kit::server::*;
 
 use crate::channel::{self, Channel, Doorbell, OpenError};
 use crate::placement;
+use crate::pstate::rdtsc;
 
 /// A server over every channel of this guest that opens, with `handler(peer, channel)`
 /// as each one's handler; and the channels that could not be opened, with the reason.
@@ -42,4 +43,34 @@ fn idle(
 ) -> Result<(), compart_channel::ChannelError> {
     let poll = poll_us.unwrap_or_else(|| placement::poll_us(0));
     channel::wait_for_any(channels, poll)
+}
+
+/// [`run`] for a server whose handlers have work beside their channels (a device's
+/// rings, which `Handler::on_pass` serves): while it has a poll budget (`poll_us`, or
+/// vCPU 0's placement) it polls by whole passes, so the device's work is seen as soon
+/// as the channels'; then it asks every handler to arm its device
+/// (`Handler::before_sleep`), and sleeps only if none found work meanwhile. The
+/// device's interrupt, like a doorbell, ends the sleep.
+pub fn run_with_devices<H: Handler<Doorbell>>(
+    server: &mut Server<Doorbell, H>,
+    poll_us: Option<u32>,
+    report: &mut dyn FnMut(Event<'_, H>),
+) {
+    let khz = crate::boot_info().tsc_khz.max(1);
+    let mut idle_since = rdtsc();
+    while !server.is_empty() {
+        if server.poll(report) {
+            idle_since = rdtsc();
+            continue;
+        }
+        let budget = u64::from(poll_us.unwrap_or_else(|| placement::poll_us(0))) * khz / 1000;
+        if rdtsc().wrapping_sub(idle_since) < budget {
+            core::hint::spin_loop();
+            continue;
+        }
+        if !server.before_sleep() {
+            let _ = channel::wait_for_any(server.sleep_set(), 0);
+        }
+        idle_since = rdtsc();
+    }
 }
