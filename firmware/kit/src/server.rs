@@ -137,8 +137,9 @@ pub trait Handler<N: Notifier> {
     }
 
     /// Work that does not come from the peer's messages (a device's rings, for a
-    /// driver): called once per pass, before the channel's messages, with the channel
-    /// to send requests and replies on. Returns whether it did any (the pass then
+    /// driver): called once per pass, after the channel's replies (which may give
+    /// credit back) and before its requests, with the channel to send requests and
+    /// replies on. Returns whether it did any (the pass then
     /// counts as busy). The default has none.
     fn on_pass(&mut self, _link: &mut Link<'_, N>) -> Result<bool, Close> {
         Ok(false)
@@ -341,8 +342,7 @@ impl<N: Notifier, H: Handler<N>> Server<N, H> {
     fn serve(&mut self, k: usize) -> Result<bool, Close> {
         let ep = &mut self.endpoints[k];
         let l = &mut self.links[k];
-        let (mut link, handler) = l.split(ep);
-        let mut busy = handler.on_pass(&mut link)?;
+        let mut busy = false;
         for _ in 0..BUDGET {
             let Some(reply) = ep.poll_reply()? else {
                 break;
@@ -352,6 +352,8 @@ impl<N: Notifier, H: Handler<N>> Server<N, H> {
             let (mut link, handler) = l.split(ep);
             handler.on_reply(&mut link, reply)?;
         }
+        let (mut link, handler) = l.split(ep);
+        busy |= handler.on_pass(&mut link)?;
         for _ in 0..BUDGET {
             let (req, was_parked) = match l.parked.take() {
                 Some(req) => (req, true),
