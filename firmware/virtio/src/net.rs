@@ -421,11 +421,10 @@ impl<R: Ram + Clone, M: Mmio> Net<R, M> {
     }
 
     /// Before halting: ask for an interrupt on both queues, then re-check. Returns
-    /// whether used entries arrived meanwhile (do not halt).
-    pub fn arm(&mut self) -> bool {
-        let rx = self.rx.arm();
-        let tx = self.tx.arm();
-        rx || tx
+    /// whether used entries are waiting on the receive and on the transmit queue (then
+    /// the caller polls instead of halting).
+    pub fn arm(&mut self) -> (bool, bool) {
+        (self.rx.arm(), self.tx.arm())
     }
 
     /// After waking (see [`SplitQueue::disarm`]).
