@@ -415,6 +415,11 @@ impl<R: Ram + Clone, M: Mmio> Net<R, M> {
         kicks
     }
 
+    /// Whether the transmit queue has used entries waiting.
+    pub fn has_tx_used(&self) -> bool {
+        self.tx.has_used()
+    }
+
     /// Whether either queue has used entries waiting.
     pub fn has_used(&self) -> bool {
         self.rx.has_used() || self.tx.has_used()

@@ -202,6 +202,8 @@ pub struct Driver<R: Ram + Clone, M: Mmio> {
     /// Received frames waiting for ip's credit.
     backlog: VecDeque<RxFrame>,
     armed: bool,
+    /// Transmit completions wait because ip's reply queue is full.
+    tx_blocked: bool,
     stats: Stats,
 }
 
@@ -224,6 +226,7 @@ impl<R: Ram + Clone, M: Mmio> Driver<R, M> {
             held: (0..slots).map(|_| None).collect(),
             backlog: VecDeque::new(),
             armed: false,
+            tx_blocked: false,
             stats: Stats::default(),
         }
     }
@@ -337,7 +340,18 @@ impl<R: Ram + Clone, M: Mmio> Driver<R, M> {
     /// Answer the Transmit requests whose slots the device is done with.
     fn complete<N: Notifier>(&mut self, link: &mut Link<'_, N>) -> Result<bool, Close> {
         let mut busy = false;
+        self.tx_blocked = false;
         for _ in 0..self.held.len() + BUDGET as usize {
+            if !self.nic.has_tx_used() {
+                break;
+            }
+            // An honest ip always has room for its replies (its requests in flight
+            // never exceed its reply queue); one that does not take them leaves the
+            // device's used entries waiting, and its frames held, instead of losing them.
+            if !link.endpoint.can_reply()? {
+                self.tx_blocked = true;
+                break;
+            }
             let Some(done) = self.nic.tx_poll() else {
                 break;
             };
@@ -441,8 +455,9 @@ impl<R: Ram + Clone, M: Mmio, N: Notifier> Handler<N> for Driver<R, M> {
         self.armed = true;
         self.stats.arms += 1;
         let (rx, tx) = self.nic.arm();
-        // Received frames behind a backlog wait for ip's credit, not for the device.
-        tx || (rx && self.backlog.is_empty())
+        // Received frames behind a backlog wait for ip's credit, and transmit
+        // completions for room in its reply queue, not for the device.
+        (tx && !self.tx_blocked) || (rx && self.backlog.is_empty())
     }
 }
 

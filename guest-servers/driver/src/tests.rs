@@ -411,3 +411,34 @@ fn kicks_only_for_a_sleeping_device_and_interrupts_only_for_a_sleeping_driver() 
     assert_eq!((s.arms, s.device_wakeups), (1, 1));
     assert!(!r.dev.touched_interrupt_regs.get());
 }
+
+#[test]
+fn an_ip_that_does_not_take_its_replies_holds_up_its_own_frames_and_nothing_else() {
+    let mut r = rig();
+    r.poll();
+    r.ip_ack_all();
+    r.ip_replies();
+    // One request, resubmitted without taking a reply: 4 fill the transmit slots, the
+    // others are answered NoRoom until ip's reply queue (8) is full.
+    let (op, w) = FrameRequest::Transmit(FrameMeta::PLAIN).encode();
+    let id = r.ip.send_request(op, w, &frame(60, 0)).unwrap();
+    for _ in 0..12 {
+        r.ip.resubmit(id).unwrap();
+        r.poll();
+    }
+    assert_eq!(r.dev.take_tx(&r.ram.mem).len(), 4);
+    // The device is done with all four, but there is no room to say so: the channel
+    // stays, the completions wait, and the driver may sleep.
+    r.poll();
+    assert!(!r.server.before_sleep());
+    // Once ip takes its replies, the completions go out.
+    let mut got = 0;
+    while r.ip.poll_reply().unwrap().is_some() {
+        got += 1;
+    }
+    assert_eq!(got, 1, "the other replies name a request already answered");
+    assert_eq!(r.ip.stale_replies(), 7);
+    assert!(r.poll());
+    let s = r.stats();
+    assert_eq!((s.tx_frames, s.tx_no_room), (4, 8));
+}
