@@ -15,3 +15,8 @@ pub(crate) fn init(info: &BootInfo) {
             .init(info.heap_start as *mut u8, info.heap_size as usize)
     };
 }
+
+/// Bytes of heap not allocated (some may be fragmented).
+pub(crate) fn free() -> u64 {
+    HEAP.lock().free() as u64
+}

@@ -28,6 +28,8 @@
 //! - [`eoi`]: whether this host needs the interrupt entry's EOI (probed at boot);
 //! - [`lapic`]: the local APIC, which ring 3 reaches directly (self-interrupts, the
 //!   in-service register);
+//! - [`virtio`]: the guest's virtio devices (the network device of a driver server),
+//!   its logic from `compart-virtio`, host-tested there;
 //! - [`exit`]: end the guest with a status the VMM reports.
 #![no_std]
 // Only guests run this crate: the host workspace lints it (`cargo clippy --workspace
@@ -52,6 +54,7 @@ pub mod pstate;
 pub mod ring0;
 pub mod server;
 pub mod time;
+pub mod virtio;
 
 pub use compart_abi as abi;
 pub use compart_abi::BootInfo;

@@ -7,6 +7,8 @@ use alloc::vec::Vec;
 pub use compart_kit::server::*;
 
 use crate::channel::{self, Channel, Doorbell, OpenError};
+use crate::placement;
+use crate::time::Instant;
 
 /// A server over every channel of this guest that opens, with `handler(peer, channel)`
 /// as each one's handler; and the channels that could not be opened, with the reason.
@@ -44,4 +46,34 @@ fn idle(
         None => channel::wait_for_any(channels, None),
     }
     .map(drop)
+}
+
+/// [`run`] for a server whose handlers have work beside their channels (a device's
+/// rings, which `Handler::on_pass` serves): while it has a poll budget (`poll_us`, or
+/// vCPU 0's placement) it polls by whole passes, so the device's work is seen as soon
+/// as the channels'; then it asks every handler to arm its device
+/// (`Handler::before_sleep`), and sleeps only if none found work meanwhile. The
+/// device's interrupt, like a doorbell, ends the sleep.
+pub fn run_with_devices<H: Handler<Doorbell>>(
+    server: &mut Server<Doorbell, H>,
+    poll_us: Option<u32>,
+    report: &mut dyn FnMut(Event<'_, H>),
+) {
+    let mut idle_since = Instant::now();
+    while !server.is_empty() {
+        if server.poll(report) {
+            idle_since = Instant::now();
+            continue;
+        }
+        let budget = u64::from(poll_us.unwrap_or_else(|| placement::poll_us(0)));
+        if idle_since.elapsed() < core::time::Duration::from_micros(budget) {
+            core::hint::spin_loop();
+            continue;
+        }
+        if !server.before_sleep() {
+            // The budget is spent: sleep at once.
+            let _ = channel::wait_for_any_polling(server.sleep_set(), 0, None);
+        }
+        idle_since = Instant::now();
+    }
 }

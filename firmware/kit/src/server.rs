@@ -135,6 +135,23 @@ pub trait Handler<N: Notifier> {
     fn on_reply(&mut self, link: &mut Link<'_, N>, reply: Reply) -> Result<(), Close> {
         link.drop_reply(reply)
     }
+
+    /// Work that does not come from the peer's messages (a device's rings, for a
+    /// driver): called once per pass, after the channel's replies (which may give
+    /// credit back) and before its requests, with the channel to send requests and
+    /// replies on. Returns whether it did any (the pass then
+    /// counts as busy). The default has none.
+    fn on_pass(&mut self, _link: &mut Link<'_, N>) -> Result<bool, Close> {
+        Ok(false)
+    }
+
+    /// The server is about to sleep: arm the handler's other wake-up sources (ask its
+    /// device for an interrupt), then re-check them. Returns whether work arrived
+    /// meanwhile; the server then polls again instead of sleeping. The default has no
+    /// other sources.
+    fn before_sleep(&mut self) -> bool {
+        false
+    }
 }
 
 /// Something the server reports about a channel.
@@ -335,6 +352,8 @@ impl<N: Notifier, H: Handler<N>> Server<N, H> {
             let (mut link, handler) = l.split(ep);
             handler.on_reply(&mut link, reply)?;
         }
+        let (mut link, handler) = l.split(ep);
+        busy |= handler.on_pass(&mut link)?;
         for _ in 0..BUDGET {
             let (req, was_parked) = match l.parked.take() {
                 Some(req) => (req, true),
@@ -358,8 +377,17 @@ impl<N: Notifier, H: Handler<N>> Server<N, H> {
         Ok(busy)
     }
 
-    /// Serve until no channel is left: a pass, and when it found nothing to do, `idle` on
-    /// the [`sleep_set`](Self::sleep_set). An error from `idle` means some channel broke
+    /// Every handler's [`Handler::before_sleep`] (all of them, so each arms its
+    /// sources): whether any found work, so the server must not sleep.
+    pub fn before_sleep(&mut self) -> bool {
+        self.links
+            .iter_mut()
+            .fold(false, |work, l| l.handler.before_sleep() | work)
+    }
+
+    /// Serve until no channel is left: a pass, and when it found nothing to do and no
+    /// handler's [`before_sleep`](Self::before_sleep) found work, `idle` on the
+    /// [`sleep_set`](Self::sleep_set). An error from `idle` means some channel broke
     /// while the server waited; the next pass finds which, and drops it.
     pub fn run(
         &mut self,
@@ -367,7 +395,7 @@ impl<N: Notifier, H: Handler<N>> Server<N, H> {
         report: &mut dyn FnMut(Event<'_, H>),
     ) {
         while !self.is_empty() {
-            if !self.poll(report) {
+            if !self.poll(report) && !self.before_sleep() {
                 let _ = idle(self.sleep_set());
             }
         }

@@ -236,3 +236,82 @@ fn a_corrupt_channel_is_dropped_and_reported_and_the_others_are_served() {
     );
     assert_eq!(p[1].peer.poll_reply().unwrap().unwrap().inline()[0], 2);
 }
+
+/// A handler with a "device": `work` items to send the peer (one-way, one a pass,
+/// from `on_pass`), and `late` more that turn up when the server arms before sleeping.
+/// It closes once it armed twice.
+#[derive(Debug, Default)]
+struct Device {
+    work: u64,
+    late: u64,
+    arms: u64,
+}
+
+impl Handler<NoKick> for Device {
+    fn on_request(&mut self, _: &mut Link<'_, NoKick>, _: Request) -> Result<(), Close> {
+        Err(Close::Violation("no requests expected"))
+    }
+
+    fn on_pass(&mut self, link: &mut Link<'_, NoKick>) -> Result<bool, Close> {
+        if self.work > 0 {
+            link.endpoint
+                .send_oneway(OP_ECHO, [self.work, 0, 0, 0, 0])?;
+            self.work -= 1;
+            return Ok(true);
+        }
+        if self.arms >= 2 {
+            return Err(Close::Done);
+        }
+        Ok(false)
+    }
+
+    fn before_sleep(&mut self) -> bool {
+        self.arms += 1;
+        if self.late > 0 {
+            self.work = std::mem::take(&mut self.late);
+            return true;
+        }
+        false
+    }
+}
+
+#[test]
+fn work_beside_the_channel_keeps_the_server_busy_and_what_arming_finds_keeps_it_awake() {
+    let (mut p, ep) = pair(config());
+    let mut s = Server::new();
+    let peer = Peer {
+        index: 0,
+        name: std::string::String::from("p0"),
+        role: Role::App,
+    };
+    s.add(
+        peer,
+        ep,
+        Device {
+            work: 3,
+            late: 2,
+            arms: 0,
+        },
+    );
+    let mut idles = 0;
+    let mut arms = 0;
+    s.run(
+        |_| {
+            idles += 1;
+            Ok(())
+        },
+        &mut |e| {
+            if let Event::Closed { handler, .. } = e {
+                arms = handler.arms;
+            }
+        },
+    );
+    // Three items, the server arms and finds two more (no sleep), sends them, arms
+    // again and finds none: it sleeps once, then the handler closes.
+    let mut got = Vec::new();
+    while let Some(r) = p.peer.poll_request().unwrap() {
+        got.push(r.inline()[0]);
+    }
+    assert_eq!(got, [3, 2, 1, 2, 1]);
+    assert_eq!((idles, arms), (1, 2));
+}
