@@ -8,8 +8,9 @@
 //!   it malformed rings (buffers outside RAM, looped chains, huge and tiny lengths,
 //!   `next` outside the table, wrong direction, indirect descriptors, heads outside
 //!   the table, available indices jumping, queues outside RAM at `DRIVER_OK`, writes
-//!   to read-only registers, resets with chains in flight); then bring it up cleanly
-//!   and send one valid frame, to show the device still works.
+//!   to read-only registers, resets with chains in flight; receive chains outside
+//!   RAM, read-only, looped or too small, refused when a frame arrives); then bring it
+//!   up cleanly and send one valid frame, to show the device still works.
 
 use core::sync::atomic::{fence, Ordering};
 use core::time::Duration;
@@ -247,6 +248,8 @@ struct Tally {
     refused_seen: u64,
     /// Bad chains not handed back in time (a reset came first, or the ring broke).
     refused_unseen: u64,
+    /// Bad receive chains handed back refused (when a frame arrived for them).
+    rx_refused_seen: u64,
     /// Rings broken on purpose (head outside the table, index jump, queue outside
     /// RAM) that the device answered with `DEVICE_NEEDS_RESET`.
     broken: u64,
@@ -301,6 +304,19 @@ pub fn hostile(info: &BootInfo, ms: u64) -> bool {
                 t.refused_unseen += 1;
             }
         }
+        // Receive chains the device must refuse when a frame arrives (the test sends
+        // some to the TAP meanwhile): counted at the end of the round.
+        let rx_bad: [(u64, u32, u16, u16); 4] = [
+            (outside, 2048, DESC_F_WRITE, 0),           // outside RAM
+            (buf, 2048, 0, 0),                          // read-only: wrong direction
+            (buf, 2048, DESC_F_WRITE | DESC_F_NEXT, 2), // a loop onto itself
+            (buf, 4, DESC_F_WRITE, 0),                  // smaller than a header
+        ];
+        for (i, &(addr, len, flags, next)) in rx_bad.iter().enumerate() {
+            nic.desc(RX_QUEUE, i as u16, addr, len, flags, next);
+            nic.offer(RX_QUEUE, i as u16);
+        }
+        nic.kick(RX_QUEUE);
         // Writes the device must refuse: read-only registers, and queue registers
         // after DRIVER_OK.
         for off in [
@@ -317,6 +333,12 @@ pub fn hostile(info: &BootInfo, ms: u64) -> bool {
         ] {
             nic.reg(off, 0xdead_beef);
             t.refused_writes += 1;
+        }
+        let rx_used = nic.used_idx(RX_QUEUE);
+        for i in 0..rx_used {
+            if nic.used(RX_QUEUE, i).1 == 0 {
+                t.rx_refused_seen += 1;
+            }
         }
         // A reset with chains in flight: many offered, one kick, reset at once.
         for i in 0..nic.qsize {
@@ -373,10 +395,11 @@ pub fn hostile(info: &BootInfo, ms: u64) -> bool {
     nic.kick(TX_QUEUE);
     let sent = nic.wait_used(TX_QUEUE, 1, Duration::from_secs(2));
     println!(
-        "nic-hostile: {} rounds in {ms} ms: {} bad chains handed back refused, {} not seen back, {} rings broken and reset, {} refused register writes, {} resets in flight; a valid frame after: {}",
+        "nic-hostile: {} rounds in {ms} ms: {} bad chains handed back refused, {} not seen back, {} bad receive chains refused, {} rings broken and reset, {} refused register writes, {} resets in flight; a valid frame after: {}",
         t.rounds,
         t.refused_seen,
         t.refused_unseen,
+        t.rx_refused_seen,
         t.broken,
         t.refused_writes,
         t.resets,
