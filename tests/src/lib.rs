@@ -20,6 +20,7 @@
 //! topology from text, a console capture, a running VMM.
 
 pub mod netns;
+pub mod rawnet;
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};

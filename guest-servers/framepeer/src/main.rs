@@ -9,8 +9,14 @@
 //!    (six fragments in, the reply fragmented to the MTU on the way out, which this
 //!    peer reassembles), and with `n=N` more 56-byte pings;
 //!
-//! checking every frame ip sends; then prints `framepeer: all replies right` and
-//! exits 0. Any wrong frame stops the guest with a panic naming it.
+//! checking every frame ip sends; then prints `framepeer: all replies right`;
+//! 4. with `hostile=N`, sends N hostile frames (`compart-netgen`, seed `seed=S`:
+//!    random, mutated, truncated, wrong lengths and checksums, bogus ARP,
+//!    overlapping and endless fragments, over the MTU; each cut to the channel's
+//!    buffer), discarding whatever ip sends back, then pings once more and checks the
+//!    reply (`framepeer: N hostile frames sent; ip still answers`);
+//!
+//! and exits 0. Any wrong frame stops the guest with a panic naming it.
 //! `addr=a.b.c.d` is the stack's address (default 198.18.0.2).
 #![no_std]
 #![no_main]
@@ -26,6 +32,7 @@ use compart_firmware::channel::{self, Channel};
 use compart_firmware::cmdline;
 use compart_firmware::server::Role;
 use compart_firmware::{println, BootInfo};
+use compart_netgen::{FrameGen, Target};
 use compart_proto::frame::{FrameMeta, Reply, Request};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -300,7 +307,70 @@ fn main(_info: &'static BootInfo) -> i32 {
             frames.len()
         );
     }
-    d.ch.flush().expect("flush");
     println!("framepeer: all replies right");
+    let hostile: u32 = args
+        .get_or("hostile", 0)
+        .unwrap_or_else(|e| panic!("framepeer: {e}"));
+    if hostile > 0 {
+        let seed: u64 = args
+            .get_or("seed", 1)
+            .unwrap_or_else(|e| panic!("framepeer: {e}"));
+        attack(&mut d, us, hostile, seed);
+    }
+    d.ch.flush().expect("flush");
     0
+}
+
+/// `hostile=N`: N hostile frames, then one ping whose reply must be right.
+fn attack(d: &mut Driver, us: Ipv4Address, n: u32, seed: u64) {
+    let target = Target {
+        mac: STACK_MAC.0,
+        ip: us.octets(),
+        peer_mac: PEER_MAC.0,
+        peer_ip: PEER.octets(),
+    };
+    let max = d.ch.buffer_size();
+    let mut frames = FrameGen::new(seed, target, 1500);
+    let mut cut = 0u32;
+    for f in frames.by_ref().take(n as usize) {
+        cut += u32::from(f.len() > max);
+        d.request(Request::Receive(FrameMeta::PLAIN), &f[..f.len().min(max)]);
+        d.sent.clear();
+    }
+    // ip may still be sending answers to the attack: look for the echo reply among
+    // at most 10 000 frames.
+    const SEQ: u16 = 0xbeef;
+    for p in ping(us, 56, SEQ) {
+        d.request(
+            Request::Receive(FrameMeta::PLAIN),
+            &eth(STACK_MAC, EthernetProtocol::Ipv4, &p),
+        );
+    }
+    for _ in 0..10_000 {
+        let f = d.frames(1).remove(0);
+        if is_echo_reply(&f, SEQ) {
+            check_reply(us, &[f], 56, SEQ);
+            println!(
+                "framepeer: {n} hostile frames sent ({cut} cut to the {max}-byte buffer); ip still answers"
+            );
+            return;
+        }
+    }
+    panic!("framepeer: no echo reply {SEQ} after the hostile frames");
+}
+
+/// Whether `f` is an ICMP echo reply with sequence number `seq`.
+fn is_echo_reply(f: &[u8], seq: u16) -> bool {
+    let Ok(e) = EthernetFrame::new_checked(f) else {
+        return false;
+    };
+    let Ok(p) = Ipv4Packet::new_checked(e.payload()) else {
+        return false;
+    };
+    let Ok(icmp) = Icmpv4Packet::new_checked(p.payload()) else {
+        return false;
+    };
+    p.next_header() == IpProtocol::Icmp
+        && icmp.msg_type() == smoltcp::wire::Icmpv4Message::EchoReply
+        && icmp.echo_seq_no() == seq
 }

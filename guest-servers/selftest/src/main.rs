@@ -37,11 +37,15 @@
 //! - `nic`: print each NIC of the boot info and what its virtio-mmio registers say
 //!   (identification, offered features, MAC and MTU from the configuration space),
 //!   and the IPv4 configuration; `nic-misuse`: also make accesses the device refuses
-//!   (a 2-byte register read, a write to a read-only register, a config write).
+//!   (a 2-byte register read, a write to a read-only register, a config write);
+//! - `nic-rx=MS`, `nic-hostile=MS`: drive NIC 0 with a bare driver (`nicdrv.rs`):
+//!   receive for MS milliseconds, or attack the device with malformed rings.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
+
+mod nicdrv;
 
 use core::time::Duration;
 
@@ -88,6 +92,12 @@ fn main(info: &'static BootInfo) -> i32 {
             "flood" => flood(word.parse().unwrap_or(1000)),
             "nic" => nics(info, false),
             "nic-misuse" => nics(info, true),
+            "nic-rx" => nicdrv::rx(info, word.parse().unwrap_or(1000)),
+            "nic-hostile" => {
+                if !nicdrv::hostile(info, word.parse().unwrap_or(1000)) {
+                    status = 1;
+                }
+            }
             "pstate-control" => {
                 let Hex(v) = word.parse().unwrap_or(Hex(0));
                 match pstate::write_control(v) {
