@@ -283,3 +283,115 @@ kvm_test! {
         waiter.join().unwrap();
     }
 }
+
+/// The ip server's value of counter `name` in its last counters line.
+fn ip_counter(capture: &Capture, name: &str) -> u64 {
+    capture
+        .of("ip")
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("ip: counters: "))
+        .and_then(|c| {
+            c.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+kvm_test! {
+    /// The same 10⁵ hostile frames at the real stack (the driver and ip servers): both
+    /// keep running, the device accounts for every frame, every frame the device
+    /// delivered reaches ip's counters, and the stack still answers a ping.
+    fn the_stack_survives_100000_hostile_frames_counts_them_and_still_answers_ping() {
+        if !require_netns() {
+            return;
+        }
+        install_logger();
+        let ns = NetNs::new("hst").unwrap();
+        for key in ["all", "default"] {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", ns.name(), "sysctl", "-qw"])
+                .arg(format!("net.ipv6.conf.{key}.disable_ipv6=1"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        let t = topology(&format!(
+            "[[guest]]\nname = \"driver\"\nrole = \"driver\"\nimage = \"driver\"\nmemory_mib = 16\ncores = [0]\n\
+             [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"ip\"\nmemory_mib = 16\ncores = [1]\n\
+             cmdline = \"stats=0\"\n\
+             [[channel]]\na = \"driver\"\nb = \"ip\"\nqueue_depth = 64\nmax_outstanding = 16\n\
+             buf_size = 65600\n\
+             [[nic]]\nguest = \"driver\"\ntap = \"cpt7\"\nnetns = \"{}\"\n\
+             mac = \"02:00:00:00:07:02\"\naddress = \"198.18.7.2/24\"\n",
+            ns.name()
+        ));
+        let capture = Capture::default();
+        let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+        let handle = vmm.handle();
+        let waiter = std::thread::spawn(move || vmm.wait());
+        capture.wait_for("ip", "gratuitous ARP sent", Duration::from_secs(30));
+        ns.ip(&["link", "set", "cpt7", "mtu", "9000", "up"]).unwrap();
+        let sender = ns.run_in(|| RawSender::open("cpt7")).unwrap().unwrap();
+        let target = Target {
+            mac: [2, 0, 0, 0, 7, 2],
+            ip: [198, 18, 7, 2],
+            peer_mac: [2, 0, 0, 0, 7, 1],
+            peer_ip: [198, 18, 7, 1],
+        };
+        let base = nic_status(&handle);
+        let mut frames = FrameGen::new(7, target, 1500);
+        let mut sent = 0u64;
+        while (sent as usize) < FRAMES {
+            for f in frames.by_ref().take(BATCH) {
+                sender.send(&f).unwrap_or_else(|e| panic!("sending {} bytes: {e}", f.len()));
+                sent += 1;
+            }
+            let batch_start = Instant::now();
+            loop {
+                let nic = nic_status(&handle);
+                if nic.rx_packets + nic.rx_drops >= base.rx_packets + base.rx_drops + sent {
+                    break;
+                }
+                assert!(
+                    batch_start.elapsed() < Duration::from_secs(10),
+                    "after {sent} frames sent: {nic:?}"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let nic = nic_status(&handle);
+        assert_eq!(
+            nic.rx_packets + nic.rx_drops - base.rx_packets - base.rx_drops,
+            sent,
+            "the device accounts for every frame: {nic:?}"
+        );
+        // Every frame the device delivered reaches ip (the driver passes them all on:
+        // it has credit for 16 at a time and waits for ip's replies, never drops).
+        let delivered = nic.rx_packets;
+        compart_tests::poll(Duration::from_secs(30), "ip to count every frame", || {
+            (ip_counter(&capture, "rx_frames") >= delivered).then_some(())
+        });
+        assert_eq!(ip_counter(&capture, "rx_frames"), delivered, "{:?}", capture.of("ip").last());
+        // The stack is whole: it answers a ping from the namespace.
+        ns.ip(&["addr", "add", "198.18.7.1/24", "dev", "cpt7"]).unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name(), "ping", "-c", "3", "-w", "10", "198.18.7.2"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains(" 0% packet loss"), "{text}");
+        for g in ["driver", "ip"] {
+            assert!(
+                !capture.of(g).iter().any(|l| l.contains("panicked")),
+                "{g}: {:?}",
+                capture.of(g)
+            );
+        }
+        handle.stop();
+        let outcome = waiter.join().unwrap();
+        for g in ["driver", "ip"] {
+            assert_eq!(outcome.state(g), Some(&GuestState::Stopped), "{g}: {outcome:?}");
+        }
+    }
+}
