@@ -97,4 +97,6 @@ impl Default for Limits {
 }
 
 #[cfg(test)]
+mod server_tests;
+#[cfg(test)]
 mod tests;
