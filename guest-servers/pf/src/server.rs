@@ -232,8 +232,12 @@ impl<N: Notifier> PfServer<N> {
             let other = self.find(side.other());
             let credit = match other {
                 Some(o) => {
+                    // pf sends no one-way messages, so its requests waiting in the other
+                    // side's queue are at most its outstanding ones: this bound keeps both
+                    // the request ids and that queue from running out.
                     let ep = &self.endpoints[o];
-                    ep.outstanding_count() < ep.layout().config().max_outstanding
+                    let c = ep.layout().config();
+                    ep.outstanding_count() < c.max_outstanding.min(c.queue_depth)
                 }
                 None => true,
             };

@@ -20,11 +20,15 @@ const BUF: u32 = 16384;
 const WINDOW: u32 = 16;
 
 fn pair(name: &str) -> (SharedMemory, Endpoint<NoKick>, Endpoint<NoKick>) {
-    pair_of(name, WINDOW)
+    pair_of(name, 64, WINDOW)
 }
 
-fn pair_of(name: &str, window: u32) -> (SharedMemory, Endpoint<NoKick>, Endpoint<NoKick>) {
-    let config = PairConfig::new(64, window, BUF);
+fn pair_of(
+    name: &str,
+    depth: u32,
+    window: u32,
+) -> (SharedMemory, Endpoint<NoKick>, Endpoint<NoKick>) {
+    let config = PairConfig::new(depth, window, BUF);
     let size = PairLayout::new(&config).unwrap().size();
     let mem = SharedMemory::create(name, size.next_multiple_of(4096)).unwrap();
     initialize(&mem.region(), &config).unwrap();
@@ -49,13 +53,14 @@ struct Rig {
 }
 
 fn rig(rules: &str) -> Rig {
-    rig_of(rules, WINDOW)
+    rig_of(rules, 64, WINDOW)
 }
 
-/// With `tcp_window` requests in flight at most from pf to tcp.
-fn rig_of(rules: &str, tcp_window: u32) -> Rig {
+/// With a request queue of `tcp_depth` and `tcp_window` requests in flight at most from
+/// pf to tcp.
+fn rig_of(rules: &str, tcp_depth: u32, tcp_window: u32) -> Rig {
     let (m1, ip, i) = pair("pf-ip");
-    let (m2, tcp, t) = pair_of("pf-tcp", tcp_window);
+    let (m2, tcp, t) = pair_of("pf-tcp", tcp_depth, tcp_window);
     let filter = Filter::new(Rules::parse(rules, None).unwrap(), Limits::default());
     let srv = PfServer::new(
         filter,
@@ -311,9 +316,15 @@ fn wrong_requests_and_replies_are_refused_and_counted() {
 
 #[test]
 fn a_slow_tcp_slows_ip_down_and_loses_nothing() {
-    // ip has 16 requests in flight at most, pf only 4 towards tcp: the rest wait in ip's
-    // queue or parked in pf, none is refused; tcp answers only every other round.
-    let mut r = rig_of("in:icmp", 4);
+    // ip has 16 requests in flight at most, pf only 4 towards tcp (its window, or its
+    // request queue): the rest wait in ip's queue or parked in pf, none is refused; tcp
+    // answers only every other round.
+    slow_tcp(64, 4);
+    slow_tcp(4, 16);
+}
+
+fn slow_tcp(depth: u32, window: u32) {
+    let mut r = rig_of("in:icmp", depth, window);
     let mut sent = 0u16;
     let mut delivered = Vec::new();
     let mut holding = Vec::new();
