@@ -17,11 +17,10 @@
 //! because its peer does not take its replies leaves the [`sleep_set`](PfServer::sleep_set)).
 //! Every reply is decoded and must fit its request's kind; the held request is answered
 //! exactly once: with the other side's reply, or by pf when the other side's channel goes.
-use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use compart_channel::{ChannelError, Endpoint, Notifier, Request};
+use compart_channel::{ChannelError, Endpoint, Notifier, Request, RequestId};
 use compart_kit::server::{Close, Peer, BUDGET};
 use compart_proto::packet::{self, DropReason, Reply};
 
@@ -67,6 +66,53 @@ struct Held {
     kind: Kind,
 }
 
+/// Requests relayed on one channel and not yet answered, with the originals they stand
+/// for: one slot per request-id index of that channel (at most its `max_outstanding`),
+/// so that relaying a packet allocates nothing.
+#[derive(Debug, Default)]
+struct Holds {
+    slots: Vec<Option<(RequestId, Held)>>,
+    len: usize,
+}
+
+impl Holds {
+    fn new(capacity: usize) -> Holds {
+        let mut slots = Vec::new();
+        slots.resize_with(capacity, || None);
+        Holds { slots, len: 0 }
+    }
+
+    /// Hold `h` for the relayed request `id` (one of this side's own, outstanding).
+    fn insert(&mut self, id: RequestId, h: Held) {
+        let i = id.index() as usize;
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if self.slots[i].replace((id, h)).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, id: RequestId) -> Option<Held> {
+        let slot = self.slots.get_mut(id.index() as usize)?;
+        if slot.as_ref().is_some_and(|(held, _)| *held == id) {
+            self.len -= 1;
+            slot.take().map(|(_, h)| h)
+        } else {
+            None
+        }
+    }
+
+    fn take_all(&mut self) -> Vec<Held> {
+        self.len = 0;
+        self.slots
+            .iter_mut()
+            .filter_map(|s| s.take())
+            .map(|(_, h)| h)
+            .collect()
+    }
+}
+
 #[derive(Debug)]
 struct Chan {
     peer: Peer,
@@ -85,7 +131,7 @@ pub struct PfServer<N: Notifier> {
     chans: Vec<Chan>,
     /// Per side (`Side::index`): requests relayed on that side's channel and not yet
     /// answered, by their id there, with the original request from the other side.
-    held: [BTreeMap<u64, Held>; 2],
+    held: [Holds; 2],
     buf: Vec<u8>,
     closed: Vec<(Peer, Close)>,
 }
@@ -102,7 +148,7 @@ impl<N: Notifier> PfServer<N> {
             filter,
             endpoints: Vec::new(),
             chans: Vec::new(),
-            held: [BTreeMap::new(), BTreeMap::new()],
+            held: [Holds::default(), Holds::default()],
             buf: Vec::new(),
             closed: Vec::new(),
         };
@@ -113,6 +159,7 @@ impl<N: Notifier> PfServer<N> {
             if s.buf.len() < ep.buffer_size() {
                 s.buf = vec![0; ep.buffer_size()];
             }
+            s.held[side.index()] = Holds::new(ep.layout().config().max_outstanding as usize);
             s.endpoints.push(ep);
             s.chans.push(Chan {
                 peer,
@@ -141,7 +188,7 @@ impl<N: Notifier> PfServer<N> {
 
     /// Requests relayed and waiting for the other side's answer.
     pub fn held(&self) -> usize {
-        self.held[0].len() + self.held[1].len()
+        self.held[0].len + self.held[1].len
     }
 
     /// The channels dropped since the last call, and why.
@@ -201,10 +248,10 @@ impl<N: Notifier> PfServer<N> {
         self.endpoints.swap_remove(k);
         let chan = self.chans.swap_remove(k);
         let side = chan.side;
-        self.held[side.other().index()].clear();
-        let waiting = core::mem::take(&mut self.held[side.index()]);
+        self.held[side.other().index()].take_all();
+        let waiting = self.held[side.index()].take_all();
         if let Some(o) = self.find(side.other()) {
-            for (_, h) in waiting {
+            for h in waiting {
                 self.filter.counters_mut().peer_gone += 1;
                 let (status, inline) = gone(side).encode();
                 // A broken channel is found by its next pass.
@@ -222,7 +269,7 @@ impl<N: Notifier> PfServer<N> {
                 break;
             };
             busy = true;
-            let id = reply.id().0;
+            let id = reply.id();
             let answer = Reply::decode(reply.status(), reply.inline());
             self.endpoints[k].free(reply)?;
             self.relay_reply(side, id, answer);
@@ -266,10 +313,10 @@ impl<N: Notifier> PfServer<N> {
     fn relay_reply(
         &mut self,
         side: Side,
-        id: u64,
+        id: RequestId,
         answer: Result<Reply, compart_proto::DecodeError>,
     ) {
-        let Some(h) = self.held[side.index()].remove(&id) else {
+        let Some(h) = self.held[side.index()].remove(id) else {
             self.filter.counters_mut().orphan_replies += 1;
             return;
         };
@@ -343,7 +390,7 @@ impl<N: Notifier> PfServer<N> {
         let (op, inline) = (req.opcode(), *req.inline());
         match self.endpoints[o].send_request(op, inline, &self.buf[..n]) {
             Ok(id) => {
-                self.held[side.other().index()].insert(id.0, Held { req, kind });
+                self.held[side.other().index()].insert(id, Held { req, kind });
                 Ok(())
             }
             // The other channel's trouble (it is dropped by its own pass if broken).
