@@ -4,7 +4,8 @@
 //!   would go to it is answered by pf: `Dropped(LinkDown)` without ip, `Dropped(Refused)`
 //!   without tcp).
 //! - `rules=…` and `default=allow|deny` (see the library's `rules` module; default: no
-//!   rules, deny), `conns=N` the connection table's size (default 4096).
+//!   rules, deny), `conns=N` the connection table's size (1–65536, default 4096; each
+//!   entry takes about 100 bytes of heap at most, so 65536 need a guest of ≥ 12 MiB).
 //! - `stats=MS` (default 1000; 0: every time): when the server goes idle and its counters
 //!   changed, it prints them (`pf: counters: name=value …`), at most once per MS
 //!   milliseconds. `poll=US` overrides the placement's poll budget.
@@ -25,6 +26,9 @@ use pf::{Counters, Filter, Instant, Limits, PfServer, Rules};
 
 compart_firmware::entry!(main);
 
+/// Most entries `conns=` may ask for (about 100 bytes of heap each, at most).
+const MAX_CONNS: usize = 65536;
+
 /// The filter's clock: milliseconds of the firmware's monotonic clock (the TSC). The one
 /// place time is read.
 fn now() -> Instant {
@@ -39,8 +43,12 @@ fn main(_info: &'static BootInfo) -> i32 {
     let args = cmdline::args();
     let rules = Rules::parse(arg(&args, "rules").unwrap_or(""), arg(&args, "default"))
         .unwrap_or_else(|e| panic!("pf: {e}"));
+    let conns: usize = arg(&args, "conns").unwrap_or(Limits::default().conntrack_entries);
+    if !(1..=MAX_CONNS).contains(&conns) {
+        panic!("pf: conns={conns}: expected 1-{MAX_CONNS}");
+    }
     let limits = Limits {
-        conntrack_entries: arg(&args, "conns").unwrap_or(Limits::default().conntrack_entries),
+        conntrack_entries: conns,
         ..Limits::default()
     };
     let stats_ms: u64 = arg(&args, "stats").unwrap_or(1000);
