@@ -2,7 +2,7 @@
 //! ring 3 cannot take over ring 0: the structures ring 0 runs on (IDT, page tables,
 //! GDT, TSS, ring-0 stacks, the APICs) are supervisor-only, and nothing is executable
 //! but the image's code segments (EFER.NXE and the XD bit). The low 2 MiB and the
-//! image (`MAX_IMAGE_SIZE` from `IMAGE_GPA`) use 4 KiB pages, so that the page at 0
+//! 2 MiB regions the image's segments span use 4 KiB pages, so that the page at 0
 //! can be left out (null dereferences fault) and each image segment gets its own
 //! rights; the rest uses 2 MiB pages. Addresses with no RAM behind them reach the VMM
 //! as MMIO exits. Upper levels allow everything; the leaf entries decide.
@@ -110,12 +110,22 @@ fn image_page(gpa: u64, segments: &[Segment]) -> u64 {
 }
 
 /// The page-table pages for an image with `segments`, to be written at
-/// `PAGE_TABLES_GPA`: PML4, PDPT, 4 PDs, the PT of the low 2 MiB, the image's PTs.
+/// `PAGE_TABLES_GPA`: PML4, PDPT, 4 PDs, the PT of the low 2 MiB, and one PT per 2 MiB
+/// the image's segments span (at most `MAX_IMAGE_SIZE` worth): the rest of the image
+/// range, stacks and heap, is ring-3 data in 2 MiB pages, so a small image costs the
+/// guest no page-table page it does not need (each written page is resident memory).
 /// `lapic_user`: ring 3 may reach the local APIC (a guest of one vCPU).
 pub fn page_tables(segments: &[Segment], lapic_user: bool) -> Vec<u8> {
     const GIB: u64 = 1 << 30;
     const PDS: u64 = MAPPED_LIMIT / GIB;
-    let mut mem = vec![0u8; (PAGE_TABLE_PAGES * PAGE_SIZE) as usize];
+    let image_pts = segments
+        .iter()
+        .map(|s| s.end.saturating_sub(IMAGE_GPA).div_ceil(TWO_MIB))
+        .max()
+        .unwrap_or(0)
+        .min(IMAGE_PTS);
+    let pages = PAGE_TABLE_PAGES - IMAGE_PTS + image_pts;
+    let mut mem = vec![0u8; (pages * PAGE_SIZE) as usize];
     let page_gpa = |i: u64| PAGE_TABLES_GPA + i * PAGE_SIZE;
     let mut set = |page: u64, index: u64, value: u64| {
         let at = (page * PAGE_SIZE + index * 8) as usize;
@@ -130,7 +140,7 @@ pub fn page_tables(segments: &[Segment], lapic_user: bool) -> Vec<u8> {
             let addr = gib * GIB + i * TWO_MIB;
             let entry = if addr == 0 {
                 page_gpa(low_pt) | TABLE
-            } else if (IMAGE_GPA..IMAGE_GPA + MAX_IMAGE_SIZE).contains(&addr) {
+            } else if (IMAGE_GPA..IMAGE_GPA + image_pts * TWO_MIB).contains(&addr) {
                 page_gpa(image_pt((addr - IMAGE_GPA) / TWO_MIB)) | TABLE
             } else if addr == lapic::BASE_GPA & !(TWO_MIB - 1) && lapic_user {
                 // A one-vCPU guest's local APIC: ring 3 arms its timer and probes the
@@ -154,7 +164,7 @@ pub fn page_tables(segments: &[Segment], lapic_user: bool) -> Vec<u8> {
     for i in 0..512 {
         set(low_pt, i, (i * PAGE_SIZE) | low_page(i * PAGE_SIZE));
     }
-    for pt in 0..IMAGE_PTS {
+    for pt in 0..image_pts {
         for i in 0..512 {
             let addr = IMAGE_GPA + pt * TWO_MIB + i * PAGE_SIZE;
             set(image_pt(pt), i, addr | image_page(addr, segments));
@@ -312,6 +322,36 @@ mod tests {
         ] {
             assert_eq!(translate(&t, va).unwrap().1, want, "{va:#x}");
         }
+    }
+
+    #[test]
+    fn only_the_2_mib_regions_the_image_spans_get_4_kib_page_tables() {
+        // SEGMENTS end within the first 2 MiB: one image PT, the rest huge data pages.
+        let small = page_tables(&SEGMENTS, false);
+        assert_eq!(
+            small.len() as u64,
+            (PAGE_TABLE_PAGES - IMAGE_PTS + 1) * PAGE_SIZE
+        );
+        let big = [Segment {
+            start: IMAGE_GPA,
+            end: IMAGE_GPA + 5 * TWO_MIB + 1,
+            writable: false,
+            executable: true,
+        }];
+        let t = page_tables(&big, false);
+        assert_eq!(
+            t.len() as u64,
+            (PAGE_TABLE_PAGES - IMAGE_PTS + 6) * PAGE_SIZE
+        );
+        assert_eq!(
+            translate(&t, IMAGE_GPA + 5 * TWO_MIB).unwrap().1,
+            rights(true, false, true)
+        );
+        assert_eq!(
+            translate(&t, IMAGE_GPA + 6 * TWO_MIB).unwrap().1,
+            rights(true, true, false),
+            "past the image: ring-3 data"
+        );
     }
 
     #[test]
