@@ -1,0 +1,424 @@
+//! smoltcp's `Device` over the channel to ip (the `compart_proto::packet` protocol, this
+//! side the client: it sends `Send`, ip delivers with `Deliver`), with `Medium::Ip`.
+//!
+//! - **Backpressure, never a drop between servers**: a token pair (receive) or a
+//!   transmit token is handed out only while the channel has a free request (fewer than
+//!   `max_outstanding` `Send`s unanswered) and no packet waits in the one-packet
+//!   [`pending`](ChannelDevice::pending) slot. A packet that finds ip's request queue
+//!   full even so waits there, and goes first at the next [`pump`](ChannelDevice::pump).
+//!   Packets from ip are taken only when ip's reply queue has room (the kit's rule), so
+//!   ip waits rather than loses.
+//! - **Copy out first**: a delivered packet is copied from ip's pool buffer into this
+//!   device's private buffer, and answered, before smoltcp parses it: ip (or anyone
+//!   writing the shared pool) cannot change bytes under the parser.
+//! - **Offload metadata**: a packet delivered with `NEEDS_CSUM` (a partial checksum from
+//!   a local sender) has its transport checksum completed here, so smoltcp's check
+//!   passes; `DATA_VALID` packets are checked again by smoltcp (it verifies every
+//!   checksum: the device's capabilities say so). Outgoing packets carry complete
+//!   checksums computed by smoltcp and no GSO (`PacketMeta::PLAIN`): smoltcp's
+//!   `segmentation-offload` needs `proto-ipv6` and TCP checksum offload, left for later.
+use alloc::vec;
+use alloc::vec::Vec;
+
+use compart_channel::{ChannelError, Endpoint, Notifier};
+use compart_kit::server::BUDGET;
+use compart_proto::packet::{self, DropReason, PacketMeta, FLAG_NEEDS_CSUM};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+/// What the device counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    /// Packets delivered by ip and handed to smoltcp.
+    pub rx_packets: u64,
+    /// Requests from ip refused as malformed (bad words, not `Deliver`, bad checksum
+    /// offsets).
+    pub rx_malformed: u64,
+    /// Delivered packets larger than the private buffer.
+    pub rx_too_big: u64,
+    /// Packets sent to ip.
+    pub tx_packets: u64,
+    /// Times a packet had to wait in the pending slot (ip's queue was full).
+    pub tx_deferred: u64,
+    /// `Send`s ip answered `Dropped`.
+    pub tx_dropped_by_ip: u64,
+    /// Replies from ip that did not decode or did not fit a `Send`.
+    pub bad_replies: u64,
+    /// Packets smoltcp built larger than the channel's buffers (never with the MTU capped
+    /// to them; counted, not sent).
+    pub tx_too_big: u64,
+}
+
+/// The device: the endpoint towards ip and two private buffers.
+#[derive(Debug)]
+pub struct ChannelDevice<N: Notifier> {
+    ep: Endpoint<N>,
+    mtu: usize,
+    rx: Vec<u8>,
+    tx: Vec<u8>,
+    /// Length of a packet in `tx` that ip's queue had no room for.
+    pending: Option<usize>,
+    max_outstanding: u32,
+    counters: DeviceCounters,
+    error: Option<ChannelError>,
+}
+
+impl<N: Notifier> ChannelDevice<N> {
+    /// A device over `ep` (a channel to ip), for packets of at most `mtu` bytes (capped to
+    /// the channel's buffer size).
+    pub fn new(ep: Endpoint<N>, mtu: usize) -> ChannelDevice<N> {
+        let size = ep.buffer_size();
+        let max_outstanding = ep.layout().config().max_outstanding;
+        ChannelDevice {
+            mtu: mtu.min(size),
+            rx: vec![0; size],
+            tx: vec![0; size],
+            pending: None,
+            max_outstanding,
+            counters: DeviceCounters::default(),
+            error: None,
+            ep,
+        }
+    }
+
+    /// The IP MTU smoltcp is told.
+    pub fn mtu(&self) -> usize {
+        self.mtu
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &DeviceCounters {
+        &self.counters
+    }
+
+    /// The endpoint (to sleep on).
+    pub fn endpoint(&mut self) -> &mut Endpoint<N> {
+        &mut self.ep
+    }
+
+    /// Whether a packet waits for room in ip's queue.
+    pub fn pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// The channel's error, once it broke (the device then does nothing).
+    pub fn error(&self) -> Option<ChannelError> {
+        self.error
+    }
+
+    fn fail(&mut self, e: ChannelError) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    fn can_send(&self) -> bool {
+        self.error.is_none()
+            && self.pending.is_none()
+            && self.ep.outstanding_count() < self.max_outstanding
+    }
+
+    /// Take ip's replies (credit) and retry the pending packet. Returns whether anything
+    /// happened.
+    pub fn pump(&mut self) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        let mut busy = false;
+        for _ in 0..BUDGET {
+            let reply = match self.ep.poll_reply() {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    self.fail(e);
+                    return true;
+                }
+            };
+            busy = true;
+            match packet::Reply::decode(reply.status(), reply.inline()) {
+                Ok(packet::Reply::Done) => {}
+                Ok(packet::Reply::Dropped(_) | packet::Reply::Unreachable(_)) => {
+                    self.counters.tx_dropped_by_ip += 1;
+                }
+                Ok(packet::Reply::Config(_)) | Err(_) => self.counters.bad_replies += 1,
+            }
+            if let Err(e) = self.ep.free(reply) {
+                self.fail(e);
+                return true;
+            }
+        }
+        if let Some(len) = self.pending.take() {
+            busy |= send(
+                &mut self.ep,
+                &self.tx[..len],
+                &mut self.pending,
+                &mut self.counters,
+                &mut self.error,
+            );
+        }
+        busy
+    }
+
+    /// Kick ip for what was sent (call when done with a pass).
+    pub fn flush(&mut self) {
+        if self.error.is_none() {
+            if let Err(e) = self.ep.flush() {
+                self.fail(e);
+            }
+        }
+    }
+
+    /// Take the next packet from ip into the private buffer, answering every request
+    /// taken. Returns its length, or `None` when there is none (or no room to answer).
+    fn take_packet(&mut self) -> Option<usize> {
+        for _ in 0..BUDGET {
+            if self.error.is_some() {
+                return None;
+            }
+            match self.ep.can_reply() {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    self.fail(e);
+                    return None;
+                }
+            }
+            let req = match self.ep.poll_request() {
+                Ok(Some(r)) => r,
+                Ok(None) => return None,
+                Err(e) => {
+                    self.fail(e);
+                    return None;
+                }
+            };
+            let (answer, got) =
+                match packet::Request::decode(req.opcode(), req.is_oneway(), req.inline()) {
+                    Ok(packet::Request::Deliver(meta)) if req.payload_len() > self.rx.len() => {
+                        let _ = meta;
+                        self.counters.rx_too_big += 1;
+                        (packet::Reply::Dropped(DropReason::TooBig), None)
+                    }
+                    Ok(packet::Request::Deliver(meta)) => {
+                        match self.ep.read_request_payload(&req, &mut self.rx) {
+                            Ok(n) if complete_checksum(&meta, &mut self.rx[..n]) => {
+                                (packet::Reply::Done, Some(n))
+                            }
+                            Ok(_) => {
+                                self.counters.rx_malformed += 1;
+                                (packet::Reply::Dropped(DropReason::Malformed), None)
+                            }
+                            Err(e) => {
+                                self.fail(e);
+                                return None;
+                            }
+                        }
+                    }
+                    Ok(_) | Err(_) => {
+                        self.counters.rx_malformed += 1;
+                        (packet::Reply::Dropped(DropReason::Malformed), None)
+                    }
+                };
+            if !req.is_oneway() {
+                let (status, inline) = answer.encode();
+                if let Err(e) = self.ep.reply(req, status, inline, &[]) {
+                    self.fail(e);
+                    return None;
+                }
+            }
+            if got.is_some() {
+                self.counters.rx_packets += 1;
+                return got;
+            }
+        }
+        None
+    }
+}
+
+/// Send `packet` to ip; on a full queue keep it in `pending` (it is already in the
+/// device's `tx` buffer). Returns whether it went.
+fn send<N: Notifier>(
+    ep: &mut Endpoint<N>,
+    packet: &[u8],
+    pending: &mut Option<usize>,
+    counters: &mut DeviceCounters,
+    error: &mut Option<ChannelError>,
+) -> bool {
+    let (op, inline) = packet::Request::Send(PacketMeta::PLAIN).encode();
+    match ep.send_request(op, inline, packet) {
+        Ok(_) => {
+            counters.tx_packets += 1;
+            true
+        }
+        Err(ChannelError::NoFreeRequest | ChannelError::Full) => {
+            counters.tx_deferred += 1;
+            *pending = Some(packet.len());
+            false
+        }
+        Err(e) => {
+            error.get_or_insert(e);
+            false
+        }
+    }
+}
+
+/// Complete a partial transport checksum (`NEEDS_CSUM`: the field holds the
+/// pseudo-header sum, the rest is to be summed from `csum_start`). Returns false when
+/// the offsets do not lie in the packet past a minimal IP header.
+fn complete_checksum(meta: &PacketMeta, packet: &mut [u8]) -> bool {
+    if meta.flags & FLAG_NEEDS_CSUM == 0 {
+        return true;
+    }
+    let start = usize::from(meta.csum_start);
+    let field = start + usize::from(meta.csum_offset);
+    if start < 20 || field + 2 > packet.len() {
+        return false;
+    }
+    let sum = ones_sum(&packet[start..]);
+    packet[field..field + 2].copy_from_slice(&(!sum).to_be_bytes());
+    true
+}
+
+/// The folded ones' complement sum of `data` (RFC 1071).
+fn ones_sum(data: &[u8]) -> u16 {
+    let mut sum: u64 = 0;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u64::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// A received packet, in the device's private buffer.
+#[derive(Debug)]
+pub struct RxToken<'a> {
+    packet: &'a [u8],
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.packet)
+    }
+}
+
+/// The right to send one packet: the channel had a free request when it was made.
+#[derive(Debug)]
+pub struct TxToken<'a, N: Notifier> {
+    ep: &'a mut Endpoint<N>,
+    tx: &'a mut [u8],
+    pending: &'a mut Option<usize>,
+    counters: &'a mut DeviceCounters,
+    error: &'a mut Option<ChannelError>,
+}
+
+impl<N: Notifier> phy::TxToken for TxToken<'_, N> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        if len > self.tx.len() {
+            // smoltcp keeps to the MTU, which is capped to the buffers; should it not,
+            // the packet is built aside and counted, never written past the buffer.
+            self.counters.tx_too_big += 1;
+            return f(&mut vec![0; len]);
+        }
+        let r = f(&mut self.tx[..len]);
+        send(
+            self.ep,
+            &self.tx[..len],
+            self.pending,
+            self.counters,
+            self.error,
+        );
+        r
+    }
+}
+
+impl<N: Notifier> phy::Device for ChannelDevice<N> {
+    type RxToken<'a>
+        = RxToken<'a>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a, N>
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_, N>)> {
+        // smoltcp may answer a packet at once (an ACK, a RST): take one only when that
+        // answer could be sent.
+        if !self.can_send() {
+            return None;
+        }
+        let n = self.take_packet()?;
+        Some((
+            RxToken {
+                packet: &self.rx[..n],
+            },
+            TxToken {
+                ep: &mut self.ep,
+                tx: &mut self.tx,
+                pending: &mut self.pending,
+                counters: &mut self.counters,
+                error: &mut self.error,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_, N>> {
+        if !self.can_send() {
+            return None;
+        }
+        Some(TxToken {
+            ep: &mut self.ep,
+            tx: &mut self.tx,
+            pending: &mut self.pending,
+            counters: &mut self.counters,
+            error: &mut self.error,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        caps.max_burst_size = None;
+        caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_checksum_is_completed_and_bad_offsets_refused() {
+        // A 20-byte IP header, then 4 bytes summed with the field at offset 2.
+        let mut p = vec![0u8; 24];
+        p[20..24].copy_from_slice(&[0x12, 0x34, 0x00, 0x01]);
+        let meta = PacketMeta {
+            flags: FLAG_NEEDS_CSUM,
+            csum_start: 20,
+            csum_offset: 2,
+            ..PacketMeta::PLAIN
+        };
+        assert!(complete_checksum(&meta, &mut p));
+        // The field held the pseudo-header sum (1); now it holds the complement of
+        // pseudo-header + data, so that a receiver's sum over both comes to 0xffff.
+        assert_eq!(&p[22..24], &(!0x1235u16).to_be_bytes());
+        assert_eq!(ones_sum(&[0x12, 0x34, 0xed, 0xca, 0x00, 0x01]), 0xffff);
+        let bad = PacketMeta {
+            csum_offset: 3,
+            ..meta
+        };
+        assert!(!complete_checksum(&bad, &mut p));
+        let short = PacketMeta {
+            csum_start: 10,
+            ..meta
+        };
+        assert!(!complete_checksum(&short, &mut p));
+        assert!(complete_checksum(&PacketMeta::PLAIN, &mut p));
+    }
+}

@@ -1,0 +1,160 @@
+//! The tcp server's image: the library's [`Tcp`] core over the channel to ip.
+//!
+//! - The layer below is the peer of role `pf`, else `ip` (required); the interface's
+//!   address and MTU come from its `Config` answer (asked again every 100 ms while the
+//!   link is down).
+//! - `echo=PORT`: a temporary echo service on PORT inside this server (until the posix
+//!   server and apps exist).
+//! - `stats=MS` (default 1000): when idle and the device's counters changed, print them
+//!   at most once per MS milliseconds. `poll=US` overrides the placement's poll budget.
+//! - Idle: `channel::wait_for_any` on the channel until smoltcp's `poll_delay`.
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use core::time::Duration;
+
+use compart_firmware::channel::{self, Channel};
+use compart_firmware::cmdline::{self, Args};
+use compart_firmware::server::Role;
+use compart_firmware::time;
+use compart_firmware::{println, BootInfo};
+use compart_proto::packet::{self, DropReason};
+use tcp::device::DeviceCounters;
+use tcp::echo::Echo;
+use tcp::{Iface, Instant, Limits, Tcp};
+
+compart_firmware::entry!(main);
+
+/// The stack's clock: microseconds of the firmware's monotonic clock (the TSC). The one
+/// place time is read.
+fn now() -> Instant {
+    let us = u128::from(time::Instant::now().tsc()) * 1000 / u128::from(time::tsc_khz());
+    Instant::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
+}
+
+fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
+    args.get(key).unwrap_or_else(|e| panic!("tcp: {e}"))
+}
+
+fn wait(ch: &mut Channel, poll: Option<u32>, deadline: Option<time::Instant>) {
+    let chans = core::slice::from_mut(ch);
+    // A broken channel is found by the next poll.
+    let _ = match poll {
+        Some(us) => channel::wait_for_any_polling(chans, us, deadline),
+        None => channel::wait_for_any(chans, deadline),
+    };
+}
+
+/// Ask ip for the interface's configuration until it has one (the link is up).
+/// Packets ip delivers meanwhile are refused: there is no socket yet.
+fn config(ch: &mut Channel, poll: Option<u32>) -> packet::Config {
+    let fatal = |e| -> ! { panic!("tcp: channel to ip: {e:?}") };
+    loop {
+        let (op, w) = packet::Request::Config.encode();
+        ch.send_request(op, w, &[]).unwrap_or_else(|e| fatal(e));
+        ch.flush().unwrap_or_else(|e| fatal(e));
+        let retry = time::Instant::now() + Duration::from_millis(100);
+        let mut answer = None;
+        while answer.is_none() {
+            while let Some(req) = ch.poll_request().unwrap_or_else(|e| fatal(e)) {
+                if !req.is_oneway() {
+                    let (s, w) = packet::Reply::Dropped(DropReason::Refused).encode();
+                    ch.reply(req, s, w, &[]).unwrap_or_else(|e| fatal(e));
+                }
+            }
+            if let Some(r) = ch.poll_reply().unwrap_or_else(|e| fatal(e)) {
+                answer = Some(packet::Reply::decode(r.status(), r.inline()));
+                ch.free(r).unwrap_or_else(|e| fatal(e));
+            } else {
+                wait(ch, poll, None);
+            }
+        }
+        match answer {
+            Some(Ok(packet::Reply::Config(c))) => return c,
+            Some(Ok(packet::Reply::Dropped(DropReason::LinkDown))) => {
+                while time::Instant::now().tsc() < retry.tsc() {
+                    wait(ch, poll, Some(retry));
+                }
+            }
+            other => panic!("tcp: ip answered Config with {other:?}"),
+        }
+    }
+}
+
+fn main(info: &'static BootInfo) -> i32 {
+    let _ = info;
+    let args = cmdline::args();
+    let echo_port: Option<u16> = arg(&args, "echo");
+    let stats_ms: u64 = arg(&args, "stats").unwrap_or(1000);
+    let poll: Option<u32> = arg(&args, "poll");
+    let (peer, mut ch) = [Role::Pf, Role::Ip]
+        .into_iter()
+        .find_map(|r| channel::open_by_role(r).ok())
+        .unwrap_or_else(|| panic!("tcp: no channel to a pf or ip server"));
+    println!("tcp: lower layer on {} ({})", peer, peer.role.name());
+    let c = config(&mut ch, poll);
+    let [a, b, cc, d] = c.address;
+    println!(
+        "tcp: address {a}.{b}.{cc}.{d}/{}, mtu {}, offloads {:#x} (not used yet: smoltcp computes checksums, no GSO)",
+        c.prefix_len, c.mtu, c.offloads
+    );
+    let iface = Iface {
+        address: c.address,
+        prefix_len: c.prefix_len,
+        mtu: c.mtu,
+    };
+    let mut tcp = Tcp::new(
+        ch,
+        iface,
+        Limits::default(),
+        now(),
+        time::Instant::now().tsc(),
+    );
+    let mut echo = echo_port.map(|p| {
+        let e = Echo::new(&mut tcp, p).unwrap_or_else(|e| panic!("tcp: echo on {p}: {e:?}"));
+        println!("tcp: echo service on port {p} (temporary, until posix and apps)");
+        e
+    });
+    let mut printed = DeviceCounters::default();
+    let mut last_print = Instant::from_millis(0);
+    loop {
+        let t = now();
+        let mut busy = tcp.poll(t);
+        if let Some(e) = echo.as_mut() {
+            busy |= e.step(&mut tcp);
+        }
+        if let Some(e) = tcp.device().error() {
+            println!(
+                "tcp: channel to ip broke: {e:?}; counters: {:?}",
+                tcp.device().counters()
+            );
+            return 1;
+        }
+        if busy {
+            continue;
+        }
+        let counters = tcp.device().counters().clone();
+        if counters != printed && t.total_millis() >= last_print.total_millis() + stats_ms as i64 {
+            println!(
+                "tcp: counters: rx={} tx={} deferred={} rx_malformed={} rx_too_big={} tx_dropped_by_ip={} bad_replies={} sockets={}",
+                counters.rx_packets,
+                counters.tx_packets,
+                counters.tx_deferred,
+                counters.rx_malformed,
+                counters.rx_too_big,
+                counters.tx_dropped_by_ip,
+                counters.bad_replies,
+                tcp.sockets_in_use()
+            );
+            printed = counters;
+            last_print = t;
+        }
+        let deadline = tcp
+            .poll_delay(t)
+            .map(|d| time::Instant::now() + Duration::from_micros(d.total_micros()));
+        wait(tcp.device().endpoint(), poll, deadline);
+    }
+}
