@@ -34,6 +34,10 @@ pub struct Limits {
     pub backlog: usize,
     /// smoltcp's delayed ACK (`None`: off).
     pub ack_delay_ms: Option<u64>,
+    /// How long a closed connection may take to finish its close (the peer's ACK of
+    /// our FIN, the peer's FIN, TIME-WAIT) before it is aborted (RST) and freed, as
+    /// Linux's orphan FIN-WAIT-2 timeout.
+    pub linger_ms: u64,
 }
 
 impl Default for Limits {
@@ -44,6 +48,7 @@ impl Default for Limits {
             tx_buffer: 64 * 1024,
             backlog: 4,
             ack_delay_ms: Some(1),
+            linger_ms: 60_000,
         }
     }
 }
@@ -146,8 +151,9 @@ pub struct Tcp<N: Notifier> {
     sockets: SocketSet<'static>,
     live: usize,
     slots: Vec<Slot>,
-    /// Closed by the user, finishing their close.
-    closing: Vec<SocketHandle>,
+    /// Closed by the user, finishing their close; when they are aborted if not done
+    /// (set at the first pass after the close).
+    closing: Vec<(SocketHandle, Option<Instant>)>,
     next_port: u16,
     limits: Limits,
 }
@@ -183,7 +189,9 @@ fn state_failed(last: State, now: State) -> Option<Error> {
 impl<N: Notifier> Tcp<N> {
     /// A core on `ep` (the channel to ip) with `iface`'s address; `seed` seeds smoltcp's
     /// initial sequence numbers and ports.
-    pub fn new(ep: Endpoint<N>, iface: Iface, limits: Limits, now: Instant, seed: u64) -> Self {
+    pub fn new(ep: Endpoint<N>, iface: Iface, mut limits: Limits, now: Instant, seed: u64) -> Self {
+        // Handles carry the slot in 16 bits.
+        limits.sockets = limits.sockets.min(0xffff);
         let mut dev = ChannelDevice::new(ep, iface.mtu as usize);
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = seed;
@@ -226,15 +234,30 @@ impl<N: Notifier> Tcp<N> {
         let r = self.iface.poll(now, &mut self.dev, &mut self.sockets);
         busy |= r == PollResult::SocketStateChanged || *self.dev.counters() != before;
         self.track();
-        busy |= self.reap();
+        busy |= self.reap(now);
         self.dev.flush();
         busy
     }
 
     /// How long until smoltcp needs the next poll (`None`: not before a packet or a
     /// call).
+    ///
+    /// While ip holds all of the channel's credit, "now" means "when ip answers", which
+    /// wakes the server anyway: then only a later deadline counts (the linger times of
+    /// closing sockets are checked at the passes those wake-ups cause, or within a
+    /// second).
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
-        self.iface.poll_delay(now, &self.sockets)
+        let d = self.iface.poll_delay(now, &self.sockets);
+        let d = match d {
+            Some(d) if d == Duration::ZERO && !self.dev.can_send() => None,
+            d => d,
+        };
+        if self.closing.is_empty() {
+            d
+        } else {
+            let second = Duration::from_secs(1);
+            Some(d.map_or(second, |d| d.min(second)))
+        }
     }
 
     fn track(&mut self) {
@@ -249,20 +272,31 @@ impl<N: Notifier> Tcp<N> {
         }
     }
 
-    /// Remove finished closing sockets; re-arm listening sockets a reset closed.
-    fn reap(&mut self) -> bool {
+    /// Remove finished closing sockets, abort those past their linger time; re-arm
+    /// listening sockets a reset closed.
+    fn reap(&mut self, now: Instant) -> bool {
         let mut any = false;
         let mut k = 0;
         while k < self.closing.len() {
-            let sh = self.closing[k];
-            if self.sockets.get::<tcp::Socket>(sh).state() == State::Closed {
-                self.sockets.remove(sh);
+            let (sh, deadline) = &mut self.closing[k];
+            let s = self.sockets.get_mut::<tcp::Socket>(*sh);
+            if s.state() == State::Closed {
+                self.sockets.remove(*sh);
                 self.live -= 1;
                 self.closing.swap_remove(k);
                 any = true;
-            } else {
-                k += 1;
+                continue;
             }
+            match deadline {
+                None => *deadline = Some(now + Duration::from_millis(self.limits.linger_ms)),
+                Some(d) if now >= *d => {
+                    // The RST goes out at the next egress; the socket is freed after.
+                    s.abort();
+                    any = true;
+                }
+                Some(_) => {}
+            }
+            k += 1;
         }
         for slot in &mut self.slots {
             if let Some(Entry::Listener { port, waiting }) = &mut slot.entry {
@@ -504,12 +538,12 @@ impl<N: Notifier> Tcp<N> {
             Some(Entry::Listener { waiting, .. }) => {
                 for sh in waiting {
                     self.sockets.get_mut::<tcp::Socket>(sh).abort();
-                    self.closing.push(sh);
+                    self.closing.push((sh, None));
                 }
             }
             Some(Entry::Stream(s)) => {
                 self.sockets.get_mut::<tcp::Socket>(s.sh).close();
-                self.closing.push(s.sh);
+                self.closing.push((s.sh, None));
             }
             None => {}
         }

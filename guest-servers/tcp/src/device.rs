@@ -112,7 +112,9 @@ impl<N: Notifier> ChannelDevice<N> {
         }
     }
 
-    fn can_send(&self) -> bool {
+    /// Whether smoltcp may send a packet now: the channel has a free request and no
+    /// packet is pending.
+    pub fn can_send(&self) -> bool {
         self.error.is_none()
             && self.pending.is_none()
             && self.ep.outstanding_count() < self.max_outstanding

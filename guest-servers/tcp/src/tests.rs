@@ -132,12 +132,57 @@ fn rig(max_outstanding: u32) -> Rig {
 impl Rig {
     /// One round: both cores, then the wire; time advances 1 ms a round.
     fn round(&mut self) {
+        self.step(1);
+    }
+
+    /// One round, then time advances `ms`.
+    fn step(&mut self, ms: u64) {
         let t = Instant::from_millis(self.now as i64);
         self.tcp[0].poll(t);
         self.tcp[1].poll(t);
         self.wire.pump();
-        self.now += 1;
+        self.now += ms;
     }
+}
+
+#[test]
+fn a_closed_connection_whose_peer_never_closes_is_aborted_after_its_linger_time() {
+    let mut r = rig(16);
+    let l = r.tcp[0].listen(80, 1).unwrap();
+    let c = r.tcp[1].connect(A, 80).unwrap();
+    let mut s = Err(Error::Again);
+    for _ in 0..100 {
+        r.round();
+        s = r.tcp[0].accept(l);
+        if s.is_ok() {
+            break;
+        }
+    }
+    let s = s.expect("accepted");
+    assert!(!r.tcp[0].ready(l).unwrap().readable);
+    assert_eq!(r.tcp[1].send(c, b"hello"), Ok(5));
+    let in_use = r.tcp[1].sockets_in_use();
+    r.tcp[1].close(c).unwrap();
+    for _ in 0..100 {
+        r.round();
+    }
+    // Our FIN was acknowledged; the peer keeps its side open (and unread).
+    let mut buf = [0; 16];
+    assert_eq!(r.tcp[0].recv(s, &mut buf), Ok(5));
+    assert_eq!(r.tcp[0].recv(s, &mut buf), Ok(0));
+    assert_eq!(r.tcp[0].state(s), Ok(State::CloseWait));
+    assert_eq!(r.tcp[1].sockets_in_use(), in_use);
+    // 59 s later it still lingers; after 60 s it is aborted, the peer sees the reset.
+    for _ in 0..590 {
+        r.step(100);
+    }
+    assert_eq!(r.tcp[1].sockets_in_use(), in_use);
+    for _ in 0..30 {
+        r.step(100);
+    }
+    assert_eq!(r.tcp[1].sockets_in_use(), in_use - 1);
+    assert_eq!(r.tcp[0].send(s, b"x"), Err(Error::ConnReset));
+    assert!(r.tcp[0].ready(s).unwrap().error);
 }
 
 fn pattern(i: usize) -> u8 {
