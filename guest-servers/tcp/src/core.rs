@@ -221,6 +221,38 @@ impl<N: Notifier> Tcp<N> {
         &mut self.dev
     }
 
+    /// Keep another of the server's channels (posix's) with ip's, as one sleep set;
+    /// returns its index for [`Tcp::serve_posix`].
+    pub fn attach(&mut self, ep: Endpoint<N>) -> usize {
+        self.dev.attach(ep)
+    }
+
+    /// Serve the socket protocol on the attached channel `k`. An error means that
+    /// channel broke; it is dropped (the indices of later ones shift down by one).
+    pub fn serve_posix(
+        &mut self,
+        k: usize,
+        posix: &mut crate::posix::Posix,
+    ) -> Result<bool, compart_channel::ChannelError> {
+        let Some(mut ep) = self.dev.take(k) else {
+            return Ok(false);
+        };
+        let r = posix.serve(self, &mut ep);
+        match r {
+            Ok(_) => self.dev.put(k, ep),
+            Err(_) => {
+                self.dev.put(k, ep);
+                self.dev.forget(k);
+            }
+        }
+        r
+    }
+
+    /// Every channel of the server (ip's first), to sleep on.
+    pub fn sleep_set(&mut self) -> &mut [Endpoint<N>] {
+        self.dev.endpoints()
+    }
+
     /// smoltcp sockets in use (listening, open and closing).
     pub fn sockets_in_use(&self) -> usize {
         self.live
@@ -575,6 +607,18 @@ impl<N: Notifier> Tcp<N> {
             hangup: !connecting && !s.may_recv(),
             error: failed.is_some(),
         })
+    }
+
+    /// The peer of a connection, once it has one.
+    pub fn peer(&mut self, h: Handle) -> Result<Option<([u8; 4], u16)>, Error> {
+        let (sh, _) = self.stream(h)?;
+        Ok(self
+            .sockets
+            .get::<tcp::Socket>(sh)
+            .remote_endpoint()
+            .map(|e| match e.addr {
+                IpAddress::Ipv4(a) => (a.octets(), e.port),
+            }))
     }
 
     /// The state of a connection (for tests and diagnostics).

@@ -52,7 +52,9 @@ pub struct DeviceCounters {
 /// The device: the endpoint towards ip and two private buffers.
 #[derive(Debug)]
 pub struct ChannelDevice<N: Notifier> {
-    ep: Endpoint<N>,
+    /// The channel to ip first; then the server's other channels (posix), kept here
+    /// so that all are one sleep set.
+    eps: Vec<Endpoint<N>>,
     mtu: usize,
     rx: Vec<u8>,
     tx: Vec<u8>,
@@ -77,7 +79,7 @@ impl<N: Notifier> ChannelDevice<N> {
             max_outstanding,
             counters: DeviceCounters::default(),
             error: None,
-            ep,
+            eps: vec![ep],
         }
     }
 
@@ -91,9 +93,39 @@ impl<N: Notifier> ChannelDevice<N> {
         &self.counters
     }
 
-    /// The endpoint (to sleep on).
+    /// The endpoint to ip.
     pub fn endpoint(&mut self) -> &mut Endpoint<N> {
-        &mut self.ep
+        &mut self.eps[0]
+    }
+
+    /// Every endpoint of the server: ip's and the others (the sleep set).
+    pub fn endpoints(&mut self) -> &mut [Endpoint<N>] {
+        &mut self.eps
+    }
+
+    /// Keep another of the server's endpoints here (index 1, 2, …).
+    pub(crate) fn attach(&mut self, ep: Endpoint<N>) -> usize {
+        self.eps.push(ep);
+        self.eps.len() - 1
+    }
+
+    /// Lend out the other endpoint at `k`; give it back with [`Self::put`] at once.
+    pub(crate) fn take(&mut self, k: usize) -> Option<Endpoint<N>> {
+        (k > 0 && k < self.eps.len()).then(|| self.eps.swap_remove(k))
+    }
+
+    /// Put back the endpoint lent out at `k`.
+    pub(crate) fn put(&mut self, k: usize, ep: Endpoint<N>) {
+        self.eps.push(ep);
+        let last = self.eps.len() - 1;
+        self.eps.swap(k, last);
+    }
+
+    /// Forget the other endpoint at `k` (it broke).
+    pub(crate) fn forget(&mut self, k: usize) {
+        if k > 0 && k < self.eps.len() {
+            self.eps.remove(k);
+        }
     }
 
     /// Whether a packet waits for room in ip's queue.
@@ -117,7 +149,7 @@ impl<N: Notifier> ChannelDevice<N> {
     pub fn can_send(&self) -> bool {
         self.error.is_none()
             && self.pending.is_none()
-            && self.ep.outstanding_count() < self.max_outstanding
+            && self.eps[0].outstanding_count() < self.max_outstanding
     }
 
     /// Take ip's replies (credit) and retry the pending packet. Returns whether anything
@@ -128,7 +160,7 @@ impl<N: Notifier> ChannelDevice<N> {
         }
         let mut busy = false;
         for _ in 0..BUDGET {
-            let reply = match self.ep.poll_reply() {
+            let reply = match self.eps[0].poll_reply() {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
@@ -144,14 +176,14 @@ impl<N: Notifier> ChannelDevice<N> {
                 }
                 Ok(packet::Reply::Config(_)) | Err(_) => self.counters.bad_replies += 1,
             }
-            if let Err(e) = self.ep.free(reply) {
+            if let Err(e) = self.eps[0].free(reply) {
                 self.fail(e);
                 return true;
             }
         }
         if let Some(len) = self.pending.take() {
             busy |= send(
-                &mut self.ep,
+                &mut self.eps[0],
                 &self.tx[..len],
                 &mut self.pending,
                 &mut self.counters,
@@ -164,7 +196,7 @@ impl<N: Notifier> ChannelDevice<N> {
     /// Kick ip for what was sent (call when done with a pass).
     pub fn flush(&mut self) {
         if self.error.is_none() {
-            if let Err(e) = self.ep.flush() {
+            if let Err(e) = self.eps[0].flush() {
                 self.fail(e);
             }
         }
@@ -177,7 +209,7 @@ impl<N: Notifier> ChannelDevice<N> {
             if self.error.is_some() {
                 return None;
             }
-            match self.ep.can_reply() {
+            match self.eps[0].can_reply() {
                 Ok(true) => {}
                 Ok(false) => return None,
                 Err(e) => {
@@ -185,7 +217,7 @@ impl<N: Notifier> ChannelDevice<N> {
                     return None;
                 }
             }
-            let req = match self.ep.poll_request() {
+            let req = match self.eps[0].poll_request() {
                 Ok(Some(r)) => r,
                 Ok(None) => return None,
                 Err(e) => {
@@ -201,7 +233,7 @@ impl<N: Notifier> ChannelDevice<N> {
                         (packet::Reply::Dropped(DropReason::TooBig), None)
                     }
                     Ok(packet::Request::Deliver(meta)) => {
-                        match self.ep.read_request_payload(&req, &mut self.rx) {
+                        match self.eps[0].read_request_payload(&req, &mut self.rx) {
                             Ok(n) if complete_checksum(&meta, &mut self.rx[..n]) => {
                                 (packet::Reply::Done, Some(n))
                             }
@@ -222,7 +254,7 @@ impl<N: Notifier> ChannelDevice<N> {
                 };
             if !req.is_oneway() {
                 let (status, inline) = answer.encode();
-                if let Err(e) = self.ep.reply(req, status, inline, &[]) {
+                if let Err(e) = self.eps[0].reply(req, status, inline, &[]) {
                     self.fail(e);
                     return None;
                 }
@@ -360,7 +392,7 @@ impl<N: Notifier> phy::Device for ChannelDevice<N> {
                 packet: &self.rx[..n],
             },
             TxToken {
-                ep: &mut self.ep,
+                ep: &mut self.eps[0],
                 tx: &mut self.tx,
                 pending: &mut self.pending,
                 counters: &mut self.counters,
@@ -374,7 +406,7 @@ impl<N: Notifier> phy::Device for ChannelDevice<N> {
             return None;
         }
         Some(TxToken {
-            ep: &mut self.ep,
+            ep: &mut self.eps[0],
             tx: &mut self.tx,
             pending: &mut self.pending,
             counters: &mut self.counters,

@@ -6,6 +6,8 @@
 //!   smoltcp parses them, offload metadata.
 //! - [`core`]: the interface and the bounded socket table ([`Tcp`]): listen, accept,
 //!   connect, send, recv, shutdown, close, readiness; errno-style [`Error`]s.
+//! - [`posix`]: the socket protocol (`compart_proto::socket`) served to the posix
+//!   server over its channel, on the core's calls.
 //! - [`echo`]: a temporary echo service on the core's calls (until posix and apps).
 //!
 //! Time is a parameter (`smoltcp::time::Instant` from the glue's clock), so all of it
@@ -18,6 +20,7 @@ extern crate alloc;
 pub mod core;
 pub mod device;
 pub mod echo;
+pub mod posix;
 
 pub use crate::core::{Error, Handle, Iface, Limits, Ready, Tcp};
 pub use device::ChannelDevice;

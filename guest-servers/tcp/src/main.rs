@@ -3,11 +3,13 @@
 //! - The layer below is the peer of role `pf`, else `ip` (required); the interface's
 //!   address and MTU come from its `Config` answer (asked again every 100 ms while the
 //!   link is down).
+//! - The posix server, if there is a channel to one (role `posix`), is served the
+//!   socket protocol (`compart_proto::socket`).
 //! - `echo=PORT`: a temporary echo service on PORT inside this server (until the posix
 //!   server and apps exist).
 //! - `stats=MS` (default 1000): when idle and the device's counters changed, print them
 //!   at most once per MS milliseconds. `poll=US` overrides the placement's poll budget.
-//! - Idle: `channel::wait_for_any` on the channel until smoltcp's `poll_delay`.
+//! - Idle: `channel::wait_for_any` on the channels until smoltcp's `poll_delay`.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -39,8 +41,7 @@ fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
     args.get(key).unwrap_or_else(|e| panic!("tcp: {e}"))
 }
 
-fn wait(ch: &mut Channel, poll: Option<u32>, deadline: Option<time::Instant>) {
-    let chans = core::slice::from_mut(ch);
+fn wait(chans: &mut [Channel], poll: Option<u32>, deadline: Option<time::Instant>) {
     // A broken channel is found by the next poll.
     let _ = match poll {
         Some(us) => channel::wait_for_any_polling(chans, us, deadline),
@@ -69,14 +70,14 @@ fn config(ch: &mut Channel, poll: Option<u32>) -> packet::Config {
                 answer = Some(packet::Reply::decode(r.status(), r.inline()));
                 ch.free(r).unwrap_or_else(|e| fatal(e));
             } else {
-                wait(ch, poll, None);
+                wait(core::slice::from_mut(ch), poll, None);
             }
         }
         match answer {
             Some(Ok(packet::Reply::Config(c))) => return c,
             Some(Ok(packet::Reply::Dropped(DropReason::LinkDown))) => {
                 while time::Instant::now().tsc() < retry.tsc() {
-                    wait(ch, poll, Some(retry));
+                    wait(core::slice::from_mut(ch), poll, Some(retry));
                 }
             }
             other => panic!("tcp: ip answered Config with {other:?}"),
@@ -113,6 +114,11 @@ fn main(info: &'static BootInfo) -> i32 {
         now(),
         time::Instant::now().tsc(),
     );
+    let mut posix = channel::open_by_role(Role::Posix).ok().map(|(peer, ep)| {
+        println!("tcp: posix on {peer}");
+        let p = tcp::posix::Posix::new(ep.buffer_size());
+        (tcp.attach(ep), p)
+    });
     let mut echo = echo_port.map(|p| {
         let e = Echo::new(&mut tcp, p).unwrap_or_else(|e| panic!("tcp: echo on {p}: {e:?}"));
         println!("tcp: echo service on port {p} (temporary, until posix and apps)");
@@ -123,6 +129,16 @@ fn main(info: &'static BootInfo) -> i32 {
     loop {
         let t = now();
         let mut busy = tcp.poll(t);
+        if let Some((k, p)) = posix.as_mut() {
+            match tcp.serve_posix(*k, p) {
+                Ok(b) => busy |= b,
+                Err(e) => {
+                    println!("tcp: channel to posix broke: {e:?}; dropping it");
+                    posix = None;
+                    busy = true;
+                }
+            }
+        }
         if let Some(e) = echo.as_mut() {
             busy |= e.step(&mut tcp);
         }
@@ -155,6 +171,6 @@ fn main(info: &'static BootInfo) -> i32 {
         let deadline = tcp
             .poll_delay(t)
             .map(|d| time::Instant::now() + Duration::from_micros(d.total_micros()));
-        wait(tcp.device().endpoint(), poll, deadline);
+        wait(tcp.sleep_set(), poll, deadline);
     }
 }
