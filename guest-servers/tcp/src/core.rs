@@ -133,6 +133,8 @@ struct Stream {
 enum Entry {
     Listener {
         port: u16,
+        /// How many sockets it wants listening (fewer while the table is full).
+        backlog: usize,
         waiting: Vec<SocketHandle>,
     },
     Stream(Stream),
@@ -330,15 +332,31 @@ impl<N: Notifier> Tcp<N> {
             }
             k += 1;
         }
-        for slot in &mut self.slots {
-            if let Some(Entry::Listener { port, waiting }) = &mut slot.entry {
-                for &sh in waiting.iter() {
-                    let s = self.sockets.get_mut::<tcp::Socket>(sh);
-                    if s.state() == State::Closed {
-                        // The port was free when the listener was made.
-                        let _ = s.listen(*port);
-                    }
+        for k in 0..self.slots.len() {
+            let Some(Entry::Listener {
+                port,
+                backlog,
+                waiting,
+            }) = &mut self.slots[k].entry
+            else {
+                continue;
+            };
+            let (port, short) = (*port, *backlog - waiting.len().min(*backlog));
+            for &sh in waiting.iter() {
+                let s = self.sockets.get_mut::<tcp::Socket>(sh);
+                if s.state() == State::Closed {
+                    // The port was free when the listener was made.
+                    let _ = s.listen(port);
                 }
+            }
+            // A backlog that shrank while the table was full grows back.
+            for _ in 0..short {
+                let Ok(sh) = self.new_socket() else { break };
+                let _ = self.sockets.get_mut::<tcp::Socket>(sh).listen(port);
+                if let Some(Entry::Listener { waiting, .. }) = &mut self.slots[k].entry {
+                    waiting.push(sh);
+                }
+                any = true;
             }
         }
         any
@@ -438,13 +456,17 @@ impl<N: Notifier> Tcp<N> {
             let _ = self.sockets.get_mut::<tcp::Socket>(sh).listen(port);
             waiting.push(sh);
         }
-        Ok(self.new_handle(Entry::Listener { port, waiting }))
+        Ok(self.new_handle(Entry::Listener {
+            port,
+            backlog,
+            waiting,
+        }))
     }
 
     /// A connection on listener `l` that completed its handshake, as a new handle.
     pub fn accept(&mut self, l: Handle) -> Result<Handle, Error> {
         let (port, ready) = match self.slot_ref(l)? {
-            Entry::Listener { port, waiting } => {
+            Entry::Listener { port, waiting, .. } => {
                 let ready = waiting.iter().position(|&sh| {
                     !matches!(
                         self.sockets.get::<tcp::Socket>(sh).state(),

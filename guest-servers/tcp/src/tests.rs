@@ -31,12 +31,16 @@ fn pair(name: &str, max_outstanding: u32) -> (SharedMemory, Endpoint<NoKick>, En
 }
 
 fn core(ep: Endpoint<NoKick>, address: [u8; 4], seed: u64) -> Tcp<NoKick> {
+    core_with(ep, address, seed, Limits::default())
+}
+
+fn core_with(ep: Endpoint<NoKick>, address: [u8; 4], seed: u64, limits: Limits) -> Tcp<NoKick> {
     let iface = Iface {
         address,
         prefix_len: 24,
         mtu: 1500,
     };
-    Tcp::new(ep, iface, Limits::default(), Instant::from_millis(0), seed)
+    Tcp::new(ep, iface, limits, Instant::from_millis(0), seed)
 }
 
 /// A packet on its way from one side to the other, held while the other has no credit.
@@ -114,6 +118,11 @@ struct Rig {
 }
 
 fn rig(max_outstanding: u32) -> Rig {
+    rig_with(max_outstanding, Limits::default())
+}
+
+/// A rig whose core 0 has `limits`.
+fn rig_with(max_outstanding: u32, limits: Limits) -> Rig {
     let (m0, ip0, t0) = pair("tcp-a", max_outstanding);
     let (m1, ip1, t1) = pair("tcp-b", max_outstanding);
     Rig {
@@ -124,7 +133,7 @@ fn rig(max_outstanding: u32) -> Rig {
             forwarded: [0, 0],
             refused: 0,
         },
-        tcp: [core(t0, A, 1), core(t1, B, 2)],
+        tcp: [core_with(t0, A, 1, limits), core(t1, B, 2)],
         now: 0,
     }
 }
@@ -340,6 +349,46 @@ fn handles_are_checked_and_the_table_is_bounded() {
     // A closed handle is not reused by its generation.
     r.tcp[0].close(opened[0]).unwrap();
     assert_eq!(r.tcp[0].close(opened[0]), Err(Error::BadHandle));
+}
+
+#[test]
+fn a_backlog_that_shrank_while_the_table_was_full_grows_back() {
+    let limits = Limits {
+        sockets: 3,
+        linger_ms: 1000,
+        ..Limits::default()
+    };
+    let mut r = rig_with(16, limits);
+    let l = r.tcp[0].listen(80, 2).unwrap();
+    let accept = |r: &mut Rig| {
+        let c = r.tcp[1].connect(A, 80).unwrap();
+        for _ in 0..50 {
+            r.round();
+            if let Ok(h) = r.tcp[0].accept(l) {
+                return (c, h);
+            }
+        }
+        panic!("not accepted");
+    };
+    let (_c1, s1) = accept(&mut r);
+    let (_c2, _s2) = accept(&mut r);
+    // 2 accepted, 1 listening: the table is full, the backlog shrank to one.
+    assert_eq!(r.tcp[0].sockets_in_use(), 3);
+    r.tcp[0].close(s1).unwrap();
+    for _ in 0..3000 {
+        r.round();
+    }
+    // s1's socket is gone (aborted after its linger time: its peer never closed), and
+    // the listener has two listening sockets again: two clients can complete at once.
+    assert_eq!(r.tcp[0].sockets_in_use(), 3);
+    let c3 = r.tcp[1].connect(A, 80).unwrap();
+    let c4 = r.tcp[1].connect(A, 80).unwrap();
+    for _ in 0..50 {
+        r.round();
+    }
+    assert_eq!(r.tcp[1].state(c3), Ok(State::Established));
+    assert_eq!(r.tcp[1].state(c4), Ok(State::Established));
+    assert!(r.tcp[0].accept(l).is_ok());
 }
 
 fn tcp_syn(src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
