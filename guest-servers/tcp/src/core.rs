@@ -62,6 +62,9 @@ pub struct Iface {
     pub prefix_len: u8,
     /// The IP MTU.
     pub mtu: u32,
+    /// Whether the link below completes partial TCP checksums (ip's `TX_CSUM`
+    /// offload): then segments go down with the pseudo-header sum only.
+    pub tx_checksum_offload: bool,
 }
 
 /// A socket of the table: a listener or a connection.
@@ -194,7 +197,7 @@ impl<N: Notifier> Tcp<N> {
     pub fn new(ep: Endpoint<N>, iface: Iface, mut limits: Limits, now: Instant, seed: u64) -> Self {
         // Handles carry the slot in 16 bits.
         limits.sockets = limits.sockets.min(0xffff);
-        let mut dev = ChannelDevice::new(ep, iface.mtu as usize);
+        let mut dev = ChannelDevice::new(ep, iface.mtu as usize, iface.tx_checksum_offload);
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = seed;
         let mut ifc = Interface::new(config, &mut dev, now);

@@ -14,9 +14,11 @@
 //! - **Offload metadata**: a packet delivered with `NEEDS_CSUM` (a partial checksum from
 //!   a local sender) has its transport checksum completed here, so smoltcp's check
 //!   passes; `DATA_VALID` packets are checked again by smoltcp (it verifies every
-//!   checksum: the device's capabilities say so). Outgoing packets carry complete
-//!   checksums computed by smoltcp and no GSO (`PacketMeta::PLAIN`): smoltcp's
-//!   `segmentation-offload` needs `proto-ipv6` and TCP checksum offload, left for later.
+//!   checksum: the device's capabilities say so). Outgoing TCP segments leave with a
+//!   partial checksum (`NEEDS_CSUM`, the pseudo-header sum in the field) when the
+//!   link below offloads transmit checksums (ip completes it otherwise), else with
+//!   smoltcp's; no GSO: smoltcp's `segmentation-offload` needs `proto-ipv6`, left for
+//!   later.
 use alloc::vec;
 use alloc::vec::Vec;
 
@@ -58,8 +60,10 @@ pub struct ChannelDevice<N: Notifier> {
     mtu: usize,
     rx: Vec<u8>,
     tx: Vec<u8>,
-    /// Length of a packet in `tx` that ip's queue had no room for.
-    pending: Option<usize>,
+    /// Length and metadata of a packet in `tx` that ip's queue had no room for.
+    pending: Option<(usize, PacketMeta)>,
+    /// Whether TCP checksums are left to the layers below.
+    tx_csum: bool,
     max_outstanding: u32,
     counters: DeviceCounters,
     error: Option<ChannelError>,
@@ -68,7 +72,8 @@ pub struct ChannelDevice<N: Notifier> {
 impl<N: Notifier> ChannelDevice<N> {
     /// A device over `ep` (a channel to ip), for packets of at most `mtu` bytes (capped to
     /// the channel's buffer size).
-    pub fn new(ep: Endpoint<N>, mtu: usize) -> ChannelDevice<N> {
+    /// With `tx_csum`, TCP segments go down with partial checksums (`NEEDS_CSUM`).
+    pub fn new(ep: Endpoint<N>, mtu: usize, tx_csum: bool) -> ChannelDevice<N> {
         let size = ep.buffer_size();
         let max_outstanding = ep.layout().config().max_outstanding;
         ChannelDevice {
@@ -76,6 +81,7 @@ impl<N: Notifier> ChannelDevice<N> {
             rx: vec![0; size],
             tx: vec![0; size],
             pending: None,
+            tx_csum,
             max_outstanding,
             counters: DeviceCounters::default(),
             error: None,
@@ -181,10 +187,11 @@ impl<N: Notifier> ChannelDevice<N> {
                 return true;
             }
         }
-        if let Some(len) = self.pending.take() {
+        if let Some((len, meta)) = self.pending.take() {
             busy |= send(
                 &mut self.eps[0],
                 &self.tx[..len],
+                meta,
                 &mut self.pending,
                 &mut self.counters,
                 &mut self.error,
@@ -273,11 +280,12 @@ impl<N: Notifier> ChannelDevice<N> {
 fn send<N: Notifier>(
     ep: &mut Endpoint<N>,
     packet: &[u8],
-    pending: &mut Option<usize>,
+    meta: PacketMeta,
+    pending: &mut Option<(usize, PacketMeta)>,
     counters: &mut DeviceCounters,
     error: &mut Option<ChannelError>,
 ) -> bool {
-    let (op, inline) = packet::Request::Send(PacketMeta::PLAIN).encode();
+    let (op, inline) = packet::Request::Send(meta).encode();
     match ep.send_request(op, inline, packet) {
         Ok(_) => {
             counters.tx_packets += 1;
@@ -285,7 +293,7 @@ fn send<N: Notifier>(
         }
         Err(ChannelError::NoFreeRequest | ChannelError::Full) => {
             counters.tx_deferred += 1;
-            *pending = Some(packet.len());
+            *pending = Some((packet.len(), meta));
             false
         }
         Err(e) => {
@@ -310,6 +318,34 @@ fn complete_checksum(meta: &PacketMeta, packet: &mut [u8]) -> bool {
     let sum = ones_sum(&packet[start..]);
     packet[field..field + 2].copy_from_slice(&(!sum).to_be_bytes());
     true
+}
+
+/// Put the pseudo-header sum in the TCP checksum field of `packet` (an IPv4 packet
+/// smoltcp built with the field zero) and say so in its metadata; other packets go as
+/// they are.
+fn partial_tcp(packet: &mut [u8]) -> PacketMeta {
+    let Some(&first) = packet.first() else {
+        return PacketMeta::PLAIN;
+    };
+    let ihl = usize::from(first & 0x0f) * 4;
+    if first >> 4 != 4 || ihl < 20 || packet.len() < ihl + 20 || packet[9] != 6 {
+        return PacketMeta::PLAIN;
+    }
+    let Ok(tcp_len) = u16::try_from(packet.len() - ihl) else {
+        return PacketMeta::PLAIN;
+    };
+    let mut pseudo = [0u8; 12];
+    pseudo[..8].copy_from_slice(&packet[12..20]);
+    pseudo[9] = 6;
+    pseudo[10..].copy_from_slice(&tcp_len.to_be_bytes());
+    let sum = ones_sum(&pseudo);
+    packet[ihl + 16..ihl + 18].copy_from_slice(&sum.to_be_bytes());
+    PacketMeta {
+        flags: FLAG_NEEDS_CSUM,
+        csum_start: ihl as u16,
+        csum_offset: 16,
+        ..PacketMeta::PLAIN
+    }
 }
 
 /// The folded ones' complement sum of `data` (RFC 1071).
@@ -345,7 +381,8 @@ impl phy::RxToken for RxToken<'_> {
 pub struct TxToken<'a, N: Notifier> {
     ep: &'a mut Endpoint<N>,
     tx: &'a mut [u8],
-    pending: &'a mut Option<usize>,
+    tx_csum: bool,
+    pending: &'a mut Option<(usize, PacketMeta)>,
     counters: &'a mut DeviceCounters,
     error: &'a mut Option<ChannelError>,
 }
@@ -359,9 +396,15 @@ impl<N: Notifier> phy::TxToken for TxToken<'_, N> {
             return f(&mut vec![0; len]);
         }
         let r = f(&mut self.tx[..len]);
+        let meta = if self.tx_csum {
+            partial_tcp(&mut self.tx[..len])
+        } else {
+            PacketMeta::PLAIN
+        };
         send(
             self.ep,
             &self.tx[..len],
+            meta,
             self.pending,
             self.counters,
             self.error,
@@ -394,6 +437,7 @@ impl<N: Notifier> phy::Device for ChannelDevice<N> {
             TxToken {
                 ep: &mut self.eps[0],
                 tx: &mut self.tx,
+                tx_csum: self.tx_csum,
                 pending: &mut self.pending,
                 counters: &mut self.counters,
                 error: &mut self.error,
@@ -408,6 +452,7 @@ impl<N: Notifier> phy::Device for ChannelDevice<N> {
         Some(TxToken {
             ep: &mut self.eps[0],
             tx: &mut self.tx,
+            tx_csum: self.tx_csum,
             pending: &mut self.pending,
             counters: &mut self.counters,
             error: &mut self.error,
@@ -419,6 +464,10 @@ impl<N: Notifier> phy::Device for ChannelDevice<N> {
         caps.medium = Medium::Ip;
         caps.max_transmission_unit = self.mtu;
         caps.max_burst_size = None;
+        if self.tx_csum {
+            // Verify received segments, leave the sent ones' to the layers below.
+            caps.checksum.tcp = phy::Checksum::Rx;
+        }
         caps
     }
 }

@@ -98,14 +98,23 @@ fn main(info: &'static BootInfo) -> i32 {
     println!("tcp: lower layer on {} ({})", peer, peer.role.name());
     let c = config(&mut ch, poll);
     let [a, b, cc, d] = c.address;
+    let tx_csum = c.offloads & packet::offload::TX_CSUM != 0;
     println!(
-        "tcp: address {a}.{b}.{cc}.{d}/{}, mtu {}, offloads {:#x} (not used yet: smoltcp computes checksums, no GSO)",
-        c.prefix_len, c.mtu, c.offloads
+        "tcp: address {a}.{b}.{cc}.{d}/{}, mtu {}, offloads {:#x}: {}, no GSO",
+        c.prefix_len,
+        c.mtu,
+        c.offloads,
+        if tx_csum {
+            "TCP checksums left to the link"
+        } else {
+            "TCP checksums computed here"
+        }
     );
     let iface = Iface {
         address: c.address,
         prefix_len: c.prefix_len,
         mtu: c.mtu,
+        tx_checksum_offload: tx_csum,
     };
     let mut tcp = Tcp::new(
         ch,
