@@ -65,6 +65,9 @@ pub struct Iface {
     /// Whether the link below completes partial TCP checksums (ip's `TX_CSUM`
     /// offload): then segments go down with the pseudo-header sum only.
     pub tx_checksum_offload: bool,
+    /// Whether the link below segments TCP (ip's `TX_TSO4` with `TX_CSUM`): then
+    /// segments of up to 64 KiB go down whole.
+    pub tso: bool,
 }
 
 /// A socket of the table: a listener or a connection.
@@ -197,7 +200,8 @@ impl<N: Notifier> Tcp<N> {
     pub fn new(ep: Endpoint<N>, iface: Iface, mut limits: Limits, now: Instant, seed: u64) -> Self {
         // Handles carry the slot in 16 bits.
         limits.sockets = limits.sockets.min(0xffff);
-        let mut dev = ChannelDevice::new(ep, iface.mtu as usize, iface.tx_checksum_offload);
+        let mut dev =
+            ChannelDevice::new(ep, iface.mtu as usize, iface.tx_checksum_offload, iface.tso);
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = seed;
         let mut ifc = Interface::new(config, &mut dev, now);
@@ -641,8 +645,13 @@ impl<N: Notifier> Tcp<N> {
             .sockets
             .get::<tcp::Socket>(sh)
             .remote_endpoint()
-            .map(|e| match e.addr {
-                IpAddress::Ipv4(a) => (a.octets(), e.port),
+            .and_then(|e| {
+                #[allow(irrefutable_let_patterns)] // IPv4 only, unless proto-ipv6 is on
+                let IpAddress::Ipv4(a) = e.addr
+                else {
+                    return None;
+                };
+                Some((a.octets(), e.port))
             }))
     }
 

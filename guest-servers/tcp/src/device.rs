@@ -24,6 +24,7 @@ use alloc::vec::Vec;
 
 use compart_channel::{ChannelError, Endpoint, Notifier};
 use compart_kit::server::BUDGET;
+use compart_proto::frame::Gso;
 use compart_proto::packet::{self, DropReason, PacketMeta, FLAG_NEEDS_CSUM};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -64,6 +65,9 @@ pub struct ChannelDevice<N: Notifier> {
     pending: Option<(usize, PacketMeta)>,
     /// Whether TCP checksums are left to the layers below.
     tx_csum: bool,
+    /// Whether TCP segments up to the buffer size go down whole, for the NIC to
+    /// segment (TSO; implies `tx_csum`).
+    tso: bool,
     max_outstanding: u32,
     counters: DeviceCounters,
     error: Option<ChannelError>,
@@ -72,8 +76,10 @@ pub struct ChannelDevice<N: Notifier> {
 impl<N: Notifier> ChannelDevice<N> {
     /// A device over `ep` (a channel to ip), for packets of at most `mtu` bytes (capped to
     /// the channel's buffer size).
-    /// With `tx_csum`, TCP segments go down with partial checksums (`NEEDS_CSUM`).
-    pub fn new(ep: Endpoint<N>, mtu: usize, tx_csum: bool) -> ChannelDevice<N> {
+    /// With `tx_csum`, TCP segments go down with partial checksums (`NEEDS_CSUM`); with
+    /// `tso` too, TCP super-segments of up to the channel's buffer (at most 64 KiB) go
+    /// down whole with their segment size, for the NIC to cut (`Gso::TcpV4`).
+    pub fn new(ep: Endpoint<N>, mtu: usize, tx_csum: bool, tso: bool) -> ChannelDevice<N> {
         let size = ep.buffer_size();
         let max_outstanding = ep.layout().config().max_outstanding;
         ChannelDevice {
@@ -81,7 +87,8 @@ impl<N: Notifier> ChannelDevice<N> {
             rx: vec![0; size],
             tx: vec![0; size],
             pending: None,
-            tx_csum,
+            tx_csum: tx_csum || tso,
+            tso,
             max_outstanding,
             counters: DeviceCounters::default(),
             error: None,
@@ -382,6 +389,9 @@ pub struct TxToken<'a, N: Notifier> {
     ep: &'a mut Endpoint<N>,
     tx: &'a mut [u8],
     tx_csum: bool,
+    mtu: usize,
+    /// The segment size smoltcp asked for (TSO).
+    gso_size: Option<u16>,
     pending: &'a mut Option<(usize, PacketMeta)>,
     counters: &'a mut DeviceCounters,
     error: &'a mut Option<ChannelError>,
@@ -396,11 +406,20 @@ impl<N: Notifier> phy::TxToken for TxToken<'_, N> {
             return f(&mut vec![0; len]);
         }
         let r = f(&mut self.tx[..len]);
-        let meta = if self.tx_csum {
+        let mut meta = if self.tx_csum {
             partial_tcp(&mut self.tx[..len])
         } else {
             PacketMeta::PLAIN
         };
+        if let Some(mss) = self.gso_size {
+            if len > self.mtu && meta.flags & FLAG_NEEDS_CSUM != 0 {
+                let start = usize::from(meta.csum_start);
+                let tcp_hdr = usize::from(self.tx[start + 12] >> 4) * 4;
+                meta.gso = Gso::TcpV4;
+                meta.gso_size = mss;
+                meta.hdr_len = (start + tcp_hdr) as u16;
+            }
+        }
         send(
             self.ep,
             &self.tx[..len],
@@ -410,6 +429,10 @@ impl<N: Notifier> phy::TxToken for TxToken<'_, N> {
             self.error,
         );
         r
+    }
+
+    fn set_meta(&mut self, meta: phy::PacketMeta) {
+        self.gso_size = meta.segmentation_offload_size.map(|n| n.get());
     }
 }
 
@@ -438,6 +461,8 @@ impl<N: Notifier> phy::Device for ChannelDevice<N> {
                 ep: &mut self.eps[0],
                 tx: &mut self.tx,
                 tx_csum: self.tx_csum,
+                mtu: self.mtu,
+                gso_size: None,
                 pending: &mut self.pending,
                 counters: &mut self.counters,
                 error: &mut self.error,
@@ -453,6 +478,8 @@ impl<N: Notifier> phy::Device for ChannelDevice<N> {
             ep: &mut self.eps[0],
             tx: &mut self.tx,
             tx_csum: self.tx_csum,
+            mtu: self.mtu,
+            gso_size: None,
             pending: &mut self.pending,
             counters: &mut self.counters,
             error: &mut self.error,
@@ -467,6 +494,9 @@ impl<N: Notifier> phy::Device for ChannelDevice<N> {
         if self.tx_csum {
             // Verify received segments, leave the sent ones' to the layers below.
             caps.checksum.tcp = phy::Checksum::Rx;
+        }
+        if self.tso {
+            caps.segmentation.tcpv4 = core::num::NonZeroUsize::new(self.tx.len().min(65535));
         }
         caps
     }

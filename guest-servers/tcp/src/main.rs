@@ -7,6 +7,9 @@
 //!   socket protocol (`compart_proto::socket`).
 //! - `echo=PORT`: a temporary echo service on PORT inside this server (until the posix
 //!   server and apps exist).
+//! - Offloads: TCP checksums are left to the link when ip's `Config` says it has
+//!   `TX_CSUM`, and segments of up to 64 KiB go down whole with `TX_TSO4` too;
+//!   `offload=false` turns both off.
 //! - `stats=MS` (default 1000): when idle and the device's counters changed, print them
 //!   at most once per MS milliseconds. `poll=US` overrides the placement's poll budget.
 //! - Idle: `channel::wait_for_any` on the channels until smoltcp's `poll_delay`.
@@ -98,9 +101,12 @@ fn main(info: &'static BootInfo) -> i32 {
     println!("tcp: lower layer on {} ({})", peer, peer.role.name());
     let c = config(&mut ch, poll);
     let [a, b, cc, d] = c.address;
-    let tx_csum = c.offloads & packet::offload::TX_CSUM != 0;
+    let offload = arg::<bool>(&args, "offload").unwrap_or(true);
+    let tx_csum = offload && c.offloads & packet::offload::TX_CSUM != 0;
+    let both = packet::offload::TX_CSUM | packet::offload::TX_TSO4;
+    let tso = offload && c.offloads & both == both;
     println!(
-        "tcp: address {a}.{b}.{cc}.{d}/{}, mtu {}, offloads {:#x}: {}, no GSO",
+        "tcp: address {a}.{b}.{cc}.{d}/{}, mtu {}, offloads {:#x}: {}, {}",
         c.prefix_len,
         c.mtu,
         c.offloads,
@@ -108,6 +114,11 @@ fn main(info: &'static BootInfo) -> i32 {
             "TCP checksums left to the link"
         } else {
             "TCP checksums computed here"
+        },
+        if tso {
+            "segments of up to 64 KiB (TSO)"
+        } else {
+            "MTU-sized segments"
         }
     );
     let iface = Iface {
@@ -115,6 +126,7 @@ fn main(info: &'static BootInfo) -> i32 {
         prefix_len: c.prefix_len,
         mtu: c.mtu,
         tx_checksum_offload: tx_csum,
+        tso,
     };
     let mut tcp = Tcp::new(
         ch,

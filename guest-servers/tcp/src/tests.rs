@@ -21,7 +21,15 @@ const B: [u8; 4] = [198, 18, 0, 3];
 
 /// A channel: ip's endpoint (side A) and tcp's (side B).
 fn pair(name: &str, max_outstanding: u32) -> (SharedMemory, Endpoint<NoKick>, Endpoint<NoKick>) {
-    let config = PairConfig::new(64, max_outstanding, 2048);
+    pair_sized(name, max_outstanding, 2048)
+}
+
+fn pair_sized(
+    name: &str,
+    max_outstanding: u32,
+    buf_size: u32,
+) -> (SharedMemory, Endpoint<NoKick>, Endpoint<NoKick>) {
+    let config = PairConfig::new(64, max_outstanding, buf_size);
     let size = PairLayout::new(&config).unwrap().size();
     let mem = SharedMemory::create(name, size.next_multiple_of(4096)).unwrap();
     initialize(&mem.region(), &config).unwrap();
@@ -46,6 +54,7 @@ fn core_with(
         prefix_len: 24,
         mtu: 1500,
         tx_checksum_offload,
+        tso: false,
     };
     Tcp::new(ep, iface, limits, Instant::from_millis(0), seed)
 }
@@ -69,6 +78,8 @@ struct Wire {
     refused: u64,
     /// Packets sent with a partial checksum.
     partial: u64,
+    /// Packets sent as TCP super-segments (checked: segment size, header length).
+    gso: u64,
 }
 
 impl Wire {
@@ -98,7 +109,15 @@ impl Wire {
                         let Ok(packet::Request::Send(meta)) = d else {
                             panic!("tcp sends only Send: {d:?}");
                         };
-                        assert_eq!(meta.gso, compart_proto::frame::Gso::None);
+                        if meta.gso == compart_proto::frame::Gso::TcpV4 {
+                            assert_eq!(meta.gso_size, 1460);
+                            assert_eq!((meta.csum_start, meta.hdr_len), (20, 40));
+                            assert!(req.payload_len() > 1500);
+                            self.gso += 1;
+                        } else {
+                            assert_eq!(meta.gso, compart_proto::frame::Gso::None);
+                            assert!(req.payload_len() <= 1500);
+                        }
                         if meta.flags & packet::FLAG_NEEDS_CSUM != 0 {
                             self.partial += 1;
                         }
@@ -151,6 +170,7 @@ fn rig_with(max_outstanding: u32, limits: Limits, tx_csum: bool) -> Rig {
             forwarded: [0, 0],
             refused: 0,
             partial: 0,
+            gso: 0,
         },
         tcp: [
             core_with(t0, A, 1, limits, tx_csum),
@@ -324,6 +344,75 @@ fn with_transmit_checksums_offloaded_segments_go_partial_and_are_completed_on_re
     let total = r.wire.forwarded[0] + r.wire.forwarded[1];
     assert_eq!(r.wire.partial, total);
     assert!(total > 2 * (LEN / 1460) as u64);
+}
+
+#[test]
+fn with_tso_super_segments_go_down_whole_with_their_segment_size() {
+    const LEN: usize = 2 * 1024 * 1024;
+    let (m0, ip0, t0) = pair_sized("tcp-tso-a", 16, 65600);
+    let (m1, ip1, t1) = pair_sized("tcp-tso-b", 16, 65600);
+    let iface = |address| Iface {
+        address,
+        prefix_len: 24,
+        mtu: 1500,
+        tx_checksum_offload: true,
+        tso: true,
+    };
+    let limits = Limits {
+        rx_buffer: 256 * 1024,
+        tx_buffer: 256 * 1024,
+        ..Limits::default()
+    };
+    let t = Instant::from_millis(0);
+    let mut r = Rig {
+        wire: Wire {
+            _mem: vec![m0, m1],
+            ip: [ip0, ip1],
+            held: [None, None],
+            forwarded: [0, 0],
+            refused: 0,
+            partial: 0,
+            gso: 0,
+        },
+        tcp: [
+            Tcp::new(t0, iface(A), limits.clone(), t, 1),
+            Tcp::new(t1, iface(B), limits, t, 2),
+        ],
+        now: 0,
+    };
+    let l = r.tcp[0].listen(80, 1).unwrap();
+    let c = r.tcp[1].connect(A, 80).unwrap();
+    let data: Vec<u8> = (0..LEN).map(pattern).collect();
+    let (mut sent, mut got, mut s) = (0, Vec::new(), None);
+    let mut buf = vec![0; 65536];
+    for _ in 0..100_000 {
+        r.round();
+        if s.is_none() {
+            s = r.tcp[0].accept(l).ok();
+        }
+        if let Ok(n) = r.tcp[1].send(c, &data[sent..]) {
+            sent += n;
+        }
+        if let Some(s) = s {
+            while let Ok(n) = r.tcp[0].recv(s, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        if got.len() == LEN {
+            break;
+        }
+    }
+    assert!(got == data, "{} of {LEN} bytes arrived", got.len());
+    // Far fewer packets than MSS-sized segments: the sender's went down whole.
+    assert!(
+        r.wire.forwarded[1] < (LEN / 1460 / 4) as u64,
+        "{} packets for {LEN} bytes",
+        r.wire.forwarded[1]
+    );
+    assert!(r.wire.gso > 0);
 }
 
 #[test]
