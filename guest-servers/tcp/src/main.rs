@@ -10,6 +10,10 @@
 //! - Offloads: TCP checksums are left to the link when ip's `Config` says it has
 //!   `TX_CSUM`, and segments of up to 64 KiB go down whole with `TX_TSO4` too;
 //!   `offload=false` turns both off.
+//! - `sockets=N` (default 32) smoltcp sockets at most, `buf=KIB` (default 64) of
+//!   receive and of send buffer each: the heap needs about N × 2 × KIB KiB.
+//! - `sockets=N` (default 32) smoltcp sockets at most, `buf=KIB` (default 64) of
+//!   receive and of send buffer each: the heap needs about N × 2 × KIB KiB.
 //! - `stats=MS` (default 1000): when idle and the device's counters changed, print them
 //!   at most once per MS milliseconds. `poll=US` overrides the placement's poll budget.
 //! - Idle: `channel::wait_for_any` on the channels until smoltcp's `poll_delay`.
@@ -128,13 +132,21 @@ fn main(info: &'static BootInfo) -> i32 {
         tx_checksum_offload: tx_csum,
         tso,
     };
-    let mut tcp = Tcp::new(
-        ch,
-        iface,
-        Limits::default(),
-        now(),
-        time::Instant::now().tsc(),
+    let mut limits = Limits::default();
+    if let Some(n) = arg::<usize>(&args, "sockets") {
+        limits.sockets = n.clamp(1, 1024);
+    }
+    if let Some(kib) = arg::<usize>(&args, "buf") {
+        limits.rx_buffer = kib.clamp(4, 4096) * 1024;
+        limits.tx_buffer = limits.rx_buffer;
+    }
+    println!(
+        "tcp: up to {} sockets of {} KiB + {} KiB",
+        limits.sockets,
+        limits.rx_buffer / 1024,
+        limits.tx_buffer / 1024
     );
+    let mut tcp = Tcp::new(ch, iface, limits, now(), time::Instant::now().tsc());
     let mut posix = channel::open_by_role(Role::Posix).ok().map(|(peer, ep)| {
         println!("tcp: posix on {peer}");
         let p = tcp::posix::Posix::new(ep.buffer_size());
