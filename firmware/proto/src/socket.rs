@@ -20,6 +20,9 @@
 //!  Done        Shutdown, Close                  0       0          0               0
 //!  Ready       Poll                             0       0          0               READY_* bits
 //!  Error       any                              errno   0          0               0
+//!
+//!  one-way   opcode  inline[0]   inline[2]    dir
+//!  Event     9       handle      READY_* bits tcp → posix: a handle's readiness changed
 //! ```
 //!
 //! Handles are the tcp server's (`u32`), addresses IPv4. A `Recv`'s data comes back in
@@ -44,6 +47,8 @@ pub const OP_SHUTDOWN: u16 = 6;
 pub const OP_CLOSE: u16 = 7;
 /// Opcode of [`Request::Poll`].
 pub const OP_POLL: u16 = 8;
+/// Opcode of the one-way [`Event`].
+pub const OP_EVENT: u16 = 9;
 
 /// [`Reply::Ready`]: `Recv` (or `Accept`) would not block.
 pub const READY_READABLE: u32 = 1;
@@ -222,6 +227,46 @@ impl Request {
             return Err(DecodeError::WrongKind);
         }
         Ok(req)
+    }
+}
+
+/// A handle's readiness changed (one-way, tcp → posix): what posix's `poll` waits on,
+/// so that it need not ask with `Poll`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// The listener or connection.
+    pub handle: u32,
+    /// Its `READY_*` bits now.
+    pub ready: u32,
+}
+
+impl Event {
+    /// Opcode and inline words.
+    pub fn encode(&self) -> (u16, Inline) {
+        let mut w = [0; INLINE_WORDS];
+        w[0] = u64::from(self.handle);
+        w[2] = u64::from(self.ready);
+        (OP_EVENT, w)
+    }
+
+    /// The event that `opcode`, `oneway` and `inline` encode (it must be one-way).
+    pub fn decode(opcode: u16, oneway: bool, w: &Inline) -> Result<Event, DecodeError> {
+        if opcode != OP_EVENT {
+            return Err(DecodeError::UnknownOpcode(opcode));
+        }
+        zero(&w[1..2])?;
+        zero(&w[3..])?;
+        let ready = low32(w[2])?;
+        if ready & !READY_ALL != 0 {
+            return Err(DecodeError::ReservedNotZero);
+        }
+        if !oneway {
+            return Err(DecodeError::WrongKind);
+        }
+        Ok(Event {
+            handle: low32(w[0])?,
+            ready,
+        })
     }
 }
 
@@ -424,6 +469,22 @@ mod tests {
         fn decoded_requests_encode_to_the_same_words(op in 0u16..10, w in words()) {
             if let Ok(r) = Request::decode(op, false, &w) {
                 prop_assert_eq!(r.encode(), (op, w));
+            }
+        }
+
+        #[test]
+        fn events_round_trip(handle in any::<u32>(), ready in 0..=READY_ALL) {
+            let e = Event { handle, ready };
+            let (op, w) = e.encode();
+            prop_assert_eq!(Event::decode(op, true, &w), Ok(e));
+            prop_assert_eq!(Event::decode(op, false, &w), Err(DecodeError::WrongKind));
+            prop_assert_eq!(Request::decode(op, false, &w), Err(DecodeError::UnknownOpcode(OP_EVENT)));
+        }
+
+        #[test]
+        fn decoded_events_encode_to_the_same_words(op in 8u16..11, w in words()) {
+            if let Ok(e) = Event::decode(op, true, &w) {
+                prop_assert_eq!(e.encode(), (op, w));
             }
         }
 
