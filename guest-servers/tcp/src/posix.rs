@@ -5,12 +5,18 @@
 //! As in the server kit: a request is taken only when the peer's reply queue has room,
 //! at most [`BUDGET`] per pass; a request that does not decode, or a payload larger than
 //! the scratch buffer, is answered `EPROTO`.
+//!
+//! Readiness: after each pass, every handle posix holds (those it got from `Listen`,
+//! `Connect` and `Accept`, until its `Close`) whose readiness changed since posix was
+//! last told gets a one-way `Event`, so posix can sleep instead of polling; one that
+//! finds posix's queue full is told at a later pass.
+use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
 use compart_channel::{ChannelError, Endpoint, Notifier};
 use compart_kit::server::BUDGET;
-use compart_proto::socket::{self, Errno, Reply, Request};
+use compart_proto::socket::{self, Errno, Event, Reply, Request};
 
 use crate::core::{Error, Handle, Tcp};
 
@@ -33,8 +39,13 @@ pub fn errno(e: Error) -> Errno {
 #[derive(Debug)]
 pub struct Posix {
     buf: Vec<u8>,
+    /// Handles posix holds, and the readiness it was last told (at most one per
+    /// socket of the core's bounded table).
+    held: BTreeMap<u32, u32>,
     /// Requests answered `EPROTO`.
     pub malformed: u64,
+    /// Events sent.
+    pub events: u64,
 }
 
 impl Posix {
@@ -42,7 +53,9 @@ impl Posix {
     pub fn new(buffer_size: usize) -> Posix {
         Posix {
             buf: vec![0; buffer_size],
+            held: BTreeMap::new(),
             malformed: 0,
+            events: 0,
         }
     }
 
@@ -72,15 +85,68 @@ impl Posix {
             if req.is_oneway() {
                 continue;
             }
+            match (answer, req.opcode()) {
+                (Reply::Handle(h) | Reply::Accepted { handle: h, .. }, _) => {
+                    self.held.insert(h, 0);
+                }
+                (Reply::Done, socket::OP_CLOSE) => {
+                    self.held
+                        .remove(&req.inline()[0].try_into().unwrap_or(u32::MAX));
+                }
+                _ => {}
+            }
             let (status, inline) = answer.encode();
             ep.reply(req, status, inline, &self.buf[..data])?;
         }
+        busy |= self.notify(tcp, ep)?;
         if busy {
             ep.flush()?;
         }
         Ok(busy)
     }
 
+    /// Tell posix about every held handle whose readiness changed.
+    fn notify<N: Notifier, M: Notifier>(
+        &mut self,
+        tcp: &mut Tcp<M>,
+        ep: &mut Endpoint<N>,
+    ) -> Result<bool, ChannelError> {
+        let mut sent = false;
+        for (&h, told) in self.held.iter_mut() {
+            let now = tcp
+                .ready(Handle(h))
+                .map_or(socket::READY_ERROR | socket::READY_HANGUP, bits);
+            if now == *told {
+                continue;
+            }
+            let (op, w) = Event {
+                handle: h,
+                ready: now,
+            }
+            .encode();
+            match ep.send_oneway(op, w) {
+                Ok(()) => {
+                    *told = now;
+                    self.events += 1;
+                    sent = true;
+                }
+                Err(ChannelError::Full) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(sent)
+    }
+}
+
+fn bits(r: crate::core::Ready) -> u32 {
+    let bit = |b: bool, v: u32| if b { v } else { 0 };
+    bit(r.readable, socket::READY_READABLE)
+        | bit(r.writable, socket::READY_WRITABLE)
+        | bit(r.hangup, socket::READY_HANGUP)
+        | bit(r.error, socket::READY_ERROR)
+}
+
+impl Posix {
     fn call<N: Notifier, M: Notifier>(
         &mut self,
         tcp: &mut Tcp<M>,
@@ -131,15 +197,9 @@ impl Posix {
                 or_errno(tcp.shutdown(Handle(handle)).map(|()| Reply::Done))
             }
             Request::Close { handle } => or_errno(tcp.close(Handle(handle)).map(|()| Reply::Done)),
-            Request::Poll { handle } => or_errno(tcp.ready(Handle(handle)).map(|r| {
-                let bit = |b: bool, v: u32| if b { v } else { 0 };
-                Reply::Ready(
-                    bit(r.readable, socket::READY_READABLE)
-                        | bit(r.writable, socket::READY_WRITABLE)
-                        | bit(r.hangup, socket::READY_HANGUP)
-                        | bit(r.error, socket::READY_ERROR),
-                )
-            })),
+            Request::Poll { handle } => {
+                or_errno(tcp.ready(Handle(handle)).map(|r| Reply::Ready(bits(r))))
+            }
         })
     }
 }

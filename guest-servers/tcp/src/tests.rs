@@ -687,6 +687,19 @@ fn posix_peer(r: &mut Rig) -> PosixPeer {
 }
 
 impl PosixPeer {
+    /// Let the server tell its events, and take them.
+    fn events(&mut self, r: &mut Rig) -> Vec<compart_proto::socket::Event> {
+        r.tcp[0].serve_posix(self.k, &mut self.served).unwrap();
+        let mut out = Vec::new();
+        while let Some(req) = self.posix.poll_request().unwrap() {
+            assert!(req.is_oneway());
+            out.push(
+                compart_proto::socket::Event::decode(req.opcode(), true, req.inline()).unwrap(),
+            );
+        }
+        out
+    }
+
     /// Make a call and return its answer and the reply's payload.
     fn call(
         &mut self,
@@ -738,10 +751,18 @@ fn the_socket_protocol_listens_accepts_receives_sends_and_closes() {
         p.call(&mut r, Request::Accept { listener: l }, &[]).0,
         Reply::Error(Errno::Again)
     );
+    assert_eq!(p.events(&mut r), []);
     let c = r.tcp[1].connect(A, 5000).unwrap();
     for _ in 0..20 {
         r.round();
     }
+    // The listener became readable: posix is told once.
+    let ev = compart_proto::socket::Event {
+        handle: l,
+        ready: READY_READABLE,
+    };
+    assert_eq!(p.events(&mut r), [ev]);
+    assert_eq!(p.events(&mut r), []);
     let (
         Reply::Accepted {
             handle,
