@@ -1,6 +1,6 @@
 //! The tcp server end to end: `driver`, `ip` and `tcp` (its temporary echo service on
 //! port 7) on the VMM's virtio-net device, and bash's `/dev/tcp` in a network namespace
-//! as the Linux peer: a line and a MiB echoed back intact, and a connect to a closed
+//! as the Linux peer: a line and 4 MiB echoed back intact (in TSO super-segments), and a connect to a closed
 //! port refused (smoltcp's RST). Every command is bounded by `timeout`.
 
 use std::process::Command;
@@ -39,7 +39,7 @@ fn stack(tap: &str, ns: &str) -> String {
         image = "tcp"
         memory_mib = 32
         cores = [1]
-        cmdline = "echo=7 stats=0"
+        cmdline = "echo=7 stats=0 sockets=8 buf=256"
 
         [[channel]]
         a = "driver"
@@ -82,7 +82,7 @@ fn bash_in(ns: &str, script: &str) -> (bool, String) {
 }
 
 kvm_test! {
-    fn the_echo_service_returns_a_line_and_a_mib_and_a_closed_port_is_refused() {
+    fn the_echo_service_returns_a_line_and_4_mib_with_offloads_and_a_closed_port_is_refused() {
         if !require_netns() {
             return;
         }
@@ -90,6 +90,17 @@ kvm_test! {
         let (ns, tap) = (format!("cpt-tcp-{pid}"), format!("cttcp{pid}"));
         let (vmm, capture) = boot(&topology(&stack(&tap, &ns)));
         capture.wait_for("tcp", "tcp: echo service on port 7", UP);
+        // The TAP takes checksum and segmentation offloads: tcp uses both.
+        let offloads = capture
+            .of("tcp")
+            .into_iter()
+            .find(|l| l.starts_with("tcp: address"))
+            .unwrap_or_default();
+        assert!(
+            offloads.contains("TCP checksums left to the link")
+                && offloads.contains("segments of up to 64 KiB (TSO)"),
+            "{offloads}"
+        );
 
         let (ok, out) = bash_in(
             &ns,
@@ -102,8 +113,8 @@ kvm_test! {
         let (ok, out) = bash_in(
             &ns,
             &format!(
-                "set -e; cd {d}; head -c 1048576 /dev/urandom > sent; \
-                 exec 3<>/dev/tcp/{STACK}/7; (cat sent >&3) & head -c 1048576 <&3 > got; \
+                "set -e; cd {d}; head -c 4194304 /dev/urandom > sent; \
+                 exec 3<>/dev/tcp/{STACK}/7; (cat sent >&3) & head -c 4194304 <&3 > got; \
                  wait; cmp sent got && echo same",
                 d = dir.display()
             ),

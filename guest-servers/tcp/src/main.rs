@@ -56,38 +56,52 @@ fn wait(chans: &mut [Channel], poll: Option<u32>, deadline: Option<time::Instant
     };
 }
 
-/// Ask ip for the interface's configuration until it has one (the link is up).
-/// Packets ip delivers meanwhile are refused: there is no socket yet.
+/// Refuse what ip delivers before there is a socket (while ip's reply queue has room).
+fn refuse_requests(ch: &mut Channel) -> Result<(), compart_channel::ChannelError> {
+    while ch.can_reply()? {
+        let Some(req) = ch.poll_request()? else {
+            break;
+        };
+        if !req.is_oneway() {
+            let (s, w) = packet::Reply::Dropped(DropReason::Refused).encode();
+            ch.reply(req, s, w, &[])?;
+        }
+    }
+    Ok(())
+}
+
+/// Ask ip for the interface's configuration until it has one (the link is up), again
+/// every 100 ms while it answers anything else. Packets ip delivers meanwhile are
+/// refused: there is no socket yet.
 fn config(ch: &mut Channel, poll: Option<u32>) -> packet::Config {
-    let fatal = |e| -> ! { panic!("tcp: channel to ip: {e:?}") };
+    let fatal = |e| -> ! { panic!("tcp: channel to ip broke: {e:?}") };
+    let mut said = false;
     loop {
         let (op, w) = packet::Request::Config.encode();
         ch.send_request(op, w, &[]).unwrap_or_else(|e| fatal(e));
         ch.flush().unwrap_or_else(|e| fatal(e));
-        let retry = time::Instant::now() + Duration::from_millis(100);
-        let mut answer = None;
-        while answer.is_none() {
-            while let Some(req) = ch.poll_request().unwrap_or_else(|e| fatal(e)) {
-                if !req.is_oneway() {
-                    let (s, w) = packet::Reply::Dropped(DropReason::Refused).encode();
-                    ch.reply(req, s, w, &[]).unwrap_or_else(|e| fatal(e));
-                }
-            }
+        let answer = loop {
+            refuse_requests(ch).unwrap_or_else(|e| fatal(e));
             if let Some(r) = ch.poll_reply().unwrap_or_else(|e| fatal(e)) {
-                answer = Some(packet::Reply::decode(r.status(), r.inline()));
+                let a = packet::Reply::decode(r.status(), r.inline());
                 ch.free(r).unwrap_or_else(|e| fatal(e));
-            } else {
-                wait(core::slice::from_mut(ch), poll, None);
+                break a;
             }
-        }
+            wait(core::slice::from_mut(ch), poll, None);
+        };
         match answer {
-            Some(Ok(packet::Reply::Config(c))) => return c,
-            Some(Ok(packet::Reply::Dropped(DropReason::LinkDown))) => {
-                while time::Instant::now().tsc() < retry.tsc() {
-                    wait(core::slice::from_mut(ch), poll, Some(retry));
-                }
+            Ok(packet::Reply::Config(c)) => return c,
+            Ok(packet::Reply::Dropped(DropReason::LinkDown)) => {}
+            other if !said => {
+                println!("tcp: ip answered Config with {other:?}; asking again");
+                said = true;
             }
-            other => panic!("tcp: ip answered Config with {other:?}"),
+            _ => {}
+        }
+        let retry = time::Instant::now() + Duration::from_millis(100);
+        while time::Instant::now().tsc() < retry.tsc() {
+            refuse_requests(ch).unwrap_or_else(|e| fatal(e));
+            wait(core::slice::from_mut(ch), poll, Some(retry));
         }
     }
 }
