@@ -14,12 +14,16 @@
 //!   `ip` servers.
 //! - [`packet`]: IPv4 packets and their offload metadata between the `ip` server and
 //!   the layer above it (`pf`, or `tcp`), and the interface's configuration.
+//! - [`socket`]: socket calls (listen, accept, connect, send, recv, shutdown, close,
+//!   poll) and their errno-style answers between `posix` and `tcp`, and readiness
+//!   events.
 #![no_std]
 #![forbid(unsafe_code)]
 
 pub mod frame;
 pub mod packet;
 pub mod pingpong;
+pub mod socket;
 
 pub use compart_channel::INLINE_WORDS;
 

@@ -1,0 +1,97 @@
+//! A temporary echo service inside the tcp server (`echo=PORT` on the image's command
+//! line), the proof that the stack carries streams until the posix server and apps
+//! exist. It uses only the core's socket calls, as posix will.
+use alloc::vec;
+use alloc::vec::Vec;
+
+use compart_channel::Notifier;
+
+use crate::core::{Error, Handle, Tcp};
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 8;
+
+/// An echo server on one port: what each connection sends comes back to it.
+#[derive(Debug)]
+pub struct Echo {
+    listener: Handle,
+    /// Connections, and bytes read but not yet sent back.
+    conns: Vec<(Handle, Vec<u8>)>,
+    buf: Vec<u8>,
+}
+
+impl Echo {
+    /// Listen on `port`.
+    pub fn new<N: Notifier>(tcp: &mut Tcp<N>, port: u16) -> Result<Echo, Error> {
+        Ok(Echo {
+            listener: tcp.listen(port, 2)?,
+            conns: Vec::new(),
+            buf: vec![0; 16 * 1024],
+        })
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Accept, echo, and close what the peers closed. Returns whether anything moved.
+    pub fn step<N: Notifier>(&mut self, tcp: &mut Tcp<N>) -> bool {
+        let mut busy = false;
+        while self.conns.len() < MAX_CONNECTIONS {
+            match tcp.accept(self.listener) {
+                Ok(h) => {
+                    self.conns.push((h, Vec::new()));
+                    busy = true;
+                }
+                Err(_) => break,
+            }
+        }
+        let mut k = 0;
+        while k < self.conns.len() {
+            let (h, held) = &mut self.conns[k];
+            let mut done = false;
+            loop {
+                if !held.is_empty() {
+                    match tcp.send(*h, held) {
+                        Ok(n) => {
+                            held.drain(..n);
+                            busy |= n > 0;
+                        }
+                        Err(Error::Again) => break,
+                        Err(_) => {
+                            done = true;
+                            break;
+                        }
+                    }
+                    if !held.is_empty() {
+                        break;
+                    }
+                }
+                match tcp.recv(*h, &mut self.buf) {
+                    Ok(0) => {
+                        done = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        held.extend_from_slice(&self.buf[..n]);
+                        busy = true;
+                    }
+                    Err(Error::Again) => break,
+                    Err(_) => {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if done {
+                let _ = tcp.close(*h);
+                self.conns.swap_remove(k);
+                busy = true;
+            } else {
+                k += 1;
+            }
+        }
+        busy
+    }
+}

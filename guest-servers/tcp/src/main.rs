@@ -1,0 +1,223 @@
+//! The tcp server's image: the library's [`Tcp`] core over the channel to ip.
+//!
+//! - The layer below is the peer of role `pf`, else `ip` (required); the interface's
+//!   address and MTU come from its `Config` answer (asked again every 100 ms while the
+//!   link is down).
+//! - The posix server, if there is a channel to one (role `posix`), is served the
+//!   socket protocol (`compart_proto::socket`).
+//! - `echo=PORT`: a temporary echo service on PORT inside this server (until the posix
+//!   server and apps exist).
+//! - Offloads: TCP checksums are left to the link when ip's `Config` says it has
+//!   `TX_CSUM`, and segments of up to 64 KiB go down whole with `TX_TSO4` too;
+//!   `offload=false` turns both off.
+//! - `sockets=N` (default 32) smoltcp sockets at most, `buf=KIB` (default 64) of
+//!   receive and of send buffer each: the heap needs about N × 2 × KIB KiB.
+//! - `sockets=N` (default 32) smoltcp sockets at most, `buf=KIB` (default 64) of
+//!   receive and of send buffer each: the heap needs about N × 2 × KIB KiB.
+//! - `stats=MS` (default 1000): when idle and the device's counters changed, print them
+//!   at most once per MS milliseconds. `poll=US` overrides the placement's poll budget.
+//! - Idle: `channel::wait_for_any` on the channels until smoltcp's `poll_delay`.
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use core::time::Duration;
+
+use compart_firmware::channel::{self, Channel};
+use compart_firmware::cmdline::{self, Args};
+use compart_firmware::server::Role;
+use compart_firmware::time;
+use compart_firmware::{println, BootInfo};
+use compart_proto::packet::{self, DropReason};
+use tcp::device::DeviceCounters;
+use tcp::echo::Echo;
+use tcp::{Iface, Instant, Limits, Tcp};
+
+compart_firmware::entry!(main);
+
+/// The stack's clock: microseconds of the firmware's monotonic clock (the TSC). The one
+/// place time is read.
+fn now() -> Instant {
+    let us = u128::from(time::Instant::now().tsc()) * 1000 / u128::from(time::tsc_khz());
+    Instant::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
+}
+
+fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
+    args.get(key).unwrap_or_else(|e| panic!("tcp: {e}"))
+}
+
+fn wait(chans: &mut [Channel], poll: Option<u32>, deadline: Option<time::Instant>) {
+    // A broken channel is found by the next poll.
+    let _ = match poll {
+        Some(us) => channel::wait_for_any_polling(chans, us, deadline),
+        None => channel::wait_for_any(chans, deadline),
+    };
+}
+
+/// Refuse what ip delivers before there is a socket (while ip's reply queue has room).
+fn refuse_requests(ch: &mut Channel) -> Result<(), compart_channel::ChannelError> {
+    while ch.can_reply()? {
+        let Some(req) = ch.poll_request()? else {
+            break;
+        };
+        if !req.is_oneway() {
+            let (s, w) = packet::Reply::Dropped(DropReason::Refused).encode();
+            ch.reply(req, s, w, &[])?;
+        }
+    }
+    Ok(())
+}
+
+/// Ask ip for the interface's configuration until it has one (the link is up), again
+/// every 100 ms while it answers anything else. Packets ip delivers meanwhile are
+/// refused: there is no socket yet.
+fn config(ch: &mut Channel, poll: Option<u32>) -> packet::Config {
+    let fatal = |e| -> ! { panic!("tcp: channel to ip broke: {e:?}") };
+    let mut said = false;
+    loop {
+        let (op, w) = packet::Request::Config.encode();
+        ch.send_request(op, w, &[]).unwrap_or_else(|e| fatal(e));
+        ch.flush().unwrap_or_else(|e| fatal(e));
+        let answer = loop {
+            refuse_requests(ch).unwrap_or_else(|e| fatal(e));
+            if let Some(r) = ch.poll_reply().unwrap_or_else(|e| fatal(e)) {
+                let a = packet::Reply::decode(r.status(), r.inline());
+                ch.free(r).unwrap_or_else(|e| fatal(e));
+                break a;
+            }
+            wait(core::slice::from_mut(ch), poll, None);
+        };
+        match answer {
+            Ok(packet::Reply::Config(c)) => return c,
+            Ok(packet::Reply::Dropped(DropReason::LinkDown)) => {}
+            other if !said => {
+                println!("tcp: ip answered Config with {other:?}; asking again");
+                said = true;
+            }
+            _ => {}
+        }
+        let retry = time::Instant::now() + Duration::from_millis(100);
+        while time::Instant::now().tsc() < retry.tsc() {
+            refuse_requests(ch).unwrap_or_else(|e| fatal(e));
+            wait(core::slice::from_mut(ch), poll, Some(retry));
+        }
+    }
+}
+
+fn main(info: &'static BootInfo) -> i32 {
+    let _ = info;
+    let args = cmdline::args();
+    let echo_port: Option<u16> = arg(&args, "echo");
+    let stats_ms: u64 = arg(&args, "stats").unwrap_or(1000);
+    let poll: Option<u32> = arg(&args, "poll");
+    let (peer, mut ch) = [Role::Pf, Role::Ip]
+        .into_iter()
+        .find_map(|r| channel::open_by_role(r).ok())
+        .unwrap_or_else(|| panic!("tcp: no channel to a pf or ip server"));
+    println!("tcp: lower layer on {} ({})", peer, peer.role.name());
+    let c = config(&mut ch, poll);
+    let [a, b, cc, d] = c.address;
+    let offload = arg::<bool>(&args, "offload").unwrap_or(true);
+    let tx_csum = offload && c.offloads & packet::offload::TX_CSUM != 0;
+    let both = packet::offload::TX_CSUM | packet::offload::TX_TSO4;
+    let tso = offload && c.offloads & both == both;
+    println!(
+        "tcp: address {a}.{b}.{cc}.{d}/{}, mtu {}, offloads {:#x}: {}, {}",
+        c.prefix_len,
+        c.mtu,
+        c.offloads,
+        if tx_csum {
+            "TCP checksums left to the link"
+        } else {
+            "TCP checksums computed here"
+        },
+        if tso {
+            "segments of up to 64 KiB (TSO)"
+        } else {
+            "MTU-sized segments"
+        }
+    );
+    let iface = Iface {
+        address: c.address,
+        prefix_len: c.prefix_len,
+        mtu: c.mtu,
+        tx_checksum_offload: tx_csum,
+        tso,
+    };
+    let mut limits = Limits::default();
+    if let Some(n) = arg::<usize>(&args, "sockets") {
+        limits.sockets = n.clamp(1, 1024);
+    }
+    if let Some(kib) = arg::<usize>(&args, "buf") {
+        limits.rx_buffer = kib.clamp(4, 4096) * 1024;
+        limits.tx_buffer = limits.rx_buffer;
+    }
+    println!(
+        "tcp: up to {} sockets of {} KiB + {} KiB",
+        limits.sockets,
+        limits.rx_buffer / 1024,
+        limits.tx_buffer / 1024
+    );
+    let mut tcp = Tcp::new(ch, iface, limits, now(), time::Instant::now().tsc());
+    let mut posix = channel::open_by_role(Role::Posix).ok().map(|(peer, ep)| {
+        println!("tcp: posix on {peer}");
+        let p = tcp::posix::Posix::new(ep.buffer_size());
+        (tcp.attach(ep), p)
+    });
+    let mut echo = echo_port.map(|p| {
+        let e = Echo::new(&mut tcp, p).unwrap_or_else(|e| panic!("tcp: echo on {p}: {e:?}"));
+        println!("tcp: echo service on port {p} (temporary, until posix and apps)");
+        e
+    });
+    let mut printed = DeviceCounters::default();
+    let mut last_print = Instant::from_millis(0);
+    loop {
+        let t = now();
+        let mut busy = tcp.poll(t);
+        if let Some((k, p)) = posix.as_mut() {
+            match tcp.serve_posix(*k, p) {
+                Ok(b) => busy |= b,
+                Err(e) => {
+                    println!("tcp: channel to posix broke: {e:?}; dropping it");
+                    posix = None;
+                    busy = true;
+                }
+            }
+        }
+        if let Some(e) = echo.as_mut() {
+            busy |= e.step(&mut tcp);
+        }
+        if let Some(e) = tcp.device().error() {
+            println!(
+                "tcp: channel to ip broke: {e:?}; counters: {:?}",
+                tcp.device().counters()
+            );
+            return 1;
+        }
+        if busy {
+            continue;
+        }
+        let counters = tcp.device().counters().clone();
+        if counters != printed && t.total_millis() >= last_print.total_millis() + stats_ms as i64 {
+            println!(
+                "tcp: counters: rx={} tx={} deferred={} rx_malformed={} rx_too_big={} tx_dropped_by_ip={} bad_replies={} sockets={}",
+                counters.rx_packets,
+                counters.tx_packets,
+                counters.tx_deferred,
+                counters.rx_malformed,
+                counters.rx_too_big,
+                counters.tx_dropped_by_ip,
+                counters.bad_replies,
+                tcp.sockets_in_use()
+            );
+            printed = counters;
+            last_print = t;
+        }
+        let deadline = tcp
+            .poll_delay(t)
+            .map(|d| time::Instant::now() + Duration::from_micros(d.total_micros()));
+        wait(tcp.sleep_set(), poll, deadline);
+    }
+}

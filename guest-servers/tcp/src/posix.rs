@@ -1,0 +1,205 @@
+//! The socket protocol (`compart_proto::socket`) served on a channel from the posix
+//! server: each request decoded, turned into a call on the [`Tcp`] core, and answered
+//! at once (a call that would block answers `EAGAIN`; posix waits on `Poll`).
+//!
+//! As in the server kit: a request is taken only when the peer's reply queue has room,
+//! at most [`BUDGET`] per pass; a request that does not decode, or a payload larger than
+//! the scratch buffer, is answered `EPROTO`.
+//!
+//! Readiness: after each pass, every handle posix holds (those it got from `Listen`,
+//! `Connect` and `Accept`, until its `Close`) whose readiness changed since posix was
+//! last told gets a one-way `Event`, so posix can sleep instead of polling; one that
+//! finds posix's queue full is told at a later pass.
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use compart_channel::{ChannelError, Endpoint, Notifier};
+use compart_kit::server::BUDGET;
+use compart_proto::socket::{self, Errno, Event, Reply, Request};
+
+use crate::core::{Error, Handle, Tcp};
+
+/// The errno a core error stands for.
+pub fn errno(e: Error) -> Errno {
+    match e {
+        Error::Again => Errno::Again,
+        Error::BadHandle => Errno::BadHandle,
+        Error::NoBuffers => Errno::NoBuffers,
+        Error::AddrInUse => Errno::AddrInUse,
+        Error::Invalid => Errno::Invalid,
+        Error::ConnRefused => Errno::ConnRefused,
+        Error::ConnReset => Errno::ConnReset,
+        Error::NotConnected => Errno::NotConnected,
+        Error::Pipe => Errno::Pipe,
+    }
+}
+
+/// The socket protocol's side in the tcp server, for one posix channel.
+#[derive(Debug)]
+pub struct Posix {
+    buf: Vec<u8>,
+    /// Handles posix holds, and the readiness it was last told (at most one per
+    /// socket of the core's bounded table).
+    held: BTreeMap<u32, u32>,
+    /// Requests answered `EPROTO`.
+    pub malformed: u64,
+    /// Events sent.
+    pub events: u64,
+}
+
+impl Posix {
+    /// A server of posix channels whose buffers are `buffer_size` bytes.
+    pub fn new(buffer_size: usize) -> Posix {
+        Posix {
+            buf: vec![0; buffer_size],
+            held: BTreeMap::new(),
+            malformed: 0,
+            events: 0,
+        }
+    }
+
+    /// Serve up to [`BUDGET`] requests of `ep` on `tcp`. Returns whether any was.
+    pub fn serve<N: Notifier, M: Notifier>(
+        &mut self,
+        tcp: &mut Tcp<M>,
+        ep: &mut Endpoint<N>,
+    ) -> Result<bool, ChannelError> {
+        let mut busy = false;
+        for _ in 0..BUDGET {
+            if !ep.can_reply()? {
+                break;
+            }
+            let Some(req) = ep.poll_request()? else {
+                break;
+            };
+            busy = true;
+            let mut data = 0;
+            let answer = match Request::decode(req.opcode(), req.is_oneway(), req.inline()) {
+                Ok(r) => self.call(tcp, ep, &req, r, &mut data)?,
+                Err(_) => {
+                    self.malformed += 1;
+                    Reply::Error(Errno::Protocol)
+                }
+            };
+            if req.is_oneway() {
+                continue;
+            }
+            match (answer, req.opcode()) {
+                (Reply::Handle(h) | Reply::Accepted { handle: h, .. }, _) => {
+                    self.held.insert(h, 0);
+                }
+                (Reply::Done, socket::OP_CLOSE) => {
+                    self.held
+                        .remove(&req.inline()[0].try_into().unwrap_or(u32::MAX));
+                }
+                _ => {}
+            }
+            let (status, inline) = answer.encode();
+            ep.reply(req, status, inline, &self.buf[..data])?;
+        }
+        busy |= self.notify(tcp, ep)?;
+        if busy {
+            ep.flush()?;
+        }
+        Ok(busy)
+    }
+
+    /// Tell posix about every held handle whose readiness changed.
+    fn notify<N: Notifier, M: Notifier>(
+        &mut self,
+        tcp: &mut Tcp<M>,
+        ep: &mut Endpoint<N>,
+    ) -> Result<bool, ChannelError> {
+        let mut sent = false;
+        for (&h, told) in self.held.iter_mut() {
+            let now = tcp
+                .ready(Handle(h))
+                .map_or(socket::READY_ERROR | socket::READY_HANGUP, bits);
+            if now == *told {
+                continue;
+            }
+            let (op, w) = Event {
+                handle: h,
+                ready: now,
+            }
+            .encode();
+            match ep.send_oneway(op, w) {
+                Ok(()) => {
+                    *told = now;
+                    self.events += 1;
+                    sent = true;
+                }
+                Err(ChannelError::Full) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(sent)
+    }
+}
+
+fn bits(r: crate::core::Ready) -> u32 {
+    let bit = |b: bool, v: u32| if b { v } else { 0 };
+    bit(r.readable, socket::READY_READABLE)
+        | bit(r.writable, socket::READY_WRITABLE)
+        | bit(r.hangup, socket::READY_HANGUP)
+        | bit(r.error, socket::READY_ERROR)
+}
+
+impl Posix {
+    fn call<N: Notifier, M: Notifier>(
+        &mut self,
+        tcp: &mut Tcp<M>,
+        ep: &mut Endpoint<N>,
+        req: &compart_channel::Request,
+        r: Request,
+        data: &mut usize,
+    ) -> Result<Reply, ChannelError> {
+        let or_errno = |r: Result<Reply, Error>| r.unwrap_or_else(|e| Reply::Error(errno(e)));
+        Ok(match r {
+            Request::Listen { port, backlog } => or_errno(
+                tcp.listen(port, backlog as usize)
+                    .map(|h| Reply::Handle(h.0)),
+            ),
+            Request::Accept { listener } => or_errno(tcp.accept(Handle(listener)).map(|h| {
+                let (address, port) = tcp.peer(h).ok().flatten().unwrap_or(([0; 4], 0));
+                Reply::Accepted {
+                    handle: h.0,
+                    address,
+                    port,
+                }
+            })),
+            Request::Connect { address, port } => {
+                or_errno(tcp.connect(address, port).map(|h| Reply::Handle(h.0)))
+            }
+            Request::Send { handle } => {
+                if req.payload_len() > self.buf.len() {
+                    self.malformed += 1;
+                    return Ok(Reply::Error(Errno::Protocol));
+                }
+                let n = ep.read_request_payload(req, &mut self.buf)?;
+                or_errno(
+                    tcp.send(Handle(handle), &self.buf[..n])
+                        .map(|n| Reply::Bytes(n as u32)),
+                )
+            }
+            Request::Recv { handle, max } => {
+                let max = (max as usize).min(self.buf.len());
+                match tcp.recv(Handle(handle), &mut self.buf[..max]) {
+                    Ok(n) => {
+                        *data = n;
+                        Reply::Bytes(n as u32)
+                    }
+                    Err(e) => Reply::Error(errno(e)),
+                }
+            }
+            Request::Shutdown { handle } => {
+                or_errno(tcp.shutdown(Handle(handle)).map(|()| Reply::Done))
+            }
+            Request::Close { handle } => or_errno(tcp.close(Handle(handle)).map(|()| Reply::Done)),
+            Request::Poll { handle } => {
+                or_errno(tcp.ready(Handle(handle)).map(|r| Reply::Ready(bits(r))))
+            }
+        })
+    }
+}
