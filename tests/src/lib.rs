@@ -163,6 +163,21 @@ impl Capture {
         self.inner.0.lock().unwrap().clone()
     }
 
+    /// Counter `name` in the last `GUEST: counters: name=value …` line of `guest` (the
+    /// servers print their non-zero counters that way); 0 when absent.
+    pub fn counter(&self, guest: &str, name: &str) -> u64 {
+        let prefix = format!("{guest}: counters: ");
+        self.of(guest)
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .and_then(|c| {
+                c.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// Lines of one guest.
     pub fn of(&self, guest: &str) -> Vec<String> {
         self.lines()

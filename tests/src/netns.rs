@@ -72,6 +72,33 @@ impl Drop for NetNs {
     }
 }
 
+/// Runs `cmd args…` inside namespace `ns` (`ip netns exec`); whether it succeeded, and
+/// its standard output and error. Commands must bound themselves (`ping -c N -w S`).
+pub fn exec_in(ns: &str, cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, cmd])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} in {ns}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `ping`'s "N received" count in its summary.
+pub fn ping_received(ping_output: &str) -> u32 {
+    ping_output
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(" packets transmitted, ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 fn run(cmd: &mut Command) -> io::Result<()> {
     let out = cmd.output()?;
     if out.status.success() {

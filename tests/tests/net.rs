@@ -5,10 +5,9 @@
 //! test makes), with addresses from 198.18.0.0/15. Every command is bounded by its
 //! own count and deadline.
 
-use std::process::Command;
 use std::time::Duration;
 
-use compart_tests::netns::{require_netns, NetNs};
+use compart_tests::netns::{exec_in as in_ns, ping_received as received, require_netns, NetNs};
 use compart_tests::{boot, kvm_test, topology, Capture};
 
 const UP: Duration = Duration::from_secs(20);
@@ -64,46 +63,6 @@ fn names(tag: &str) -> (String, String) {
     (format!("cpt-{tag}-{pid}"), format!("ct{tag}{pid}"))
 }
 
-/// Runs `cmd args…` inside namespace `ns`; its status and output.
-fn in_ns(ns: &str, cmd: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, cmd])
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd} in {ns}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// `ping`'s "N received" count.
-fn received(ping_output: &str) -> u32 {
-    ping_output
-        .lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once(" packets transmitted, ")?;
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or(0)
-}
-
-/// The ip server's last counters line, as `name=value` pairs.
-fn ip_counter(capture: &Capture, name: &str) -> u64 {
-    capture
-        .of("ip")
-        .iter()
-        .rev()
-        .find_map(|l| l.strip_prefix("ip: counters: "))
-        .and_then(|c| {
-            c.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Boots `text` and waits until the ip server has the link.
 fn up(text: &str) -> (compart_vmm::RunningVmm, Capture) {
     let (vmm, capture) = boot(&topology(text));
@@ -132,12 +91,12 @@ kvm_test! {
         }
         // The last counters line may trail the last reply: wait for it.
         compart_tests::poll(UP, "the ip server's counters", || {
-            (ip_counter(&capture, "icmp_echo_replied") >= 1006).then_some(())
+            (capture.counter("ip", "icmp_echo_replied") >= 1006).then_some(())
         });
-        assert_eq!(ip_counter(&capture, "frag_reassembled"), 3);
-        assert!(ip_counter(&capture, "frag_tx") >= 3 * 6, "{:?}", capture.of("ip"));
+        assert_eq!(capture.counter("ip", "frag_reassembled"), 3);
+        assert!(capture.counter("ip", "frag_tx") >= 3 * 6, "{:?}", capture.of("ip"));
         for bad in ["ip_bad_checksum", "rx_malformed", "tx_queue_full", "arp_unresolved"] {
-            assert_eq!(ip_counter(&capture, bad), 0, "{bad}: {:?}", capture.of("ip"));
+            assert_eq!(capture.counter("ip", bad), 0, "{bad}: {:?}", capture.of("ip"));
         }
         vmm.handle().stop();
         vmm.wait();
@@ -164,12 +123,12 @@ kvm_test! {
         let (ok, out) = in_ns(&ns, "ping", &["-c", "3", "-w", "10", STACK]);
         assert!(ok && received(&out) == 3, "{out}");
         compart_tests::poll(UP, "the ip server's counters", || {
-            (ip_counter(&capture, "icmp_echo_replied") >= 3).then_some(())
+            (capture.counter("ip", "icmp_echo_replied") >= 3).then_some(())
         });
         assert!(
-            ip_counter(&capture, "arp_requests_sent") >= 2
-                && ip_counter(&capture, "arp_learnt") >= 1
-                && ip_counter(&capture, "arp_replies_sent") == 0,
+            capture.counter("ip", "arp_requests_sent") >= 2
+                && capture.counter("ip", "arp_learnt") >= 1
+                && capture.counter("ip", "arp_replies_sent") == 0,
             "the stack asked for the peer (besides its gratuitous ARP), learnt it, and was \
              never asked: {:?}",
             capture.of("ip")

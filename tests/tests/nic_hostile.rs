@@ -284,20 +284,6 @@ kvm_test! {
     }
 }
 
-/// The ip server's value of counter `name` in its last counters line.
-fn ip_counter(capture: &Capture, name: &str) -> u64 {
-    capture
-        .of("ip")
-        .iter()
-        .rev()
-        .find_map(|l| l.strip_prefix("ip: counters: "))
-        .and_then(|c| {
-            c.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 kvm_test! {
     /// The same 10⁵ hostile frames at the real stack (the driver and ip servers): both
     /// keep running, the device accounts for every frame, every frame the device
@@ -370,9 +356,9 @@ kvm_test! {
         // it has credit for 16 at a time and waits for ip's replies, never drops).
         let delivered = nic.rx_packets;
         compart_tests::poll(Duration::from_secs(30), "ip to count every frame", || {
-            (ip_counter(&capture, "rx_frames") >= delivered).then_some(())
+            (capture.counter("ip", "rx_frames") >= delivered).then_some(())
         });
-        assert_eq!(ip_counter(&capture, "rx_frames"), delivered, "{:?}", capture.of("ip").last());
+        assert_eq!(capture.counter("ip", "rx_frames"), delivered, "{:?}", capture.of("ip").last());
         // The stack is whole: it answers a ping from the namespace.
         ns.ip(&["addr", "add", "198.18.7.1/24", "dev", "cpt7"]).unwrap();
         let out = std::process::Command::new("ip")

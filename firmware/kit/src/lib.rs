@@ -4,11 +4,13 @@
 //!
 //! - [`server`]: the receive loop with per-channel [`Handler`](server::Handler)s
 //!   (`firmware::server`);
-//! - [`cmdline`]: typed `key=value` arguments (`firmware::cmdline`).
+//! - [`cmdline`]: typed `key=value` arguments (`firmware::cmdline`);
+//! - [`clock`]: the millisecond [`clock::Instant`] that server logic takes its time as.
 #![no_std]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod clock;
 pub mod cmdline;
 pub mod server;

@@ -32,28 +32,7 @@ pub use rules::{Dir, Rules};
 pub use server::PfServer;
 
 /// A point in time, in milliseconds since some start (the glue's clock).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Instant(u64);
-
-impl Instant {
-    /// The clock's start.
-    pub const ZERO: Instant = Instant(0);
-
-    /// `ms` milliseconds after the clock's start.
-    pub const fn from_millis(ms: u64) -> Instant {
-        Instant(ms)
-    }
-
-    /// Milliseconds since the clock's start.
-    pub const fn millis(self) -> u64 {
-        self.0
-    }
-
-    /// `ms` milliseconds later.
-    pub const fn after(self, ms: u64) -> Instant {
-        Instant(self.0.saturating_add(ms))
-    }
-}
+pub use compart_kit::clock::Instant;
 
 /// The connection table's bound and its timeouts (milliseconds of idleness after which an
 /// entry goes).
