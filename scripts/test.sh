@@ -8,13 +8,15 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: acpica-tools (iasl, acpiexec) checks the ACPI tables independently;
 # iproute2 (ip: network namespaces, TAP, veth, macvtap), iputils-ping, arping and
-# tcpdump for the network tests, which stay inside namespaces they create.
+# tcpdump for the network tests, which stay inside namespaces they create; procps
+# (sysctl) to quiet IPv6 in those namespaces.
 need=()
 command -v iasl >/dev/null 2>&1 && command -v acpiexec >/dev/null 2>&1 || need+=(acpica-tools)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v arping >/dev/null 2>&1 || need+=(arping)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
+command -v sysctl >/dev/null 2>&1 || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "==> apt-get install ${need[*]}"
