@@ -5,6 +5,7 @@
 //! - [`server`]: the receive loop with per-channel [`Handler`](server::Handler)s
 //!   (`firmware::server`);
 //! - [`cmdline`]: typed `key=value` arguments (`firmware::cmdline`);
+//! - [`counters`]: per-reason counters declared once, printed as `name=value`;
 //! - [`clock`]: the millisecond [`clock::Instant`] that server logic takes its time as.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -13,4 +14,5 @@ extern crate alloc;
 
 pub mod clock;
 pub mod cmdline;
+pub mod counters;
 pub mod server;
