@@ -21,6 +21,7 @@
 
 pub mod netns;
 pub mod rawnet;
+pub mod stack;
 
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use compart_tests::netns::{exec_in as in_ns, ping_received as received, require_netns, NetNs};
+use compart_tests::stack::{topology_text, DRIVER, IP};
 use compart_tests::{boot, kvm_test, topology, Capture};
 
 const UP: Duration = Duration::from_secs(20);
@@ -19,40 +20,9 @@ const PEER: &str = "198.18.0.1";
 
 /// A driver and an ip server, the NIC given by `nic` (its backend keys).
 fn stack(nic: &str) -> String {
-    format!(
-        r#"
-        [host]
-        cores = [0, 1]
-
-        [[guest]]
-        name = "driver"
-        role = "driver"
-        image = "driver"
-        memory_mib = 16
-        cores = [0]
-
-        [[guest]]
-        name = "ip"
-        role = "ip"
-        image = "ip"
-        memory_mib = 16
-        cores = [1]
-        cmdline = "stats=0"
-
-        [[channel]]
-        a = "driver"
-        b = "ip"
-        queue_depth = 64
-        max_outstanding = 16
-        buf_size = 65600
-
-        [[nic]]
-        guest = "driver"
-        mac = "{STACK_MAC}"
-        address = "{STACK}/24"
-        gateway = "{PEER}"
-        {nic}
-        "#
+    topology_text(
+        &[DRIVER, IP.with("stats=0")],
+        &format!("mac = \"{STACK_MAC}\"\naddress = \"{STACK}/24\"\ngateway = \"{PEER}\"\n{nic}"),
     )
 }
 

@@ -198,6 +198,54 @@ kvm_test! {
 const FRAMES: usize = 100_000;
 const BATCH: usize = 200;
 
+/// Turns IPv6 off in `ns` (no router solicitations, no DAD): with no address either,
+/// the only frames on its TAP are the test's.
+fn quiet_ipv6(ns: &NetNs) {
+    for key in ["all", "default"] {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name(), "sysctl", "-qw"])
+            .arg(format!("net.ipv6.conf.{key}.disable_ipv6=1"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+/// Sends [`FRAMES`] frames of `frames` through `sender`, [`BATCH`] at a time, each batch
+/// only once the device has taken the last (received or dropped, counted beyond `before`),
+/// within 10 s, or the test fails. Returns the frames sent and how many were longer than
+/// a 1500-byte MTU frame.
+fn send_in_batches(
+    sender: &RawSender,
+    handle: &VmmHandle,
+    frames: &mut FrameGen,
+    before: u64,
+) -> (u64, u64) {
+    let (mut sent, mut oversize) = (0u64, 0u64);
+    while (sent as usize) < FRAMES {
+        for f in frames.by_ref().take(BATCH) {
+            sender
+                .send(&f)
+                .unwrap_or_else(|e| panic!("sending {} bytes: {e}", f.len()));
+            sent += 1;
+            oversize += u64::from(f.len() > 14 + 1500);
+        }
+        let batch_start = Instant::now();
+        loop {
+            let nic = nic_status(handle);
+            if nic.rx_packets + nic.rx_drops >= before + sent {
+                break;
+            }
+            assert!(
+                batch_start.elapsed() < Duration::from_secs(10),
+                "after {sent} frames sent: {nic:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    (sent, oversize)
+}
+
 kvm_test! {
     /// 10⁵ random and mutated frames (truncated headers, wrong lengths, versions and
     /// checksums, bogus ARP, overlapping and endless fragments, jumbo frames over the
@@ -212,14 +260,7 @@ kvm_test! {
         let ns = NetNs::new("raw").unwrap();
         // No IPv6 (router solicitations, DAD) and no address: the only frames on the
         // TAP are the test's.
-        for key in ["all", "default"] {
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", ns.name(), "sysctl", "-qw"])
-                .arg(format!("net.ipv6.conf.{key}.disable_ipv6=1"))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-        }
+        quiet_ipv6(&ns);
         let t = topology(&format!(
             "[[guest]]\nname = \"rdrv\"\nrole = \"driver\"\nimage = \"selftest\"\n\
              cmdline = \"nic-rx=300000\"\nmemory_mib = 8\n\
@@ -242,30 +283,10 @@ kvm_test! {
             peer_ip: [198, 18, 6, 1],
         };
         let mut frames = FrameGen::new(12, target, 1500);
-        let (mut sent, mut oversize) = (0u64, 0u64);
         let start = Instant::now();
         let mut nic = nic_status(&handle);
         assert_eq!(nic.rx_packets + nic.rx_drops, 0, "nothing before the test's frames: {nic:?}");
-        while (sent as usize) < FRAMES {
-            for f in frames.by_ref().take(BATCH) {
-                sender.send(&f).unwrap_or_else(|e| panic!("sending {} bytes: {e}", f.len()));
-                sent += 1;
-                oversize += u64::from(f.len() > 14 + 1500);
-            }
-            // Bounded: the device takes the batch, or the test fails.
-            let batch_start = Instant::now();
-            loop {
-                nic = nic_status(&handle);
-                if nic.rx_packets + nic.rx_drops >= sent {
-                    break;
-                }
-                assert!(
-                    batch_start.elapsed() < Duration::from_secs(10),
-                    "after {sent} frames sent: {nic:?}"
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        let (sent, oversize) = send_in_batches(&sender, &handle, &mut frames, 0);
         let took = start.elapsed();
         // A last look: nothing more arrives.
         std::thread::sleep(Duration::from_millis(200));
@@ -294,14 +315,7 @@ kvm_test! {
         }
         install_logger();
         let ns = NetNs::new("hst").unwrap();
-        for key in ["all", "default"] {
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", ns.name(), "sysctl", "-qw"])
-                .arg(format!("net.ipv6.conf.{key}.disable_ipv6=1"))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-        }
+        quiet_ipv6(&ns);
         let t = topology(&format!(
             "[[guest]]\nname = \"driver\"\nrole = \"driver\"\nimage = \"driver\"\nmemory_mib = 16\ncores = [0]\n\
              [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"ip\"\nmemory_mib = 16\ncores = [1]\n\
@@ -327,25 +341,7 @@ kvm_test! {
         };
         let base = nic_status(&handle);
         let mut frames = FrameGen::new(7, target, 1500);
-        let mut sent = 0u64;
-        while (sent as usize) < FRAMES {
-            for f in frames.by_ref().take(BATCH) {
-                sender.send(&f).unwrap_or_else(|e| panic!("sending {} bytes: {e}", f.len()));
-                sent += 1;
-            }
-            let batch_start = Instant::now();
-            loop {
-                let nic = nic_status(&handle);
-                if nic.rx_packets + nic.rx_drops >= base.rx_packets + base.rx_drops + sent {
-                    break;
-                }
-                assert!(
-                    batch_start.elapsed() < Duration::from_secs(10),
-                    "after {sent} frames sent: {nic:?}"
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        let (sent, _) = send_in_batches(&sender, &handle, &mut frames, base.rx_packets + base.rx_drops);
         let nic = nic_status(&handle);
         assert_eq!(
             nic.rx_packets + nic.rx_drops - base.rx_packets - base.rx_drops,

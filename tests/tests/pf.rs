@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use compart_tests::netns::{exec_in, ping_received, require_netns};
+use compart_tests::stack::{topology_text, Server, DRIVER, IP};
 use compart_tests::{boot, kvm_test, topology};
 
 const UP: Duration = Duration::from_secs(20);
@@ -14,59 +15,18 @@ const STACK: &str = "198.18.0.2";
 
 /// The stack with `pf` between ip and tcp, filtering with `rules`.
 fn stack(tap: &str, ns: &str, rules: &str) -> String {
-    let channel = |a: &str, b: &str| {
-        format!(
-            "[[channel]]\na = \"{a}\"\nb = \"{b}\"\nqueue_depth = 64\nmax_outstanding = 16\n\
-             buf_size = 65600\n"
-        )
-    };
-    format!(
-        r#"
-[host]
-cores = [0, 1]
-
-[[guest]]
-name = "driver"
-role = "driver"
-image = "driver"
-memory_mib = 16
-cores = [0]
-
-[[guest]]
-name = "ip"
-role = "ip"
-image = "ip"
-memory_mib = 16
-cores = [1]
-
-[[guest]]
-name = "pf"
-role = "pf"
-image = "pf"
-memory_mib = 16
-cores = [1]
-cmdline = "{rules} stats=0"
-
-[[guest]]
-name = "tcp"
-role = "tcp"
-image = "tcp"
-memory_mib = 32
-cores = [1]
-cmdline = "echo=7 sockets=8 buf=256"
-
-{}{}{}
-[[nic]]
-guest = "driver"
-tap = "{tap}"
-netns = "{ns}"
-peer_address = "198.18.0.1/24"
-mac = "02:00:00:00:00:02"
-address = "{STACK}/24"
-"#,
-        channel("driver", "ip"),
-        channel("ip", "pf"),
-        channel("pf", "tcp")
+    let pf_cmdline = format!("{rules} stats=0");
+    topology_text(
+        &[
+            DRIVER,
+            IP,
+            Server::new("pf", 16, 1).with(&pf_cmdline),
+            Server::new("tcp", 32, 1).with("echo=7 sockets=8 buf=256"),
+        ],
+        &format!(
+            "tap = \"{tap}\"\nnetns = \"{ns}\"\npeer_address = \"198.18.0.1/24\"\n\
+             mac = \"02:00:00:00:00:02\"\naddress = \"{STACK}/24\""
+        ),
     )
 }
 

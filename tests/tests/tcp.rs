@@ -3,10 +3,10 @@
 //! as the Linux peer: a line and 4 MiB echoed back intact (in TSO super-segments), and a connect to a closed
 //! port refused (smoltcp's RST). Every command is bounded by `timeout`.
 
-use std::process::Command;
 use std::time::Duration;
 
-use compart_tests::netns::require_netns;
+use compart_tests::netns::{exec_in, require_netns};
+use compart_tests::stack::{topology_text, Server, DRIVER, IP};
 use compart_tests::{boot, kvm_test, topology};
 
 const UP: Duration = Duration::from_secs(20);
@@ -14,71 +14,22 @@ const STACK: &str = "198.18.0.2";
 const PEER: &str = "198.18.0.1";
 
 fn stack(tap: &str, ns: &str) -> String {
-    format!(
-        r#"
-        [host]
-        cores = [0, 1]
-
-        [[guest]]
-        name = "driver"
-        role = "driver"
-        image = "driver"
-        memory_mib = 16
-        cores = [0]
-
-        [[guest]]
-        name = "ip"
-        role = "ip"
-        image = "ip"
-        memory_mib = 16
-        cores = [1]
-
-        [[guest]]
-        name = "tcp"
-        role = "tcp"
-        image = "tcp"
-        memory_mib = 32
-        cores = [1]
-        cmdline = "echo=7 stats=0 sockets=8 buf=256"
-
-        [[channel]]
-        a = "driver"
-        b = "ip"
-        queue_depth = 64
-        max_outstanding = 16
-        buf_size = 65600
-
-        [[channel]]
-        a = "ip"
-        b = "tcp"
-        queue_depth = 64
-        max_outstanding = 16
-        buf_size = 65600
-
-        [[nic]]
-        guest = "driver"
-        mac = "02:00:00:00:00:02"
-        address = "{STACK}/24"
-        gateway = "{PEER}"
-        tap = "{tap}"
-        netns = "{ns}"
-        peer_address = "{PEER}/24"
-        "#
+    topology_text(
+        &[
+            DRIVER,
+            IP,
+            Server::new("tcp", 32, 1).with("echo=7 stats=0 sockets=8 buf=256"),
+        ],
+        &format!(
+            "mac = \"02:00:00:00:00:02\"\naddress = \"{STACK}/24\"\ngateway = \"{PEER}\"\n\
+             tap = \"{tap}\"\nnetns = \"{ns}\"\npeer_address = \"{PEER}/24\""
+        ),
     )
 }
 
 /// Runs a bash script inside namespace `ns`, bounded by 30 s; its status and output.
 fn bash_in(ns: &str, script: &str) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "timeout", "30", "bash", "-c", script])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run bash in {ns}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    exec_in(ns, "timeout", &["30", "bash", "-c", script])
 }
 
 kvm_test! {
