@@ -86,6 +86,18 @@ impl core::ops::Sub for Instant {
     }
 }
 
+/// Now, on the millisecond clock the server kit's logic takes its time as
+/// ([`compart_kit::clock::Instant`]): milliseconds of this clock.
+pub fn clock() -> compart_kit::clock::Instant {
+    compart_kit::clock::Instant::from_millis(Instant::now().0 / tsc_khz())
+}
+
+/// The instant of this clock that [`clock`] reads as `t` (for a wait until a deadline
+/// of the logic).
+pub fn at(t: compart_kit::clock::Instant) -> Instant {
+    Instant(t.millis().saturating_mul(tsc_khz()))
+}
+
 /// APIC timer counts per TSC tick, as a 32.32 fixed-point number; 0 until measured.
 static TIMER_RATE: AtomicU64 = AtomicU64::new(0);
 /// The deadline (TSC) the timer is armed for; 0 when none is pending.

@@ -14,8 +14,6 @@
 
 extern crate alloc;
 
-use core::time::Duration;
-
 use compart_firmware::channel;
 use compart_firmware::cmdline::{self, Args};
 use compart_firmware::server::Role;
@@ -25,12 +23,6 @@ use ip::stack::Link;
 use ip::{Counters, Instant, Ip, IpServer, Limits, Settings};
 
 compart_firmware::entry!(main);
-
-/// The stack's clock: milliseconds of the firmware's monotonic clock (the TSC). The one
-/// place time is read.
-fn now() -> Instant {
-    Instant::from_millis(time::Instant::now().tsc() / time::tsc_khz())
-}
 
 fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
     args.get(key).unwrap_or_else(|e| panic!("ip: {e}"))
@@ -72,7 +64,7 @@ fn main(info: &'static BootInfo) -> i32 {
     let mut printed = Counters::default();
     let mut last_print = Instant::ZERO;
     while !srv.is_empty() {
-        let t = now();
+        let t = time::clock();
         let busy = srv.poll(t);
         for (peer, why) in srv.take_closed() {
             println!("ip: {peer} {why}; dropping it");
@@ -104,10 +96,7 @@ fn main(info: &'static BootInfo) -> i32 {
 /// Waits for work or the stack's next deadline (an ARP retry, a cache or reassembly
 /// expiry), whichever comes first, on the firmware's timer.
 fn idle(srv: &mut IpServer<channel::Doorbell>, poll: Option<u32>) {
-    let deadline = srv.ip().next_deadline().map(|d| {
-        let wait = d.millis().saturating_sub(now().millis());
-        time::Instant::now() + Duration::from_millis(wait)
-    });
+    let deadline = srv.ip().next_deadline().map(time::at);
     // A channel that broke while we waited is found and dropped by the next pass.
     let _ = match poll {
         Some(us) => channel::wait_for_any_polling(srv.sleep_set(), us, deadline),

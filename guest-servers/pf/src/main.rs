@@ -15,8 +15,6 @@
 
 extern crate alloc;
 
-use core::time::Duration;
-
 use compart_firmware::channel;
 use compart_firmware::cmdline::{self, Args};
 use compart_firmware::server::Role;
@@ -28,12 +26,6 @@ compart_firmware::entry!(main);
 
 /// Most entries `conns=` may ask for (about 100 bytes of heap each, at most).
 const MAX_CONNS: usize = 65536;
-
-/// The filter's clock: milliseconds of the firmware's monotonic clock (the TSC). The one
-/// place time is read.
-fn now() -> Instant {
-    Instant::from_millis(time::Instant::now().tsc() / time::tsc_khz())
-}
 
 fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
     args.get(key).unwrap_or_else(|e| panic!("pf: {e}"))
@@ -69,7 +61,7 @@ fn main(_info: &'static BootInfo) -> i32 {
     let mut printed = Counters::default();
     let mut last_print = Instant::ZERO;
     while !srv.is_empty() {
-        let t = now();
+        let t = time::clock();
         let busy = srv.poll(t);
         for (peer, why) in srv.take_closed() {
             println!("pf: {peer} {why}; dropping it");
@@ -95,10 +87,7 @@ fn main(_info: &'static BootInfo) -> i32 {
 /// Waits for work or the filter's next deadline (a connection to expire), whichever comes
 /// first, on the firmware's timer.
 fn idle(srv: &mut PfServer<channel::Doorbell>, poll: Option<u32>) {
-    let deadline = srv.next_deadline().map(|d| {
-        let wait = d.millis().saturating_sub(now().millis());
-        time::Instant::now() + Duration::from_millis(wait)
-    });
+    let deadline = srv.next_deadline().map(time::at);
     // A channel that broke while we waited is found and dropped by the next pass.
     let _ = match poll {
         Some(us) => channel::wait_for_any_polling(srv.sleep_set(), us, deadline),
