@@ -90,6 +90,26 @@ pub struct LinkStats {
     pub throttled: u64,
 }
 
+/// Moves the links that are not `throttled` (and their endpoints, kept in step) to the
+/// front, and returns how many there are: the sleep set of a server that keeps its
+/// links and endpoints side by side (a throttled peer's queued requests would wake it
+/// at once, forever).
+pub fn awake_first<L, E>(
+    links: &mut [L],
+    endpoints: &mut [E],
+    throttled: impl Fn(&L) -> bool,
+) -> usize {
+    let mut awake = 0;
+    for k in 0..links.len().min(endpoints.len()) {
+        if !throttled(&links[k]) {
+            links.swap(awake, k);
+            endpoints.swap(awake, k);
+            awake += 1;
+        }
+    }
+    awake
+}
+
 /// A handler's view of its channel while it handles one message.
 #[derive(Debug)]
 pub struct Link<'a, N: Notifier> {

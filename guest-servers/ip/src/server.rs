@@ -122,14 +122,8 @@ impl<N: Notifier> IpServer<N> {
 
     /// The endpoints to sleep on: all but those whose peer does not take its replies.
     pub fn sleep_set(&mut self) -> &mut [Endpoint<N>] {
-        let mut awake = 0;
-        for k in 0..self.links.len() {
-            if !self.links[k].peer_full {
-                self.links.swap(awake, k);
-                self.endpoints.swap(awake, k);
-                awake += 1;
-            }
-        }
+        let awake =
+            compart_kit::server::awake_first(&mut self.links, &mut self.endpoints, |l| l.peer_full);
         &mut self.endpoints[..awake]
     }
 

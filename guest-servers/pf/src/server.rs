@@ -198,14 +198,8 @@ impl<N: Notifier> PfServer<N> {
 
     /// The endpoints to sleep on: all but those whose peer does not take its replies.
     pub fn sleep_set(&mut self) -> &mut [Endpoint<N>] {
-        let mut awake = 0;
-        for k in 0..self.chans.len() {
-            if !self.chans[k].peer_full {
-                self.chans.swap(awake, k);
-                self.endpoints.swap(awake, k);
-                awake += 1;
-            }
-        }
+        let awake =
+            compart_kit::server::awake_first(&mut self.chans, &mut self.endpoints, |l| l.peer_full);
         &mut self.endpoints[..awake]
     }
 

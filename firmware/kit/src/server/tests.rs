@@ -315,3 +315,16 @@ fn work_beside_the_channel_keeps_the_server_busy_and_what_arming_finds_keeps_it_
     assert_eq!(got, [3, 2, 1, 2, 1]);
     assert_eq!((idles, arms), (1, 2));
 }
+
+#[test]
+fn awake_first_moves_the_unthrottled_links_and_their_endpoints_to_the_front_in_step() {
+    let mut links = [(0, true), (1, false), (2, true), (3, false)];
+    let mut endpoints = [10, 11, 12, 13];
+    let n = awake_first(&mut links, &mut endpoints, |l| l.1);
+    assert_eq!(n, 2);
+    assert_eq!(links[..n].iter().map(|l| l.0).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(endpoints[..n], [11, 13]);
+    for (l, e) in links.iter().zip(&endpoints) {
+        assert_eq!(l.0 + 10, *e, "links and endpoints stay in step");
+    }
+}
