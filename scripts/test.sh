@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # Debian packages: acpica-tools (iasl, acpiexec) checks the ACPI tables independently;
 # iproute2 (ip: network namespaces, TAP, veth, macvtap), iputils-ping, arping and
 # tcpdump for the network tests, which stay inside namespaces they create; procps
-# (sysctl) to quiet IPv6 in those namespaces.
+# (sysctl) to quiet IPv6 in those namespaces; iperf3, curl and netcat-openbsd (nc) are
+# the stock peers the stack's applications are proven against.
 need=()
 command -v iasl >/dev/null 2>&1 && command -v acpiexec >/dev/null 2>&1 || need+=(acpica-tools)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
@@ -17,6 +18,9 @@ command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v arping >/dev/null 2>&1 || need+=(arping)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v sysctl >/dev/null 2>&1 || need+=(procps)
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v nc >/dev/null 2>&1 || need+=(netcat-openbsd)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "==> apt-get install ${need[*]}"
@@ -32,11 +36,13 @@ echo "==> cargo fmt --check (host workspace, with firmware/)"
 cargo fmt --all -- --check
 echo "==> cargo clippy (host workspace, with firmware/)"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p compart-sockets --all-targets --features std -- -D warnings
 echo "==> guest images (guest-servers/): cargo fmt --check, cargo clippy"
 (cd guest-servers && cargo fmt --all -- --check &&
     cargo clippy --release --workspace --target x86_64-unknown-linux-gnu -- -D warnings)
 echo "==> cargo test"
 cargo test --workspace
+cargo test -p compart-sockets --features std
 echo "==> server logic of the guest images, on the host (guest-servers/*/src/lib.rs)"
 for lib in guest-servers/*/src/lib.rs; do
     cargo test --manifest-path "${lib%/src/lib.rs}/Cargo.toml" --lib \
