@@ -45,8 +45,8 @@ use core::fmt::Write as _;
 
 use compart_channel::{ChannelError, Endpoint, Notifier, Request as ChannelRequest};
 use compart_proto::socket::{
-    Errno, Event, Reply, Request, FLAG_NONBLOCK, READY_ERROR, READY_HANGUP, READY_READABLE,
-    READY_WRITABLE,
+    Errno, Event, Reply, Request, FLAG_ALL, FLAG_NONBLOCK, READY_ERROR, READY_HANGUP,
+    READY_READABLE, READY_WRITABLE,
 };
 
 /// Requests taken from one application in one pass.
@@ -110,12 +110,25 @@ struct Sock {
     connecting: bool,
     /// Calls waiting for readiness.
     parked: Vec<Parked>,
+    /// A `Send` is in flight to tcp or parked: later ones wait in `sendq`, so that
+    /// the bytes go in order.
+    sending: bool,
+    /// `Send`s waiting for the one in progress.
+    sendq: VecDeque<Parked>,
 }
 
 #[derive(Debug)]
 struct Slot {
     generation: u16,
     sock: Option<Sock>,
+}
+
+/// How far a `Send` is: whether all of it must go (`FLAG_ALL`), and how much of its
+/// payload tcp took so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Progress {
+    all: bool,
+    taken: u32,
 }
 
 /// An application's call waiting for tcp (in tcp's handles).
@@ -125,6 +138,8 @@ struct Parked {
     call: Request,
     /// The `READY_*` bits it waits for (hangup and error always wake it).
     wants: u32,
+    nonblocking: bool,
+    progress: Progress,
 }
 
 #[derive(Debug)]
@@ -149,6 +164,7 @@ struct Pending {
     /// Sent again because the cached readiness said so, not a fresh event: if tcp
     /// answers `EAGAIN` once more, the call waits for an event.
     on_cache: bool,
+    progress: Progress,
 }
 
 /// A call ready to go to tcp (new, or parked and woken), already in tcp's handles.
@@ -160,6 +176,7 @@ struct Ready {
     nonblocking: bool,
     handle: Option<u32>,
     on_cache: bool,
+    progress: Progress,
 }
 
 /// The posix server over the channel to tcp and one channel per application.
@@ -243,6 +260,8 @@ fn new_sock(tcp: u32, listener: bool) -> Sock {
         told: 0,
         connecting: false,
         parked: Vec::new(),
+        sending: false,
+        sendq: VecDeque::new(),
     }
 }
 
@@ -313,7 +332,7 @@ impl<N: Notifier> Posix<N> {
             .iter()
             .flat_map(|a| a.slots.iter())
             .filter_map(|s| s.sock.as_ref())
-            .map(|s| s.parked.len() + usize::from(s.connecting))
+            .map(|s| s.parked.len() + s.sendq.len())
             .sum()
     }
 }
@@ -483,9 +502,10 @@ impl<N: Notifier> Posix<N> {
                     app: id,
                     req: p.req,
                     call: p.call,
-                    nonblocking: false,
+                    nonblocking: p.nonblocking,
                     handle: Some(ah),
                     on_cache,
+                    progress: p.progress,
                 });
             } else {
                 k2 += 1;
@@ -558,6 +578,8 @@ impl<N: Notifier> Posix<N> {
                             req,
                             call: p.call,
                             wants: READY_WRITABLE,
+                            nonblocking: false,
+                            progress: Progress::default(),
                         });
                     }
                     self.counters.parked += 1;
@@ -585,6 +607,31 @@ impl<N: Notifier> Posix<N> {
                 };
                 self.answer(k, req, r);
             }
+            (Request::Send { .. }, Reply::Bytes(n)) => {
+                self.counters.bytes_out += u64::from(n);
+                let ah = p.handle.unwrap_or(u32::MAX);
+                let taken = p.progress.taken.saturating_add(n);
+                let len = u32::try_from(req.payload_len()).unwrap_or(u32::MAX);
+                if p.progress.all && taken < len && n > 0 {
+                    // The rest, as soon as tcp has room.
+                    let rest = Parked {
+                        req,
+                        call: p.call,
+                        wants: READY_WRITABLE,
+                        nonblocking: false,
+                        progress: Progress { all: true, taken },
+                    };
+                    self.start_send(k, ah, rest);
+                } else {
+                    let r = Reply::Bytes(if p.progress.all { taken } else { n });
+                    self.answer(k, req, r);
+                    self.next_send(k, ah);
+                }
+            }
+            (Request::Send { .. }, r) if p.nonblocking || r != Reply::Error(Errno::Again) => {
+                self.answer(k, req, r);
+                self.next_send(k, p.handle.unwrap_or(u32::MAX));
+            }
             (call, Reply::Error(Errno::Again)) if !p.nonblocking && wants(&call) != 0 => {
                 let ah = p.handle.unwrap_or(u32::MAX);
                 let Some(sock) = self.apps[k].sock(ah) else {
@@ -598,6 +645,8 @@ impl<N: Notifier> Posix<N> {
                     req,
                     call,
                     wants: wanted,
+                    nonblocking: false,
+                    progress: p.progress,
                 });
                 self.counters.parked += 1;
                 if retry {
@@ -621,10 +670,6 @@ impl<N: Notifier> Posix<N> {
                     let id = self.apps[k].id;
                     self.doom(id);
                 }
-            }
-            (Request::Send { .. }, Reply::Bytes(n)) => {
-                self.counters.bytes_out += u64::from(n);
-                self.answer(k, req, Reply::Bytes(n));
             }
             (Request::Stats, Reply::Bytes(_)) => {
                 let mut theirs = [0u8; 512];
@@ -707,7 +752,7 @@ impl<N: Notifier> Posix<N> {
                     continue;
                 }
                 match Request::decode_flags(req.opcode(), false, req.inline()) {
-                    Ok((call, flags)) => self.on_call(k, req, call, flags & FLAG_NONBLOCK != 0),
+                    Ok((call, flags)) => self.on_call(k, req, call, flags),
                     Err(_) => {
                         self.counters.refused += 1;
                         self.answer(k, req, Reply::Error(Errno::Protocol));
@@ -719,7 +764,8 @@ impl<N: Notifier> Posix<N> {
     }
 
     /// An application's call: checked against its table, put in tcp's handles.
-    fn on_call(&mut self, k: usize, req: ChannelRequest, call: Request, nonblocking: bool) {
+    fn on_call(&mut self, k: usize, req: ChannelRequest, call: Request, flags: u64) {
+        let nonblocking = flags & FLAG_NONBLOCK != 0;
         let id = self.apps[k].id;
         let tcp_buf = self.eps[0].buffer_size();
         let app_buf = self.eps[k + 1].buffer_size();
@@ -735,13 +781,24 @@ impl<N: Notifier> Posix<N> {
                 Some(s) if s.listener => Ok((Request::Accept { listener: s.tcp }, Some(listener))),
                 _ => Err(Errno::BadHandle),
             },
-            Request::Send { handle } => {
-                if req.payload_len() > tcp_buf {
-                    Err(Errno::Protocol)
-                } else {
-                    stream(app, handle).map(|t| (Request::Send { handle: t }, Some(handle)))
+            Request::Send { handle } => match stream(app, handle) {
+                Ok(_) if req.payload_len() > tcp_buf => Err(Errno::Protocol),
+                Ok(t) => {
+                    let p = Parked {
+                        req,
+                        call: Request::Send { handle: t },
+                        wants: READY_WRITABLE,
+                        nonblocking,
+                        progress: Progress {
+                            all: flags & FLAG_ALL != 0,
+                            taken: 0,
+                        },
+                    };
+                    self.submit_send(k, handle, p);
+                    return;
                 }
-            }
+                Err(e) => Err(e),
+            },
             Request::Recv { handle, max } => {
                 let max = (max as usize).min(tcp_buf).min(app_buf) as u32;
                 if max == 0 {
@@ -780,7 +837,7 @@ impl<N: Notifier> Posix<N> {
                     Some(sock) => {
                         self.by_tcp.remove(&sock.tcp);
                         self.closes.push_back(sock.tcp);
-                        for p in sock.parked {
+                        for p in sock.parked.into_iter().chain(sock.sendq) {
                             self.answer(k, p.req, Reply::Error(Errno::BadHandle));
                         }
                         Reply::Done
@@ -802,6 +859,8 @@ impl<N: Notifier> Posix<N> {
                         req,
                         call,
                         wants: wants(&call),
+                        nonblocking: false,
+                        progress: Progress::default(),
                     });
                     self.counters.parked += 1;
                 }
@@ -813,11 +872,66 @@ impl<N: Notifier> Posix<N> {
                 nonblocking,
                 handle,
                 on_cache: false,
+                progress: Progress::default(),
             }),
             Err(e) => {
                 self.counters.refused += 1;
                 self.answer(k, req, Reply::Error(e));
             }
+        }
+    }
+
+    /// A `Send` of application `k` on its socket `ah`: started now, or after the one in
+    /// progress (bytes go in order).
+    fn submit_send(&mut self, k: usize, ah: u32, p: Parked) {
+        let Some(sock) = self.apps[k].sock(ah) else {
+            self.answer(k, p.req, Reply::Error(Errno::BadHandle));
+            return;
+        };
+        if sock.sending {
+            sock.sendq.push_back(p);
+            return;
+        }
+        sock.sending = true;
+        self.start_send(k, ah, p);
+    }
+
+    /// Send (the rest of) the `Send` in progress on `ah` to tcp if its readiness allows,
+    /// else park it or, non-blocking, answer `EAGAIN`.
+    fn start_send(&mut self, k: usize, ah: u32, p: Parked) {
+        let id = self.apps[k].id;
+        let Some(sock) = self.apps[k].sock(ah) else {
+            self.answer(k, p.req, Reply::Error(Errno::BadHandle));
+            return;
+        };
+        if sock.ready & (READY_WRITABLE | READY_HANGUP | READY_ERROR) != 0 {
+            self.queue.push_back(Ready {
+                app: id,
+                req: p.req,
+                call: p.call,
+                nonblocking: p.nonblocking,
+                handle: Some(ah),
+                on_cache: false,
+                progress: p.progress,
+            });
+        } else if p.nonblocking && !p.progress.all {
+            self.answer(k, p.req, Reply::Error(Errno::Again));
+            self.next_send(k, ah);
+        } else {
+            sock.parked.push(p);
+            self.counters.parked += 1;
+        }
+    }
+
+    /// The `Send` in progress on `ah` is answered: start the next.
+    fn next_send(&mut self, k: usize, ah: u32) {
+        let Some(sock) = self.apps[k].sock(ah) else {
+            return;
+        };
+        sock.sending = false;
+        if let Some(p) = sock.sendq.pop_front() {
+            sock.sending = true;
+            self.start_send(k, ah, p);
         }
     }
 
@@ -839,6 +953,7 @@ impl<N: Notifier> Posix<N> {
                                 nonblocking: true,
                                 handle: None,
                                 on_cache: false,
+                                progress: Progress::default(),
                             },
                         );
                         busy = true;
@@ -861,7 +976,7 @@ impl<N: Notifier> Posix<N> {
             let (tcp, apps) = self.eps.split_at_mut(1);
             let sent = if matches!(r.call, Request::Send { .. }) {
                 match apps[k].request_payload(&r.req) {
-                    Ok(data) => tcp[0].forward(op, w, &data),
+                    Ok(data) => tcp[0].forward(op, w, &data.tail(r.progress.taken as usize)),
                     Err(_) => {
                         self.doom(r.app);
                         continue;
@@ -882,6 +997,7 @@ impl<N: Notifier> Posix<N> {
                             nonblocking: r.nonblocking,
                             handle: r.handle,
                             on_cache: r.on_cache,
+                            progress: r.progress,
                         },
                     );
                 }
