@@ -32,6 +32,9 @@ use crate::Error;
 const GRACE_MS: u64 = 40_000;
 /// How often, during a test, other clients' connections are looked for (and refused).
 const REFUSE_EVERY_MS: u64 = 100;
+/// While data flows, how often the control connection is looked at (every pass that
+/// moved nothing looks too): each look is a socket call, as dear as a data one.
+pub(crate) const CONTROL_EVERY_MS: u64 = 5;
 /// Connections that may complete at once on the port (the stack may allow fewer).
 const BACKLOG: u32 = 8;
 /// Connections being read for their cookie beyond the streams asked for.
@@ -418,13 +421,22 @@ impl<L: Listener> Server<L> {
         let mut reports = Reports::new(interval, counted_from);
         let mut last_progress = start;
         let mut next_refuse = start + REFUSE_EVERY_MS;
+        let mut next_control = start;
         loop {
             let now = io.now();
             let pass = pump.pass(flows, now);
             if pass.bytes > 0 {
                 last_progress = now;
             }
-            match io.poll_state(ctrl, "TEST_END")? {
+            let look = pass.bytes == 0 || now >= next_control;
+            if look {
+                next_control = now + CONTROL_EVERY_MS;
+            }
+            match if look {
+                io.poll_state(ctrl, "TEST_END")?
+            } else {
+                None
+            } {
                 None => {}
                 Some(TEST_END) => {
                     let end = io.now();
