@@ -501,3 +501,42 @@ fn our_client_is_told_the_test_is_refused() {
     assert!(e.to_string().contains("parallel streams"));
     assert!(join(h, Duration::from_secs(10)).is_err());
 }
+
+#[test]
+fn our_server_paces_a_reverse_test_to_the_clients_bitrate() {
+    let (report, ours, _) = stock_client(25_217, &["-t", "2", "-R", "-b", "200M"]);
+    assert_eq!(ours.params.bandwidth, 200_000_000);
+    let bps = num(&report, &["end", "sum_received", "bits_per_second"]);
+    assert!(
+        (150e6..230e6).contains(&bps),
+        "{bps} bit/s for a 200 Mbit/s limit"
+    );
+}
+
+#[test]
+fn our_client_paces_to_its_bitrate() {
+    let (ours, _, _) = against_stock_server(25_218, "time=2 bitrate=200M interval=0");
+    let bps = ours.sent() as f64 * 8.0 / ours.secs;
+    assert!(
+        (150e6..230e6).contains(&bps),
+        "{bps} bit/s for a 200 Mbit/s limit"
+    );
+}
+
+#[test]
+fn our_server_takes_the_stock_clients_options_and_leaves_the_omitted_start_out() {
+    let (report, ours, _) = stock_client(
+        25_219,
+        &["-t", "2", "-O", "1", "-w", "256K", "-N", "-l", "64K"],
+    );
+    let p = &ours.params;
+    assert_eq!(
+        (p.time, p.omit, p.window, p.nodelay, p.len),
+        (2, 1, 262_144, true, 65_536)
+    );
+    // Counted: the 2 s after the omitted second.
+    assert!((1.9..2.5).contains(&ours.secs), "{} s counted", ours.secs);
+    let (_, received) = sums(&report);
+    assert_eq!(received, ours.bytes());
+    assert!(received > 0);
+}
