@@ -214,3 +214,13 @@ fn rates_are_read_from_iperf3_reports() {
     assert_eq!(mbits(ours, "sender"), Some(4160.0));
     assert_eq!(mbits(ours, "receiver"), None);
 }
+
+#[test]
+fn the_example_iperf_topology_is_valid_and_serves_on_5201() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/iperf.toml");
+    let t = compart_vmm::Topology::load(&path, &compart_vmm::host_facts()).unwrap();
+    let app = t.guests.iter().find(|g| g.name == "iperf3").unwrap();
+    assert_eq!(app.role.as_str(), "app");
+    assert_eq!(app.cmdline, "mode=server port=5201");
+    assert_eq!(t.ipv4_of(1).unwrap().address.to_string(), "198.18.0.2/24");
+}

@@ -398,7 +398,7 @@ fn print_summary(s: &ClientSummary, out: &mut dyn Write) {
     report::println(
         out,
         format_args!(
-            "CPU Utilization: local/{} {:.1}% (busy), remote/{} {:.1}% ({:.1}%u/{:.1}%s)",
+            "CPU Utilization: local/{} {:.1}% (awake), remote/{} {:.1}% ({:.1}%u/{:.1}%s)",
             if s.sending { "sender" } else { "receiver" },
             s.cpu,
             if s.sending { "receiver" } else { "sender" },

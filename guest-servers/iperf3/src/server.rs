@@ -621,7 +621,7 @@ fn summary_text(s: &TestSummary, busy: f64) -> String {
     }
     let _ = writeln!(
         t,
-        "CPU Utilization: local/{role} {busy:.1}% (busy), remote/{} {:.1}% ({:.1}%u/{:.1}%s)",
+        "CPU Utilization: local/{role} {busy:.1}% (awake), remote/{} {:.1}% ({:.1}%u/{:.1}%s)",
         if s.sending { "receiver" } else { "sender" },
         s.client.cpu_util[0],
         s.client.cpu_util[1],
