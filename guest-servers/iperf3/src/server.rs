@@ -35,6 +35,8 @@ const REFUSE_EVERY_MS: u64 = 100;
 /// While data flows, how often the control connection is looked at (every pass that
 /// moved nothing looks too): each look is a socket call, as dear as a data one.
 pub(crate) const CONTROL_EVERY_MS: u64 = 5;
+/// What the listener was doing when it failed (which ends the server).
+const ACCEPTING: &str = "accepting a client";
 /// Connections that may complete at once on the port (the stack may allow fewer).
 const BACKLOG: u32 = 8;
 /// Connections being read for their cookie beyond the streams asked for.
@@ -92,18 +94,21 @@ impl<L: Listener> Server<L> {
     }
 
     /// Serve tests: forever, or as many as configured. A failed test is reported on
-    /// `out` and the next client served.
+    /// `out` and the next client served; only the listener failing ends the server
+    /// (with that error).
     pub fn run<N: Net<Listener = L, Stream = L::Stream>>(
         &mut self,
         net: &mut N,
         out: &mut dyn Write,
-    ) {
+    ) -> Result<(), Error> {
         report::println(out, format_args!("Server listening on {}", self.cfg.port));
         let mut done = 0u32;
         while self.cfg.tests.is_none_or(|n| done < n) {
             let mut io = Io::new(net);
-            if let Err(e) = self.serve_one(&mut io, out) {
-                report::println(out, format_args!("iperf3: error - {e}"));
+            match self.serve_one(&mut io, out) {
+                Ok(_) => {}
+                Err(e @ Error::Net(ACCEPTING, _)) => return Err(e),
+                Err(e) => report::println(out, format_args!("iperf3: error - {e}")),
             }
             done = done.saturating_add(1);
             report::println(
@@ -114,6 +119,7 @@ impl<L: Listener> Server<L> {
                 report::println(out, format_args!("Server listening on {}", self.cfg.port));
             }
         }
+        Ok(())
     }
 
     /// Wait for a client and run its test.
@@ -126,7 +132,7 @@ impl<L: Listener> Server<L> {
             match self.listener.accept() {
                 Ok(c) => break c,
                 Err(Errno::Again) => io.wait(None),
-                Err(e) => return Err(Error::Net("accepting a client", e)),
+                Err(e) => return Err(Error::Net(ACCEPTING, e)),
             }
         };
         report::println(out, format_args!("Accepted connection from {peer}"));

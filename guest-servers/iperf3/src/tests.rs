@@ -16,6 +16,7 @@ use crate::client::{self, ClientSummary};
 use crate::config::{ClientConfig, ServerConfig};
 use crate::io::Io;
 use crate::json::{self, Value};
+use crate::proto::CLIENT_TERMINATE;
 use crate::server::{Server, TestSummary};
 use crate::Error;
 
@@ -539,4 +540,100 @@ fn our_server_takes_the_stock_clients_options_and_leaves_the_omitted_start_out()
     let (_, received) = sums(&report);
     assert_eq!(received, ours.bytes());
     assert!(received > 0);
+}
+
+/// A one-connection-at-a-time fake server on `port`, running `script` on a listener.
+fn fake_server(
+    port: u16,
+    script: impl FnOnce(std::net::TcpListener) + Send + 'static,
+) -> thread::JoinHandle<()> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    thread::spawn(move || script(l))
+}
+
+fn client_against(port: u16, time: u32) -> Result<ClientSummary, Error> {
+    let mut cfg = ClientConfig::new(Peer {
+        address: [127, 0, 0, 1],
+        port,
+    });
+    cfg.params.time = time;
+    cfg.interval_ms = 0;
+    cfg.timeout_ms = 5000;
+    client::run(&mut StdNet::default(), &cfg, 7, &mut String::new())
+}
+
+#[test]
+fn our_client_reports_a_busy_server_and_one_that_breaks_the_protocol() {
+    use std::io::{Read, Write};
+    let reply_after_cookie = |byte: u8| {
+        move |l: std::net::TcpListener| {
+            let (mut c, _) = l.accept().unwrap();
+            let mut cookie = [0u8; 37];
+            c.read_exact(&mut cookie).unwrap();
+            assert_eq!(cookie[36], 0);
+            c.write_all(&[byte]).unwrap();
+        }
+    };
+    let h = fake_server(
+        25_220,
+        reply_after_cookie(crate::proto::ACCESS_DENIED as u8),
+    );
+    assert_eq!(client_against(25_220, 1).unwrap_err(), Error::AccessDenied);
+    h.join().unwrap();
+    let h = fake_server(25_221, reply_after_cookie(77));
+    assert_eq!(
+        client_against(25_221, 1).unwrap_err(),
+        Error::Unexpected {
+            expected: "PARAM_EXCHANGE",
+            got: 77
+        }
+    );
+    h.join().unwrap();
+
+    // A server that plays the test through, then announces 4 GiB of results.
+    let h = fake_server(25_222, |l| {
+        let (mut c, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; 37];
+        c.read_exact(&mut buf).unwrap();
+        c.write_all(&[crate::proto::PARAM_EXCHANGE as u8]).unwrap();
+        let mut len = [0u8; 4];
+        c.read_exact(&mut len).unwrap();
+        let mut params = vec![0u8; u32::from_be_bytes(len) as usize];
+        c.read_exact(&mut params).unwrap();
+        assert!(json::parse(&params).is_ok());
+        c.write_all(&[crate::proto::CREATE_STREAMS as u8]).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        s.read_exact(&mut buf).unwrap();
+        c.write_all(&[
+            crate::proto::TEST_START as u8,
+            crate::proto::TEST_RUNNING as u8,
+        ])
+        .unwrap();
+        let mut state = [0u8; 1];
+        c.read_exact(&mut state).unwrap();
+        assert_eq!(state[0] as i8, crate::proto::TEST_END);
+        c.write_all(&[crate::proto::EXCHANGE_RESULTS as u8])
+            .unwrap();
+        c.read_exact(&mut len).unwrap();
+        let mut results = vec![0u8; u32::from_be_bytes(len) as usize];
+        c.read_exact(&mut results).unwrap();
+        assert!(crate::proto::Results::from_json(&json::parse(&results).unwrap()).is_ok());
+        c.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        // Our client gives up on the test and says so.
+        c.read_exact(&mut state).unwrap();
+        assert_eq!(state[0] as i8, CLIENT_TERMINATE);
+        drop(s);
+    });
+    let e = client_against(25_222, 1).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TooLong {
+                what: "the server's results",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    h.join().unwrap();
 }
