@@ -85,6 +85,8 @@ pub const IESTREAMCLOSE: i32 = 207;
 pub const IESTREAMREAD: i32 = 206;
 /// Writing a stream failed.
 pub const IESTREAMWRITE: i32 = 205;
+/// The socket buffer (`-w`) cannot be had.
+pub const IESETWINDOWSIZE: i32 = 130;
 /// Nothing arrived for too long.
 pub const IENOMSG: i32 = 144;
 
@@ -106,6 +108,7 @@ pub fn strerror(code: i32) -> Option<&'static str> {
         IERECVRESULTS => "unable to receive results",
         120 => "the server has terminated",
         121 => "the server is busy running a test. try again later",
+        IESETWINDOWSIZE => "unable to set socket window size",
         IENOMSG => "idle timeout for receiving data",
         160 => "server test duration expired",
         IESTREAMWRITE => "unable to write to stream socket",

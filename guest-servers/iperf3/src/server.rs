@@ -197,7 +197,9 @@ impl<L: Listener> Server<L> {
                 } else {
                     SockOpt::RecvBuffer(params.window)
                 };
-                s.set_option(opt).map_err(net_err("setting the window"))?;
+                // The stack refuses a window beyond its buffers: tell the client.
+                s.set_option(opt)
+                    .map_err(|_| Error::Refused("the window", proto::IESETWINDOWSIZE))?;
             }
             if params.nodelay {
                 s.set_option(SockOpt::NoDelay(true))
@@ -231,10 +233,10 @@ impl<L: Listener> Server<L> {
             counted_from,
             out,
         )?;
+        let busy = busy_percent(end - start, io.waited_ms() - waited_before);
         if !sending {
             drain(io, &mut flows, &mut pump);
         }
-        let busy = busy_percent(end - start, io.waited_ms() - waited_before);
         for f in &mut flows {
             f.s = None;
         }
