@@ -12,8 +12,8 @@
 //!   `offload=false` turns both off.
 //! - `sockets=N` (default 32) smoltcp sockets at most, `buf=KIB` (default 64) of
 //!   receive and of send buffer each: the heap needs about N × 2 × KIB KiB.
-//! - `sockets=N` (default 32) smoltcp sockets at most, `buf=KIB` (default 64) of
-//!   receive and of send buffer each: the heap needs about N × 2 × KIB KiB.
+//! - `backlog=N` (default 4): listening sockets a listener keeps at most (handshakes
+//!   completing at once; a SYN that finds none is answered RST).
 //! - `stats=MS` (default 1000): when idle and the device's counters changed, print them
 //!   at most once per MS milliseconds. `poll=US` overrides the placement's poll budget.
 //! - Idle: `channel::wait_for_any` on the channels until smoltcp's `poll_delay`.
@@ -150,15 +150,19 @@ fn main(info: &'static BootInfo) -> i32 {
     if let Some(n) = arg::<usize>(&args, "sockets") {
         limits.sockets = n.clamp(1, 1024);
     }
+    if let Some(n) = arg::<usize>(&args, "backlog") {
+        limits.backlog = n.clamp(1, limits.sockets);
+    }
     if let Some(kib) = arg::<usize>(&args, "buf") {
         limits.rx_buffer = kib.clamp(4, 4096) * 1024;
         limits.tx_buffer = limits.rx_buffer;
     }
     println!(
-        "tcp: up to {} sockets of {} KiB + {} KiB",
+        "tcp: up to {} sockets of {} KiB + {} KiB, backlog {}",
         limits.sockets,
         limits.rx_buffer / 1024,
-        limits.tx_buffer / 1024
+        limits.tx_buffer / 1024,
+        limits.backlog
     );
     let mut tcp = Tcp::new(ch, iface, limits, now(), time::Instant::now().tsc());
     let mut posix = channel::open_by_role(Role::Posix).ok().map(|(peer, ep)| {
@@ -215,9 +219,14 @@ fn main(info: &'static BootInfo) -> i32 {
             printed = counters;
             last_print = t;
         }
-        let deadline = tcp
-            .poll_delay(t)
-            .map(|d| time::Instant::now() + Duration::from_micros(d.total_micros()));
+        let mut delay = tcp.poll_delay(t);
+        if posix.as_ref().is_some_and(|(_, p)| p.backlogged) {
+            // posix's queue is full of events: look again in 1 ms.
+            let ms = tcp::Duration::from_millis(1);
+            delay = Some(delay.map_or(ms, |d| d.min(ms)));
+        }
+        let deadline =
+            delay.map(|d| time::Instant::now() + Duration::from_micros(d.total_micros()));
         wait(tcp.sleep_set(), poll, deadline);
     }
 }
