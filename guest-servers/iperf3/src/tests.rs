@@ -265,24 +265,36 @@ fn our_server_gives_stock_client_its_output_when_asked() {
 }
 
 #[test]
-fn our_server_refuses_udp_with_iperfs_error_and_serves_the_next_client() {
-    let server = spawn_server(25_207, 2);
-    let (ok, stdout, stderr) = Proc::spawn(&["-c", "127.0.0.1", "-p", "25207", "-u", "-t", "1"])
-        .finish(Duration::from_secs(20));
-    assert!(!ok, "UDP was accepted: {stdout}");
-    assert!(
-        format!("{stdout}{stderr}").contains("not implemented"),
-        "{stdout}{stderr}"
-    );
+fn our_server_refuses_what_it_cannot_do_with_iperfs_errors_and_serves_the_next_client() {
+    use crate::proto::{IESETMSS, IEUNIMP};
+    let refused: [(&[&str], &str, i32); 3] = [
+        (&["-u"], "not implemented", IEUNIMP),
+        (&["--bidir"], "not implemented", IEUNIMP),
+        (&["-M", "1200"], "MSS", IESETMSS),
+    ];
+    let server = spawn_server(25_207, refused.len() + 1);
+    for (extra, says, _) in refused {
+        let mut args = vec!["-c", "127.0.0.1", "-p", "25207", "-t", "1"];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = Proc::spawn(&args).finish(Duration::from_secs(20));
+        assert!(!ok, "{extra:?} was accepted: {stdout}");
+        assert!(
+            format!("{stdout}{stderr}").contains(says),
+            "{extra:?}: {stdout}{stderr}"
+        );
+    }
     let (ok, stdout, stderr) =
         Proc::spawn(&["-c", "127.0.0.1", "-p", "25207", "-t", "1"]).finish(Duration::from_secs(20));
     assert!(ok, "{stdout}{stderr}");
     let (results, _) = join(server, Duration::from_secs(10));
-    assert_eq!(
-        results[0].as_ref().unwrap_err(),
-        &Error::Refused("the parameters", crate::proto::IEUNIMP)
-    );
-    assert!(results[1].as_ref().unwrap().bytes() > 0);
+    for (r, (extra, _, code)) in results.iter().zip(refused) {
+        assert_eq!(
+            r.as_ref().unwrap_err(),
+            &Error::Refused("the parameters", code),
+            "{extra:?}"
+        );
+    }
+    assert!(results[refused.len()].as_ref().unwrap().bytes() > 0);
 }
 
 #[test]
