@@ -221,7 +221,7 @@ fn test<N: Net>(
         reports.maybe(now, &mut flows, out);
         let stall_at = last_progress + cfg.stall_ms;
         if now >= stall_at {
-            return Err(Error::Stalled(now - last_progress));
+            return Err(Error::Stalled(now.saturating_sub(last_progress)));
         }
         if pass.bytes == 0 {
             let deadline = [end_at, Some(stall_at), pass.paced_until, reports.next()]
@@ -233,7 +233,10 @@ fn test<N: Net>(
     }
     let end = io.now();
     reports.finish(end, &mut flows, out);
-    let busy = busy_percent(end - start, io.waited_ms() - waited_before);
+    let busy = busy_percent(
+        end.saturating_sub(start),
+        io.waited_ms().saturating_sub(waited_before),
+    );
     io.write_state(ctrl, TEST_END, end + timeout)?;
 
     // The server stops its streams and asks for the results; a receiver takes in what

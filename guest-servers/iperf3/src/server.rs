@@ -233,7 +233,10 @@ impl<L: Listener> Server<L> {
             counted_from,
             out,
         )?;
-        let busy = busy_percent(end - start, io.waited_ms() - waited_before);
+        let busy = busy_percent(
+            end.saturating_sub(start),
+            io.waited_ms().saturating_sub(waited_before),
+        );
         if !sending {
             drain(io, &mut flows, &mut pump);
         }
@@ -466,7 +469,7 @@ impl<L: Listener> Server<L> {
             }
             let stall_at = (!pump.amount_done()).then(|| last_progress + self.cfg.stall_ms);
             if stall_at.is_some_and(|t| now >= t) {
-                return Err(Error::Stalled(now - last_progress));
+                return Err(Error::Stalled(now.saturating_sub(last_progress)));
             }
             if overrun.is_some_and(|t| now >= t) {
                 return Err(Error::Overran);
