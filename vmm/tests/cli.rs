@@ -33,11 +33,11 @@ kvm_test! {
 }
 
 kvm_test! {
-    fn sigterm_stops_the_default_topology_cleanly() {
-        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+    fn sigterm_stops_the_idle_topology_cleanly() {
+        let idle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/idle.toml");
         let mut child = Command::new(BIN)
             .arg("run")
-            .arg(default)
+            .arg(idle)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -195,10 +195,10 @@ kvm_test! {
     fn ctl_moves_reports_and_stops_a_running_vmm() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("ctl.sock");
-        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+        let idle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/idle.toml");
         let mut child = Command::new(BIN)
             .arg("run")
-            .arg(default)
+            .arg(idle)
             .arg("--control")
             .arg(&sock)
             .stdout(Stdio::null())
