@@ -120,7 +120,7 @@ fn validate_accepts_the_default_topology() {
     assert!(stdout.contains("valid"), "{stdout}");
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("guest ")).count(),
-        5,
+        6,
         "{stdout}"
     );
 }

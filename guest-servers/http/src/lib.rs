@@ -308,27 +308,23 @@ impl<N: Net, F: FnMut(&mut N, &mut String)> Server<N, F> {
         &mut self.net
     }
 
-    /// Serve until `stop` says so (asked after every pass).
+    /// Serve until `stop` says so (asked after every pass, and so after every wait).
     pub fn run(&mut self, mut stop: impl FnMut(&Self) -> bool) {
         while !stop(self) {
             if !self.poll() {
                 let deadline = self.next_deadline();
-                self.net.wait(Some(deadline));
+                self.net.wait(deadline);
             }
         }
     }
 
-    /// The next time a connection may time out (at most a second away, so that `stop`
-    /// is asked at least once a second).
-    fn next_deadline(&self) -> u64 {
-        let now = self.net.now_ms();
-        let first = self
-            .conns
+    /// The next time a connection may time out; none without connections (a new one
+    /// is a readiness change of the listener, which ends the wait).
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.conns
             .iter()
             .map(|c| c.last_ms.saturating_add(self.config.idle_ms))
             .min()
-            .unwrap_or(u64::MAX);
-        first.min(now.saturating_add(1000))
     }
 
     /// One pass: accept what waits, move every connection on, close the finished ones.

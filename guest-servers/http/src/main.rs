@@ -3,7 +3,7 @@
 //!
 //! - Needs a channel to a guest of role `posix`.
 //! - `port=80 body_mib=100 conns=256 idle_ms=30000 backlog=64` (see [`Config`]).
-//! - `stats=MS` (default 1000; 0: none): when its counters changed, it prints them
+//! - `stats=MS` (default 1000; 0: none): when idle and its counters changed, it prints them
 //!   (`http: counters: …`) at most once per MS milliseconds.
 #![no_std]
 #![no_main]
@@ -15,7 +15,8 @@ use alloc::string::String;
 use core::fmt::Write as _;
 
 use compart_firmware::net::{self, PosixNet};
-use compart_firmware::{cmdline, println, time, BootInfo};
+use compart_firmware::{cmdline, println, BootInfo};
+use compart_sockets::Net as _;
 use http::{Config, Counters, Server};
 
 compart_firmware::entry!(main);
@@ -44,14 +45,23 @@ fn main(_info: &'static BootInfo) -> i32 {
     println!("http: serving on port {port}");
     let mut printed = Counters::default();
     let mut last_ms = 0u64;
-    srv.run(|srv| {
-        let now = time::clock().millis();
-        if stats_ms > 0 && *srv.counters() != printed && now >= last_ms.saturating_add(stats_ms) {
-            printed = srv.counters().clone();
-            last_ms = now;
-            println!("http: counters: {printed} open={}", srv.open_connections());
+    loop {
+        if srv.poll() {
+            continue;
         }
-        false
-    });
-    0
+        // Idle: print changed counters, or wake when they may be printed.
+        let mut deadline = srv.next_deadline();
+        if stats_ms > 0 && *srv.counters() != printed {
+            let due = last_ms.saturating_add(stats_ms);
+            let now = srv.net().now_ms();
+            if now >= due {
+                printed = srv.counters().clone();
+                last_ms = now;
+                println!("http: counters: {printed} open={}", srv.open_connections());
+            } else {
+                deadline = Some(deadline.map_or(due, |d| d.min(due)));
+            }
+        }
+        srv.net().wait(deadline);
+    }
 }
