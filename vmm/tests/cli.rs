@@ -260,3 +260,77 @@ kvm_test! {
         assert!(!sock.exists(), "the control socket is removed on exit");
     }
 }
+
+kvm_test! {
+    fn run_on_the_default_topology_says_where_the_stack_is_and_the_hint_works() {
+        if !compart_tests::netns::require_netns() {
+            return;
+        }
+        // The shipped file with this process's namespace and TAP, so that it never
+        // meets a running `compart run topologies/default.toml`.
+        let pid = std::process::id() % 100_000;
+        let (ns, tap) = (format!("cpt-run-{pid}"), format!("crun{pid}"));
+        let shipped = include_str!("../../topologies/default.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let t = write_topology(
+            dir.path(),
+            &shipped
+                .replace("netns = \"compart\"", &format!("netns = \"{ns}\""))
+                .replace("tap = \"compart0\"", &format!("tap = \"{tap}\"")),
+        );
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg(&t)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for l in err.lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (up_tx, up_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if l.starts_with("[http] http: serving on port 80") {
+                    let _ = up_tx.send(());
+                }
+            }
+        });
+        let want = format!(
+            "compart: the stack is at 198.18.0.2 (netns {ns}) — try: ip netns exec {ns} curl \
+             http://198.18.0.2/status"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while !seen.contains(&want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("no line `{want}` in: {seen:#?}"),
+            }
+        }
+        up_rx.recv_timeout(Duration::from_secs(30)).expect("http listens");
+        // The hint, as a user types it.
+        let hint = want.split("try: ").nth(1).unwrap();
+        let mut words: Vec<&str> = hint.split_whitespace().collect();
+        words.insert(5, "--max-time");
+        words.insert(6, "20");
+        let got = Command::new(words[0]).args(&words[1..]).output().unwrap();
+        let page = String::from_utf8_lossy(&got.stdout);
+        assert!(got.status.success(), "{got:?}");
+        assert!(page.starts_with("compart http server\n"), "{page}");
+        // SAFETY: sending SIGTERM to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = wait_exit(&mut child, "SIGTERM");
+        assert_eq!(status.code(), Some(0));
+        assert!(
+            !Path::new("/run/netns").join(&ns).exists(),
+            "compart deletes the namespace it created"
+        );
+    }
+}
