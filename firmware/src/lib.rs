@@ -79,6 +79,7 @@ pub(crate) unsafe fn outl(port: u16, value: u32) {
 
 /// Ends the guest: the VMM stops all its vCPUs and records `status`.
 pub fn exit(status: i32) -> ! {
+    channel::hang_up();
     console::flush();
     // SAFETY: EXIT is a ring-3 port; its value is the exit status.
     unsafe { outl(abi::ports::EXIT, status as u32) };

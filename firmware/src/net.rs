@@ -48,9 +48,15 @@ pub type PosixListener = compart_net::PosixListener<Doorbell, FirmwareSleep>;
 /// The network over this guest's channel to the posix server (the peer of role
 /// `posix`). Panics, naming the cause, if the topology gives the guest no such channel
 /// or it cannot be opened.
+///
+/// The channel is hung up when the guest ends ([`channel::hang_up_on_exit`]): posix
+/// then closes every socket the application still holds.
 pub fn open() -> PosixNet {
     match channel::open_by_role(Role::Posix) {
-        Ok((_, ep)) => PosixNet::new(ep, FirmwareSleep),
+        Ok((peer, ep)) => {
+            channel::hang_up_on_exit(peer.index);
+            PosixNet::new(ep, FirmwareSleep)
+        }
         Err(channel::OpenError::NoSuchRole(_)) => panic!(
             "net: no channel to a posix server: the topology must connect this guest to a guest of role \"posix\""
         ),

@@ -77,7 +77,8 @@ fn main(_info: &'static BootInfo) -> i32 {
         let c = srv.counters();
         let now = time::Instant::now();
         if c != printed && now.duration_since(last_print) >= Duration::from_millis(stats_ms) {
-            println!("posix: counters: {}", srv.stats_text());
+            let text = srv.stats_text();
+            println!("posix: counters: {}", text.trim_start_matches("posix: "));
             printed = c;
             last_print = now;
         }

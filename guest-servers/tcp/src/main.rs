@@ -12,9 +12,8 @@
 //!   `offload=false` turns both off.
 //! - `sockets=N` (default 32) smoltcp sockets at most, `buf=KIB` (default 64) of
 //!   receive and of send buffer each: the heap needs about N × 2 × KIB KiB.
-//! - `backlog=N` (default 4, at most 256): listening sockets a listener keeps at most
-//!   (its `listen` backlog is cut to it); a SYN finding none is refused (RST), so a
-//!   server taking many connections at once needs many.
+//! - `backlog=N` (default 4): listening sockets a listener keeps at most (handshakes
+//!   completing at once; a SYN that finds none is answered RST).
 //! - `stats=MS` (default 1000): when idle and the device's counters changed, print them
 //!   at most once per MS milliseconds. `poll=US` overrides the placement's poll budget.
 //! - Idle: `channel::wait_for_any` on the channels until smoltcp's `poll_delay`.
@@ -152,17 +151,18 @@ fn main(info: &'static BootInfo) -> i32 {
         limits.sockets = n.clamp(1, 1024);
     }
     if let Some(n) = arg::<usize>(&args, "backlog") {
-        limits.backlog = n.clamp(1, 256);
+        limits.backlog = n.clamp(1, limits.sockets);
     }
     if let Some(kib) = arg::<usize>(&args, "buf") {
         limits.rx_buffer = kib.clamp(4, 4096) * 1024;
         limits.tx_buffer = limits.rx_buffer;
     }
     println!(
-        "tcp: up to {} sockets of {} KiB + {} KiB",
+        "tcp: up to {} sockets of {} KiB + {} KiB, backlog {}",
         limits.sockets,
         limits.rx_buffer / 1024,
-        limits.tx_buffer / 1024
+        limits.tx_buffer / 1024,
+        limits.backlog
     );
     let mut tcp = Tcp::new(ch, iface, limits, now(), time::Instant::now().tsc());
     let mut posix = channel::open_by_role(Role::Posix).ok().map(|(peer, ep)| {
