@@ -1,11 +1,12 @@
-//! The shipped default topology end to end: driver, ip, pf, tcp, posix and the http
-//! application, on a TAP in a network namespace, with stock curl as the client. Its
-//! status page carries posix's and tcp's counters; a 100 MiB body crosses every server
-//! with the sha256 of the pattern it is made of; 200 connections at once are all
-//! served; bad requests get their status. Each test boots `topologies/default.toml`
-//! with its namespace and TAP renamed to ones of this process, so that it never meets
-//! a running `compart run` (namespace `compart`), and one stack runs at a time. Every
-//! command is bounded by `timeout` or curl's `--max-time`.
+//! The shipped default topology end to end: driver, ip, pf, tcp, posix, and the http
+//! and iperf3 applications, on a TAP in a network namespace, with stock curl as the
+//! client. The status page carries posix's and tcp's counters; a 100 MiB body crosses
+//! every server with the sha256 of the pattern it is made of; 200 connections at once
+//! are all served; bad requests get their status. Each test boots
+//! `topologies/default.toml` with its namespace and TAP renamed to ones of this
+//! process, so that it never meets a running `compart run` (namespace `compart`), and
+//! one stack runs at a time. Every command is bounded by `timeout` or curl's
+//! `--max-time`.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -91,8 +92,8 @@ kvm_test! {
         assert!(ok, "{page}");
         assert!(page.starts_with("compart http server\n"), "{page}");
         assert!(page.contains("http: accepted=1 "), "{page}");
-        // The stack's counters, from posix's Stats answer.
-        assert!(page.contains("stack: posix: apps=1 "), "{page}");
+        // The stack's counters, from posix's Stats answer (two applications).
+        assert!(page.contains("stack: posix: apps=2 "), "{page}");
         assert!(page.contains("tcp: sockets="), "{page}");
 
         let (ok, head) = curl(&ns, &["--head", &url("/body")]);

@@ -120,7 +120,7 @@ fn validate_accepts_the_default_topology() {
     assert!(stdout.contains("valid"), "{stdout}");
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("guest ")).count(),
-        6,
+        7,
         "{stdout}"
     );
 }
@@ -303,7 +303,7 @@ kvm_test! {
         });
         let want = format!(
             "compart: the stack is at 198.18.0.2 (netns {ns}) — try: ip netns exec {ns} curl \
-             http://198.18.0.2/status"
+             http://198.18.0.2/status; ip netns exec {ns} iperf3 -c 198.18.0.2"
         );
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = Vec::new();
@@ -315,15 +315,23 @@ kvm_test! {
             }
         }
         up_rx.recv_timeout(Duration::from_secs(30)).expect("http listens");
-        // The hint, as a user types it.
+        // The hints, as a user types them (bounded by timeout).
         let hint = want.split("try: ").nth(1).unwrap();
-        let mut words: Vec<&str> = hint.split_whitespace().collect();
-        words.insert(5, "--max-time");
-        words.insert(6, "20");
-        let got = Command::new(words[0]).args(&words[1..]).output().unwrap();
-        let page = String::from_utf8_lossy(&got.stdout);
-        assert!(got.status.success(), "{got:?}");
+        let (curl, iperf3) = hint.split_once("; ").unwrap();
+        let run = |cmd: &str, more: &[&str]| {
+            let out = Command::new("timeout")
+                .arg("30")
+                .args(cmd.split_whitespace())
+                .args(more)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{cmd}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let page = run(curl, &["--max-time", "20"]);
         assert!(page.starts_with("compart http server\n"), "{page}");
+        let report = run(iperf3, &["-t", "2"]);
+        assert!(report.contains(" receiver"), "{report}");
         // SAFETY: sending SIGTERM to our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let status = wait_exit(&mut child, "SIGTERM");

@@ -938,10 +938,10 @@ mod tests {
     }
 
     #[test]
-    fn shipped_default_topology_is_the_stack_with_the_http_app_on_a_tap_in_netns_compart() {
+    fn shipped_default_topology_is_the_stack_with_http_and_iperf3_on_a_tap_in_netns_compart() {
         let text = include_str!("../../../topologies/default.toml");
         let mut h = host();
-        h.builtin_images = ["driver", "ip", "pf", "tcp", "posix", "http"]
+        h.builtin_images = ["driver", "ip", "pf", "tcp", "posix", "http", "iperf3"]
             .map(String::from)
             .to_vec();
         let t = Topology::parse(text, Path::new("."), &h).unwrap();
@@ -954,10 +954,11 @@ mod tests {
                 Role::Pf,
                 Role::Tcp,
                 Role::Posix,
+                Role::App,
                 Role::App
             ]
         );
-        assert_eq!(t.channels.len(), 5);
+        assert_eq!(t.channels.len(), 6);
         assert_eq!(t.nics[0].netns.as_deref(), Some("compart"));
     }
 
