@@ -16,7 +16,9 @@
 //! that does not parse ([`parse`]: bounded at 8 KiB, never panicking) is answered 400,
 //! 414, 431 or 505 and the connection closed; a request announcing a body is answered
 //! and the connection closed (no route takes a body). Connections idle for
-//! [`Config::idle_ms`] (a head arriving slowly counts as idle) are closed.
+//! [`Config::idle_ms`] are closed, and so are those whose request head is not complete
+//! `idle_ms` after its first byte, or that keep sending `idle_ms` after the server's
+//! FIN.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
@@ -221,7 +223,8 @@ enum State {
         close: bool,
     },
     /// Response sent, FIN sent: waiting for the peer to close (reading and dropping),
-    /// so that closing does not reset data the peer has not read.
+    /// so that closing does not reset data the peer has not read; for `idle_ms` at
+    /// most.
     Draining,
 }
 
@@ -233,6 +236,9 @@ struct Conn<S> {
     state: State,
     /// The last time it made progress (ms of `Net::now_ms`).
     last_ms: u64,
+    /// When it is closed even if it progresses: a request head must be complete within
+    /// `idle_ms` of its first byte, and a closing connection drained within `idle_ms`.
+    deadline_ms: Option<u64>,
     done: bool,
 }
 
@@ -323,7 +329,10 @@ impl<N: Net, F: FnMut(&mut N, &mut String)> Server<N, F> {
     pub fn next_deadline(&self) -> Option<u64> {
         self.conns
             .iter()
-            .map(|c| c.last_ms.saturating_add(self.config.idle_ms))
+            .map(|c| {
+                let idle = c.last_ms.saturating_add(self.config.idle_ms);
+                c.deadline_ms.map_or(idle, |d| d.min(idle))
+            })
             .min()
     }
 
@@ -348,6 +357,7 @@ impl<N: Net, F: FnMut(&mut N, &mut String)> Server<N, F> {
                         input: Vec::new(),
                         state: State::Reading,
                         last_ms: self.net.now_ms(),
+                        deadline_ms: None,
                         done: false,
                     });
                 }
@@ -366,6 +376,10 @@ impl<N: Net, F: FnMut(&mut N, &mut String)> Server<N, F> {
                 progress = true;
                 c.last_ms = now;
             } else if now.saturating_sub(c.last_ms) >= self.config.idle_ms {
+                self.counters.timed_out += 1;
+                c.done = true;
+            }
+            if !c.done && c.deadline_ms.is_some_and(|d| now >= d) {
                 self.counters.timed_out += 1;
                 c.done = true;
             }
@@ -389,6 +403,11 @@ impl<N: Net, F: FnMut(&mut N, &mut String)> Server<N, F> {
                     if self.respond_buffered(c, now) {
                         step = Step::Progress;
                         continue;
+                    }
+                    // A head has begun: it has idle_ms to complete (a trickle of bytes
+                    // does not keep a connection forever).
+                    if !c.input.is_empty() && c.deadline_ms.is_none() {
+                        c.deadline_ms = Some(now.saturating_add(self.config.idle_ms));
                     }
                     let mut buf = [0u8; 2048];
                     let room = parse::MAX_HEAD - c.input.len().min(parse::MAX_HEAD);
@@ -432,6 +451,7 @@ impl<N: Net, F: FnMut(&mut N, &mut String)> Server<N, F> {
                         if *close {
                             let _ = c.stream.shutdown();
                             c.state = State::Draining;
+                            c.deadline_ms = Some(now.saturating_add(self.config.idle_ms));
                         } else {
                             c.state = State::Reading;
                         }
@@ -497,6 +517,7 @@ impl<N: Net, F: FnMut(&mut N, &mut String)> Server<N, F> {
             _ => self.counters.bad += 1,
         }
         c.input.drain(..len);
+        c.deadline_ms = None;
         c.state = State::Writing {
             out: response.head,
             sent: 0,

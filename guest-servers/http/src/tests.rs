@@ -400,3 +400,44 @@ fn a_silent_connection_is_closed_after_the_idle_time() {
     let c = srv.stop();
     assert_eq!((c.timed_out, c.closed), (1, 1), "{c}");
 }
+
+#[test]
+fn a_trickled_head_and_an_endless_body_after_close_are_cut_off() {
+    let srv = Running::start(Config {
+        idle_ms: 500,
+        ..Config::default()
+    });
+    let trickle = |first: &[u8]| {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, srv.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        s.write_all(first).unwrap();
+        let start = std::time::Instant::now();
+        let mut got = Vec::new();
+        // One byte every 100 ms (never idle for 500 ms), past the server's FIN, until
+        // the server has closed (a write or read then fails, or the read ends).
+        let mut eof = false;
+        while start.elapsed() < Duration::from_secs(10) {
+            if s.write_all(b"X").is_err() {
+                break;
+            }
+            let mut buf = [0u8; 512];
+            match s.read(&mut buf) {
+                Ok(0) if eof => {}
+                Ok(0) => eof = true,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (start.elapsed(), String::from_utf8_lossy(&got).into_owned())
+    };
+    let (took, got) = trickle(b"GET / HTTP/1.1\r\nX-Slow: ");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(got, "");
+    let (took, got) = trickle(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999\r\n\r\n");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(got.starts_with("HTTP/1.1 405 "), "{got}");
+    let c = srv.stop();
+    assert_eq!((c.timed_out, c.closed), (2, 2), "{c}");
+}
