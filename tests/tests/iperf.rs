@@ -2,7 +2,8 @@
 //! the whole stack (`driver`, `ip`, `tcp`, `posix`) with the `iperf3` image as its
 //! application (role `app`).
 //!
-//! - Our server: stock `iperf3 -c` measures it plain, with `-R` and with `-P 4`.
+//! - Our server: stock `iperf3 -c` measures it plain, with `-R` and with `-P 4`; a
+//!   window (`-w`) beyond tcp's buffers is refused with iperf3's error.
 //! - Our client: it measures stock `iperf3 -s -1` both ways.
 //!
 //! Each run reports throughput > 0 and no error; the figures are printed. The two tests
@@ -123,7 +124,7 @@ kvm_test! {
             if label == "-P 4" {
                 assert_eq!(out.lines().filter(|l| l.ends_with("receiver")).count(), 5, "{out}");
             }
-            // Our server finished this test too (its summary), with no error.
+            // Our server finished this test too (its summary), with no error so far.
             poll(UP, "our server's summary", || {
                 let lines = capture.of("iperf3");
                 (lines.iter().filter(|l| l.contains("CPU Utilization")).count() > n).then_some(())
@@ -136,6 +137,19 @@ kvm_test! {
                 received.unwrap()
             ));
         }
+        // A window beyond tcp's 256 KiB buffers is refused with iperf3's error, and
+        // the server goes on.
+        let (ok, out) = exec_in(
+            &ns,
+            "timeout",
+            &["40", "iperf3", "-c", STACK, "-p", "5201", "-t", "1", "-w", "1M"],
+        );
+        assert!(!ok && out.contains("window size"), "iperf3 -c -w 1M:\n{out}");
+        poll(UP, "our server's error", || {
+            let lines = capture.of("iperf3");
+            (lines.iter().filter(|l| l.contains("Server listening")).count() > 4).then_some(())
+        });
+        assert!(capture.of("iperf3").iter().any(|l| l.contains("iperf3: error - the window")));
         vmm.handle().stop();
         vmm.wait();
         for f in figures {
@@ -213,4 +227,14 @@ fn rates_are_read_from_iperf3_reports() {
                 [SUM]   0.00-5.00   sec  9.68 GBytes  4.16 Gbits/sec  sender\n";
     assert_eq!(mbits(ours, "sender"), Some(4160.0));
     assert_eq!(mbits(ours, "receiver"), None);
+}
+
+#[test]
+fn the_example_iperf_topology_is_valid_and_serves_on_5201() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/iperf.toml");
+    let t = compart_vmm::Topology::load(&path, &compart_vmm::host_facts()).unwrap();
+    let app = t.guests.iter().find(|g| g.name == "iperf3").unwrap();
+    assert_eq!(app.role.as_str(), "app");
+    assert_eq!(app.cmdline, "mode=server port=5201");
+    assert_eq!(t.ipv4_of(1).unwrap().address.to_string(), "198.18.0.2/24");
 }

@@ -3,6 +3,7 @@
 //!
 //! - `port=P` (default 7): the port it listens on.
 //! - `conns=N` (default 256): connections served at once (more wait in the backlog).
+//! - `backlog=N` (default 256): handshakes completing at once (tcp may take fewer).
 //! - `exit_after=N`: end the guest at once (`exit`, no destructors: nothing is closed)
 //!   once N connections were accepted, to show that posix closes a lost application's
 //!   sockets.
@@ -29,10 +30,11 @@ fn main(_info: &'static BootInfo) -> i32 {
     let args = cmdline::args();
     let port: u16 = arg(&args, "port").unwrap_or(7);
     let conns: usize = arg(&args, "conns").unwrap_or(256);
+    let backlog: u32 = arg(&args, "backlog").unwrap_or(256);
     let exit_after: Option<u64> = arg(&args, "exit_after");
     let stats_ms: u64 = arg(&args, "stats").unwrap_or(1000);
     let mut net = net::open();
-    let mut echo = Echo::new(&mut net, port, conns)
+    let mut echo = Echo::new(&mut net, port, backlog, conns)
         .unwrap_or_else(|e| panic!("echo: listen on port {port}: {e:?}"));
     println!("echo: serving port {port}, up to {conns} connections at once");
     let mut printed = echo.counters();

@@ -17,7 +17,9 @@
 //! deadline.
 //!
 //! CPU use in the results is the share of the test's time not spent asleep in
-//! `Net::wait` (this guest has one vCPU and sleeps there), reported as user time.
+//! `Net::wait`, reported as user time ("awake" on the console): time blocked inside a
+//! socket call counts as awake, so over posix, where every call waits for its reply,
+//! it reads near 100 %.
 #![no_std]
 #![forbid(unsafe_code)]
 

@@ -10,14 +10,18 @@
 //! - Handles: each application has its own table; a handle names a slot and its
 //!   generation, so an application can only name its own sockets, and a stale or
 //!   forged handle is `EBADF`. posix maps each to tcp's handle.
-//! - Blocking: tcp never blocks (it answers `EAGAIN`). A blocking call (no
-//!   `FLAG_NONBLOCK`) that tcp answers `EAGAIN` is *parked* on its socket until tcp's
-//!   readiness `Event` says it can progress, then sent again; a blocking `Connect` is
-//!   answered once the connection is established (or refused). A non-blocking call is
-//!   answered `EAGAIN` at once. Nobody spins: posix and the application sleep.
-//! - Readiness: posix keeps each socket's readiness as tcp last told it; `Poll` is
-//!   answered from it, and every change is passed on to the application as a one-way
-//!   `Event` with its own handle (what `Net::wait` sleeps on).
+//! - Readiness: posix keeps each socket's readiness as tcp last told it (tcp sends an
+//!   `Event` whenever it changes, so the copy is exact but for events in flight);
+//!   `Poll` is answered from it, and a socket that becomes readier (gains a bit) is
+//!   told to its application as a one-way `Event` with its own handle (what
+//!   `Net::wait` sleeps on; an event that finds the application's queue full is sent
+//!   at a later pass, see [`Posix::backlogged`]).
+//! - Blocking: tcp never blocks (it answers `EAGAIN`). An `Accept`, `Recv` or `Send`
+//!   that the readiness says cannot progress is not sent to tcp: a non-blocking one
+//!   (`FLAG_NONBLOCK`) is answered `EAGAIN` at once, a blocking one is *parked* on its
+//!   socket until tcp's `Event` says it can progress, and then sent (so is one that tcp
+//!   answered `EAGAIN` after all). A blocking `Connect` is answered once the connection
+//!   is established (or refused). Nobody spins: posix and the application sleep.
 //! - Data: a `Send`'s payload goes from the application's pool buffer into tcp's with
 //!   one copy (`forward`), a `Recv`'s from tcp's reply into the application's request
 //!   buffer with one copy (`reply_from`); up to a pool buffer (64 KiB) per message.
@@ -180,6 +184,8 @@ pub struct Posix<N: Notifier> {
     doomed: Vec<u32>,
     /// Names of the applications dropped since [`Posix::take_lost`].
     lost: Vec<String>,
+    /// Some event found its application's queue full (see [`Posix::backlogged`]).
+    backlogged: bool,
     counters: Counters,
 }
 
@@ -264,6 +270,7 @@ impl<N: Notifier> Posix<N> {
             early: BTreeMap::new(),
             doomed: Vec::new(),
             lost: Vec::new(),
+            backlogged: false,
             counters: Counters::default(),
         }
     }
@@ -318,6 +325,13 @@ fn answer<N: Notifier>(ep: &mut Endpoint<N>, req: ChannelRequest, r: Reply) -> b
 }
 
 impl<N: Notifier> Posix<N> {
+    /// Whether an event waits for room in its application's queue: the channel does
+    /// not wake posix when the application makes room, so the glue should poll again
+    /// soon (a short deadline) instead of sleeping until the next message.
+    pub fn backlogged(&self) -> bool {
+        self.backlogged
+    }
+
     /// Names of the applications dropped (their channel broke) since the last call.
     pub fn take_lost(&mut self) -> Vec<String> {
         core::mem::take(&mut self.lost)
@@ -477,6 +491,15 @@ impl<N: Notifier> Posix<N> {
                 k2 += 1;
             }
         }
+    }
+
+    /// Whether application `k`'s socket `ah` may let `call` progress, as tcp last
+    /// told its readiness (its events keep this exact but for those in flight, which
+    /// wake the call when they arrive).
+    fn may_progress(&mut self, k: usize, ah: u32, call: &Request) -> bool {
+        self.apps[k]
+            .sock(ah)
+            .is_some_and(|s| s.ready & (wants(call) | READY_HANGUP | READY_ERROR) != 0)
     }
 
     fn register(&mut self, k: usize, th: u32, listener: bool) -> Option<u32> {
@@ -769,6 +792,20 @@ impl<N: Notifier> Posix<N> {
             }
         };
         match translated {
+            Ok((call, Some(ah))) if wants(&call) != 0 && !self.may_progress(k, ah, &call) => {
+                // tcp said it cannot progress, and will say when it can: answer or
+                // park without asking it.
+                if nonblocking {
+                    self.answer(k, req, Reply::Error(Errno::Again));
+                } else if let Some(sock) = self.apps[k].sock(ah) {
+                    sock.parked.push(Parked {
+                        req,
+                        call,
+                        wants: wants(&call),
+                    });
+                    self.counters.parked += 1;
+                }
+            }
             Ok((call, handle)) => self.queue.push_back(Ready {
                 app: id,
                 req,
@@ -861,8 +898,12 @@ impl<N: Notifier> Posix<N> {
         Ok(busy)
     }
 
+    /// Tell each application about its sockets that became readier (gained a
+    /// `READY_*` bit): what wakes its `Net::wait`. Lost bits are not worth a wake-up;
+    /// `Poll` tells them.
     fn tell_apps(&mut self) -> bool {
         let mut busy = false;
+        self.backlogged = false;
         let (_, eps) = self.eps.split_at_mut(1);
         for (app, ep) in self.apps.iter_mut().zip(eps.iter_mut()) {
             'app: for (k, slot) in app.slots.iter_mut().enumerate() {
@@ -870,6 +911,10 @@ impl<N: Notifier> Posix<N> {
                     continue;
                 };
                 if sock.ready == sock.told || sock.connecting {
+                    continue;
+                }
+                if sock.ready & !sock.told == 0 {
+                    sock.told = sock.ready;
                     continue;
                 }
                 let (op, w) = Event {
@@ -883,7 +928,10 @@ impl<N: Notifier> Posix<N> {
                         self.counters.events += 1;
                         busy = true;
                     }
-                    Err(ChannelError::Full) => break 'app,
+                    Err(ChannelError::Full) => {
+                        self.backlogged = true;
+                        break 'app;
+                    }
                     Err(_) => {
                         if !self.doomed.contains(&app.id) {
                             self.doomed.push(app.id);

@@ -275,14 +275,18 @@ fn a_blocking_recv_waits_for_tcps_event_and_then_gets_the_data() {
             .filter(|c| matches!(c, Request::Recv { .. }))
             .count()
     };
-    assert_eq!(recvs(&rig), 1, "asked tcp once, then waited");
+    assert_eq!(
+        recvs(&rig),
+        0,
+        "tcp said there is no data: parked without asking"
+    );
     rig.settle();
-    assert_eq!(recvs(&rig), 1, "no spinning while nothing changes");
+    assert_eq!(recvs(&rig), 0, "no spinning while nothing changes");
     rig.tcp.socks.get_mut(&ts).unwrap().rx = b"hello".to_vec();
     rig.settle();
     let (r, data) = rig.reply(0).expect("answered once the data came");
     assert_eq!((r, data.as_slice()), (Reply::Bytes(5), &b"hello"[..]));
-    assert_eq!(recvs(&rig), 2);
+    assert_eq!(recvs(&rig), 1, "asked once, when the data came");
     assert_eq!(
         rig.tcp.calls.last(),
         Some(&Request::Recv {
@@ -308,6 +312,22 @@ fn a_nonblocking_call_is_answered_again_at_once_and_readiness_reaches_the_app() 
     assert_eq!(r, Reply::Error(Errno::Again));
     let (r, _) = rig.call(0, Request::Accept { listener: l }, FLAG_NONBLOCK, &[]);
     assert_eq!(r, Reply::Error(Errno::Again));
+    let asked = rig.tcp.calls.len();
+    let (r, _) = rig.call(
+        0,
+        Request::Recv {
+            handle: s,
+            max: 100,
+        },
+        FLAG_NONBLOCK,
+        &[],
+    );
+    assert_eq!(r, Reply::Error(Errno::Again));
+    assert_eq!(
+        rig.tcp.calls.len(),
+        asked,
+        "answered from tcp's last readiness"
+    );
     let _ = rig.events(0);
     let ts = rig.tcp.next;
     rig.tcp.socks.get_mut(&ts).unwrap().rx = b"x".to_vec();
@@ -427,4 +447,33 @@ fn a_lost_application_has_its_sockets_closed_and_the_others_go_on() {
     assert_eq!(rig.tcp.socks.len(), 1, "only app1's listener is left");
     let (r, _) = rig.call(1, Request::Poll { handle: s1 }, 0, &[]);
     assert_eq!(r, Reply::Ready(0));
+}
+
+#[test]
+fn a_call_that_tcp_answers_again_after_all_is_parked_until_the_next_event() {
+    let mut rig = Rig::new("posix-again", 1);
+    let (_, s) = rig.connection(0);
+    let ts = rig.tcp.next;
+    // posix believes there is data (tcp's last event said so), but tcp has none by
+    // the time the call arrives.
+    rig.tcp.socks.get_mut(&ts).unwrap().rx = b"a".to_vec();
+    rig.settle();
+    rig.tcp.socks.get_mut(&ts).unwrap().rx.clear();
+    rig.send(0, Request::Recv { handle: s, max: 10 }, 0, &[]);
+    rig.settle();
+    assert_eq!(rig.reply(0), None, "parked after tcp's EAGAIN");
+    let recvs = |r: &Rig| {
+        r.tcp
+            .calls
+            .iter()
+            .filter(|c| matches!(c, Request::Recv { .. }))
+            .count()
+    };
+    let asked = recvs(&rig);
+    assert!((1..=2).contains(&asked), "{asked}");
+    rig.settle();
+    assert_eq!(recvs(&rig), asked, "no spinning");
+    rig.tcp.socks.get_mut(&ts).unwrap().rx = b"b".to_vec();
+    rig.settle();
+    assert_eq!(rig.reply(0), Some((Reply::Bytes(1), b"b".to_vec())));
 }

@@ -219,9 +219,14 @@ fn main(info: &'static BootInfo) -> i32 {
             printed = counters;
             last_print = t;
         }
-        let deadline = tcp
-            .poll_delay(t)
-            .map(|d| time::Instant::now() + Duration::from_micros(d.total_micros()));
+        let mut delay = tcp.poll_delay(t);
+        if posix.as_ref().is_some_and(|(_, p)| p.backlogged) {
+            // posix's queue is full of events: look again in 1 ms.
+            let ms = tcp::Duration::from_millis(1);
+            delay = Some(delay.map_or(ms, |d| d.min(ms)));
+        }
+        let deadline =
+            delay.map(|d| time::Instant::now() + Duration::from_micros(d.total_micros()));
         wait(tcp.sleep_set(), poll, deadline);
     }
 }
