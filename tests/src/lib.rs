@@ -124,10 +124,10 @@ pub fn topology(text: &str) -> Topology {
     }
 }
 
-/// The shipped default topology.
-pub fn default_topology() -> Topology {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
-    Topology::load(&path, &compart_vmm::host_facts()).expect("default topology loads")
+/// The shipped `topologies/idle.toml`: an idle stand-in for each of the five roles, no NIC.
+pub fn idle_topology() -> Topology {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/idle.toml");
+    Topology::load(&path, &compart_vmm::host_facts()).expect("idle topology loads")
 }
 
 /// Collects console lines and lets a test wait for them.
