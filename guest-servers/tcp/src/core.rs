@@ -655,6 +655,16 @@ impl<N: Notifier> Tcp<N> {
             }))
     }
 
+    /// Send segments at once (`true`, `TCP_NODELAY`) or coalesce small ones while data
+    /// is unacknowledged (Nagle's algorithm, smoltcp's default).
+    pub fn set_nodelay(&mut self, h: Handle, on: bool) -> Result<(), Error> {
+        let (sh, _) = self.stream(h)?;
+        self.sockets
+            .get_mut::<tcp::Socket>(sh)
+            .set_nagle_enabled(!on);
+        Ok(())
+    }
+
     /// The state of a connection (for tests and diagnostics).
     pub fn state(&mut self, h: Handle) -> Result<State, Error> {
         let (sh, _) = self.stream(h)?;
