@@ -1,0 +1,500 @@
+//! Stack benchmark: what isolation costs. Stock `iperf3 -c` (same binary, same
+//! options, from a network namespace) against three servers, in one run:
+//!
+//! - **linux**: Linux TCP over a veth pair between two namespaces, stock `iperf3 -s`;
+//! - **split**: the decomposed compart stack on a TAP — the `driver` server (core 0),
+//!   `ip` and the iperf3 application over a tcp core (the `mono` image in the tcp
+//!   role: the tcp server's code with the application linked in; core 1): every
+//!   segment crosses two guest boundaries;
+//! - **mono**: the same driver, ip and tcp code and the same application linked into
+//!   one guest (the `mono` image with the NIC; core 1).
+//!
+//! Each measures 1 and 4 streams (`-P 4`), both directions (`-R`: the server sends),
+//! parsed from `iperf3 -J`: Gbit/s at the receiver, the sender's retransmits (where it
+//! reports them), the client's CPU; for compart also each vCPU and NIC thread's CPU
+//! time per second (`/proc/self/task/TID/schedstat`, the VMM runs in this process)
+//! and each vCPU's exits to the VMM per second (`ctl status`). Configurations are
+//! interleaved per repetition (linux, split, mono), ratios to linux are per
+//! repetition, medians printed last.
+//!
+//! `cargo bench -p compart-tests --bench stack` (root). `COMPART_BENCH_RUNS`
+//! repetitions (default 1), `COMPART_STACK_SECS` per iperf3 run (default 3).
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use compart_tests::netns::NetNs;
+use compart_tests::{thread_cpu_ns, Capture};
+use compart_vmm::control::StatusReport;
+use compart_vmm::{ControlRequest, ControlResponse, VmmHandle};
+
+const PORT: u16 = 5201;
+/// The compart stacks' addresses (on the TAP, in the NIC's namespace).
+const STACK: &str = "198.18.20.2";
+const PEER: &str = "198.18.20.1";
+/// The veth pair of the Linux baseline.
+const LINUX_SERVER: &str = "198.18.21.1";
+const LINUX_CLIENT: &str = "198.18.21.2";
+/// The tcp core's sockets: 16 of 256 KiB receive and 256 KiB send buffer.
+const TCP_ARGS: &str = "sockets=16 buf=256";
+const CHANNEL: &str = "queue_depth = 64\nmax_outstanding = 16\nbuf_size = 65600\n";
+
+fn env_or(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One iperf3 test's figures.
+#[derive(Debug, Clone, Default)]
+struct Figures {
+    gbps: f64,
+    retransmits: Option<u64>,
+    client_cpu: f64,
+    /// Thread name → share of a core (compart only).
+    busy: Vec<(String, f64)>,
+    /// vCPU thread name → exits per second (compart only).
+    exits: Vec<(String, f64)>,
+}
+
+/// What one iperf3 test is: streams and direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Case {
+    streams: u32,
+    reverse: bool,
+}
+
+impl Case {
+    fn label(self) -> String {
+        format!(
+            "-P {} {}",
+            self.streams,
+            if self.reverse {
+                "-R (server sends)"
+            } else {
+                "   (client sends)"
+            }
+        )
+    }
+}
+
+const CASES: [Case; 4] = [
+    Case {
+        streams: 1,
+        reverse: false,
+    },
+    Case {
+        streams: 1,
+        reverse: true,
+    },
+    Case {
+        streams: 4,
+        reverse: false,
+    },
+    Case {
+        streams: 4,
+        reverse: true,
+    },
+];
+
+/// Runs the iperf3 client in `ns` against `addr` and parses its JSON.
+fn iperf3(ns: &str, addr: &str, case: Case, secs: u64) -> Figures {
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        ns.into(),
+        "timeout".into(),
+        (secs + 20).to_string(),
+        "iperf3".into(),
+        "-c".into(),
+        addr.into(),
+        "-p".into(),
+        PORT.to_string(),
+        "-t".into(),
+        secs.to_string(),
+        "-P".into(),
+        case.streams.to_string(),
+        "-J".into(),
+        "--connect-timeout".into(),
+        "3000".into(),
+    ];
+    if case.reverse {
+        args.push("-R".into());
+    }
+    let out = Command::new("ip")
+        .args(&args)
+        .output()
+        .expect("iperf3 runs (apt-get install iperf3)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 {args:?}: no JSON ({e}): {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    if let Some(err) = v.get("error") {
+        panic!("iperf3 {} {}: {err}", addr, case.label());
+    }
+    let end = &v["end"];
+    let bps = end["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no end.sum_received.bits_per_second in {text}"));
+    Figures {
+        gbps: bps / 1e9,
+        retransmits: end["sum_sent"]["retransmits"].as_u64(),
+        client_cpu: end["cpu_utilization_percent"]["host_total"]
+            .as_f64()
+            .unwrap_or(0.0),
+        ..Figures::default()
+    }
+}
+
+fn status(handle: &VmmHandle) -> StatusReport {
+    match handle
+        .request(ControlRequest::Status, Duration::from_secs(10))
+        .unwrap()
+    {
+        ControlResponse::Status(r) => r,
+        other => panic!("not a status report: {other:?}"),
+    }
+}
+
+/// The threads whose CPU time is counted: (name, tid, is a vCPU).
+fn threads(r: &StatusReport) -> Vec<(String, i32, bool)> {
+    let mut t = Vec::new();
+    for g in &r.guests {
+        for v in &g.vcpus {
+            t.push((format!("{}-v{}", g.name, v.index), v.tid, true));
+        }
+        for n in &g.nics {
+            t.push((format!("nic-{}", g.name), n.thread_tid, false));
+        }
+    }
+    t
+}
+
+fn exits_of(r: &StatusReport) -> BTreeMap<String, u64> {
+    r.guests
+        .iter()
+        .flat_map(|g| {
+            g.vcpus
+                .iter()
+                .map(move |v| (format!("{}-v{}", g.name, v.index), v.exits))
+        })
+        .collect()
+}
+
+/// A compart topology started, its iperf3 server listening.
+struct Compart {
+    vmm: Option<compart_vmm::RunningVmm>,
+    capture: Capture,
+    handle: VmmHandle,
+    ns: String,
+}
+
+impl Compart {
+    fn start(text: &str, app_guest: &str, ns: &str) -> Compart {
+        let t = compart_tests::topology(text);
+        let capture = Capture::default();
+        let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+        let handle = vmm.handle();
+        capture.wait_for(app_guest, "mono: iperf3 on port", Duration::from_secs(30));
+        let up = (0..30).any(|_| {
+            Command::new("ip")
+                .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", STACK])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        assert!(up, "the stack at {STACK} never answered; console: {capture:?}");
+        Compart {
+            vmm: Some(vmm),
+            capture,
+            handle,
+            ns: ns.to_string(),
+        }
+    }
+
+    fn measure(&self, case: Case, secs: u64) -> Figures {
+        let before = status(&self.handle);
+        let th = threads(&before);
+        let cpu0: Vec<u64> = th.iter().map(|t| thread_cpu_ns(t.1)).collect();
+        let start = Instant::now();
+        let mut f = iperf3(&self.ns, STACK, case, secs);
+        let wall = start.elapsed().as_secs_f64();
+        let after = status(&self.handle);
+        for (t, c0) in th.iter().zip(cpu0) {
+            f.busy
+                .push((t.0.clone(), (thread_cpu_ns(t.1) - c0) as f64 / 1e9 / wall));
+        }
+        let (e0, e1) = (exits_of(&before), exits_of(&after));
+        for (name, n) in e1 {
+            f.exits
+                .push((name.clone(), (n - e0.get(&name).copied().unwrap_or(0)) as f64 / wall));
+        }
+        f
+    }
+
+    fn stop(mut self) {
+        self.handle.stop();
+        if let Some(v) = self.vmm.take() {
+            v.wait();
+        }
+        let _ = &self.capture;
+    }
+}
+
+/// The NIC of the compart topologies: the same TAP, namespace and addresses for both.
+fn nic(guest: &str) -> String {
+    format!(
+        "[[nic]]\nguest = \"{guest}\"\ntap = \"cbst0\"\nnetns = \"cbst-c\"\n\
+         peer_address = \"{PEER}/24\"\nmac = \"02:00:00:00:00:02\"\nmtu = 1500\n\
+         queue_size = 256\naddress = \"{STACK}/24\"\ngateway = \"{PEER}\"\n"
+    )
+}
+
+fn split_topology() -> String {
+    format!(
+        "[host]\ncores = [0, 1]\n\
+         [[guest]]\nname = \"driver\"\nrole = \"driver\"\nimage = \"driver\"\nmemory_mib = 32\ncores = [0]\n\
+         [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"ip\"\nmemory_mib = 16\ncores = [1]\n\
+         [[guest]]\nname = \"tcp\"\nrole = \"tcp\"\nimage = \"mono\"\nmemory_mib = 32\ncores = [1]\n\
+         cmdline = \"app=iperf3 port={PORT} {TCP_ARGS}\"\n\
+         [[channel]]\na = \"driver\"\nb = \"ip\"\n{CHANNEL}\
+         [[channel]]\na = \"ip\"\nb = \"tcp\"\n{CHANNEL}{}",
+        nic("driver")
+    )
+}
+
+fn mono_topology() -> String {
+    format!(
+        "[host]\ncores = [0, 1]\n\
+         [[guest]]\nname = \"mono\"\nrole = \"driver\"\nimage = \"mono\"\nmemory_mib = 64\ncores = [1]\n\
+         cmdline = \"app=iperf3 port={PORT} {TCP_ARGS}\"\n{}",
+        nic("mono")
+    )
+}
+
+/// The Linux baseline's namespaces, with `iperf3 -s` running in the server's.
+struct Linux {
+    server_ns: NetNs,
+    client_ns: NetNs,
+    server: Child,
+}
+
+impl Linux {
+    fn start() -> Linux {
+        let a = NetNs::new("stack-srv").unwrap();
+        let b = NetNs::new("stack-cli").unwrap();
+        a.ip(&[
+            "link", "add", "cbsv0", "type", "veth", "peer", "name", "cbsv1", "netns", b.name(),
+        ])
+        .unwrap();
+        a.ip(&["addr", "add", &format!("{LINUX_SERVER}/24"), "dev", "cbsv0"])
+            .unwrap();
+        b.ip(&["addr", "add", &format!("{LINUX_CLIENT}/24"), "dev", "cbsv1"])
+            .unwrap();
+        a.ip(&["link", "set", "cbsv0", "up"]).unwrap();
+        b.ip(&["link", "set", "cbsv1", "up"]).unwrap();
+        let server = Command::new("ip")
+            .args(["netns", "exec", a.name(), "iperf3", "-s", "-p"])
+            .arg(PORT.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("iperf3 -s runs");
+        // Listening within a second or two.
+        let up = (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            Command::new("ip")
+                .args(["netns", "exec", b.name(), "bash", "-c"])
+                .arg(format!(
+                    "timeout 1 bash -c '</dev/tcp/{LINUX_SERVER}/{PORT}' 2>/dev/null"
+                ))
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        assert!(up, "iperf3 -s in {} never listened", a.name());
+        // That probe connection is one iperf3 -s drops; let it.
+        std::thread::sleep(Duration::from_millis(200));
+        Linux {
+            server_ns: a,
+            client_ns: b,
+            server,
+        }
+    }
+
+    fn measure(&self, case: Case, secs: u64) -> Figures {
+        iperf3(self.client_ns.name(), LINUX_SERVER, case, secs)
+    }
+
+    fn settings(&self) -> String {
+        let read = |ns: &str, what: &str| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "cat", what])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().replace('\t', " "))
+                .unwrap_or_default();
+            out
+        };
+        let ns = self.server_ns.name();
+        let feats = Command::new("ip")
+            .args(["netns", "exec", ns, "ethtool", "-k", "cbsv0"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| {
+                        [
+                            "tcp-segmentation-offload:",
+                            "generic-segmentation-offload:",
+                            "generic-receive-offload:",
+                            "tx-checksumming:",
+                        ]
+                        .iter()
+                        .any(|k| l.starts_with(k))
+                    })
+                    .map(|l| l.replace(": ", "=").trim().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        format!(
+            "veth mtu 1500, offloads {}, tcp_rmem [{}] tcp_wmem [{}], congestion control {}",
+            if feats.is_empty() {
+                "Linux's defaults (ethtool not installed)".to_string()
+            } else {
+                feats
+            },
+            read(ns, "/proc/sys/net/ipv4/tcp_rmem"),
+            read(ns, "/proc/sys/net/ipv4/tcp_wmem"),
+            read(ns, "/proc/sys/net/ipv4/tcp_congestion_control"),
+        )
+    }
+}
+
+impl Drop for Linux {
+    fn drop(&mut self) {
+        // Our own child, by its id.
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+fn print_row(config: &str, case: Case, f: &Figures) {
+    let retr = f
+        .retransmits
+        .map_or("-".to_string(), |r| r.to_string());
+    let busy: Vec<String> = f
+        .busy
+        .iter()
+        .map(|(n, b)| format!("{n} {:.0}%", b * 100.0))
+        .collect();
+    let exits: Vec<String> = f
+        .exits
+        .iter()
+        .map(|(n, e)| format!("{n} {e:.0}/s"))
+        .collect();
+    println!(
+        "{config:<6} {:<22} {:>6.2} Gbit/s  retr {retr:>5}  client cpu {:>3.0}%{}{}",
+        case.label(),
+        f.gbps,
+        f.client_cpu,
+        if busy.is_empty() {
+            String::new()
+        } else {
+            format!("  busy: {}", busy.join(", "))
+        },
+        if exits.is_empty() {
+            String::new()
+        } else {
+            format!("  exits: {}", exits.join(", "))
+        },
+    );
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("stack bench: needs root (network namespaces, TAP); nothing measured");
+        return;
+    }
+    if !compart_tests::require_kvm() {
+        return;
+    }
+    let reps = compart_tests::bench_runs(1);
+    let secs = env_or("COMPART_STACK_SECS", 3);
+    println!(
+        "stack bench: iperf3 {} -t {secs}, {reps} repetition(s); the 2 host cores are shared by \
+         the client, the servers and the VMM's threads (nothing else is pinned)",
+        String::from_utf8_lossy(
+            &Command::new("iperf3")
+                .arg("--version")
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        )
+        .lines()
+        .next()
+        .unwrap_or("?")
+    );
+    println!(
+        "compart: TAP with IFF_VNET_HDR, offloads csum+tso4+tso6 offered to the guest, mtu 1500, \
+         256-entry queues; channels of 16 × 65 600 B; tcp core (smoltcp 0.14, Reno) {TCP_ARGS} KiB; \
+         split: driver core 0, ip + tcp/app core 1; mono: core 1"
+    );
+    let linux = Linux::start();
+    println!("linux:   {}", linux.settings());
+    // ratios[config][case] over repetitions.
+    let mut ratios: BTreeMap<(&str, Case), Vec<f64>> = BTreeMap::new();
+    let mut gbps: BTreeMap<(&str, Case), Vec<f64>> = BTreeMap::new();
+    for rep in 0..reps {
+        println!("-- repetition {} of {reps}", rep + 1);
+        let mut base = BTreeMap::new();
+        for case in CASES {
+            let f = linux.measure(case, secs);
+            print_row("linux", case, &f);
+            base.insert(case, f.gbps);
+            gbps.entry(("linux", case)).or_default().push(f.gbps);
+        }
+        for (config, text, guest) in [
+            ("split", split_topology(), "tcp"),
+            ("mono", mono_topology(), "mono"),
+        ] {
+            let c = Compart::start(&text, guest, "cbst-c");
+            for case in CASES {
+                let f = c.measure(case, secs);
+                print_row(config, case, &f);
+                ratios
+                    .entry((config, case))
+                    .or_default()
+                    .push(f.gbps / base[&case]);
+                gbps.entry((config, case)).or_default().push(f.gbps);
+            }
+            c.stop();
+        }
+    }
+    println!("-- medians over {reps} repetition(s): Gbit/s, and the ratio to linux of the same repetition");
+    for case in CASES {
+        let g = |c: &str| median(gbps.get(&(c, case)).cloned().unwrap_or_default());
+        let r = |c: &str| median(ratios.get(&(c, case)).cloned().unwrap_or_default());
+        println!(
+            "{:<22} linux {:>6.2}   split {:>6.2} ({:.3}×)   mono {:>6.2} ({:.3}×)   split/mono {:.2}",
+            case.label(),
+            g("linux"),
+            g("split"),
+            r("split"),
+            g("mono"),
+            r("mono"),
+            g("split") / g("mono"),
+        );
+    }
+}
