@@ -179,6 +179,60 @@ fn region_of(c: &ChannelInfo) -> Result<Region, ChannelError> {
     unsafe { Region::from_raw(c.region_gpa as *mut u8, c.region_size as usize) }
 }
 
+/// Bit `i`: channel `i` is hung up when the guest ends ([`hang_up_on_exit`]).
+static HANG_UP: AtomicU32 = AtomicU32::new(0);
+
+/// When this guest ends (it returns from main, calls [`exit`](crate::exit), or
+/// panics), hang channel `index` up: its peer finds the channel broken at its next look
+/// and can clean up what it holds for this guest (the posix server closes an
+/// application's sockets). A hung-up channel is written as no endpoint writes it: the
+/// peer's consumer indices of both queues this guest fills, and this guest's own
+/// notification state, get values the peer's endpoint refuses
+/// ([`ChannelError::Corrupt`]); then the peer is kicked.
+pub fn hang_up_on_exit(index: usize) {
+    if index < compart_abi::MAX_CHANNELS {
+        HANG_UP.fetch_or(1 << index, Ordering::Relaxed);
+    }
+}
+
+/// Hang up the channels [`hang_up_on_exit`] named (the guest is ending).
+pub(crate) fn hang_up() {
+    let mask = HANG_UP.swap(0, Ordering::Relaxed);
+    if mask == 0 {
+        return;
+    }
+    for (index, c) in boot_info().channels().iter().enumerate() {
+        if mask & (1 << index) == 0 {
+            continue;
+        }
+        let side = match c.side() {
+            Some(ChannelSide::A) => Side::A,
+            Some(ChannelSide::B) => Side::B,
+            None => continue,
+        };
+        let Ok(region) = region_of(c) else { continue };
+        let Ok(layout) = compart_channel::PairLayout::from_region(&region) else {
+            continue;
+        };
+        let peer = layout.side(side.peer());
+        for ring in [peer.requests, peer.replies] {
+            if let Some(head) = region.u32_at(ring.head) {
+                // Beyond anything the producer (this guest) wrote: refused as a ring
+                // index.
+                head.fetch_add(0x8000_0000, Ordering::Relaxed);
+            }
+        }
+        if let Some(state) = region.u32_at(layout.side(side).notify) {
+            state.store(u32::MAX, Ordering::Relaxed);
+        }
+        core::sync::atomic::fence(Ordering::SeqCst);
+        Doorbell {
+            gpa: c.doorbell_gpa,
+        }
+        .kick();
+    }
+}
+
 /// This guest's view of channel `index`'s shared region, bypassing the endpoint: for a
 /// peer that tests the other side's defences by writing what no endpoint would.
 pub fn raw_region(index: usize) -> Option<Region> {

@@ -13,6 +13,8 @@
 //! - [`server`]: the receive loop a server runs over all its channels, with a handler
 //!   per channel (from `compart-kit`, host-tested there);
 //! - [`cmdline`]: the command line as typed `key=value` arguments;
+//! - [`net`]: an application's sockets (`compart_sockets::{Net, Listener, Stream}`)
+//!   over the channel to the posix server;
 //! - [`console`]: `print!`/`println!` to the VMM's console, a line per VM exit;
 //! - [`acpi`]: the platform as the VMM's ACPI tables describe it: processors and
 //!   their P-states (`_PSS`, `_PPC`, `_PSD`, `_PCT`), printed at boot;
@@ -48,6 +50,7 @@ pub mod eoi;
 mod heap;
 pub mod lapic;
 mod mem;
+pub mod net;
 mod panic;
 pub mod placement;
 pub mod pstate;
@@ -76,6 +79,7 @@ pub(crate) unsafe fn outl(port: u16, value: u32) {
 
 /// Ends the guest: the VMM stops all its vCPUs and records `status`.
 pub fn exit(status: i32) -> ! {
+    channel::hang_up();
     console::flush();
     // SAFETY: EXIT is a ring-3 port; its value is the exit status.
     unsafe { outl(abi::ports::EXIT, status as u32) };

@@ -9,6 +9,7 @@ use compart_abi::ports;
 #[cfg_attr(panic = "abort", panic_handler)]
 #[cfg_attr(not(panic = "abort"), allow(dead_code))]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    crate::channel::hang_up();
     let len = match info.location() {
         Some(l) => crate::console::write_panic(format_args!(
             "panicked at {}:{}:{}: {}",

@@ -35,8 +35,8 @@ const PEER: &str = "198.18.20.1";
 /// The veth pair of the Linux baseline.
 const LINUX_SERVER: &str = "198.18.21.1";
 const LINUX_CLIENT: &str = "198.18.21.2";
-/// The tcp core's sockets: 16 of 256 KiB receive and 256 KiB send buffer.
-const TCP_ARGS: &str = "sockets=16 buf=256";
+/// The tcp core's sockets: 32 of 256 KiB receive and 256 KiB send buffer.
+const TCP_ARGS: &str = "sockets=32 buf=256";
 const CHANNEL: &str = "queue_depth = 64\nmax_outstanding = 16\nbuf_size = 65600\n";
 
 fn env_or(var: &str, default: u64) -> u64 {
@@ -206,7 +206,10 @@ impl Compart {
                 .output()
                 .is_ok_and(|o| o.status.success())
         });
-        assert!(up, "the stack at {STACK} never answered; console: {capture:?}");
+        assert!(
+            up,
+            "the stack at {STACK} never answered; console: {capture:?}"
+        );
         Compart {
             vmm: Some(vmm),
             capture,
@@ -229,8 +232,10 @@ impl Compart {
         }
         let (e0, e1) = (exits_of(&before), exits_of(&after));
         for (name, n) in e1 {
-            f.exits
-                .push((name.clone(), (n - e0.get(&name).copied().unwrap_or(0)) as f64 / wall));
+            f.exits.push((
+                name.clone(),
+                (n - e0.get(&name).copied().unwrap_or(0)) as f64 / wall,
+            ));
         }
         f
     }
@@ -258,7 +263,7 @@ fn split_topology() -> String {
         "[host]\ncores = [0, 1]\n\
          [[guest]]\nname = \"driver\"\nrole = \"driver\"\nimage = \"driver\"\nmemory_mib = 32\ncores = [0]\n\
          [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"ip\"\nmemory_mib = 16\ncores = [1]\n\
-         [[guest]]\nname = \"tcp\"\nrole = \"tcp\"\nimage = \"mono\"\nmemory_mib = 32\ncores = [1]\n\
+         [[guest]]\nname = \"tcp\"\nrole = \"tcp\"\nimage = \"mono\"\nmemory_mib = 48\ncores = [1]\n\
          cmdline = \"app=iperf3 port={PORT} {TCP_ARGS}\"\n\
          [[channel]]\na = \"driver\"\nb = \"ip\"\n{CHANNEL}\
          [[channel]]\na = \"ip\"\nb = \"tcp\"\n{CHANNEL}{}",
@@ -287,7 +292,16 @@ impl Linux {
         let a = NetNs::new("stack-srv").unwrap();
         let b = NetNs::new("stack-cli").unwrap();
         a.ip(&[
-            "link", "add", "cbsv0", "type", "veth", "peer", "name", "cbsv1", "netns", b.name(),
+            "link",
+            "add",
+            "cbsv0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "cbsv1",
+            "netns",
+            b.name(),
         ])
         .unwrap();
         a.ip(&["addr", "add", &format!("{LINUX_SERVER}/24"), "dev", "cbsv0"])
@@ -382,9 +396,7 @@ impl Drop for Linux {
 }
 
 fn print_row(config: &str, case: Case, f: &Figures) {
-    let retr = f
-        .retransmits
-        .map_or("-".to_string(), |r| r.to_string());
+    let retr = f.retransmits.map_or("-".to_string(), |r| r.to_string());
     let busy: Vec<String> = f
         .busy
         .iter()

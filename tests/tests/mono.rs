@@ -3,7 +3,9 @@
 //! stack (driver, ip and tcp linked into one guest, its address from the NIC's
 //! `[[nic]]`), and only tcp over the driver and ip servers. In each, its echo
 //! application (over compart-sockets' `Net`) returns a line and 4 MiB intact, and a
-//! connect to a closed port is refused. Every command is bounded by `timeout`.
+//! connect to a closed port is refused; and the iperf3 application (the same crate
+//! the posix-backed image runs) serves stock `iperf3 -c` both ways, 1 and 4 streams.
+//! Every command is bounded by `timeout`.
 
 use std::time::Duration;
 
@@ -22,11 +24,11 @@ fn nic(guest: &str, tap: &str, ns: &str) -> String {
     )
 }
 
-/// The whole stack in one guest on core 1.
-fn whole(tap: &str, ns: &str) -> String {
+/// The whole stack in one guest on core 1, running `app`.
+fn whole(tap: &str, ns: &str, app: &str) -> String {
     format!(
         "[host]\ncores = [0, 1]\n[[guest]]\nname = \"mono\"\nrole = \"driver\"\nimage = \"mono\"\n\
-         memory_mib = 64\ncores = [1]\ncmdline = \"app=echo port=7 sockets=8 buf=256\"\n{}",
+         memory_mib = 64\ncores = [1]\ncmdline = \"{app} sockets=32 buf=256\"\n{}",
         nic("mono", tap, ns)
     )
 }
@@ -98,7 +100,7 @@ kvm_test! {
         }
         let pid = std::process::id() % 100_000;
         let (ns, tap) = (format!("cpt-mono-{pid}"), format!("ctmono{pid}"));
-        echo_through(&whole(&tap, &ns), "mono", &ns, "whole");
+        echo_through(&whole(&tap, &ns, "app=echo port=7"), "mono", &ns, "whole");
     }
 }
 
@@ -110,5 +112,43 @@ kvm_test! {
         let pid = std::process::id() % 100_000;
         let (ns, tap) = (format!("cpt-monos-{pid}"), format!("ctmons{pid}"));
         echo_through(&split(&tap, &ns), "tcp", &ns, "split");
+    }
+}
+
+kvm_test! {
+    fn stock_iperf3_measures_the_whole_stack_both_ways_with_one_and_four_streams() {
+        if !require_netns() {
+            return;
+        }
+        let pid = std::process::id() % 100_000;
+        let (ns, tap) = (format!("cpt-monoi-{pid}"), format!("ctmoni{pid}"));
+        let (vmm, capture) = boot(&topology(&whole(&tap, &ns, "app=iperf3 port=5201")));
+        capture.wait_for("mono", "mono: iperf3 on port 5201", UP);
+        for extra in ["", "-R", "-P 4", "-P 4 -R"] {
+            let (ok, out) = exec_in(
+                &ns,
+                "timeout",
+                &["20", "bash", "-c", &format!("iperf3 -c {STACK} -t 1 {extra} -f m")],
+            );
+            // The receiver's line (iperf3 prints sender and receiver summaries).
+            let receiver = out
+                .lines()
+                .rfind(|l| l.contains("receiver"))
+                .unwrap_or_default()
+                .to_string();
+            let mbits: f64 = receiver
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .find(|w| w[1] == "Mbits/sec")
+                .and_then(|w| w[0].parse().ok())
+                .unwrap_or(0.0);
+            assert!(
+                ok && mbits > 10.0,
+                "iperf3 {extra}: {out}; console: {capture:?}"
+            );
+        }
+        vmm.handle().stop();
+        vmm.wait();
     }
 }

@@ -15,7 +15,8 @@
 //! - [`packet`]: IPv4 packets and their offload metadata between the `ip` server and
 //!   the layer above it (`pf`, or `tcp`), and the interface's configuration.
 //! - [`socket`]: socket calls (listen, accept, connect, send, recv, shutdown, close,
-//!   poll) and their errno-style answers between `posix` and `tcp`, and readiness
+//!   poll, set option, stats) and their errno-style answers between applications,
+//!   `posix` and `tcp`, and readiness
 //!   events.
 #![no_std]
 #![forbid(unsafe_code)]

@@ -1,5 +1,5 @@
-//! The socket protocol between the `posix` server and `tcp` (and later between apps and
-//! posix): one socket call per request, answered with its result or an errno.
+//! The socket protocol between the `posix` server and `tcp`, and between applications
+//! and posix: one socket call per request, answered with its result or an errno.
 //!
 //! ```text
 //!  request   opcode  inline[0]        inline[1]                     inline[2]   payload
@@ -11,13 +11,19 @@
 //!  Shutdown  6       handle           0                             0           –
 //!  Close     7       handle           0                             0           –
 //!  Poll      8       handle           0                             0           –
+//!  SetOption 10      handle           option (OPT_*)                value       –
+//!  Stats     11      0                0                             0           –
+//!
+//!  inline[3] of any request: FLAG_NONBLOCK (bit 0) or 0; only an application sets it
+//!  (posix → tcp calls never block, so tcp refuses it).
 //!
 //!  reply (the request's opcode decides which)   status  inline[0]  inline[1]       inline[2]
 //!  Handle      Listen, Connect                  0       handle     0               0
 //!  Accepted    Accept                           0       handle     addr | port<<32 0
 //!  Bytes       Send (taken), Recv (in payload;  0       0          0               count
 //!              0 = end of stream)
-//!  Done        Shutdown, Close                  0       0          0               0
+//!  Done        Shutdown, Close, SetOption       0       0          0               0
+//!  Bytes       Stats (text in payload)          0       0          0               count
 //!  Ready       Poll                             0       0          0               READY_* bits
 //!  Error       any                              errno   0          0               0
 //!
@@ -25,7 +31,8 @@
 //!  Event     9       handle      READY_* bits tcp → posix: a handle's readiness changed
 //! ```
 //!
-//! Handles are the tcp server's (`u32`), addresses IPv4. A `Recv`'s data comes back in
+//! Handles are the answering server's (`u32`: tcp's towards posix, posix's per-application
+//! ones towards an application), addresses IPv4. A `Recv`'s data comes back in
 //! the request's own pool buffer (the channel's reply-into-requester-buffer design), at
 //! most `max` and at most the buffer. Every inline word not listed is zero, and handles
 //! and counts fit in 32 bits; a decoder refuses anything else.
@@ -49,6 +56,21 @@ pub const OP_CLOSE: u16 = 7;
 pub const OP_POLL: u16 = 8;
 /// Opcode of the one-way [`Event`].
 pub const OP_EVENT: u16 = 9;
+/// Opcode of [`Request::SetOption`].
+pub const OP_SET_OPTION: u16 = 10;
+/// Opcode of [`Request::Stats`].
+pub const OP_STATS: u16 = 11;
+
+/// Request flag (inline word 3): answer `EAGAIN` at once instead of waiting (an
+/// application's non-blocking call; posix waits on tcp's events otherwise).
+pub const FLAG_NONBLOCK: u64 = 1;
+
+/// [`Request::SetOption`]: send segments at once (`TCP_NODELAY`, value 0 or 1).
+pub const OPT_NODELAY: u32 = 1;
+/// [`Request::SetOption`]: the receive buffer's size in bytes (`SO_RCVBUF`).
+pub const OPT_RCVBUF: u32 = 2;
+/// [`Request::SetOption`]: the send buffer's size in bytes (`SO_SNDBUF`).
+pub const OPT_SNDBUF: u32 = 3;
 
 /// [`Reply::Ready`]: `Recv` (or `Accept`) would not block.
 pub const READY_READABLE: u32 = 1;
@@ -110,6 +132,17 @@ pub enum Request {
         /// The listener or connection.
         handle: u32,
     },
+    /// Set option `option` (an `OPT_*`) of a connection to `value`.
+    SetOption {
+        /// The connection.
+        handle: u32,
+        /// Which option (`OPT_*`).
+        option: u32,
+        /// Its value (0 or 1 for [`OPT_NODELAY`], bytes for the buffers).
+        value: u32,
+    },
+    /// The server's counters, as a short text in the reply's payload.
+    Stats,
 }
 
 fn low32(w: u64) -> Result<u32, DecodeError> {
@@ -171,14 +204,49 @@ impl Request {
                 w[0] = u64::from(handle);
                 OP_POLL
             }
+            Request::SetOption {
+                handle,
+                option,
+                value,
+            } => {
+                w[0] = u64::from(handle);
+                w[1] = u64::from(option);
+                w[2] = u64::from(value);
+                OP_SET_OPTION
+            }
+            Request::Stats => OP_STATS,
         };
         (op, w)
     }
 
-    /// The request that `opcode`, `oneway` and `inline` encode. Every socket call
-    /// expects a reply, so a one-way message is refused.
+    /// Opcode and inline words, with `flags` (`FLAG_*`) in inline word 3.
+    pub fn encode_flags(&self, flags: u64) -> (u16, Inline) {
+        let (op, mut w) = self.encode();
+        w[3] = flags;
+        (op, w)
+    }
+
+    /// The request that `opcode`, `oneway` and `inline` encode, with no flags. Every
+    /// socket call expects a reply, so a one-way message is refused.
     pub fn decode(opcode: u16, oneway: bool, w: &Inline) -> Result<Request, DecodeError> {
-        zero(&w[3..])?;
+        match Request::decode_flags(opcode, oneway, w)? {
+            (r, 0) => Ok(r),
+            _ => Err(DecodeError::ReservedNotZero),
+        }
+    }
+
+    /// The request and its `FLAG_*` flags (inline word 3) that `opcode`, `oneway` and
+    /// `inline` encode.
+    pub fn decode_flags(
+        opcode: u16,
+        oneway: bool,
+        w: &Inline,
+    ) -> Result<(Request, u64), DecodeError> {
+        zero(&w[4..])?;
+        let flags = w[3];
+        if flags & !FLAG_NONBLOCK != 0 {
+            return Err(DecodeError::ReservedNotZero);
+        }
         let req = match opcode {
             OP_LISTEN => {
                 zero(&w[..1])?;
@@ -221,12 +289,33 @@ impl Request {
                     _ => Request::Poll { handle },
                 }
             }
+            OP_SET_OPTION => {
+                let option = low32(w[1])?;
+                let value = low32(w[2])?;
+                let valid = match option {
+                    OPT_NODELAY => value <= 1,
+                    OPT_RCVBUF | OPT_SNDBUF => true,
+                    _ => false,
+                };
+                if !valid {
+                    return Err(DecodeError::ReservedNotZero);
+                }
+                Request::SetOption {
+                    handle: low32(w[0])?,
+                    option,
+                    value,
+                }
+            }
+            OP_STATS => {
+                zero(&w[..3])?;
+                Request::Stats
+            }
             op => return Err(DecodeError::UnknownOpcode(op)),
         };
         if oneway {
             return Err(DecodeError::WrongKind);
         }
-        Ok(req)
+        Ok((req, flags))
     }
 }
 
@@ -326,9 +415,10 @@ pub enum Reply {
         /// The peer's port.
         port: u16,
     },
-    /// Bytes taken (`Send`) or in the payload (`Recv`; 0: end of stream).
+    /// Bytes taken (`Send`) or in the payload (`Recv`; 0: end of stream; `Stats`: the
+    /// text's length).
     Bytes(u32),
-    /// Done (`Shutdown`, `Close`).
+    /// Done (`Shutdown`, `Close`, `SetOption`).
     Done,
     /// `READY_*` bits (`Poll`).
     Ready(u32),
@@ -386,11 +476,11 @@ impl Reply {
                     port,
                 })
             }
-            OP_SEND | OP_RECV => {
+            OP_SEND | OP_RECV | OP_STATS => {
                 zero(&w[..2])?;
                 Ok(Reply::Bytes(low32(w[2])?))
             }
-            OP_SHUTDOWN | OP_CLOSE => {
+            OP_SHUTDOWN | OP_CLOSE | OP_SET_OPTION => {
                 zero(&w[..3])?;
                 Ok(Reply::Done)
             }
@@ -410,7 +500,9 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    extern crate std;
     use proptest::prelude::*;
+    use std::vec;
 
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
@@ -423,6 +515,19 @@ mod tests {
             any::<u32>().prop_map(|handle| Request::Shutdown { handle }),
             any::<u32>().prop_map(|handle| Request::Close { handle }),
             any::<u32>().prop_map(|handle| Request::Poll { handle }),
+            (any::<u32>(), 0u32..=1).prop_map(|(handle, value)| Request::SetOption {
+                handle,
+                option: OPT_NODELAY,
+                value
+            }),
+            (any::<u32>(), 2u32..=3, any::<u32>()).prop_map(|(handle, option, value)| {
+                Request::SetOption {
+                    handle,
+                    option,
+                    value,
+                }
+            }),
+            Just(Request::Stats),
         ]
     }
 
@@ -439,11 +544,15 @@ mod tests {
                     port
                 }
             )),
-            (prop_oneof![Just(OP_SEND), Just(OP_RECV)], any::<u32>())
+            (
+                prop_oneof![Just(OP_SEND), Just(OP_RECV), Just(OP_STATS)],
+                any::<u32>()
+            )
                 .prop_map(|(op, n)| (op, Reply::Bytes(n))),
-            prop_oneof![Just(OP_SHUTDOWN), Just(OP_CLOSE)].prop_map(|op| (op, Reply::Done)),
+            prop_oneof![Just(OP_SHUTDOWN), Just(OP_CLOSE), Just(OP_SET_OPTION)]
+                .prop_map(|op| (op, Reply::Done)),
             (0..=READY_ALL).prop_map(|b| (OP_POLL, Reply::Ready(b))),
-            (1u16..=8, proptest::sample::select(Errno::ALL.to_vec()))
+            (1u16..=11, proptest::sample::select(Errno::ALL.to_vec()))
                 .prop_map(|(op, e)| (op, Reply::Error(e))),
         ]
     }
@@ -454,21 +563,24 @@ mod tests {
             (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c)| [a, b, c, 0, 0]),
             (any::<u32>(), any::<u64>(), 0u64..20).prop_map(|(a, b, c)| [u64::from(a), b, c, 0, 0]),
             (0u64..3, 0u64..3, 0u64..3).prop_map(|(a, b, c)| [a, b, c, 0, 0]),
+            (0u64..3, 0u64..4, 0u64..3, 0u64..3).prop_map(|(a, b, c, d)| [a, b, c, d, 0]),
         ]
     }
 
     proptest! {
         #[test]
-        fn requests_round_trip(r in request()) {
+        fn requests_round_trip(r in request(), flags in 0..=FLAG_NONBLOCK) {
             let (op, w) = r.encode();
             prop_assert_eq!(Request::decode(op, false, &w), Ok(r));
             prop_assert_eq!(Request::decode(op, true, &w), Err(DecodeError::WrongKind));
+            let (op, w) = r.encode_flags(flags);
+            prop_assert_eq!(Request::decode_flags(op, false, &w), Ok((r, flags)));
         }
 
         #[test]
-        fn decoded_requests_encode_to_the_same_words(op in 0u16..10, w in words()) {
-            if let Ok(r) = Request::decode(op, false, &w) {
-                prop_assert_eq!(r.encode(), (op, w));
+        fn decoded_requests_encode_to_the_same_words(op in 0u16..13, w in words()) {
+            if let Ok((r, flags)) = Request::decode_flags(op, false, &w) {
+                prop_assert_eq!(r.encode_flags(flags), (op, w));
             }
         }
 
@@ -496,7 +608,7 @@ mod tests {
 
         #[test]
         fn decoded_replies_encode_to_the_same_words(
-            op in 0u16..10,
+            op in 0u16..13,
             status in prop_oneof![0u32..120, any::<u32>()],
             w in words(),
         ) {
@@ -536,5 +648,33 @@ mod tests {
             Reply::decode(OP_POLL, 0, &[0, 0, 16, 0, 0]),
             Err(DecodeError::ReservedNotZero)
         );
+    }
+
+    #[test]
+    fn flags_other_than_nonblock_and_unknown_options_are_refused() {
+        let (op, w) = Request::Recv { handle: 1, max: 9 }.encode_flags(FLAG_NONBLOCK);
+        assert_eq!(w[3], 1);
+        assert_eq!(
+            Request::decode(op, false, &w),
+            Err(DecodeError::ReservedNotZero)
+        );
+        let mut bad = w;
+        bad[3] = 2;
+        assert_eq!(
+            Request::decode_flags(op, false, &bad),
+            Err(DecodeError::ReservedNotZero)
+        );
+        for (option, value) in [(0, 0), (4, 0), (OPT_NODELAY, 2)] {
+            let (op, w) = Request::SetOption {
+                handle: 1,
+                option,
+                value,
+            }
+            .encode();
+            assert_eq!(
+                Request::decode(op, false, &w),
+                Err(DecodeError::ReservedNotZero)
+            );
+        }
     }
 }

@@ -9,7 +9,9 @@
 //!   application written against `Net` runs here unchanged.
 //! - [`config`]: asking ip for the interface's configuration over the tcp channel, as
 //!   the tcp server does, without blocking the loop that runs ip ([`ConfigQuery`]).
-//! - [`echo`]: an echo application over `Net`.
+//!
+//! The applications are the same crates the decomposed stack runs over the posix
+//! server (`guest-servers/echo`, `guest-servers/iperf3`), unchanged.
 //!
 //! The image (`main.rs`) composes the layers: with a NIC, all of them (driver, ip and
 //! tcp in one loop, with no sleep between them); with a channel to an ip server
@@ -20,7 +22,6 @@
 extern crate alloc;
 
 pub mod config;
-pub mod echo;
 pub mod net;
 
 pub use config::ConfigQuery;

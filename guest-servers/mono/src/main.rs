@@ -348,14 +348,60 @@ fn main(info: &'static BootInfo) -> i32 {
     }
 }
 
+/// Connections the echo application serves at once.
+const ECHO_CONNECTIONS: usize = 16;
+
+/// The console as a `fmt::Write`, for iperf3's reports.
+struct Console;
+
+impl core::fmt::Write for Console {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        compart_firmware::print!("{s}");
+        Ok(())
+    }
+}
+
 fn run<E: Engine>(mut net: LocalNet<E>, app: &str, port: Option<u16>) -> i32 {
     match app {
         "echo" => {
             let port = port.unwrap_or(7);
-            let mut echo = mono::echo::Echo::new(&mut net, port)
+            let mut echo = echo::Echo::new(&mut net, port, ECHO_CONNECTIONS)
                 .unwrap_or_else(|e| panic!("mono: echo on {port}: {e:?}"));
             println!("mono: echo on port {port}");
-            echo.run(&mut net)
+            echo.run(&mut net, |_| false);
+            0
+        }
+        "iperf3" => {
+            // Without `mode=`, a server on `port`; otherwise iperf3's own arguments.
+            let line = compart_firmware::boot_info().cmdline();
+            let config = if cmdline::args().get::<&str>("mode").ok().flatten().is_none() {
+                iperf3::Config::Server(iperf3::config::ServerConfig {
+                    port: port.unwrap_or(5201),
+                    ..iperf3::config::ServerConfig::default()
+                })
+            } else {
+                iperf3::Config::parse(line).unwrap_or_else(|e| panic!("mono: iperf3: {e}"))
+            };
+            match config {
+                iperf3::Config::Server(cfg) => {
+                    let port = cfg.port;
+                    let mut server = iperf3::server::Server::listen(&mut net, cfg)
+                        .unwrap_or_else(|e| panic!("mono: iperf3 on {port}: {e}"));
+                    println!("mono: iperf3 on port {port}");
+                    server.run(&mut net, &mut Console);
+                    0
+                }
+                iperf3::Config::Client(cfg) => {
+                    let seed = time::Instant::now().tsc();
+                    match iperf3::client::run(&mut net, &cfg, seed, &mut Console) {
+                        Ok(_) => 0,
+                        Err(e) => {
+                            println!("mono: iperf3: error - {e}");
+                            1
+                        }
+                    }
+                }
+            }
         }
         other => panic!("mono: unknown app `{other}` (echo, iperf3)"),
     }

@@ -198,15 +198,12 @@ impl<E: Engine> Stream for LocalStream<E> {
 
     fn set_option(&mut self, opt: SockOpt) -> Result<()> {
         let h = self.handle;
-        match opt {
-            SockOpt::NoDelay(on) => call(&self.engine, true, |t| t.set_nodelay(h, on)),
-            // The core's buffers have one size (its `Limits`, the image's `buf=KIB`):
-            // every request is rounded to it, as the trait allows. The handle is
-            // still checked.
-            SockOpt::RecvBuffer(_) | SockOpt::SendBuffer(_) => {
-                call(&self.engine, true, |t| t.ready(h)).map(drop)
-            }
-        }
+        let opt = match opt {
+            SockOpt::NoDelay(on) => tcp::SockOpt::NoDelay(on),
+            SockOpt::RecvBuffer(n) => tcp::SockOpt::RecvBuffer(n as usize),
+            SockOpt::SendBuffer(n) => tcp::SockOpt::SendBuffer(n as usize),
+        };
+        call(&self.engine, true, |t| t.set_option(h, opt))
     }
 
     fn ready(&mut self) -> Result<u32> {

@@ -1,21 +1,20 @@
 //! [`LocalNet`] over a tcp core whose packets a test "ip" carries to a second core
 //! (which runs the tcp crate's echo service or is driven by the test); the echo
-//! application over both [`LocalNet`] and `StdNet` (real sockets); the Config exchange.
+//! application (`guest-servers/echo`, unchanged) over [`LocalNet`]; the Config exchange.
 extern crate std;
 
 use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
-use std::io::{Read, Write};
 
 use compart_channel::host::SharedMemory;
 use compart_channel::{initialize, ChannelError, Endpoint, NoKick, PairConfig, PairLayout, Side};
 use compart_proto::packet::{self, DropReason, PacketMeta};
-use compart_sockets::{Errno, Listener, Net, Peer, SockOpt, StdNet, Stream, READY_WRITABLE};
+use compart_sockets::{Errno, Listener, Net, Peer, SockOpt, Stream, READY_WRITABLE};
 use tcp::{Iface, Instant, Limits, Tcp};
 
-use crate::echo::Echo;
 use crate::{ConfigQuery, Engine, LocalNet};
+use echo::Echo;
 
 const A: [u8; 4] = [198, 18, 0, 2];
 const B: [u8; 4] = [198, 18, 0, 3];
@@ -183,7 +182,12 @@ fn a_blocking_stream_is_echoed_byte_for_byte_through_the_stack_it_runs() {
         }
     );
     s.set_option(SockOpt::NoDelay(true)).unwrap();
-    s.set_option(SockOpt::RecvBuffer(1 << 20)).unwrap();
+    s.set_option(SockOpt::RecvBuffer(32 * 1024)).unwrap();
+    assert_eq!(
+        s.set_option(SockOpt::SendBuffer(1 << 20)),
+        Err(Errno::Invalid),
+        "larger than the core's buffers"
+    );
     let data = pattern(1 << 20, 3);
     let mut back = vec![0; data.len()];
     for (out, inn) in data.chunks(16 * 1024).zip(back.chunks_mut(16 * 1024)) {
@@ -253,7 +257,7 @@ fn a_connect_to_a_closed_port_is_refused_and_a_taken_port_cannot_be_listened_on(
 #[test]
 fn a_listener_accepts_and_the_echo_application_serves_a_peer_core() {
     let mut net = local_pair("accept");
-    let mut echo = Echo::new(&mut net, 5201).unwrap();
+    let mut echo = Echo::new(&mut net, 5201, 4).unwrap();
     let mut l2 = net.listen(5202, 1).unwrap();
     l2.set_nonblocking(true).unwrap();
     assert!(matches!(l2.accept(), Err(Errno::Again)));
@@ -264,7 +268,7 @@ fn a_listener_accepts_and_the_echo_application_serves_a_peer_core() {
     let (mut sent, mut back) = (0, Vec::new());
     let mut buf = vec![0; 32 * 1024];
     for _ in 0..200_000 {
-        let p = echo.step();
+        let busy = echo.step();
         net.with_engine(|e| {
             if sent < data.len() {
                 if let Ok(n) = e.b.send(c, &data[sent..]) {
@@ -278,7 +282,7 @@ fn a_listener_accepts_and_the_echo_application_serves_a_peer_core() {
         if back.len() == data.len() {
             break;
         }
-        if !p.busy {
+        if !busy {
             net.wait(None);
         }
     }
@@ -291,56 +295,19 @@ fn a_listener_accepts_and_the_echo_application_serves_a_peer_core() {
     );
     assert!(back == data, "the echo differs");
     assert_eq!(echo.connections(), 1);
-    assert_eq!(echo.echoed, data.len() as u64);
+    assert_eq!(echo.counters().bytes, data.len() as u64);
     // B closes; the application sees the end and closes its side.
     net.with_engine(|e| e.b.close(c).unwrap());
-    let mut closed = 0;
     for _ in 0..10_000 {
-        let p = echo.step();
-        closed += p.closed;
-        if closed == 1 {
+        let busy = echo.step();
+        if echo.counters().finished == 1 {
             break;
         }
-        if !p.busy {
+        if !busy {
             net.wait(None);
         }
     }
-    assert_eq!((closed, echo.connections()), (1, 0));
-}
-
-#[test]
-fn the_echo_application_serves_real_sockets_over_std_net() {
-    let mut net = StdNet::default();
-    // Port 0 is refused by the trait's listeners; pick a free one first.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut echo = Echo::new(&mut net, port).unwrap();
-    let client = std::thread::spawn(move || {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
-        let data = pattern(512 * 1024, 5);
-        let mut back = vec![0; data.len()];
-        for (out, inn) in data.chunks(8192).zip(back.chunks_mut(8192)) {
-            s.write_all(out).unwrap();
-            s.read_exact(inn).unwrap();
-        }
-        back == data
-    });
-    let start = std::time::Instant::now();
-    let mut closed = 0;
-    while closed == 0 && start.elapsed() < std::time::Duration::from_secs(20) {
-        let p = echo.step();
-        closed += p.closed;
-        if !p.busy {
-            net.wait(Some(net.now_ms() + 1));
-        }
-    }
-    assert!(client.join().unwrap(), "the echo differs");
-    assert_eq!(closed, 1, "the client's close is seen");
+    assert_eq!((echo.counters().finished, echo.connections()), (1, 0));
 }
 
 #[test]

@@ -70,6 +70,30 @@ pub struct Iface {
     pub tso: bool,
 }
 
+/// What the core did, in all (for `Stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections opened (`connect`).
+    pub connected: u64,
+    /// Bytes taken for sending.
+    pub bytes_out: u64,
+    /// Bytes received by the user.
+    pub bytes_in: u64,
+}
+
+/// A socket option ([`Tcp::set_option`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockOpt {
+    /// Send segments at once: Nagle's algorithm off (`TCP_NODELAY`).
+    NoDelay(bool),
+    /// A receive buffer of at least this many bytes (`SO_RCVBUF`).
+    RecvBuffer(usize),
+    /// A send buffer of at least this many bytes (`SO_SNDBUF`).
+    SendBuffer(usize),
+}
+
 /// A socket of the table: a listener or a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Handle(pub u32);
@@ -164,6 +188,7 @@ pub struct Tcp<N: Notifier> {
     closing: Vec<(SocketHandle, Option<Instant>)>,
     next_port: u16,
     limits: Limits,
+    totals: Totals,
 }
 
 impl<N: Notifier> core::fmt::Debug for Tcp<N> {
@@ -222,6 +247,7 @@ impl<N: Notifier> Tcp<N> {
             closing: Vec::new(),
             next_port: EPHEMERAL.start() + (seed % span) as u16,
             limits,
+            totals: Totals::default(),
         }
     }
 
@@ -265,6 +291,37 @@ impl<N: Notifier> Tcp<N> {
     /// smoltcp sockets in use (listening, open and closing).
     pub fn sockets_in_use(&self) -> usize {
         self.live
+    }
+
+    /// Connections the user holds (accepted or opened, not yet closed).
+    pub fn connections(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.entry, Some(Entry::Stream(_))))
+            .count()
+    }
+
+    /// What the core did, in all.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// Set a connection's option. The buffers are the table's ([`Limits`]), made when
+    /// the socket is: a size up to theirs is granted as is (the buffer stays larger,
+    /// as Linux may round up), a larger one is refused [`Error::Invalid`].
+    pub fn set_option(&mut self, h: Handle, opt: SockOpt) -> Result<(), Error> {
+        let (sh, _) = self.stream(h)?;
+        match opt {
+            SockOpt::NoDelay(on) => {
+                self.sockets
+                    .get_mut::<tcp::Socket>(sh)
+                    .set_nagle_enabled(!on);
+                Ok(())
+            }
+            SockOpt::RecvBuffer(n) if n <= self.limits.rx_buffer => Ok(()),
+            SockOpt::SendBuffer(n) if n <= self.limits.tx_buffer => Ok(()),
+            SockOpt::RecvBuffer(_) | SockOpt::SendBuffer(_) => Err(Error::Invalid),
+        }
     }
 
     /// One pass: ip's replies, smoltcp's ingress and egress, socket states. Returns
@@ -501,6 +558,7 @@ impl<N: Notifier> Tcp<N> {
             }
         }
         let last = self.sockets.get::<tcp::Socket>(sh).state();
+        self.totals.accepted += 1;
         Ok(self.new_handle(Entry::Stream(Stream {
             sh,
             last,
@@ -540,6 +598,7 @@ impl<N: Notifier> Tcp<N> {
             self.drop_socket(sh);
             return Err(Error::Invalid);
         }
+        self.totals.connected += 1;
         Ok(self.new_handle(Entry::Stream(Stream {
             sh,
             last: State::SynSent,
@@ -561,7 +620,10 @@ impl<N: Notifier> Tcp<N> {
         }
         match s.send_slice(data) {
             Ok(0) if !data.is_empty() => Err(Error::Again),
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                self.totals.bytes_out += n as u64;
+                Ok(n)
+            }
             Err(_) => Err(Error::Pipe),
         }
     }
@@ -571,7 +633,9 @@ impl<N: Notifier> Tcp<N> {
         let (sh, failed) = self.stream(h)?;
         let s = self.sockets.get_mut::<tcp::Socket>(sh);
         if s.can_recv() {
-            return s.recv_slice(buf).map_err(|_| Error::NotConnected);
+            let n = s.recv_slice(buf).map_err(|_| Error::NotConnected)?;
+            self.totals.bytes_in += n as u64;
+            return Ok(n);
         }
         if let Some(e) = failed {
             return Err(e);
@@ -653,16 +717,6 @@ impl<N: Notifier> Tcp<N> {
                 };
                 Some((a.octets(), e.port))
             }))
-    }
-
-    /// Send segments at once (`true`, `TCP_NODELAY`) or coalesce small ones while data
-    /// is unacknowledged (Nagle's algorithm, smoltcp's default).
-    pub fn set_nodelay(&mut self, h: Handle, on: bool) -> Result<(), Error> {
-        let (sh, _) = self.stream(h)?;
-        self.sockets
-            .get_mut::<tcp::Socket>(sh)
-            .set_nagle_enabled(!on);
-        Ok(())
     }
 
     /// The state of a connection (for tests and diagnostics).

@@ -22,7 +22,7 @@ pub mod device;
 pub mod echo;
 pub mod posix;
 
-pub use crate::core::{Error, Handle, Iface, Limits, Ready, Tcp};
+pub use crate::core::{Error, Handle, Iface, Limits, Ready, SockOpt, Tcp, Totals};
 pub use device::ChannelDevice;
 pub use smoltcp::time::{Duration, Instant};
 

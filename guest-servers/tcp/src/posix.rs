@@ -18,7 +18,9 @@ use compart_channel::{ChannelError, Endpoint, Notifier};
 use compart_kit::server::BUDGET;
 use compart_proto::socket::{self, Errno, Event, Reply, Request};
 
-use crate::core::{Error, Handle, Tcp};
+use core::fmt::Write as _;
+
+use crate::core::{Error, Handle, SockOpt, Tcp};
 
 /// The errno a core error stands for.
 pub fn errno(e: Error) -> Errno {
@@ -200,6 +202,56 @@ impl Posix {
             Request::Poll { handle } => {
                 or_errno(tcp.ready(Handle(handle)).map(|r| Reply::Ready(bits(r))))
             }
+            Request::SetOption {
+                handle,
+                option,
+                value,
+            } => {
+                let opt = match option {
+                    socket::OPT_NODELAY => SockOpt::NoDelay(value != 0),
+                    socket::OPT_RCVBUF => SockOpt::RecvBuffer(value as usize),
+                    _ => SockOpt::SendBuffer(value as usize),
+                };
+                or_errno(tcp.set_option(Handle(handle), opt).map(|()| Reply::Done))
+            }
+            Request::Stats => {
+                *data = self.stats(tcp);
+                Reply::Bytes(*data as u32)
+            }
         })
+    }
+
+    /// The counters as text in the scratch buffer; returns its length.
+    fn stats<M: Notifier>(&mut self, tcp: &mut Tcp<M>) -> usize {
+        let t = tcp.totals();
+        let sockets = tcp.sockets_in_use();
+        let connections = tcp.connections();
+        let d = tcp.device().counters();
+        let mut w = Cursor {
+            buf: &mut self.buf,
+            len: 0,
+        };
+        // A text cut at the buffer's end is still a text.
+        let _ = write!(
+            w,
+            "tcp: sockets={sockets} connections={connections} accepted={} connected={} bytes_in={} bytes_out={} rx_packets={} tx_packets={}",
+            t.accepted, t.connected, t.bytes_in, t.bytes_out, d.rx_packets, d.tx_packets
+        );
+        w.len
+    }
+}
+
+/// A `fmt::Write` into a byte buffer, cutting what does not fit.
+struct Cursor<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl core::fmt::Write for Cursor<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
     }
 }

@@ -1,0 +1,409 @@
+//! An application guest's network: [`PosixNet`] implements the socket API of
+//! `compart_sockets` ([`Net`], [`Listener`], [`Stream`]) over the channel to the posix
+//! server, in the socket protocol of `compart_proto::socket`.
+//!
+//! - One call at a time: each socket call is one request, answered by posix; the
+//!   application sleeps on the channel ([`Sleep::sleep`]) until the reply comes.
+//! - Blocking (the default): posix parks the call until tcp says it can progress, so a
+//!   blocked application sleeps instead of spinning. Non-blocking (`set_nonblocking`):
+//!   the request carries `FLAG_NONBLOCK` and posix answers `EAGAIN` at once.
+//! - Readiness: posix sends a one-way `Event` whenever one of this application's
+//!   handles changes readiness; [`Net::wait`] sleeps until one arrives (or a deadline),
+//!   and returns at once if one arrived since the last wait, so no wake-up is lost.
+//! - Payloads: a `write` sends up to one pool buffer (64 KiB in the stack's topologies)
+//!   per request, a `read` receives up to as much; the bytes are copied once each way
+//!   between the application's memory and the channel.
+//! - Dropping a stream or listener closes its handle (posix closes tcp's).
+//!
+//! The firmware supplies the clock and the sleep ([`Sleep`]) and opens the channel
+//! (`compart_firmware::net::open`); everything else is here, tested on the host.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::rc::Rc;
+use core::cell::RefCell;
+
+use compart_channel::{ChannelError, Endpoint, Notifier};
+use compart_proto::socket::{
+    Errno, Event, Reply, Request, FLAG_NONBLOCK, OPT_NODELAY, OPT_RCVBUF, OPT_SNDBUF, READY_ERROR,
+    READY_HANGUP,
+};
+pub use compart_sockets::{Listener, Net, Peer, Result, SockOpt, Stream};
+
+/// How the application's guest keeps time and sleeps: the firmware's clock and
+/// `channel::wait_for_any` in a guest, a host clock and a short sleep in tests.
+pub trait Sleep<N: Notifier> {
+    /// Milliseconds of a monotonic clock.
+    fn now_ms(&self) -> u64;
+
+    /// Sleep until something may have arrived on `ep`, or `deadline_ms` has passed.
+    /// May return early.
+    fn sleep(&self, ep: &mut Endpoint<N>, deadline_ms: Option<u64>);
+}
+
+/// The channel to posix and what it said.
+#[derive(Debug)]
+struct Client<N: Notifier, S> {
+    ep: Endpoint<N>,
+    sleep: S,
+    /// Readiness events received, in all.
+    events: u64,
+    /// [`Client::events`] when [`Net::wait`] last returned.
+    waited: u64,
+    /// One-way messages from posix that did not decode as events.
+    malformed: u64,
+}
+
+/// What a broken channel to posix means to a caller: the server is gone (or wrote what
+/// no server writes); no call can complete.
+fn gone(e: ChannelError) -> Errno {
+    match e {
+        ChannelError::Full | ChannelError::NoFreeRequest => Errno::Again,
+        _ => Errno::Protocol,
+    }
+}
+
+impl<N: Notifier, S: Sleep<N>> Client<N, S> {
+    /// Take posix's events (and anything else it sent one-way), counting them.
+    fn drain(&mut self) -> core::result::Result<(), ChannelError> {
+        while let Some(req) = self.ep.poll_request()? {
+            match Event::decode(req.opcode(), req.is_oneway(), req.inline()) {
+                Ok(_) => self.events += 1,
+                Err(_) => self.malformed += 1,
+            }
+            if !req.is_oneway() {
+                // posix sends no requests: refuse, so its entry comes back.
+                let (status, w) = Reply::Error(Errno::Protocol).encode();
+                self.ep.reply(req, status, w, &[])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One socket call: send it, sleep until its reply, copy the reply's payload into
+    /// `out`. Returns the reply and the payload bytes copied.
+    fn call(
+        &mut self,
+        req: Request,
+        nonblocking: bool,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<(Reply, usize)> {
+        let flags = if nonblocking { FLAG_NONBLOCK } else { 0 };
+        let (op, w) = req.encode_flags(flags);
+        loop {
+            match self.ep.send_request(op, w, payload) {
+                Ok(_) => break,
+                // Only a previous call's reply not yet freed could hold the entry, and
+                // none is; a full queue empties as posix takes requests.
+                Err(ChannelError::Full | ChannelError::NoFreeRequest) => {
+                    self.drain().map_err(gone)?;
+                    self.sleep.sleep(&mut self.ep, None);
+                }
+                Err(e) => return Err(gone(e)),
+            }
+        }
+        self.ep.flush().map_err(gone)?;
+        loop {
+            self.drain().map_err(gone)?;
+            if let Some(rep) = self.ep.poll_reply().map_err(gone)? {
+                let decoded = Reply::decode(rep.opcode(), rep.status(), rep.inline());
+                let n = match decoded {
+                    Ok(Reply::Bytes(_)) => self.ep.read_reply_payload(&rep, out),
+                    _ => Ok(0),
+                };
+                self.ep.free(rep).map_err(gone)?;
+                let n = n.map_err(gone)?;
+                return match decoded {
+                    Ok(Reply::Error(e)) => Err(e),
+                    Ok(r) => Ok((r, n)),
+                    Err(_) => Err(Errno::Protocol),
+                };
+            }
+            self.sleep.sleep(&mut self.ep, None);
+        }
+    }
+
+    /// Sleep until an event arrives after `since` events were counted, or the deadline.
+    fn wait_event(&mut self, since: u64, deadline_ms: Option<u64>) -> Result<()> {
+        loop {
+            self.drain().map_err(gone)?;
+            if self.events != since {
+                return Ok(());
+            }
+            if deadline_ms.is_some_and(|d| self.sleep.now_ms() >= d) {
+                return Ok(());
+            }
+            self.sleep.sleep(&mut self.ep, deadline_ms);
+        }
+    }
+}
+
+type Shared<N, S> = Rc<RefCell<Client<N, S>>>;
+
+/// The network of an application guest: the socket API over its channel to posix.
+#[derive(Debug)]
+pub struct PosixNet<N: Notifier, S: Sleep<N>> {
+    c: Shared<N, S>,
+}
+
+/// A connection through posix. Dropping it closes it.
+#[derive(Debug)]
+pub struct PosixStream<N: Notifier, S: Sleep<N>> {
+    c: Shared<N, S>,
+    handle: u32,
+    peer: Peer,
+    nonblocking: bool,
+}
+
+/// A listener through posix. Dropping it closes it.
+#[derive(Debug)]
+pub struct PosixListener<N: Notifier, S: Sleep<N>> {
+    c: Shared<N, S>,
+    handle: u32,
+    nonblocking: bool,
+}
+
+impl<N: Notifier, S: Sleep<N>> PosixNet<N, S> {
+    /// The network over `ep`, the channel to posix, with `sleep`'s clock and sleep.
+    pub fn new(ep: Endpoint<N>, sleep: S) -> PosixNet<N, S> {
+        PosixNet {
+            c: Rc::new(RefCell::new(Client {
+                ep,
+                sleep,
+                events: 0,
+                waited: 0,
+                malformed: 0,
+            })),
+        }
+    }
+
+    /// posix's and tcp's counters (sockets in use, bytes, connections) as a short text
+    /// in `buf`; returns its length (cut to `buf`).
+    pub fn stats(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let (_, n) = self.c.borrow_mut().call(Request::Stats, false, &[], buf)?;
+        Ok(n)
+    }
+
+    /// Readiness events received from posix so far.
+    pub fn events(&self) -> u64 {
+        self.c.borrow().events
+    }
+}
+
+fn close<N: Notifier, S: Sleep<N>>(c: &Shared<N, S>, handle: u32) {
+    // Nothing to tell the dropper: a handle posix no longer knows is closed already.
+    let _ = c
+        .borrow_mut()
+        .call(Request::Close { handle }, false, &[], &mut []);
+}
+
+impl<N: Notifier, S: Sleep<N>> Drop for PosixStream<N, S> {
+    fn drop(&mut self) {
+        close(&self.c, self.handle);
+    }
+}
+
+impl<N: Notifier, S: Sleep<N>> Drop for PosixListener<N, S> {
+    fn drop(&mut self) {
+        close(&self.c, self.handle);
+    }
+}
+
+fn poll<N: Notifier, S: Sleep<N>>(c: &Shared<N, S>, handle: u32) -> Result<u32> {
+    match c
+        .borrow_mut()
+        .call(Request::Poll { handle }, false, &[], &mut [])?
+    {
+        (Reply::Ready(bits), _) => Ok(bits),
+        _ => Err(Errno::Protocol),
+    }
+}
+
+fn bytes(reply: Reply) -> Result<usize> {
+    match reply {
+        Reply::Bytes(n) => Ok(n as usize),
+        _ => Err(Errno::Protocol),
+    }
+}
+
+impl<N: Notifier, S: Sleep<N>> Stream for PosixStream<N, S> {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut c = self.c.borrow_mut();
+        let max = buf.len().min(c.ep.buffer_size());
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
+        let req = Request::Recv {
+            handle: self.handle,
+            max,
+        };
+        let (reply, n) = c.call(req, self.nonblocking, &[], buf)?;
+        drop(c);
+        // The payload is what counts; a count beyond it is posix's error.
+        match bytes(reply)? {
+            k if k == n => Ok(n),
+            _ => Err(Errno::Protocol),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut c = self.c.borrow_mut();
+        let take = buf.len().min(c.ep.buffer_size());
+        let req = Request::Send {
+            handle: self.handle,
+        };
+        let (reply, _) = c.call(req, self.nonblocking, &buf[..take], &mut [])?;
+        drop(c);
+        match bytes(reply)? {
+            k if k <= take => Ok(k),
+            _ => Err(Errno::Protocol),
+        }
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let req = Request::Shutdown {
+            handle: self.handle,
+        };
+        self.c.borrow_mut().call(req, false, &[], &mut [])?;
+        Ok(())
+    }
+
+    fn set_nonblocking(&mut self, on: bool) -> Result<()> {
+        self.nonblocking = on;
+        Ok(())
+    }
+
+    fn set_option(&mut self, opt: SockOpt) -> Result<()> {
+        let (option, value) = match opt {
+            SockOpt::NoDelay(on) => (OPT_NODELAY, u32::from(on)),
+            SockOpt::RecvBuffer(n) => (OPT_RCVBUF, n),
+            SockOpt::SendBuffer(n) => (OPT_SNDBUF, n),
+        };
+        let req = Request::SetOption {
+            handle: self.handle,
+            option,
+            value,
+        };
+        self.c.borrow_mut().call(req, false, &[], &mut [])?;
+        Ok(())
+    }
+
+    fn ready(&mut self) -> Result<u32> {
+        poll(&self.c, self.handle)
+    }
+
+    fn peer(&self) -> Peer {
+        self.peer
+    }
+
+    fn wait_ready(&mut self, bits: u32) -> Result<()> {
+        loop {
+            let since = self.c.borrow().events;
+            if poll(&self.c, self.handle)? & (bits | READY_HANGUP | READY_ERROR) != 0 {
+                return Ok(());
+            }
+            self.c.borrow_mut().wait_event(since, None)?;
+        }
+    }
+}
+
+impl<N: Notifier, S: Sleep<N>> Listener for PosixListener<N, S> {
+    type Stream = PosixStream<N, S>;
+
+    fn accept(&mut self) -> Result<(PosixStream<N, S>, Peer)> {
+        let req = Request::Accept {
+            listener: self.handle,
+        };
+        let reply = self
+            .c
+            .borrow_mut()
+            .call(req, self.nonblocking, &[], &mut [])?;
+        match reply.0 {
+            Reply::Accepted {
+                handle,
+                address,
+                port,
+            } => {
+                let peer = Peer { address, port };
+                let s = PosixStream {
+                    c: self.c.clone(),
+                    handle,
+                    peer,
+                    nonblocking: false,
+                };
+                Ok((s, peer))
+            }
+            _ => Err(Errno::Protocol),
+        }
+    }
+
+    fn set_nonblocking(&mut self, on: bool) -> Result<()> {
+        self.nonblocking = on;
+        Ok(())
+    }
+
+    fn ready(&mut self) -> Result<u32> {
+        poll(&self.c, self.handle)
+    }
+}
+
+impl<N: Notifier, S: Sleep<N>> Net for PosixNet<N, S> {
+    type Stream = PosixStream<N, S>;
+    type Listener = PosixListener<N, S>;
+
+    fn listen(&mut self, port: u16, backlog: u32) -> Result<PosixListener<N, S>> {
+        if port == 0 {
+            return Err(Errno::Invalid);
+        }
+        let req = Request::Listen { port, backlog };
+        match self.c.borrow_mut().call(req, false, &[], &mut [])?.0 {
+            Reply::Handle(handle) => Ok(PosixListener {
+                c: self.c.clone(),
+                handle,
+                nonblocking: false,
+            }),
+            _ => Err(Errno::Protocol),
+        }
+    }
+
+    fn connect(&mut self, peer: Peer) -> Result<PosixStream<N, S>> {
+        if peer.port == 0 {
+            return Err(Errno::Invalid);
+        }
+        let req = Request::Connect {
+            address: peer.address,
+            port: peer.port,
+        };
+        match self.c.borrow_mut().call(req, false, &[], &mut [])?.0 {
+            Reply::Handle(handle) => Ok(PosixStream {
+                c: self.c.clone(),
+                handle,
+                peer,
+                nonblocking: false,
+            }),
+            _ => Err(Errno::Protocol),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.c.borrow().sleep.now_ms()
+    }
+
+    fn wait(&mut self, deadline_ms: Option<u64>) {
+        let mut c = self.c.borrow_mut();
+        let since = c.waited;
+        // A broken channel shows at the next call.
+        let _ = c.wait_event(since, deadline_ms);
+        c.waited = c.events;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,901 @@
+//! The posix server: application guests' socket calls (the `compart_proto::socket`
+//! protocol, with per-application handles) carried out on the tcp server (the same
+//! protocol, with tcp's handles).
+//!
+//! ```text
+//!  app ──Request (app handle, FLAG_NONBLOCK)──► posix ──Request (tcp handle)──► tcp
+//!  app ◄──Reply / one-way Event (app handle)─── posix ◄──Reply / one-way Event── tcp
+//! ```
+//!
+//! - Handles: each application has its own table; a handle names a slot and its
+//!   generation, so an application can only name its own sockets, and a stale or
+//!   forged handle is `EBADF`. posix maps each to tcp's handle.
+//! - Blocking: tcp never blocks (it answers `EAGAIN`). A blocking call (no
+//!   `FLAG_NONBLOCK`) that tcp answers `EAGAIN` is *parked* on its socket until tcp's
+//!   readiness `Event` says it can progress, then sent again; a blocking `Connect` is
+//!   answered once the connection is established (or refused). A non-blocking call is
+//!   answered `EAGAIN` at once. Nobody spins: posix and the application sleep.
+//! - Readiness: posix keeps each socket's readiness as tcp last told it; `Poll` is
+//!   answered from it, and every change is passed on to the application as a one-way
+//!   `Event` with its own handle (what `Net::wait` sleeps on).
+//! - Data: a `Send`'s payload goes from the application's pool buffer into tcp's with
+//!   one copy (`forward`), a `Recv`'s from tcp's reply into the application's request
+//!   buffer with one copy (`reply_from`); up to a pool buffer (64 KiB) per message.
+//! - Death: an application whose channel breaks (a corrupt region: it wrote what no
+//!   endpoint writes, or the VMM marked it gone) is dropped: its parked calls are
+//!   forgotten and tcp closes its sockets; replies still in flight for it are consumed
+//!   (new tcp handles among them closed).
+//! - Bounded: at most `max_outstanding` of tcp's channel in flight to tcp (the rest of
+//!   the work waits in posix's queues), [`Limits::sockets_per_app`] sockets per
+//!   application, [`BUDGET`] requests per application per pass.
+//! - `Stats`: posix's counters and tcp's (a `Stats` call to tcp) as one short text.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use compart_channel::{ChannelError, Endpoint, Notifier, Request as ChannelRequest};
+use compart_proto::socket::{
+    Errno, Event, Reply, Request, FLAG_NONBLOCK, READY_ERROR, READY_HANGUP, READY_READABLE,
+    READY_WRITABLE,
+};
+
+/// Requests taken from one application in one pass.
+pub const BUDGET: usize = 32;
+
+/// The server's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sockets (listeners and connections) one application may hold.
+    pub sockets_per_app: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            sockets_per_app: 1024,
+        }
+    }
+}
+
+/// What the server did, in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Applications dropped because their channel broke.
+    pub apps_lost: u64,
+    /// Sockets posix closed for lost applications.
+    pub closed_for_lost: u64,
+    /// Requests from applications (all kinds).
+    pub calls: u64,
+    /// Requests that did not decode, or named no socket of the application.
+    pub refused: u64,
+    /// Connections accepted for applications.
+    pub accepted: u64,
+    /// Connections opened for applications.
+    pub connected: u64,
+    /// Bytes applications sent (taken by tcp).
+    pub bytes_out: u64,
+    /// Bytes applications received.
+    pub bytes_in: u64,
+    /// Calls parked until tcp's readiness changed.
+    pub parked: u64,
+    /// Readiness events passed on to applications.
+    pub events: u64,
+    /// Replies or events from tcp that did not decode.
+    pub tcp_malformed: u64,
+}
+
+/// The tcp server's channel broke: nothing can be served any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpBroken(pub ChannelError);
+
+#[derive(Debug)]
+struct Sock {
+    tcp: u32,
+    listener: bool,
+    /// Readiness as tcp last told it.
+    ready: u32,
+    /// Readiness as the application was last told it.
+    told: u32,
+    /// A blocking connect waiting for the handshake.
+    connecting: bool,
+    /// Calls waiting for readiness.
+    parked: Vec<Parked>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u16,
+    sock: Option<Sock>,
+}
+
+/// An application's call waiting for tcp (in tcp's handles).
+#[derive(Debug)]
+struct Parked {
+    req: ChannelRequest,
+    call: Request,
+    /// The `READY_*` bits it waits for (hangup and error always wake it).
+    wants: u32,
+}
+
+#[derive(Debug)]
+struct App {
+    id: u32,
+    name: String,
+    slots: Vec<Slot>,
+    open: usize,
+}
+
+/// A call in flight to tcp.
+#[derive(Debug)]
+struct Pending {
+    /// The application's id (0: posix's own call).
+    app: u32,
+    /// The application's request to answer (`None`: posix's own close).
+    req: Option<ChannelRequest>,
+    call: Request,
+    nonblocking: bool,
+    /// The application's handle the call is on (`Accept`'s listener, a stream).
+    handle: Option<u32>,
+    /// Sent again because the cached readiness said so, not a fresh event: if tcp
+    /// answers `EAGAIN` once more, the call waits for an event.
+    on_cache: bool,
+}
+
+/// A call ready to go to tcp (new, or parked and woken), already in tcp's handles.
+#[derive(Debug)]
+struct Ready {
+    app: u32,
+    req: ChannelRequest,
+    call: Request,
+    nonblocking: bool,
+    handle: Option<u32>,
+    on_cache: bool,
+}
+
+/// The posix server over the channel to tcp and one channel per application.
+#[derive(Debug)]
+pub struct Posix<N: Notifier> {
+    /// tcp first, then the live applications (`apps[k]`'s endpoint is `eps[k + 1]`).
+    eps: Vec<Endpoint<N>>,
+    apps: Vec<App>,
+    next_app: u32,
+    limits: Limits,
+    pending: BTreeMap<u64, Pending>,
+    /// Calls to send to tcp, in order, as tcp's channel has room.
+    queue: VecDeque<Ready>,
+    /// tcp handles to close (of lost applications, orphaned accepts).
+    closes: VecDeque<u32>,
+    /// tcp handle → (application, its handle), for tcp's events.
+    by_tcp: BTreeMap<u32, (u32, u32)>,
+    /// Events of tcp handles whose reply (`Listen`, `Connect`, `Accept`) has not been
+    /// taken yet (tcp sends a new handle's first event right after its reply).
+    early: BTreeMap<u32, u32>,
+    /// Applications whose channel broke in this pass (dropped at its end).
+    doomed: Vec<u32>,
+    /// Names of the applications dropped since [`Posix::take_lost`].
+    lost: Vec<String>,
+    counters: Counters,
+}
+
+/// The handle of slot `k` at `generation`.
+fn handle_of(k: usize, generation: u16) -> u32 {
+    // k < sockets_per_app ≤ 65535.
+    k as u32 | u32::from(generation) << 16
+}
+
+impl App {
+    fn sock(&mut self, h: u32) -> Option<&mut Sock> {
+        let k = (h & 0xffff) as usize;
+        match self.slots.get_mut(k) {
+            Some(Slot {
+                generation,
+                sock: Some(s),
+            }) if u32::from(*generation) == h >> 16 => Some(s),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, sock: Sock, limit: usize) -> Option<u32> {
+        if self.open >= limit.min(0xffff) {
+            return None;
+        }
+        let k = match self.slots.iter().position(|s| s.sock.is_none()) {
+            Some(k) => k,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    sock: None,
+                });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[k];
+        slot.generation = slot.generation.wrapping_add(1).max(1);
+        slot.sock = Some(sock);
+        self.open += 1;
+        Some(handle_of(k, slot.generation))
+    }
+
+    fn remove(&mut self, h: u32) -> Option<Sock> {
+        self.sock(h)?;
+        self.open -= 1;
+        self.slots[(h & 0xffff) as usize].sock.take()
+    }
+}
+
+fn new_sock(tcp: u32, listener: bool) -> Sock {
+    Sock {
+        tcp,
+        listener,
+        ready: 0,
+        told: 0,
+        connecting: false,
+        parked: Vec::new(),
+    }
+}
+
+/// What a call waits for when tcp says `EAGAIN`.
+fn wants(call: &Request) -> u32 {
+    match call {
+        Request::Accept { .. } | Request::Recv { .. } => READY_READABLE,
+        Request::Send { .. } => READY_WRITABLE,
+        _ => 0,
+    }
+}
+
+impl<N: Notifier> Posix<N> {
+    /// A server over `tcp`, the channel to the tcp server.
+    pub fn new(tcp: Endpoint<N>, limits: Limits) -> Posix<N> {
+        Posix {
+            eps: alloc::vec![tcp],
+            apps: Vec::new(),
+            next_app: 1,
+            limits,
+            pending: BTreeMap::new(),
+            queue: VecDeque::new(),
+            closes: VecDeque::new(),
+            by_tcp: BTreeMap::new(),
+            early: BTreeMap::new(),
+            doomed: Vec::new(),
+            lost: Vec::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Serve the application `name` on `ep`.
+    pub fn add_app(&mut self, name: &str, ep: Endpoint<N>) {
+        self.apps.push(App {
+            id: self.next_app,
+            name: String::from(name),
+            slots: Vec::new(),
+            open: 0,
+        });
+        self.next_app += 1;
+        self.eps.push(ep);
+    }
+
+    /// Every channel (tcp's first), to sleep on.
+    pub fn sleep_set(&mut self) -> &mut [Endpoint<N>] {
+        &mut self.eps
+    }
+
+    /// What the server did.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Applications served now.
+    pub fn apps(&self) -> usize {
+        self.apps.len()
+    }
+
+    /// Sockets the applications hold now.
+    pub fn sockets(&self) -> usize {
+        self.apps.iter().map(|a| a.open).sum()
+    }
+
+    /// Calls parked now.
+    pub fn parked_now(&self) -> usize {
+        self.apps
+            .iter()
+            .flat_map(|a| a.slots.iter())
+            .filter_map(|s| s.sock.as_ref())
+            .map(|s| s.parked.len() + usize::from(s.connecting))
+            .sum()
+    }
+}
+
+/// Answer `req` with `r`; `false` if the application's channel broke.
+fn answer<N: Notifier>(ep: &mut Endpoint<N>, req: ChannelRequest, r: Reply) -> bool {
+    let (status, w) = r.encode();
+    ep.reply(req, status, w, &[]).is_ok()
+}
+
+impl<N: Notifier> Posix<N> {
+    /// Names of the applications dropped (their channel broke) since the last call.
+    pub fn take_lost(&mut self) -> Vec<String> {
+        core::mem::take(&mut self.lost)
+    }
+
+    fn app_index(&self, id: u32) -> Option<usize> {
+        self.apps.iter().position(|a| a.id == id)
+    }
+
+    fn doom(&mut self, id: u32) {
+        if !self.doomed.contains(&id) {
+            self.doomed.push(id);
+        }
+    }
+
+    /// Answer application `k`'s `req` with `r`.
+    fn answer(&mut self, k: usize, req: ChannelRequest, r: Reply) {
+        if !answer(&mut self.eps[k + 1], req, r) {
+            let id = self.apps[k].id;
+            self.doom(id);
+        }
+    }
+
+    /// One pass: tcp's replies and events, the applications' calls, calls to tcp as
+    /// its channel has room, readiness events to the applications. Returns whether
+    /// anything happened; an error means tcp's channel broke.
+    pub fn poll(&mut self) -> Result<bool, TcpBroken> {
+        let mut busy = self.serve_tcp()?;
+        busy |= self.take_calls();
+        busy |= self.send_to_tcp()?;
+        busy |= self.tell_apps();
+        self.eps[0].flush().map_err(TcpBroken)?;
+        for k in 0..self.apps.len() {
+            if self.eps[k + 1].flush().is_err() {
+                let id = self.apps[k].id;
+                self.doom(id);
+            }
+        }
+        busy |= !self.doomed.is_empty();
+        for id in core::mem::take(&mut self.doomed) {
+            self.drop_app(id);
+        }
+        Ok(busy)
+    }
+
+    /// An application's channel broke: forget it, close its sockets.
+    fn drop_app(&mut self, id: u32) {
+        let Some(k) = self.app_index(id) else { return };
+        let app = self.apps.remove(k);
+        self.eps.remove(k + 1);
+        for sock in app.slots.into_iter().filter_map(|s| s.sock) {
+            self.by_tcp.remove(&sock.tcp);
+            self.closes.push_back(sock.tcp);
+            self.counters.closed_for_lost += 1;
+        }
+        self.queue.retain(|r| r.app != id);
+        self.counters.apps_lost += 1;
+        self.lost.push(app.name);
+    }
+
+    fn serve_tcp(&mut self) -> Result<bool, TcpBroken> {
+        let mut busy = false;
+        loop {
+            let mut any = self.tcp_replies()?;
+            while let Some(req) = self.eps[0].poll_request().map_err(TcpBroken)? {
+                any = true;
+                match Event::decode(req.opcode(), req.is_oneway(), req.inline()) {
+                    Ok(e) => self.on_event(e),
+                    Err(_) => {
+                        self.counters.tcp_malformed += 1;
+                        if !req.is_oneway() {
+                            let (s, w) = Reply::Error(Errno::Protocol).encode();
+                            self.eps[0].reply(req, s, w, &[]).map_err(TcpBroken)?;
+                        }
+                    }
+                }
+            }
+            // Every reply sent before an event taken now has arrived: take them, then
+            // an early event's handle is known or is not one posix will learn.
+            any |= self.tcp_replies()?;
+            busy |= any;
+            if !any {
+                break;
+            }
+        }
+        self.early.clear();
+        Ok(busy)
+    }
+
+    fn tcp_replies(&mut self) -> Result<bool, TcpBroken> {
+        let mut any = false;
+        while let Some(rep) = self.eps[0].poll_reply().map_err(TcpBroken)? {
+            any = true;
+            let decoded = Reply::decode(rep.opcode(), rep.status(), rep.inline());
+            if let Some(p) = self.pending.remove(&rep.id().0) {
+                self.on_reply(p, decoded, &rep)?;
+            }
+            self.eps[0].free(rep).map_err(TcpBroken)?;
+        }
+        Ok(any)
+    }
+
+    fn on_event(&mut self, e: Event) {
+        let Some(&(id, ah)) = self.by_tcp.get(&e.handle) else {
+            self.early.insert(e.handle, e.ready);
+            return;
+        };
+        let Some(k) = self.app_index(id) else { return };
+        let Some(sock) = self.apps[k].sock(ah) else {
+            return;
+        };
+        sock.ready = e.ready;
+        self.wake(k, ah, false);
+    }
+
+    /// Send again (or answer) the parked calls of application `k`'s socket `ah` that
+    /// its readiness lets progress.
+    fn wake(&mut self, k: usize, ah: u32, on_cache: bool) {
+        let id = self.apps[k].id;
+        let Some(sock) = self.apps[k].sock(ah) else {
+            return;
+        };
+        let ready = sock.ready;
+        if sock.connecting {
+            if ready & READY_WRITABLE != 0 {
+                sock.connecting = false;
+                if let Some(p) = sock.parked.pop() {
+                    self.counters.connected += 1;
+                    self.answer(k, p.req, Reply::Handle(ah));
+                }
+            } else if ready & (READY_ERROR | READY_HANGUP) != 0 {
+                let sock = self.apps[k].remove(ah);
+                if let Some(mut sock) = sock {
+                    self.by_tcp.remove(&sock.tcp);
+                    self.closes.push_back(sock.tcp);
+                    if let Some(p) = sock.parked.pop() {
+                        self.answer(k, p.req, Reply::Error(Errno::ConnRefused));
+                    }
+                }
+            }
+            return;
+        }
+        let mut k2 = 0;
+        while k2 < sock.parked.len() {
+            let p = &sock.parked[k2];
+            if ready & (p.wants | READY_HANGUP | READY_ERROR) != 0 {
+                let p = sock.parked.swap_remove(k2);
+                self.queue.push_back(Ready {
+                    app: id,
+                    req: p.req,
+                    call: p.call,
+                    nonblocking: false,
+                    handle: Some(ah),
+                    on_cache,
+                });
+            } else {
+                k2 += 1;
+            }
+        }
+    }
+
+    fn register(&mut self, k: usize, th: u32, listener: bool) -> Option<u32> {
+        let mut sock = new_sock(th, listener);
+        if let Some(r) = self.early.remove(&th) {
+            sock.ready = r;
+        }
+        let id = self.apps[k].id;
+        let ah = self.apps[k].insert(sock, self.limits.sockets_per_app);
+        match ah {
+            Some(ah) => {
+                self.by_tcp.insert(th, (id, ah));
+            }
+            None => self.closes.push_back(th),
+        }
+        ah
+    }
+
+    fn on_reply(
+        &mut self,
+        p: Pending,
+        decoded: Result<Reply, compart_proto::DecodeError>,
+        rep: &compart_channel::Reply,
+    ) -> Result<(), TcpBroken> {
+        let k = self.app_index(p.app);
+        let (Some(k), Some(req)) = (k, p.req) else {
+            // posix's own close, or an application lost meanwhile: a new handle is
+            // nobody's.
+            if let Ok(Reply::Handle(h) | Reply::Accepted { handle: h, .. }) = decoded {
+                self.closes.push_back(h);
+            }
+            return Ok(());
+        };
+        let reply = decoded.unwrap_or_else(|_| {
+            self.counters.tcp_malformed += 1;
+            Reply::Error(Errno::Protocol)
+        });
+        match (p.call, reply) {
+            (Request::Listen { .. }, Reply::Handle(th)) => {
+                let r = match self.register(k, th, true) {
+                    Some(ah) => Reply::Handle(ah),
+                    None => Reply::Error(Errno::NoBuffers),
+                };
+                self.answer(k, req, r);
+            }
+            (Request::Connect { .. }, Reply::Handle(th)) => match self.register(k, th, false) {
+                None => self.answer(k, req, Reply::Error(Errno::NoBuffers)),
+                Some(ah) if p.nonblocking => {
+                    self.counters.connected += 1;
+                    self.answer(k, req, Reply::Handle(ah));
+                }
+                Some(ah) => {
+                    if let Some(sock) = self.apps[k].sock(ah) {
+                        sock.connecting = true;
+                        sock.parked.push(Parked {
+                            req,
+                            call: p.call,
+                            wants: READY_WRITABLE,
+                        });
+                    }
+                    self.counters.parked += 1;
+                    self.wake(k, ah, true);
+                }
+            },
+            (
+                Request::Accept { .. },
+                Reply::Accepted {
+                    handle: th,
+                    address,
+                    port,
+                },
+            ) => {
+                let r = match self.register(k, th, false) {
+                    Some(ah) => {
+                        self.counters.accepted += 1;
+                        Reply::Accepted {
+                            handle: ah,
+                            address,
+                            port,
+                        }
+                    }
+                    None => Reply::Error(Errno::NoBuffers),
+                };
+                self.answer(k, req, r);
+            }
+            (call, Reply::Error(Errno::Again)) if !p.nonblocking && wants(&call) != 0 => {
+                let ah = p.handle.unwrap_or(u32::MAX);
+                let Some(sock) = self.apps[k].sock(ah) else {
+                    self.answer(k, req, Reply::Error(Errno::BadHandle));
+                    return Ok(());
+                };
+                let wanted = wants(&call);
+                let cached = sock.ready & (wanted | READY_HANGUP | READY_ERROR) != 0;
+                let retry = cached && !p.on_cache;
+                sock.parked.push(Parked {
+                    req,
+                    call,
+                    wants: wanted,
+                });
+                self.counters.parked += 1;
+                if retry {
+                    self.wake(k, ah, true);
+                }
+            }
+            (Request::Recv { .. }, Reply::Bytes(n)) => {
+                let (tcp, apps) = self.eps.split_at_mut(1);
+                let ok = match tcp[0].reply_payload(rep) {
+                    Ok(data) if data.len() == n as usize => {
+                        self.counters.bytes_in += u64::from(n);
+                        let (s, w) = Reply::Bytes(n).encode();
+                        apps[k].reply_from(req, s, w, &data).is_ok()
+                    }
+                    _ => {
+                        self.counters.tcp_malformed += 1;
+                        answer(&mut apps[k], req, Reply::Error(Errno::Protocol))
+                    }
+                };
+                if !ok {
+                    let id = self.apps[k].id;
+                    self.doom(id);
+                }
+            }
+            (Request::Send { .. }, Reply::Bytes(n)) => {
+                self.counters.bytes_out += u64::from(n);
+                self.answer(k, req, Reply::Bytes(n));
+            }
+            (Request::Stats, Reply::Bytes(_)) => {
+                let mut theirs = [0u8; 512];
+                let n = self.eps[0]
+                    .read_reply_payload(rep, &mut theirs)
+                    .map_err(TcpBroken)?;
+                let mut text = self.stats_text();
+                text.push('\n');
+                text.push_str(core::str::from_utf8(&theirs[..n]).unwrap_or("tcp: (not text)"));
+                let ep = &mut self.eps[k + 1];
+                let len = text.len().min(ep.buffer_size());
+                let (s, w) = Reply::Bytes(len as u32).encode();
+                if ep.reply(req, s, w, &text.as_bytes()[..len]).is_err() {
+                    let id = self.apps[k].id;
+                    self.doom(id);
+                }
+            }
+            (_, r) => self.answer(k, req, r),
+        }
+        Ok(())
+    }
+
+    /// posix's counters as text.
+    pub fn stats_text(&self) -> String {
+        let c = &self.counters;
+        let connections = self
+            .apps
+            .iter()
+            .flat_map(|a| a.slots.iter())
+            .filter(|s| s.sock.as_ref().is_some_and(|s| !s.listener))
+            .count();
+        let mut t = String::new();
+        // Writing to a String cannot fail.
+        let _ = write!(
+            t,
+            "posix: apps={} sockets={} connections={connections} accepted={} connected={} bytes_in={} bytes_out={} parked_now={} apps_lost={} closed_for_lost={} calls={} refused={}",
+            self.apps.len(),
+            self.sockets(),
+            c.accepted,
+            c.connected,
+            c.bytes_in,
+            c.bytes_out,
+            self.parked_now(),
+            c.apps_lost,
+            c.closed_for_lost,
+            c.calls,
+            c.refused
+        );
+        t
+    }
+
+    fn take_calls(&mut self) -> bool {
+        let mut busy = false;
+        for k in 0..self.apps.len() {
+            let id = self.apps[k].id;
+            for _ in 0..BUDGET {
+                let ep = &mut self.eps[k + 1];
+                let req =
+                    match ep.can_reply().and_then(
+                        |room| {
+                            if room {
+                                ep.poll_request()
+                            } else {
+                                Ok(None)
+                            }
+                        },
+                    ) {
+                        Ok(Some(r)) => r,
+                        Ok(None) => break,
+                        Err(_) => {
+                            self.doom(id);
+                            break;
+                        }
+                    };
+                busy = true;
+                self.counters.calls += 1;
+                if req.is_oneway() {
+                    // Applications send no one-way messages.
+                    self.counters.refused += 1;
+                    continue;
+                }
+                match Request::decode_flags(req.opcode(), false, req.inline()) {
+                    Ok((call, flags)) => self.on_call(k, req, call, flags & FLAG_NONBLOCK != 0),
+                    Err(_) => {
+                        self.counters.refused += 1;
+                        self.answer(k, req, Reply::Error(Errno::Protocol));
+                    }
+                }
+            }
+        }
+        busy
+    }
+
+    /// An application's call: checked against its table, put in tcp's handles.
+    fn on_call(&mut self, k: usize, req: ChannelRequest, call: Request, nonblocking: bool) {
+        let id = self.apps[k].id;
+        let tcp_buf = self.eps[0].buffer_size();
+        let app_buf = self.eps[k + 1].buffer_size();
+        let app = &mut self.apps[k];
+        // The socket a call names, and tcp's call on it.
+        let stream = |app: &mut App, h: u32| match app.sock(h) {
+            Some(s) if !s.listener => Ok(s.tcp),
+            _ => Err(Errno::BadHandle),
+        };
+        let translated: Result<(Request, Option<u32>), Errno> = match call {
+            Request::Listen { .. } | Request::Connect { .. } | Request::Stats => Ok((call, None)),
+            Request::Accept { listener } => match app.sock(listener) {
+                Some(s) if s.listener => Ok((Request::Accept { listener: s.tcp }, Some(listener))),
+                _ => Err(Errno::BadHandle),
+            },
+            Request::Send { handle } => {
+                if req.payload_len() > tcp_buf {
+                    Err(Errno::Protocol)
+                } else {
+                    stream(app, handle).map(|t| (Request::Send { handle: t }, Some(handle)))
+                }
+            }
+            Request::Recv { handle, max } => {
+                let max = (max as usize).min(tcp_buf).min(app_buf) as u32;
+                if max == 0 {
+                    Err(Errno::Protocol)
+                } else {
+                    stream(app, handle).map(|t| (Request::Recv { handle: t, max }, Some(handle)))
+                }
+            }
+            Request::Shutdown { handle } => {
+                stream(app, handle).map(|t| (Request::Shutdown { handle: t }, Some(handle)))
+            }
+            Request::SetOption {
+                handle,
+                option,
+                value,
+            } => stream(app, handle).map(|t| {
+                (
+                    Request::SetOption {
+                        handle: t,
+                        option,
+                        value,
+                    },
+                    Some(handle),
+                )
+            }),
+            Request::Poll { handle } => {
+                let r = match app.sock(handle) {
+                    Some(s) => Reply::Ready(s.ready),
+                    None => Reply::Error(Errno::BadHandle),
+                };
+                self.answer(k, req, r);
+                return;
+            }
+            Request::Close { handle } => {
+                let r = match app.remove(handle) {
+                    Some(sock) => {
+                        self.by_tcp.remove(&sock.tcp);
+                        self.closes.push_back(sock.tcp);
+                        for p in sock.parked {
+                            self.answer(k, p.req, Reply::Error(Errno::BadHandle));
+                        }
+                        Reply::Done
+                    }
+                    None => Reply::Error(Errno::BadHandle),
+                };
+                self.answer(k, req, r);
+                return;
+            }
+        };
+        match translated {
+            Ok((call, handle)) => self.queue.push_back(Ready {
+                app: id,
+                req,
+                call,
+                nonblocking,
+                handle,
+                on_cache: false,
+            }),
+            Err(e) => {
+                self.counters.refused += 1;
+                self.answer(k, req, Reply::Error(e));
+            }
+        }
+    }
+
+    fn send_to_tcp(&mut self) -> Result<bool, TcpBroken> {
+        let mut busy = false;
+        let cap = self.eps[0].layout().config().max_outstanding;
+        while self.eps[0].outstanding_count() < cap {
+            if let Some(th) = self.closes.pop_front() {
+                let call = Request::Close { handle: th };
+                let (op, w) = call.encode();
+                match self.eps[0].send_request(op, w, &[]) {
+                    Ok(id) => {
+                        self.pending.insert(
+                            id.0,
+                            Pending {
+                                app: 0,
+                                req: None,
+                                call,
+                                nonblocking: true,
+                                handle: None,
+                                on_cache: false,
+                            },
+                        );
+                        busy = true;
+                        continue;
+                    }
+                    Err(ChannelError::Full | ChannelError::NoFreeRequest) => {
+                        self.closes.push_front(th);
+                        break;
+                    }
+                    Err(e) => return Err(TcpBroken(e)),
+                }
+            }
+            let Some(r) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(k) = self.app_index(r.app) else {
+                continue;
+            };
+            let (op, w) = r.call.encode();
+            let (tcp, apps) = self.eps.split_at_mut(1);
+            let sent = if matches!(r.call, Request::Send { .. }) {
+                match apps[k].request_payload(&r.req) {
+                    Ok(data) => tcp[0].forward(op, w, &data),
+                    Err(_) => {
+                        self.doom(r.app);
+                        continue;
+                    }
+                }
+            } else {
+                tcp[0].send_request(op, w, &[])
+            };
+            match sent {
+                Ok(id) => {
+                    busy = true;
+                    self.pending.insert(
+                        id.0,
+                        Pending {
+                            app: r.app,
+                            req: Some(r.req),
+                            call: r.call,
+                            nonblocking: r.nonblocking,
+                            handle: r.handle,
+                            on_cache: r.on_cache,
+                        },
+                    );
+                }
+                Err(ChannelError::Full | ChannelError::NoFreeRequest) => {
+                    self.queue.push_front(r);
+                    break;
+                }
+                Err(ChannelError::PayloadTooLarge) => {
+                    self.answer(k, r.req, Reply::Error(Errno::Protocol));
+                }
+                Err(e) => return Err(TcpBroken(e)),
+            }
+        }
+        Ok(busy)
+    }
+
+    fn tell_apps(&mut self) -> bool {
+        let mut busy = false;
+        let (_, eps) = self.eps.split_at_mut(1);
+        for (app, ep) in self.apps.iter_mut().zip(eps.iter_mut()) {
+            'app: for (k, slot) in app.slots.iter_mut().enumerate() {
+                let Some(sock) = slot.sock.as_mut() else {
+                    continue;
+                };
+                if sock.ready == sock.told || sock.connecting {
+                    continue;
+                }
+                let (op, w) = Event {
+                    handle: handle_of(k, slot.generation),
+                    ready: sock.ready,
+                }
+                .encode();
+                match ep.send_oneway(op, w) {
+                    Ok(()) => {
+                        sock.told = sock.ready;
+                        self.counters.events += 1;
+                        busy = true;
+                    }
+                    Err(ChannelError::Full) => break 'app,
+                    Err(_) => {
+                        if !self.doomed.contains(&app.id) {
+                            self.doomed.push(app.id);
+                        }
+                        break 'app;
+                    }
+                }
+            }
+        }
+        busy
+    }
+}
+
+#[cfg(test)]
+mod tests;
