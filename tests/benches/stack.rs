@@ -18,7 +18,8 @@
 //! repetition, medians printed last.
 //!
 //! `cargo bench -p compart-tests --bench stack` (root). `COMPART_BENCH_RUNS`
-//! repetitions (default 1), `COMPART_STACK_SECS` per iperf3 run (default 3).
+//! repetitions (default 1), `COMPART_STACK_SECS` per iperf3 run (default 3);
+//! `COMPART_STACK_ONLY=split,mono` picks the compart configurations (linux always runs).
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,6 +57,51 @@ struct Figures {
     busy: Vec<(String, f64)>,
     /// vCPU thread name → exits per second (compart only).
     exits: Vec<(String, f64)>,
+    /// Cores busy on the whole host during the test, and of them this process's (the
+    /// VMM's threads); the rest is the client, the Linux server, and anyone else.
+    host_cores: f64,
+    own_cores: f64,
+}
+
+/// (busy, total) jiffies of all host CPUs (`/proc/stat`).
+fn host_jiffies() -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .expect("the cpu line")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let total: u64 = v.iter().take(8).sum();
+    (total - idle, total)
+}
+
+/// CPU time of this process in jiffies (`/proc/self/stat` utime + stime).
+fn own_jiffies() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let after = &s[s.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat; `after` starts at field 3.
+    f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0)
+}
+
+/// `f()` with the host's and this process's load over it filled in.
+fn with_load(f: impl FnOnce() -> Figures) -> Figures {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let (h0, _) = host_jiffies();
+    let o0 = own_jiffies();
+    let start = Instant::now();
+    let mut r = f();
+    let secs = start.elapsed().as_secs_f64();
+    let (h1, _) = host_jiffies();
+    r.host_cores = (h1 - h0) as f64 / hz / secs;
+    r.own_cores = (own_jiffies() - o0) as f64 / hz / secs;
+    r
 }
 
 /// What one iperf3 test is: streams and direction.
@@ -187,8 +233,8 @@ fn exits_of(r: &StatusReport) -> BTreeMap<String, u64> {
 
 /// A compart topology started, its iperf3 server listening.
 struct Compart {
-    vmm: Option<compart_vmm::RunningVmm>,
-    capture: Capture,
+    /// The coordinator (`RunningVmm::wait`, which also serves `ctl status`).
+    waiter: std::thread::JoinHandle<compart_vmm::RunOutcome>,
     handle: VmmHandle,
     ns: String,
 }
@@ -199,6 +245,7 @@ impl Compart {
         let capture = Capture::default();
         let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
         let handle = vmm.handle();
+        let waiter = std::thread::spawn(move || vmm.wait());
         capture.wait_for(app_guest, "mono: iperf3 on port", Duration::from_secs(30));
         let up = (0..30).any(|_| {
             Command::new("ip")
@@ -211,14 +258,17 @@ impl Compart {
             "the stack at {STACK} never answered; console: {capture:?}"
         );
         Compart {
-            vmm: Some(vmm),
-            capture,
+            waiter,
             handle,
             ns: ns.to_string(),
         }
     }
 
     fn measure(&self, case: Case, secs: u64) -> Figures {
+        with_load(|| self.measure_inner(case, secs))
+    }
+
+    fn measure_inner(&self, case: Case, secs: u64) -> Figures {
         let before = status(&self.handle);
         let th = threads(&before);
         let cpu0: Vec<u64> = th.iter().map(|t| thread_cpu_ns(t.1)).collect();
@@ -240,12 +290,9 @@ impl Compart {
         f
     }
 
-    fn stop(mut self) {
+    fn stop(self) {
         self.handle.stop();
-        if let Some(v) = self.vmm.take() {
-            v.wait();
-        }
-        let _ = &self.capture;
+        self.waiter.join().expect("the VMM's coordinator");
     }
 }
 
@@ -339,7 +386,7 @@ impl Linux {
     }
 
     fn measure(&self, case: Case, secs: u64) -> Figures {
-        iperf3(self.client_ns.name(), LINUX_SERVER, case, secs)
+        with_load(|| iperf3(self.client_ns.name(), LINUX_SERVER, case, secs))
     }
 
     fn settings(&self) -> String {
@@ -408,10 +455,12 @@ fn print_row(config: &str, case: Case, f: &Figures) {
         .map(|(n, e)| format!("{n} {e:.0}/s"))
         .collect();
     println!(
-        "{config:<6} {:<22} {:>6.2} Gbit/s  retr {retr:>5}  client cpu {:>3.0}%{}{}",
+        "{config:<6} {:<22} {:>6.2} Gbit/s  retr {retr:>5}  client cpu {:>3.0}%  host {:.2} cores (VMM {:.2}){}{}",
         case.label(),
         f.gbps,
         f.client_cpu,
+        f.host_cores,
+        f.own_cores,
         if busy.is_empty() {
             String::new()
         } else {
@@ -444,6 +493,7 @@ fn main() {
     }
     let reps = compart_tests::bench_runs(1);
     let secs = env_or("COMPART_STACK_SECS", 3);
+    let only = std::env::var("COMPART_STACK_ONLY").unwrap_or_default();
     println!(
         "stack bench: iperf3 {} -t {secs}, {reps} repetition(s); the 2 host cores are shared by \
          the client, the servers and the VMM's threads (nothing else is pinned)",
@@ -481,6 +531,9 @@ fn main() {
             ("split", split_topology(), "tcp"),
             ("mono", mono_topology(), "mono"),
         ] {
+            if !only.is_empty() && !only.split(',').any(|c| c == config) {
+                continue;
+            }
             let c = Compart::start(&text, guest, "cbst-c");
             for case in CASES {
                 let f = c.measure(case, secs);
