@@ -2,6 +2,10 @@
 //! options, from a network namespace) against three servers, in one run:
 //!
 //! - **linux**: Linux TCP over a veth pair between two namespaces, stock `iperf3 -s`;
+//! - **full**: the whole decomposed compart stack on a TAP — `driver` (core 0), `ip`
+//!   and `tcp` (core 1), `posix` and the `iperf3` application image (core 0): every
+//!   segment crosses four guest boundaries (skipped, and said so, if it does not come
+//!   up);
 //! - **split**: the decomposed compart stack on a TAP — the `driver` server (core 0),
 //!   `ip` and the iperf3 application over a tcp core (the `mono` image in the tcp
 //!   role: the tcp server's code with the application linked in; core 1): every
@@ -14,7 +18,7 @@
 //! reports them), the client's CPU; for compart also each vCPU and NIC thread's CPU
 //! time per second (`/proc/self/task/TID/schedstat`, the VMM runs in this process)
 //! and each vCPU's exits to the VMM per second (`ctl status`). Configurations are
-//! interleaved per repetition (linux, split, mono), ratios to linux are per
+//! interleaved per repetition (linux, full, split, mono), ratios to linux are per
 //! repetition, medians printed last.
 //!
 //! `cargo bench -p compart-tests --bench stack` (root). `COMPART_BENCH_RUNS`
@@ -240,28 +244,54 @@ struct Compart {
 }
 
 impl Compart {
-    fn start(text: &str, app_guest: &str, ns: &str) -> Compart {
+    /// Starts `text` and waits until guest `app_guest` says its iperf3 server listens
+    /// and the stack answers a ping; why not, if it does not within 30 s.
+    fn start(text: &str, app_guest: &str, ns: &str) -> Result<Compart, String> {
         let t = compart_tests::topology(text);
         let capture = Capture::default();
-        let vmm = compart_vmm::start(&t, capture.sink()).unwrap();
+        let vmm = compart_vmm::start(&t, capture.sink()).map_err(|e| e.to_string())?;
         let handle = vmm.handle();
         let waiter = std::thread::spawn(move || vmm.wait());
-        capture.wait_for(app_guest, "mono: iperf3 on port", Duration::from_secs(30));
+        let fail = |why: String, handle: &VmmHandle, waiter: std::thread::JoinHandle<_>| {
+            handle.stop();
+            let _ = waiter.join();
+            Err(why)
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let listening = || {
+            capture
+                .of(app_guest)
+                .iter()
+                .any(|l| l.contains("Server listening on"))
+        };
+        while !listening() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !listening() {
+            return fail(
+                format!("`{app_guest}` never listened; console: {capture:?}"),
+                &handle,
+                waiter,
+            );
+        }
         let up = (0..30).any(|_| {
             Command::new("ip")
                 .args(["netns", "exec", ns, "ping", "-c", "1", "-W", "1", STACK])
                 .output()
                 .is_ok_and(|o| o.status.success())
         });
-        assert!(
-            up,
-            "the stack at {STACK} never answered; console: {capture:?}"
-        );
-        Compart {
+        if !up {
+            return fail(
+                format!("the stack at {STACK} never answered; console: {capture:?}"),
+                &handle,
+                waiter,
+            );
+        }
+        Ok(Compart {
             waiter,
             handle,
             ns: ns.to_string(),
-        }
+        })
     }
 
     fn measure(&self, case: Case, secs: u64) -> Figures {
@@ -314,6 +344,26 @@ fn split_topology() -> String {
          cmdline = \"app=iperf3 port={PORT} {TCP_ARGS}\"\n\
          [[channel]]\na = \"driver\"\nb = \"ip\"\n{CHANNEL}\
          [[channel]]\na = \"ip\"\nb = \"tcp\"\n{CHANNEL}{}",
+        nic("driver")
+    )
+}
+
+/// The whole decomposed stack: driver (core 0), ip and tcp (core 1), posix and the
+/// iperf3 application image over it (core 0).
+fn full_topology() -> String {
+    format!(
+        "[host]\ncores = [0, 1]\n\
+         [[guest]]\nname = \"driver\"\nrole = \"driver\"\nimage = \"driver\"\nmemory_mib = 32\ncores = [0]\n\
+         [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"ip\"\nmemory_mib = 16\ncores = [1]\n\
+         [[guest]]\nname = \"tcp\"\nrole = \"tcp\"\nimage = \"tcp\"\nmemory_mib = 48\ncores = [1]\n\
+         cmdline = \"{TCP_ARGS}\"\n\
+         [[guest]]\nname = \"posix\"\nrole = \"posix\"\nimage = \"posix\"\nmemory_mib = 16\ncores = [0]\n\
+         [[guest]]\nname = \"iperf3\"\nrole = \"app\"\nimage = \"iperf3\"\nmemory_mib = 16\ncores = [0]\n\
+         cmdline = \"mode=server port={PORT}\"\n\
+         [[channel]]\na = \"driver\"\nb = \"ip\"\n{CHANNEL}\
+         [[channel]]\na = \"ip\"\nb = \"tcp\"\n{CHANNEL}\
+         [[channel]]\na = \"tcp\"\nb = \"posix\"\n{CHANNEL}\
+         [[channel]]\na = \"posix\"\nb = \"iperf3\"\n{CHANNEL}{}",
         nic("driver")
     )
 }
@@ -511,7 +561,7 @@ fn main() {
     println!(
         "compart: TAP with IFF_VNET_HDR, offloads csum+tso4+tso6 offered to the guest, mtu 1500, \
          256-entry queues; channels of 16 × 65 600 B; tcp core (smoltcp 0.14, Reno) {TCP_ARGS} KiB; \
-         split: driver core 0, ip + tcp/app core 1; mono: core 1"
+         full: driver, posix, iperf3 core 0, ip + tcp core 1; split: driver core 0, ip + tcp/app core 1; mono: core 1"
     );
     let linux = Linux::start();
     println!("linux:   {}", linux.settings());
@@ -528,13 +578,20 @@ fn main() {
             gbps.entry(("linux", case)).or_default().push(f.gbps);
         }
         for (config, text, guest) in [
+            ("full", full_topology(), "iperf3"),
             ("split", split_topology(), "tcp"),
             ("mono", mono_topology(), "mono"),
         ] {
             if !only.is_empty() && !only.split(',').any(|c| c == config) {
                 continue;
             }
-            let c = Compart::start(&text, guest, "cbst-c");
+            let c = match Compart::start(&text, guest, "cbst-c") {
+                Ok(c) => c,
+                Err(why) => {
+                    println!("{config:<6} not measured: {why}");
+                    continue;
+                }
+            };
             for case in CASES {
                 let f = c.measure(case, secs);
                 print_row(config, case, &f);
@@ -547,19 +604,21 @@ fn main() {
             c.stop();
         }
     }
-    println!("-- medians over {reps} repetition(s): Gbit/s, and the ratio to linux of the same repetition");
+    println!(
+        "-- medians over {reps} repetition(s): Gbit/s, and in brackets the ratio to linux of the same repetition"
+    );
     for case in CASES {
         let g = |c: &str| median(gbps.get(&(c, case)).cloned().unwrap_or_default());
         let r = |c: &str| median(ratios.get(&(c, case)).cloned().unwrap_or_default());
-        println!(
-            "{:<22} linux {:>6.2}   split {:>6.2} ({:.3}×)   mono {:>6.2} ({:.3}×)   split/mono {:.2}",
-            case.label(),
-            g("linux"),
-            g("split"),
-            r("split"),
-            g("mono"),
-            r("mono"),
-            g("split") / g("mono"),
-        );
+        let mut line = format!("{:<22} linux {:>6.2}", case.label(), g("linux"));
+        for c in ["full", "split", "mono"] {
+            if gbps.contains_key(&(c, case)) {
+                line += &format!("   {c} {:>6.2} ({:.3}×)", g(c), r(c));
+            }
+        }
+        if gbps.contains_key(&("split", case)) && gbps.contains_key(&("mono", case)) {
+            line += &format!("   split/mono {:.2}", g("split") / g("mono"));
+        }
+        println!("{line}");
     }
 }
