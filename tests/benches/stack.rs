@@ -57,6 +57,10 @@ struct Figures {
     gbps: f64,
     retransmits: Option<u64>,
     client_cpu: f64,
+    /// The server's CPU in cores: for linux the `iperf3 -s` process as iperf3 reports
+    /// it (its system time includes most of its TCP work, not softirqs charged
+    /// elsewhere); for compart every vCPU and NIC thread of the VMM.
+    server_cores: f64,
     /// Thread name → share of a core (compart only).
     busy: Vec<(String, f64)>,
     /// vCPU thread name → exits per second (compart only).
@@ -196,6 +200,10 @@ fn iperf3(ns: &str, addr: &str, case: Case, secs: u64) -> Figures {
         client_cpu: end["cpu_utilization_percent"]["host_total"]
             .as_f64()
             .unwrap_or(0.0),
+        server_cores: end["cpu_utilization_percent"]["remote_total"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 100.0,
         ..Figures::default()
     }
 }
@@ -310,6 +318,7 @@ impl Compart {
             f.busy
                 .push((t.0.clone(), (thread_cpu_ns(t.1) - c0) as f64 / 1e9 / wall));
         }
+        f.server_cores = f.busy.iter().map(|b| b.1).sum();
         let (e0, e1) = (exits_of(&before), exits_of(&after));
         for (name, n) in e1 {
             f.exits.push((
@@ -505,9 +514,11 @@ fn print_row(config: &str, case: Case, f: &Figures) {
         .map(|(n, e)| format!("{n} {e:.0}/s"))
         .collect();
     println!(
-        "{config:<6} {:<22} {:>6.2} Gbit/s  retr {retr:>5}  client cpu {:>3.0}%  host {:.2} cores (VMM {:.2}){}{}",
+        "{config:<6} {:<22} {:>6.2} Gbit/s  retr {retr:>5}  server {:.2} cores ({:.3} per Gbit/s)  client cpu {:>3.0}%  host {:.2} cores (VMM {:.2}){}{}",
         case.label(),
         f.gbps,
+        f.server_cores,
+        f.server_cores / f.gbps,
         f.client_cpu,
         f.host_cores,
         f.own_cores,
@@ -568,6 +579,8 @@ fn main() {
     // ratios[config][case] over repetitions.
     let mut ratios: BTreeMap<(&str, Case), Vec<f64>> = BTreeMap::new();
     let mut gbps: BTreeMap<(&str, Case), Vec<f64>> = BTreeMap::new();
+    // Server cores per Gbit/s.
+    let mut cost: BTreeMap<(&str, Case), Vec<f64>> = BTreeMap::new();
     for rep in 0..reps {
         println!("-- repetition {} of {reps}", rep + 1);
         let mut base = BTreeMap::new();
@@ -576,6 +589,9 @@ fn main() {
             print_row("linux", case, &f);
             base.insert(case, f.gbps);
             gbps.entry(("linux", case)).or_default().push(f.gbps);
+            cost.entry(("linux", case))
+                .or_default()
+                .push(f.server_cores / f.gbps);
         }
         for (config, text, guest) in [
             ("full", full_topology(), "iperf3"),
@@ -600,20 +616,29 @@ fn main() {
                     .or_default()
                     .push(f.gbps / base[&case]);
                 gbps.entry((config, case)).or_default().push(f.gbps);
+                cost.entry((config, case))
+                    .or_default()
+                    .push(f.server_cores / f.gbps);
             }
             c.stop();
         }
     }
     println!(
-        "-- medians over {reps} repetition(s): Gbit/s, and in brackets the ratio to linux of the same repetition"
+        "-- medians over {reps} repetition(s): Gbit/s, (the ratio to linux of the same repetition), [server cores per Gbit/s]"
     );
     for case in CASES {
         let g = |c: &str| median(gbps.get(&(c, case)).cloned().unwrap_or_default());
         let r = |c: &str| median(ratios.get(&(c, case)).cloned().unwrap_or_default());
-        let mut line = format!("{:<22} linux {:>6.2}", case.label(), g("linux"));
+        let k = |c: &str| median(cost.get(&(c, case)).cloned().unwrap_or_default());
+        let mut line = format!(
+            "{:<22} linux {:>6.2} [{:.2}]",
+            case.label(),
+            g("linux"),
+            k("linux")
+        );
         for c in ["full", "split", "mono"] {
             if gbps.contains_key(&(c, case)) {
-                line += &format!("   {c} {:>6.2} ({:.3}×)", g(c), r(c));
+                line += &format!("   {c} {:>6.2} ({:.3}×) [{:.2}]", g(c), r(c), k(c));
             }
         }
         if gbps.contains_key(&("split", case)) && gbps.contains_key(&("mono", case)) {
