@@ -29,7 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use compart_tests::netns::NetNs;
-use compart_tests::{thread_cpu_ns, Capture};
+use compart_tests::Capture;
 use compart_vmm::control::StatusReport;
 use compart_vmm::{ControlRequest, ControlResponse, VmmHandle};
 
@@ -58,11 +58,12 @@ struct Figures {
     retransmits: Option<u64>,
     client_cpu: f64,
     /// The server's CPU in cores: for linux the `iperf3 -s` process as iperf3 reports
-    /// it (its system time includes most of its TCP work, not softirqs charged
-    /// elsewhere); for compart every vCPU and NIC thread of the VMM.
+    /// it (not the softirq work of its TCP, which is charged elsewhere: not
+    /// comparable); for compart every vCPU and NIC thread of the VMM.
     server_cores: f64,
-    /// Thread name → share of a core (compart only).
-    busy: Vec<(String, f64)>,
+    /// Thread name → share of a core it ran, and share of the time it waited for one
+    /// while runnable (compart only).
+    busy: Vec<(String, f64, f64)>,
     /// vCPU thread name → exits per second (compart only).
     exits: Vec<(String, f64)>,
     /// Cores busy on the whole host during the test, and of them this process's (the
@@ -218,6 +219,15 @@ fn status(handle: &VmmHandle) -> StatusReport {
     }
 }
 
+/// Nanoseconds thread `tid` of this process ran, and waited on a run queue
+/// (`/proc/self/task/TID/schedstat`).
+fn schedstat(tid: i32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .unwrap_or_else(|e| panic!("reading schedstat of thread {tid}: {e}"));
+    let mut v = s.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0))
+}
+
 /// The threads whose CPU time is counted: (name, tid, is a vCPU).
 fn threads(r: &StatusReport) -> Vec<(String, i32, bool)> {
     let mut t = Vec::new();
@@ -309,14 +319,18 @@ impl Compart {
     fn measure_inner(&self, case: Case, secs: u64) -> Figures {
         let before = status(&self.handle);
         let th = threads(&before);
-        let cpu0: Vec<u64> = th.iter().map(|t| thread_cpu_ns(t.1)).collect();
+        let cpu0: Vec<(u64, u64)> = th.iter().map(|t| schedstat(t.1)).collect();
         let start = Instant::now();
         let mut f = iperf3(&self.ns, STACK, case, secs);
         let wall = start.elapsed().as_secs_f64();
         let after = status(&self.handle);
-        for (t, c0) in th.iter().zip(cpu0) {
-            f.busy
-                .push((t.0.clone(), (thread_cpu_ns(t.1) - c0) as f64 / 1e9 / wall));
+        for (t, (run0, wait0)) in th.iter().zip(cpu0) {
+            let (run1, wait1) = schedstat(t.1);
+            f.busy.push((
+                t.0.clone(),
+                (run1 - run0) as f64 / 1e9 / wall,
+                (wait1 - wait0) as f64 / 1e9 / wall,
+            ));
         }
         f.server_cores = f.busy.iter().map(|b| b.1).sum();
         let (e0, e1) = (exits_of(&before), exits_of(&after));
@@ -506,7 +520,7 @@ fn print_row(config: &str, case: Case, f: &Figures) {
     let busy: Vec<String> = f
         .busy
         .iter()
-        .map(|(n, b)| format!("{n} {:.0}%", b * 100.0))
+        .map(|(n, b, w)| format!("{n} {:.0}% (+{:.0}% waiting)", b * 100.0, w * 100.0))
         .collect();
     let exits: Vec<String> = f
         .exits
@@ -514,9 +528,14 @@ fn print_row(config: &str, case: Case, f: &Figures) {
         .map(|(n, e)| format!("{n} {e:.0}/s"))
         .collect();
     println!(
-        "{config:<6} {:<22} {:>6.2} Gbit/s  retr {retr:>5}  server {:.2} cores ({:.3} per Gbit/s)  client cpu {:>3.0}%  host {:.2} cores (VMM {:.2}){}{}",
+        "{config:<6} {:<22} {:>6.2} Gbit/s  retr {retr:>5}  {} {:.2} cores ({:.3} per Gbit/s)  client cpu {:>3.0}%  host {:.2} cores (VMM {:.2}){}{}",
         case.label(),
         f.gbps,
+        if f.busy.is_empty() {
+            "iperf3 -s process"
+        } else {
+            "VMM threads"
+        },
         f.server_cores,
         f.server_cores / f.gbps,
         f.client_cpu,
@@ -540,7 +559,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
-    v[v.len() / 2]
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn main() {
@@ -624,18 +648,13 @@ fn main() {
         }
     }
     println!(
-        "-- medians over {reps} repetition(s): Gbit/s, (the ratio to linux of the same repetition), [server cores per Gbit/s]"
+        "-- medians over {reps} repetition(s): Gbit/s, (the ratio to linux of the same repetition), [compart: VMM thread cores per Gbit/s]"
     );
     for case in CASES {
         let g = |c: &str| median(gbps.get(&(c, case)).cloned().unwrap_or_default());
         let r = |c: &str| median(ratios.get(&(c, case)).cloned().unwrap_or_default());
         let k = |c: &str| median(cost.get(&(c, case)).cloned().unwrap_or_default());
-        let mut line = format!(
-            "{:<22} linux {:>6.2} [{:.2}]",
-            case.label(),
-            g("linux"),
-            k("linux")
-        );
+        let mut line = format!("{:<22} linux {:>6.2}", case.label(), g("linux"));
         for c in ["full", "split", "mono"] {
             if gbps.contains_key(&(c, case)) {
                 line += &format!("   {c} {:>6.2} ({:.3}×) [{:.2}]", g(c), r(c), k(c));
