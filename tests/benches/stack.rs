@@ -12,6 +12,10 @@
 //!   segment crosses two guest boundaries;
 //! - **mono**: the same driver, ip and tcp code and the same application linked into
 //!   one guest (the `mono` image with the NIC; core 1).
+//! - **full\***, **split\***, **mono\***: the same with every guest on both cores
+//!   (`cores = [0, 1]`): no vCPU has a core to itself, so none polls (each sleeps as
+//!   soon as it runs out of work), and a vCPU and its NIC's device thread (which runs
+//!   on its guest's cores) can run at once.
 //!
 //! Each measures 1 and 4 streams (`-P 4`), both directions (`-R`: the server sends),
 //! parsed from `iperf3 -J`: Gbit/s at the receiver, the sender's retransmits (where it
@@ -358,12 +362,24 @@ fn nic(guest: &str) -> String {
     )
 }
 
-fn split_topology() -> String {
+/// `pinned` cores, or both cores for every guest (`0, 1`) when floating.
+fn at(pinned: &str, floating: bool) -> &str {
+    if floating {
+        "0, 1"
+    } else {
+        pinned
+    }
+}
+
+/// driver (core 0), ip and the iperf3 app over a tcp core (core 1); or all of them on
+/// both cores.
+fn split_topology(floating: bool) -> String {
+    let (c0, c1) = (at("0", floating), at("1", floating));
     format!(
         "[host]\ncores = [0, 1]\n\
-         [[guest]]\nname = \"driver\"\nrole = \"driver\"\nimage = \"driver\"\nmemory_mib = 32\ncores = [0]\n\
-         [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"ip\"\nmemory_mib = 16\ncores = [1]\n\
-         [[guest]]\nname = \"tcp\"\nrole = \"tcp\"\nimage = \"mono\"\nmemory_mib = 48\ncores = [1]\n\
+         [[guest]]\nname = \"driver\"\nrole = \"driver\"\nimage = \"driver\"\nmemory_mib = 32\ncores = [{c0}]\n\
+         [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"ip\"\nmemory_mib = 16\ncores = [{c1}]\n\
+         [[guest]]\nname = \"tcp\"\nrole = \"tcp\"\nimage = \"mono\"\nmemory_mib = 48\ncores = [{c1}]\n\
          cmdline = \"app=iperf3 port={PORT} {TCP_ARGS}\"\n\
          [[channel]]\na = \"driver\"\nb = \"ip\"\n{CHANNEL}\
          [[channel]]\na = \"ip\"\nb = \"tcp\"\n{CHANNEL}{}",
@@ -372,16 +388,17 @@ fn split_topology() -> String {
 }
 
 /// The whole decomposed stack: driver (core 0), ip and tcp (core 1), posix and the
-/// iperf3 application image over it (core 0).
-fn full_topology() -> String {
+/// iperf3 application image over it (core 0); or all of them on both cores.
+fn full_topology(floating: bool) -> String {
+    let (c0, c1) = (at("0", floating), at("1", floating));
     format!(
         "[host]\ncores = [0, 1]\n\
-         [[guest]]\nname = \"driver\"\nrole = \"driver\"\nimage = \"driver\"\nmemory_mib = 32\ncores = [0]\n\
-         [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"ip\"\nmemory_mib = 16\ncores = [1]\n\
-         [[guest]]\nname = \"tcp\"\nrole = \"tcp\"\nimage = \"tcp\"\nmemory_mib = 48\ncores = [1]\n\
+         [[guest]]\nname = \"driver\"\nrole = \"driver\"\nimage = \"driver\"\nmemory_mib = 32\ncores = [{c0}]\n\
+         [[guest]]\nname = \"ip\"\nrole = \"ip\"\nimage = \"ip\"\nmemory_mib = 16\ncores = [{c1}]\n\
+         [[guest]]\nname = \"tcp\"\nrole = \"tcp\"\nimage = \"tcp\"\nmemory_mib = 48\ncores = [{c1}]\n\
          cmdline = \"{TCP_ARGS}\"\n\
-         [[guest]]\nname = \"posix\"\nrole = \"posix\"\nimage = \"posix\"\nmemory_mib = 16\ncores = [0]\n\
-         [[guest]]\nname = \"iperf3\"\nrole = \"app\"\nimage = \"iperf3\"\nmemory_mib = 16\ncores = [0]\n\
+         [[guest]]\nname = \"posix\"\nrole = \"posix\"\nimage = \"posix\"\nmemory_mib = 16\ncores = [{c0}]\n\
+         [[guest]]\nname = \"iperf3\"\nrole = \"app\"\nimage = \"iperf3\"\nmemory_mib = 16\ncores = [{c0}]\n\
          cmdline = \"mode=server port={PORT}\"\n\
          [[channel]]\na = \"driver\"\nb = \"ip\"\n{CHANNEL}\
          [[channel]]\na = \"ip\"\nb = \"tcp\"\n{CHANNEL}\
@@ -391,10 +408,11 @@ fn full_topology() -> String {
     )
 }
 
-fn mono_topology() -> String {
+/// The whole stack in one guest on `cores` (its vCPU and its NIC's thread both).
+fn mono_topology(cores: &str) -> String {
     format!(
         "[host]\ncores = [0, 1]\n\
-         [[guest]]\nname = \"mono\"\nrole = \"driver\"\nimage = \"mono\"\nmemory_mib = 64\ncores = [1]\n\
+         [[guest]]\nname = \"mono\"\nrole = \"driver\"\nimage = \"mono\"\nmemory_mib = 64\ncores = [{cores}]\n\
          cmdline = \"app=iperf3 port={PORT} {TCP_ARGS}\"\n{}",
         nic("mono")
     )
@@ -596,7 +614,8 @@ fn main() {
     println!(
         "compart: TAP with IFF_VNET_HDR, offloads csum+tso4+tso6 offered to the guest, mtu 1500, \
          256-entry queues; channels of 16 × 65 600 B; tcp core (smoltcp 0.14, Reno) {TCP_ARGS} KiB; \
-         full: driver, posix, iperf3 core 0, ip + tcp core 1; split: driver core 0, ip + tcp/app core 1; mono: core 1"
+         full: driver, posix, iperf3 core 0, ip + tcp core 1; split: driver core 0, ip + tcp/app core 1; mono: core 1; \
+         starred: every guest on cores 0-1"
     );
     let linux = Linux::start();
     println!("linux:   {}", linux.settings());
@@ -618,9 +637,12 @@ fn main() {
                 .push(f.server_cores / f.gbps);
         }
         for (config, text, guest) in [
-            ("full", full_topology(), "iperf3"),
-            ("split", split_topology(), "tcp"),
-            ("mono", mono_topology(), "mono"),
+            ("full", full_topology(false), "iperf3"),
+            ("split", split_topology(false), "tcp"),
+            ("mono", mono_topology("1"), "mono"),
+            ("full*", full_topology(true), "iperf3"),
+            ("split*", split_topology(true), "tcp"),
+            ("mono*", mono_topology("0, 1"), "mono"),
         ] {
             if !only.is_empty() && !only.split(',').any(|c| c == config) {
                 continue;
@@ -632,6 +654,32 @@ fn main() {
                     continue;
                 }
             };
+            if rep == 0 {
+                let placed: Vec<String> = status(&c.handle)
+                    .guests
+                    .iter()
+                    .flat_map(|g| {
+                        g.vcpus.iter().map(move |v| {
+                            format!(
+                                "{}-v{} on {} ({})",
+                                g.name,
+                                v.index,
+                                v.cores
+                                    .iter()
+                                    .map(|c| c.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                                if v.dedicated {
+                                    "dedicated: polls 1 ms"
+                                } else {
+                                    "shared: sleeps at once"
+                                }
+                            )
+                        })
+                    })
+                    .collect();
+                println!("{config:<6} placement: {}", placed.join(", "));
+            }
             for case in CASES {
                 let f = c.measure(case, secs);
                 print_row(config, case, &f);
@@ -655,13 +703,10 @@ fn main() {
         let r = |c: &str| median(ratios.get(&(c, case)).cloned().unwrap_or_default());
         let k = |c: &str| median(cost.get(&(c, case)).cloned().unwrap_or_default());
         let mut line = format!("{:<22} linux {:>6.2}", case.label(), g("linux"));
-        for c in ["full", "split", "mono"] {
+        for c in ["full", "split", "mono", "full*", "split*", "mono*"] {
             if gbps.contains_key(&(c, case)) {
                 line += &format!("   {c} {:>6.2} ({:.3}×) [{:.2}]", g(c), r(c), k(c));
             }
-        }
-        if gbps.contains_key(&("split", case)) && gbps.contains_key(&("mono", case)) {
-            line += &format!("   split/mono {:.2}", g("split") / g("mono"));
         }
         println!("{line}");
     }
