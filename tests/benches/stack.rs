@@ -289,9 +289,19 @@ impl Compart {
         while !listening() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The console's last lines but the firmware's ACPI report.
+        let tail = || {
+            let lines: Vec<String> = capture
+                .lines()
+                .into_iter()
+                .filter(|l| !l.text.starts_with("acpi:"))
+                .map(|l| format!("[{}] {}", l.guest, l.text))
+                .collect();
+            lines[lines.len().saturating_sub(20)..].join(" | ")
+        };
         if !listening() {
             return fail(
-                format!("`{app_guest}` never listened; console: {capture:?}"),
+                format!("`{app_guest}` never listened in 30 s; console: {}", tail()),
                 &handle,
                 waiter,
             );
@@ -304,7 +314,7 @@ impl Compart {
         });
         if !up {
             return fail(
-                format!("the stack at {STACK} never answered; console: {capture:?}"),
+                format!("the stack at {STACK} never answered; console: {}", tail()),
                 &handle,
                 waiter,
             );
