@@ -389,9 +389,25 @@ impl Topology {
 
     /// The IPv4 configuration guest `guest` gets in its boot info: if it is an ip
     /// server, that of the first NIC with an address whose driver guest it has a
-    /// channel to.
+    /// channel to; if it drives NICs and has no channel to an ip server (a whole
+    /// stack in one guest, the `mono` image), that of its own first NIC with one.
     pub fn ipv4_of(&self, guest: usize) -> Option<&Ipv4Settings> {
-        if self.guests[guest].role != Role::Ip {
+        let role = self.guests[guest].role;
+        if role == Role::Driver {
+            let has_ip = self.channels.iter().any(|c| {
+                (c.a == guest && self.guests[c.b].role == Role::Ip)
+                    || (c.b == guest && self.guests[c.a].role == Role::Ip)
+            });
+            if has_ip {
+                return None;
+            }
+            return self
+                .nics
+                .iter()
+                .filter(|n| n.guest == guest)
+                .find_map(|n| n.ipv4.as_ref());
+        }
+        if role != Role::Ip {
             return None;
         }
         let peers: Vec<usize> = self
@@ -761,6 +777,19 @@ mod tests {
         assert_eq!(ip.gateway, Some("198.18.0.1".parse().unwrap()));
         assert_eq!(ip.routes.len(), 1);
         assert!(t.ipv4_of(0).is_none() && t.ipv4_of(2).is_none());
+    }
+
+    #[test]
+    fn a_driver_without_an_ip_server_gets_its_own_nics_address() {
+        let t = parse(
+            "[[guest]]\nname = \"mono\"\nrole = \"driver\"\nimage = \"idle\"\n\
+             [[nic]]\nguest = \"mono\"\ntap = \"cpt0\"\naddress = \"198.18.0.2/24\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            t.ipv4_of(0).map(|c| c.address.to_string()).as_deref(),
+            Some("198.18.0.2/24")
+        );
     }
 
     #[test]
