@@ -62,6 +62,7 @@ pub struct Conntrack {
     earliest: Option<Instant>,
     last_scan: Option<Instant>,
     expired: u64,
+    peak: usize,
 }
 
 impl Conntrack {
@@ -73,6 +74,7 @@ impl Conntrack {
             earliest: None,
             last_scan: None,
             expired: 0,
+            peak: 0,
         }
     }
 
@@ -89,6 +91,11 @@ impl Conntrack {
     /// Most entries it holds.
     pub fn capacity(&self) -> usize {
         self.limits.conntrack_entries
+    }
+
+    /// The most entries it ever held at once (never above [`capacity`](Self::capacity)).
+    pub fn peak(&self) -> usize {
+        self.peak
     }
 
     /// Entries taken out because they expired, so far.
@@ -164,6 +171,7 @@ impl Conntrack {
         e.expires = now.after(timeout(&self.limits, &e));
         self.earliest = Some(self.earliest.map_or(e.expires, |t| t.min(e.expires)));
         self.map.insert(key, e);
+        self.peak = self.peak.max(self.map.len());
         Ok(())
     }
 

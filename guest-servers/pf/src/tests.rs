@@ -352,6 +352,34 @@ fn entries_expire_per_protocol_and_state_and_scans_take_them_out() {
     assert!(f.table().is_empty());
     assert_eq!(f.next_deadline(), None);
     assert_eq!(f.table().expired(), 3);
+    assert_eq!(
+        f.counters().conn_expired,
+        3,
+        "counted, so the image prints it"
+    );
+    assert_eq!(f.table().peak(), 3);
+}
+
+#[test]
+fn every_timeout_has_its_command_line_key() {
+    let mut l = Limits::default();
+    for (k, key) in Limits::TIMEOUT_KEYS.iter().enumerate() {
+        *l.timeout_mut(key).unwrap() = 1 + k as u64;
+    }
+    let want = Limits {
+        conntrack_entries: l.conntrack_entries,
+        tcp_opening_ms: 1,
+        tcp_established_ms: 2,
+        tcp_closing_ms: 3,
+        tcp_closed_ms: 4,
+        udp_first_ms: 5,
+        udp_ms: 6,
+        icmp_ms: 7,
+        scan_interval_ms: 8,
+    };
+    assert_eq!(l, want);
+    assert_eq!(l.timeout_mut("conntrack_entries"), None);
+    assert_eq!(l.timeout_mut("tcp_opening"), None);
 }
 
 #[test]
@@ -384,6 +412,8 @@ fn a_full_table_refuses_new_connections_counts_them_and_keeps_the_old() {
     let later = Limits::default().udp_ms + 10;
     assert!(pass(&mut f, Dir::Out, &udp(US, 3000, FAR, 53), later));
     assert_eq!(f.table().len(), 1);
+    assert_eq!(f.table().peak(), 8, "never above its bound");
+    assert_eq!(f.counters().conn_expired, 8);
 }
 
 #[test]

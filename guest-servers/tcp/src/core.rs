@@ -38,6 +38,12 @@ pub struct Limits {
     /// our FIN, the peer's FIN, TIME-WAIT) before it is aborted (RST) and freed, as
     /// Linux's orphan FIN-WAIT-2 timeout.
     pub linger_ms: u64,
+    /// How long a connection may take to complete its handshake (a listening socket
+    /// in SYN-RECEIVED whose SYN-ACK is never acknowledged, a connect never answered)
+    /// before smoltcp gives it up: the listening socket listens again, the connect
+    /// fails (`ECONNREFUSED`). Without it a few SYNs from addresses that never answer
+    /// would hold a listener's every socket for ever.
+    pub handshake_ms: u64,
 }
 
 impl Default for Limits {
@@ -49,6 +55,7 @@ impl Default for Limits {
             backlog: 4,
             ack_delay_ms: Some(1),
             linger_ms: 60_000,
+            handshake_ms: 30_000,
         }
     }
 }
@@ -179,6 +186,11 @@ impl<N: Notifier> core::fmt::Debug for Tcp<N> {
 
 const EPHEMERAL: core::ops::RangeInclusive<u16> = 49152..=65535;
 
+/// Whether a socket in `s` is still opening its connection.
+fn handshaking(s: State) -> bool {
+    matches!(s, State::SynSent | State::SynReceived)
+}
+
 fn state_failed(last: State, now: State) -> Option<Error> {
     if now != State::Closed {
         return None;
@@ -304,7 +316,13 @@ impl<N: Notifier> Tcp<N> {
     fn track(&mut self) {
         for slot in &mut self.slots {
             if let Some(Entry::Stream(s)) = &mut slot.entry {
-                let now = self.sockets.get::<tcp::Socket>(s.sh).state();
+                let sock = self.sockets.get_mut::<tcp::Socket>(s.sh);
+                let now = sock.state();
+                if handshaking(s.last) && !handshaking(now) {
+                    // Past its handshake: no more timeout (smoltcp's would also abort
+                    // an established connection whose peer is quiet for that long).
+                    sock.set_timeout(None);
+                }
                 if s.failed.is_none() {
                     s.failed = state_failed(s.last, now);
                 }
@@ -377,6 +395,8 @@ impl<N: Notifier> Tcp<N> {
         let tx = tcp::SocketBuffer::new(alloc::vec![0; self.limits.tx_buffer]);
         let mut s = tcp::Socket::new(rx, tx);
         s.set_ack_delay(self.limits.ack_delay_ms.map(Duration::from_millis));
+        // Until the handshake completes (cleared in `track` and `accept`).
+        s.set_timeout(Some(Duration::from_millis(self.limits.handshake_ms)));
         self.live += 1;
         Ok(self.sockets.add(s))
     }
@@ -500,7 +520,9 @@ impl<N: Notifier> Tcp<N> {
                 }
             }
         }
-        let last = self.sockets.get::<tcp::Socket>(sh).state();
+        let s = self.sockets.get_mut::<tcp::Socket>(sh);
+        s.set_timeout(None);
+        let last = s.state();
         Ok(self.new_handle(Entry::Stream(Stream {
             sh,
             last,
