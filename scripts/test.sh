@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # Debian packages: acpica-tools (iasl, acpiexec) checks the ACPI tables independently;
 # iproute2 (ip: network namespaces, TAP, veth, macvtap), iputils-ping, arping and
 # tcpdump for the network tests, which stay inside namespaces they create; procps
-# (sysctl) to quiet IPv6 in those namespaces.
+# (sysctl) to quiet IPv6 in those namespaces; netcat-openbsd (nc -l) as the listener the
+# stack connects out to.
 need=()
 command -v iasl >/dev/null 2>&1 && command -v acpiexec >/dev/null 2>&1 || need+=(acpica-tools)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
@@ -17,6 +18,7 @@ command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v arping >/dev/null 2>&1 || need+=(arping)
 command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v sysctl >/dev/null 2>&1 || need+=(procps)
+{ nc -h 2>&1 | grep -q OpenBSD; } || need+=(netcat-openbsd)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "==> apt-get install ${need[*]}"
