@@ -236,6 +236,17 @@ fn hostile_tcp(tag: &str, with_pf: bool) {
         b"def",
         "only the in-window data with a good checksum is echoed"
     );
+    if with_pf {
+        // pf did not forget the connection for a forged RST (and start it over at the
+        // forged SYN after it): it made one entry, for the real SYN.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            capture.counter("pf", "conn_created"),
+            1,
+            "{:?}",
+            capture.of("pf").last()
+        );
+    }
 
     // A zero window: the echo waits, sending nothing but probes of one byte (which go
     // unacknowledged), then flows once the window opens.
