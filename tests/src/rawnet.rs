@@ -127,6 +127,12 @@ pub struct Segment {
     pub flags: u8,
     /// Receive window.
     pub window: u16,
+    /// TCP options, as bytes (padded with zeros to a multiple of 4 in the frame; not
+    /// checked: they may be garbage).
+    pub options: Vec<u8>,
+    /// The data offset to write in the header (in 32-bit words, 0–15) instead of the
+    /// true one (20 bytes + the options): a header that lies about its length.
+    pub data_offset: Option<u8>,
     /// Data.
     pub payload: Vec<u8>,
 }
@@ -135,7 +141,9 @@ impl Segment {
     /// The frame: Ethernet, IPv4 (no options, DF, TTL 64) and TCP (no options), both
     /// checksums right.
     pub fn frame(&self) -> Vec<u8> {
-        let tcp_len = 20 + self.payload.len();
+        let opt_len = self.options.len().div_ceil(4) * 4;
+        let header = 20 + opt_len;
+        let tcp_len = header + self.payload.len();
         let mut f = Vec::with_capacity(34 + tcp_len);
         f.extend_from_slice(&self.dst_mac);
         f.extend_from_slice(&self.src_mac);
@@ -157,10 +165,12 @@ impl Segment {
         t[2..4].copy_from_slice(&self.dport.to_be_bytes());
         t[4..8].copy_from_slice(&self.seq.to_be_bytes());
         t[8..12].copy_from_slice(&self.ack.to_be_bytes());
-        t[12] = 5 << 4;
+        let offset = self.data_offset.unwrap_or((header / 4) as u8);
+        t[12] = (offset & 0xf) << 4;
         t[13] = self.flags;
         t[14..16].copy_from_slice(&self.window.to_be_bytes());
-        t[20..].copy_from_slice(&self.payload);
+        t[20..20 + self.options.len()].copy_from_slice(&self.options);
+        t[header..].copy_from_slice(&self.payload);
         let mut pseudo = Vec::with_capacity(12 + tcp_len);
         pseudo.extend_from_slice(&self.src);
         pseudo.extend_from_slice(&self.dst);
@@ -211,6 +221,8 @@ impl Segment {
             ack: be32(&t[8..12]),
             flags: t[13],
             window: u16::from_be_bytes([t[14], t[15]]),
+            options: t[20..off].to_vec(),
+            data_offset: None,
             payload: t[off..].to_vec(),
         })
     }
@@ -407,6 +419,8 @@ impl RawPeer {
             ack,
             flags,
             window,
+            options: Vec::new(),
+            data_offset: None,
             payload: payload.to_vec(),
         }
     }
@@ -546,6 +560,8 @@ mod tests {
             ack: 17,
             flags: flags::ACK | flags::PSH,
             window: 512,
+            options: Vec::new(),
+            data_offset: None,
             payload: b"odd".to_vec(),
         };
         let f = s.frame();
@@ -563,5 +579,30 @@ mod tests {
         pseudo_bad[12..].copy_from_slice(&bad[34..]);
         assert_ne!(checksum(&pseudo_bad), 0);
         assert_eq!(Segment::parse(&f[..40]), None, "cut short");
+        // Options pad to a word and count in the header's length; a lying offset is
+        // written as given, the checksum still right.
+        let with = Segment {
+            options: vec![2, 4, 5, 0xb4, 1],
+            ..s.clone()
+        };
+        let f = with.frame();
+        assert_eq!(f.len(), 14 + 20 + 28 + 3);
+        assert_eq!(f[46] >> 4, 7);
+        assert_eq!(
+            Segment::parse(&f).unwrap().options,
+            vec![2, 4, 5, 0xb4, 1, 0, 0, 0]
+        );
+        let liar = Segment {
+            data_offset: Some(15),
+            ..s.clone()
+        };
+        let f = liar.frame();
+        assert_eq!(f[46] >> 4, 15);
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&f[26..34]);
+        pseudo.extend_from_slice(&[0, 6, 0, 23]);
+        pseudo.extend_from_slice(&f[34..]);
+        assert_eq!(checksum(&pseudo), 0);
+        assert_eq!(Segment::parse(&f), None, "its header does not fit");
     }
 }

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use compart_tests::netns::{exec_in, ping_received, require_netns, NetNs};
-use compart_tests::rawnet::{flags, mac_of, RawPeer, RawReceiver, RawSender, Rng};
+use compart_tests::rawnet::{flags, mac_of, RawPeer, RawReceiver, RawSender, Rng, Segment};
 use compart_tests::stack::{topology_text, Server, DRIVER, IP};
 use compart_tests::{boot, kvm_test, nic_status, send_in_batches, topology};
 use compart_vmm::GuestState;
@@ -271,7 +271,8 @@ fn hostile_tcp(tag: &str, with_pf: bool) {
     assert_eq!(got, b"ghi");
 
     // Storms from forged sources: RSTs, 10⁴ SYNs never completed, and random segments
-    // (random flags, numbers, windows, ports and data; a quarter with bad checksums).
+    // (random flags, numbers, windows, ports, options, data offsets and data; a quarter
+    // with bad checksums).
     let mut rng = Rng::new(0x7cb0 + u64::from(with_pf));
     let mut storm = Vec::new();
     for _ in 0..2000 {
@@ -308,6 +309,18 @@ fn hostile_tcp(tag: &str, with_pf: bool) {
             rng.below(65536) as u16,
             &rng.bytes(len),
         );
+        // A third with random option bytes, a few with a data offset that lies.
+        let seg = match rng.below(12) {
+            n @ 0..=3 => Segment {
+                options: rng.bytes(1 + (n as usize) * 12),
+                ..seg
+            },
+            4 => Segment {
+                data_offset: Some(rng.below(16) as u8),
+                ..seg
+            },
+            _ => seg,
+        };
         storm.push(if rng.below(4) == 0 {
             seg.frame_with_bad_checksum()
         } else {
