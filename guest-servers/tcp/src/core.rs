@@ -369,9 +369,16 @@ impl<N: Notifier> Tcp<N> {
             let (port, short) = (*port, *backlog - waiting.len().min(*backlog));
             for &sh in waiting.iter() {
                 let s = self.sockets.get_mut::<tcp::Socket>(sh);
-                if s.state() == State::Closed {
+                match s.state() {
                     // The port was free when the listener was made.
-                    let _ = s.listen(port);
+                    State::Closed => {
+                        s.set_timeout(Some(Duration::from_millis(self.limits.handshake_ms)));
+                        let _ = s.listen(port);
+                    }
+                    State::Listen | State::SynReceived => {}
+                    // Past its handshake, waiting to be accepted: it may wait as long as
+                    // the server takes (the timeout is set again when it listens anew).
+                    _ => s.set_timeout(None),
                 }
             }
             // A backlog that shrank while the table was full grows back.

@@ -640,6 +640,39 @@ fn half_open_connections_hold_a_listener_only_until_their_handshake_times_out() 
 }
 
 #[test]
+fn an_established_connection_waits_to_be_accepted_past_the_handshake_time() {
+    let limits = Limits {
+        handshake_ms: 2000,
+        ..Limits::default()
+    };
+    let mut r = rig_with(16, limits, false);
+    let l = r.tcp[0].listen(80, 1).unwrap();
+    let c = r.tcp[1].connect(A, 80).unwrap();
+    // 10 s, the client silent and the server not accepting.
+    for _ in 0..100 {
+        r.step(100);
+    }
+    assert_eq!(r.tcp[1].state(c), Ok(State::Established));
+    let s = r.tcp[0].accept(l).expect("still there to accept");
+    assert_eq!(r.tcp[0].state(s), Ok(State::Established));
+    // The listener's fresh socket still gives half-open connections up.
+    let syn = tcp_syn_from([198, 18, 0, 9], 40000, A, 80);
+    let (op, w) = packet::Request::Deliver(PacketMeta::PLAIN).encode();
+    r.wire.ip[0].send_request(op, w, &syn).unwrap();
+    for _ in 0..10 {
+        r.round();
+    }
+    assert!(!connects(&mut r), "the one listening socket is half open");
+    for _ in 0..30 {
+        r.step(100);
+    }
+    assert!(
+        connects(&mut r),
+        "and listens again after the handshake time"
+    );
+}
+
+#[test]
 fn a_connect_nobody_answers_is_given_up_after_the_handshake_time() {
     let limits = Limits {
         handshake_ms: 3000,
