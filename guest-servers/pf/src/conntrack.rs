@@ -263,7 +263,8 @@ fn advance_seq(e: &mut Entry, reply: bool, f: TcpFlags, seg: &TcpSeg) -> bool {
         return false;
     }
     let side = &mut e.tcp[i];
-    if f.syn {
+    if f.syn && side.end.is_none() {
+        // Its first SYN only: a later (retransmitted or forged) one changes nothing.
         side.wscale = seg.wscale;
     }
     if in_window {

@@ -519,7 +519,7 @@ fn rsts_and_fins_outside_the_window_close_nothing_and_those_inside_do() {
 }
 
 #[test]
-fn fins_in_the_window_close_a_connection_with_scaled_windows() {
+fn fins_in_the_window_close_a_connection_with_scaled_windows_whatever_a_forged_syn_says() {
     let mut f = filter("in:tcp:7", None);
     let key = Key::new(Dir::In, PROTO_TCP, FAR, 5001, US, 7);
     // SYNs with window scale 7 both ways: 1000 << 7 = 128000 of window.
@@ -532,6 +532,9 @@ fn fins_in_the_window_close_a_connection_with_scaled_windows() {
     assert_eq!(flow::parse(&syn).unwrap().seg.wscale, Some(7));
     assert!(pass(&mut f, Dir::In, &syn, 0));
     assert!(pass(&mut f, Dir::Out, &synack, 1));
+    // A forged SYN without the option does not turn the scaling off.
+    let forged = tcp_at(FAR, 5001, US, 7, SYN, 0x8000_0000, 1000, 0);
+    assert!(pass(&mut f, Dir::In, &forged, 1));
     assert!(pass(
         &mut f,
         Dir::In,
