@@ -7,6 +7,10 @@
 //!   socket protocol (`compart_proto::socket`).
 //! - `echo=PORT`: a temporary echo service on PORT inside this server (until the posix
 //!   server and apps exist).
+//! - `connect=A.B.C.D:PORT`: a temporary test service: one connection from the stack to
+//!   that address, which sends `hello from compart` and then echoes what the peer sends.
+//! - `handshake=MS` (default 30000): how long a connection may take to complete its
+//!   handshake before it is given up.
 //! - Offloads: TCP checksums are left to the link when ip's `Config` says it has
 //!   `TX_CSUM`, and segments of up to 64 KiB go down whole with `TX_TSO4` too;
 //!   `offload=false` turns both off.
@@ -153,6 +157,9 @@ fn main(info: &'static BootInfo) -> i32 {
     if let Some(n) = arg::<usize>(&args, "backlog") {
         limits.backlog = n.clamp(1, limits.sockets);
     }
+    if let Some(ms) = arg::<u64>(&args, "handshake") {
+        limits.handshake_ms = ms.max(1);
+    }
     if let Some(kib) = arg::<usize>(&args, "buf") {
         limits.rx_buffer = kib.clamp(4, 4096) * 1024;
         limits.tx_buffer = limits.rx_buffer;
@@ -175,6 +182,14 @@ fn main(info: &'static BootInfo) -> i32 {
         println!("tcp: echo service on port {p} (temporary, until posix and apps)");
         e
     });
+    let mut outbound = arg::<&str>(&args, "connect").map(|a| {
+        let (addr, port) = tcp::echo::parse_endpoint(a)
+            .unwrap_or_else(|| panic!("tcp: connect={a}: expected A.B.C.D:PORT"));
+        let e = Echo::connect(&mut tcp, addr, port)
+            .unwrap_or_else(|e| panic!("tcp: connect to {a}: {e:?}"));
+        println!("tcp: connecting to {a} (a temporary test service: greets, then echoes)");
+        e
+    });
     let mut printed = DeviceCounters::default();
     let mut last_print = Instant::from_millis(0);
     loop {
@@ -192,6 +207,13 @@ fn main(info: &'static BootInfo) -> i32 {
         }
         if let Some(e) = echo.as_mut() {
             busy |= e.step(&mut tcp);
+        }
+        if let Some(e) = outbound.as_mut() {
+            busy |= e.step(&mut tcp);
+            if e.connections() == 0 {
+                println!("tcp: the outbound test connection ended");
+                outbound = None;
+            }
         }
         if let Some(e) = tcp.device().error() {
             println!(
