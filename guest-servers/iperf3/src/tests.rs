@@ -182,6 +182,9 @@ fn stock_client_sends_to_our_server() {
         "the client's results say what it sent"
     );
     assert!(out.contains("receiver"), "{out}");
+    // The -J report's CPU lines come from both sides' results.
+    assert!(num(&report, &["end", "cpu_utilization_percent", "remote_total"]) >= 0.0);
+    assert!(num(&report, &["end", "cpu_utilization_percent", "host_total"]) > 0.0);
     println!(
         "stock -c → our -s: {:.2} Gbit/s",
         gbits(received, ours.secs)
