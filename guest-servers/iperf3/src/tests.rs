@@ -652,3 +652,31 @@ fn our_client_reports_a_busy_server_and_one_that_breaks_the_protocol() {
     );
     h.join().unwrap();
 }
+
+#[test]
+fn a_client_interrupted_or_killed_mid_test_frees_our_server_at_once() {
+    let server = spawn_server(25_223, 2);
+    for signal in ["-INT", "-KILL"] {
+        let p = Proc::spawn(&["-c", "127.0.0.1", "-p", "25223", "-t", "30"]);
+        thread::sleep(Duration::from_millis(1500));
+        let pid = p.0.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+        let _ = p.finish(Duration::from_secs(5));
+    }
+    // Both tests ended within seconds, not at the 30 s they asked for.
+    let (results, out) = join(server, Duration::from_secs(10));
+    assert_eq!(
+        results[0].as_ref().unwrap_err(),
+        &Error::ClientTerminated,
+        "{out}"
+    );
+    assert!(
+        matches!(results[1], Err(Error::Closed(_) | Error::Net(..))),
+        "{:?}\n{out}",
+        results[1]
+    );
+}
