@@ -1,6 +1,6 @@
 //! The iperf3 application end to end, against stock `iperf3` in a network namespace:
-//! the whole stack (`driver`, `ip`, `tcp`, `posix`) with the `iperf3` image as its
-//! application (role `app`).
+//! the whole stack (`driver`, `ip`, `pf`, `tcp`, `posix`) with the `iperf3` image as
+//! its application (role `app`).
 //!
 //! - Our server: stock `iperf3 -c` measures it plain, with `-R` and with `-P 4`; a
 //!   window (`-w`) beyond tcp's buffers is refused with iperf3's error.
@@ -22,14 +22,19 @@ const UP: Duration = Duration::from_secs(30);
 const STACK: &str = "198.18.0.2";
 const PEER: &str = "198.18.0.1";
 
+/// pf lets in iperf3's port (our server) and out to it (our client), nothing else.
+const PF_RULES: &str = "rules=in:tcp:5201,out:tcp:5201 default=deny";
+
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// The stack with the iperf3 image on `app`'s command line, its NIC a TAP in `ns`.
+/// The stack with the iperf3 image on `app`'s command line, its NIC a TAP in `ns`
+/// (as `topologies/iperf.toml`).
 fn stack(tap: &str, ns: &str, app: &str) -> String {
     let text = topology_text(
         &[
             DRIVER,
             IP,
+            Server::new("pf", 16, 1).with(PF_RULES),
             Server::new("tcp", 64, 1).with("sockets=32 buf=256"),
             Server::new("posix", 16, 0),
             Server::new("iperf3", 32, 0).with(app),

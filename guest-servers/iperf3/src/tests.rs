@@ -182,6 +182,9 @@ fn stock_client_sends_to_our_server() {
         "the client's results say what it sent"
     );
     assert!(out.contains("receiver"), "{out}");
+    // The -J report's CPU lines come from both sides' results.
+    assert!(num(&report, &["end", "cpu_utilization_percent", "remote_total"]) >= 0.0);
+    assert!(num(&report, &["end", "cpu_utilization_percent", "host_total"]) > 0.0);
     println!(
         "stock -c → our -s: {:.2} Gbit/s",
         gbits(received, ours.secs)
@@ -648,4 +651,32 @@ fn our_client_reports_a_busy_server_and_one_that_breaks_the_protocol() {
         "{e}"
     );
     h.join().unwrap();
+}
+
+#[test]
+fn a_client_interrupted_or_killed_mid_test_frees_our_server_at_once() {
+    let server = spawn_server(25_223, 2);
+    for signal in ["-INT", "-KILL"] {
+        let p = Proc::spawn(&["-c", "127.0.0.1", "-p", "25223", "-t", "30"]);
+        thread::sleep(Duration::from_millis(1500));
+        let pid = p.0.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+        let _ = p.finish(Duration::from_secs(5));
+    }
+    // Both tests ended within seconds, not at the 30 s they asked for.
+    let (results, out) = join(server, Duration::from_secs(10));
+    assert_eq!(
+        results[0].as_ref().unwrap_err(),
+        &Error::ClientTerminated,
+        "{out}"
+    );
+    assert!(
+        matches!(results[1], Err(Error::Closed(_) | Error::Net(..))),
+        "{:?}\n{out}",
+        results[1]
+    );
 }
