@@ -153,6 +153,38 @@ pub fn send_in_batches(
     sent
 }
 
+/// Waits until the last `pf: counters:` line shows an empty connection table
+/// (` conns=0 `), within 30 s, or the test fails. Every 2 s `peer` sends a stray ACK to
+/// port 7 from a forged address (passed by an `in:tcp:7` rule, it opens nothing): pf
+/// takes expired entries out at its deadline or, at the latest, at the next packet, and
+/// prints its counters after each packet.
+pub fn wait_for_empty_pf_table(capture: &Capture, peer: &rawnet::RawPeer) {
+    let start = Instant::now();
+    for probe in 0..15u16 {
+        if capture
+            .of("pf")
+            .last()
+            .is_some_and(|l| l.contains(" conns=0 "))
+        {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let ack = rawnet::flags::ACK;
+        let stray = peer.segment([198, 19, 9, 9], 1000 + probe, 7, 1, 1, ack, 512, &[]);
+        peer.send(&stray)
+            .unwrap_or_else(|e| panic!("sending a stray ACK: {e}"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = capture.of("pf").last().cloned();
+    assert!(
+        last.as_deref().is_some_and(|l| l.contains(" conns=0 ")),
+        "pf's table does not empty: {last:?}"
+    );
+}
+
 /// Starts the VMM on `topology` with every console line captured; panics if it
 /// cannot start.
 pub fn boot(topology: &Topology) -> (RunningVmm, Capture) {

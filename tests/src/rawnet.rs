@@ -228,6 +228,9 @@ impl Segment {
     }
 }
 
+/// Most frames [`RawReceiver::wait_for`] looks at in one call.
+pub const MAX_FRAMES: usize = 1_000_000;
+
 /// A raw `AF_PACKET` socket that receives the IPv4 frames on one interface (both
 /// directions), with a receive timeout.
 #[derive(Debug)]
@@ -310,14 +313,18 @@ impl RawReceiver {
         Ok(Some(buf))
     }
 
-    /// The first TCP segment for which `want` holds, within `timeout`.
+    /// The first TCP segment for which `want` holds, within `timeout` (and the first
+    /// [`MAX_FRAMES`] frames).
     pub fn wait_for(
         &self,
         timeout: std::time::Duration,
         mut want: impl FnMut(&Segment) -> bool,
     ) -> io::Result<Option<Segment>> {
         let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
+        for _ in 0..MAX_FRAMES {
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
             if let Some(s) = self.recv()?.as_deref().and_then(Segment::parse) {
                 if want(&s) {
                     return Ok(Some(s));
@@ -500,7 +507,11 @@ impl RawPeer {
     ) -> io::Result<Vec<u8>> {
         let deadline = std::time::Instant::now() + timeout;
         let mut got = Vec::new();
-        while got.len() < n {
+        // Each segment taken moves at least a byte; the others are bounded by the count.
+        for _ in 0..n + 10_000 {
+            if got.len() >= n {
+                break;
+            }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 break;

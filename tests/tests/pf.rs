@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use compart_tests::netns::{exec_in, ping_received, require_netns, NetNs};
 use compart_tests::rawnet::{flags, mac_of, RawPeer, RawReceiver, RawSender, Rng};
 use compart_tests::stack::{topology_text, Server, DRIVER, IP};
-use compart_tests::{boot, kvm_test, send_in_batches, topology, Capture};
+use compart_tests::{boot, kvm_test, send_in_batches, topology, wait_for_empty_pf_table};
 use compart_vmm::GuestState;
 
 const UP: Duration = Duration::from_secs(20);
@@ -108,40 +108,6 @@ kvm_test! {
         assert_eq!(capture.counter("pf", "conn_created"), 0, "{:?}", capture.of("pf"));
         vmm.handle().stop();
         vmm.wait();
-    }
-}
-
-/// Waits up to 30 s until pf's last counter line shows an empty table, sending a stray
-/// ACK to port 7 (passed by an `in:tcp:7` rule, it opens nothing) every 2 s: pf takes
-/// expired entries out at its deadline, or at the latest when a packet comes, and
-/// prints its count after each packet.
-fn wait_for_empty_table(capture: &Capture, peer: &RawPeer) {
-    let start = Instant::now();
-    let mut probes = 0u16;
-    while !capture
-        .of("pf")
-        .last()
-        .is_some_and(|l| l.contains(" conns=0 "))
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "pf's table does not empty: {:?}",
-            capture.of("pf").last()
-        );
-        std::thread::sleep(Duration::from_secs(2));
-        probes += 1;
-        let probe = peer.segment(
-            [198, 19, 9, 9],
-            1000 + probes,
-            7,
-            1,
-            1,
-            flags::ACK,
-            512,
-            &[],
-        );
-        peer.send(&probe).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -299,7 +265,7 @@ kvm_test! {
         }
         let served = served.unwrap_or_else(|| panic!("no echo after the flood: {:?}", capture.of("pf").last()));
         eprintln!("echo served again {served:?} after the flood");
-        wait_for_empty_table(&capture, &peer);
+        wait_for_empty_pf_table(&capture, &peer);
         assert!(capture.counter("pf", "conn_expired") >= 64, "{:?}", capture.of("pf").last());
         for g in ["driver", "ip", "pf", "tcp"] {
             assert!(!capture.of(g).iter().any(|l| l.contains("panicked")), "{g}: {:?}", capture.of(g));

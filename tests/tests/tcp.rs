@@ -12,7 +12,9 @@ use std::time::Duration;
 use compart_tests::netns::{exec_in, ping_received, require_netns, NetNs};
 use compart_tests::rawnet::{flags, mac_of, RawPeer, RawReceiver, RawSender, Rng, Segment};
 use compart_tests::stack::{topology_text, Server, DRIVER, IP};
-use compart_tests::{boot, kvm_test, nic_status, send_in_batches, topology};
+use compart_tests::{
+    boot, kvm_test, nic_status, send_in_batches, topology, wait_for_empty_pf_table,
+};
 use compart_vmm::GuestState;
 
 const UP: Duration = Duration::from_secs(20);
@@ -386,37 +388,8 @@ fn hostile_tcp(tag: &str, with_pf: bool) {
             "{:?}",
             pf.last()
         );
-        // The table empties as its entries time out (1–3 s here, from the last packet of
-        // each). pf takes expired entries out at its deadline, or at the latest when the
-        // next packet comes: a stray ACK to port 7 every 2 s (passed by the rule, it opens
-        // nothing) makes pf look, and print its count.
-        let start = std::time::Instant::now();
-        let mut probes = 0u16;
-        while !capture
-            .of("pf")
-            .last()
-            .is_some_and(|l| l.contains(" conns=0 "))
-        {
-            assert!(
-                start.elapsed() < secs(30),
-                "pf's table does not empty: {:?}",
-                capture.of("pf").last()
-            );
-            std::thread::sleep(secs(2));
-            probes += 1;
-            let probe = peer.segment(
-                [198, 19, 9, 9],
-                1000 + probes,
-                7,
-                1,
-                1,
-                flags::ACK,
-                512,
-                &[],
-            );
-            peer.send(&probe).unwrap();
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        // The table empties as its entries time out (1–3 s here).
+        wait_for_empty_pf_table(&capture, &peer);
         eprintln!("pf: {:?}", capture.of("pf").last());
         assert!(capture.counter("pf", "conn_expired") > 0);
     }

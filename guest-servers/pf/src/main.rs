@@ -5,7 +5,7 @@
 //!   without tcp).
 //! - `rules=…` and `default=allow|deny` (see the library's `rules` module; default: no
 //!   rules, deny), `conns=N` the connection table's size (1–65536, default 4096; each
-//!   entry takes about 100 bytes of heap at most, so 65536 need a guest of ≥ 12 MiB).
+//!   entry takes about 180 bytes of heap at most, so 65536 need a guest of ≥ 16 MiB).
 //! - The connection timeouts and the scan interval, in milliseconds (1 or more), by the
 //!   names of [`Limits`]' fields: `tcp_opening_ms=`, `tcp_established_ms=`,
 //!   `tcp_closing_ms=`, `tcp_closed_ms=`, `udp_first_ms=`, `udp_ms=`, `icmp_ms=`,
@@ -28,7 +28,7 @@ use pf::{Counters, Filter, Instant, Limits, PfServer, Rules};
 
 compart_firmware::entry!(main);
 
-/// Most entries `conns=` may ask for (about 100 bytes of heap each, at most).
+/// Most entries `conns=` may ask for (about 180 bytes of heap each, at most).
 const MAX_CONNS: usize = 65536;
 
 fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {

@@ -702,6 +702,7 @@ proptest! {
             let _ = f.check(dir, &p, t(now));
             f.poll(t(now));
             prop_assert!(f.table().len() <= 6);
+            prop_assert!(f.table().peak() <= 6);
             if let Some(d) = f.next_deadline() {
                 prop_assert!(f.table().iter(d).count() <= f.table().len());
             }
