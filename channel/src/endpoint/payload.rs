@@ -36,7 +36,20 @@ pub struct Payload<'a> {
     _message: PhantomData<&'a ()>,
 }
 
-impl Payload<'_> {
+impl<'a> Payload<'a> {
+    /// The payload from byte `at` on (empty if `at` is past its end): to pass on the
+    /// part of a payload that a peer has not taken yet.
+    #[inline]
+    pub fn tail(&self, at: usize) -> Payload<'a> {
+        let at = at.min(self.len);
+        Payload {
+            region: self.region,
+            off: self.off + at,
+            len: self.len - at,
+            _message: PhantomData,
+        }
+    }
+
     /// Length in bytes.
     #[inline]
     pub fn len(&self) -> usize {

@@ -13,6 +13,13 @@
 //! - Payloads: a `write` sends up to one pool buffer (64 KiB in the stack's topologies)
 //!   per request, a `read` receives up to as much; the bytes are copied once each way
 //!   between the application's memory and the channel.
+//! - Write-behind: a `write` returns as soon as its request is on its way, flagged
+//!   `FLAG_ALL` (posix delivers all of it, in order, waiting for room as long as it
+//!   takes): the application's pool buffers are its socket's send buffer. Up to
+//!   [`BEHIND`] writes are in flight at once (then a write waits for one, or answers
+//!   `EAGAIN` if non-blocking); a write that fails shows as the error of the stream's
+//!   next `write` or `shutdown`. `shutdown` and dropping wait for the stream's writes
+//!   (dropping at most [`DROP_FLUSH_MS`]).
 //! - Dropping a stream or listener closes its handle (posix closes tcp's).
 //!
 //! The firmware supplies the clock and the sleep ([`Sleep`]) and opens the channel
@@ -22,15 +29,24 @@
 
 extern crate alloc;
 
+use alloc::collections::BTreeMap;
 use alloc::rc::Rc;
 use core::cell::RefCell;
 
-use compart_channel::{ChannelError, Endpoint, Notifier};
+use compart_channel::{ChannelError, Endpoint, Notifier, RequestId};
 use compart_proto::socket::{
-    Errno, Event, Reply, Request, FLAG_NONBLOCK, OPT_NODELAY, OPT_RCVBUF, OPT_SNDBUF, READY_ERROR,
-    READY_HANGUP,
+    Errno, Event, Reply, Request, FLAG_ALL, FLAG_NONBLOCK, OPT_NODELAY, OPT_RCVBUF, OPT_SNDBUF,
+    READY_ERROR, READY_HANGUP,
 };
 pub use compart_sockets::{Listener, Net, Peer, Result, SockOpt, Stream};
+
+/// Writes in flight at once at most (fewer if the channel has fewer request entries:
+/// two stay free for the other calls).
+pub const BEHIND: usize = 14;
+
+/// How long dropping a stream waits for its writes to be delivered before it closes
+/// the handle anyway (posix then drops what is left).
+pub const DROP_FLUSH_MS: u64 = 10_000;
 
 /// How the application's guest keeps time and sleeps: the firmware's clock and
 /// `channel::wait_for_any` in a guest, a host clock and a short sleep in tests.
@@ -54,6 +70,12 @@ struct Client<N: Notifier, S> {
     waited: u64,
     /// One-way messages from posix that did not decode as events.
     malformed: u64,
+    /// Writes in flight: request id → the stream's handle.
+    behind: BTreeMap<u64, u32>,
+    /// Writes in flight at once at most.
+    behind_max: usize,
+    /// The first failure of a stream's writes in flight, until reported.
+    failed: BTreeMap<u32, Errno>,
 }
 
 /// What a broken channel to posix means to a caller: the server is gone (or wrote what
@@ -66,6 +88,87 @@ fn gone(e: ChannelError) -> Errno {
 }
 
 impl<N: Notifier, S: Sleep<N>> Client<N, S> {
+    /// Queue a write of `data` on `handle` (write-behind); `Err(Again)` if `BEHIND`
+    /// are in flight and `nonblocking`.
+    fn write_behind(&mut self, handle: u32, data: &[u8], nonblocking: bool) -> Result<()> {
+        loop {
+            self.pump(None).map_err(gone)?;
+            if self.behind.len() < self.behind_max {
+                break;
+            }
+            if nonblocking {
+                return Err(Errno::Again);
+            }
+            self.sleep.sleep(&mut self.ep, None);
+        }
+        let (op, w) = Request::Send { handle }.encode_flags(FLAG_ALL);
+        let id = loop {
+            match self.ep.send_request(op, w, data) {
+                Ok(id) => break id,
+                Err(ChannelError::Full | ChannelError::NoFreeRequest) => {
+                    self.pump(None).map_err(gone)?;
+                    self.sleep.sleep(&mut self.ep, None);
+                }
+                Err(e) => return Err(gone(e)),
+            }
+        };
+        self.behind.insert(id.0, handle);
+        self.ep.flush().map_err(gone)
+    }
+
+    /// Wait until none of `handle`'s writes is in flight, or `deadline_ms` passed.
+    fn flush_writes(&mut self, handle: u32, deadline_ms: Option<u64>) -> Result<()> {
+        loop {
+            self.pump(None).map_err(gone)?;
+            if !self.behind.values().any(|&h| h == handle) {
+                return Ok(());
+            }
+            if deadline_ms.is_some_and(|d| self.sleep.now_ms() >= d) {
+                return Ok(());
+            }
+            self.sleep.sleep(&mut self.ep, deadline_ms);
+        }
+    }
+
+    /// The failure of one of `handle`'s earlier writes, once.
+    fn take_failure(&mut self, handle: u32) -> Result<()> {
+        match self.failed.remove(&handle) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Take posix's events and the replies to writes in flight (both count as events:
+    /// a finished write makes room), and the reply to `mine` if it came.
+    fn pump(
+        &mut self,
+        mine: Option<RequestId>,
+    ) -> core::result::Result<Option<compart_channel::Reply>, ChannelError> {
+        self.drain()?;
+        while let Some(rep) = self.ep.poll_reply()? {
+            if Some(rep.id()) == mine {
+                return Ok(Some(rep));
+            }
+            match self.behind.remove(&rep.id().0) {
+                Some(handle) => {
+                    let r = Reply::decode(rep.opcode(), rep.status(), rep.inline());
+                    let e = match r {
+                        Ok(Reply::Bytes(_)) => None,
+                        Ok(Reply::Error(e)) => Some(e),
+                        _ => Some(Errno::Protocol),
+                    };
+                    if let Some(e) = e {
+                        self.failed.entry(handle).or_insert(e);
+                    }
+                    self.events += 1;
+                }
+                None => self.malformed += 1,
+            }
+            self.ep.free(rep)?;
+        }
+        Ok(None)
+    }
+
     /// Take posix's events (and anything else it sent one-way), counting them.
     fn drain(&mut self) -> core::result::Result<(), ChannelError> {
         while let Some(req) = self.ep.poll_request()? {
@@ -93,22 +196,21 @@ impl<N: Notifier, S: Sleep<N>> Client<N, S> {
     ) -> Result<(Reply, usize)> {
         let flags = if nonblocking { FLAG_NONBLOCK } else { 0 };
         let (op, w) = req.encode_flags(flags);
-        loop {
+        let id = loop {
             match self.ep.send_request(op, w, payload) {
-                Ok(_) => break,
+                Ok(id) => break id,
                 // Only a previous call's reply not yet freed could hold the entry, and
                 // none is; a full queue empties as posix takes requests.
                 Err(ChannelError::Full | ChannelError::NoFreeRequest) => {
-                    self.drain().map_err(gone)?;
+                    self.pump(None).map_err(gone)?;
                     self.sleep.sleep(&mut self.ep, None);
                 }
                 Err(e) => return Err(gone(e)),
             }
-        }
+        };
         self.ep.flush().map_err(gone)?;
         loop {
-            self.drain().map_err(gone)?;
-            if let Some(rep) = self.ep.poll_reply().map_err(gone)? {
+            if let Some(rep) = self.pump(Some(id)).map_err(gone)? {
                 let decoded = Reply::decode(rep.opcode(), rep.status(), rep.inline());
                 let n = match decoded {
                     Ok(Reply::Bytes(_)) => self.ep.read_reply_payload(&rep, out),
@@ -129,7 +231,7 @@ impl<N: Notifier, S: Sleep<N>> Client<N, S> {
     /// Sleep until an event arrives after `since` events were counted, or the deadline.
     fn wait_event(&mut self, since: u64, deadline_ms: Option<u64>) -> Result<()> {
         loop {
-            self.drain().map_err(gone)?;
+            self.pump(None).map_err(gone)?;
             if self.events != since {
                 return Ok(());
             }
@@ -169,6 +271,7 @@ pub struct PosixListener<N: Notifier, S: Sleep<N>> {
 impl<N: Notifier, S: Sleep<N>> PosixNet<N, S> {
     /// The network over `ep`, the channel to posix, with `sleep`'s clock and sleep.
     pub fn new(ep: Endpoint<N>, sleep: S) -> PosixNet<N, S> {
+        let entries = ep.layout().config().max_outstanding as usize;
         PosixNet {
             c: Rc::new(RefCell::new(Client {
                 ep,
@@ -176,6 +279,9 @@ impl<N: Notifier, S: Sleep<N>> PosixNet<N, S> {
                 events: 0,
                 waited: 0,
                 malformed: 0,
+                behind: BTreeMap::new(),
+                behind_max: BEHIND.min(entries.saturating_sub(2)),
+                failed: BTreeMap::new(),
             })),
         }
     }
@@ -202,6 +308,13 @@ fn close<N: Notifier, S: Sleep<N>>(c: &Shared<N, S>, handle: u32) {
 
 impl<N: Notifier, S: Sleep<N>> Drop for PosixStream<N, S> {
     fn drop(&mut self) {
+        {
+            let mut c = self.c.borrow_mut();
+            let deadline = c.sleep.now_ms().saturating_add(DROP_FLUSH_MS);
+            // A channel gone is a handle gone: nothing to wait for.
+            let _ = c.flush_writes(self.handle, Some(deadline));
+            c.failed.remove(&self.handle);
+        }
         close(&self.c, self.handle);
     }
 }
@@ -255,7 +368,12 @@ impl<N: Notifier, S: Sleep<N>> Stream for PosixStream<N, S> {
             return Ok(0);
         }
         let mut c = self.c.borrow_mut();
+        c.take_failure(self.handle)?;
         let take = buf.len().min(c.ep.buffer_size());
+        if c.behind_max > 0 {
+            c.write_behind(self.handle, &buf[..take], self.nonblocking)?;
+            return Ok(take);
+        }
         let req = Request::Send {
             handle: self.handle,
         };
@@ -271,7 +389,10 @@ impl<N: Notifier, S: Sleep<N>> Stream for PosixStream<N, S> {
         let req = Request::Shutdown {
             handle: self.handle,
         };
-        self.c.borrow_mut().call(req, false, &[], &mut [])?;
+        let mut c = self.c.borrow_mut();
+        c.flush_writes(self.handle, None)?;
+        c.take_failure(self.handle)?;
+        c.call(req, false, &[], &mut [])?;
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use std::vec::Vec;
 
 use compart_channel::host::SharedMemory;
 use compart_channel::{initialize, Endpoint, NoKick, PairConfig, PairLayout, Side};
-use compart_proto::socket::{Event, Reply, Request, FLAG_NONBLOCK, READY_READABLE};
+use compart_proto::socket::{Event, Reply, Request, FLAG_ALL, READY_READABLE};
 
 use super::*;
 
@@ -89,7 +89,7 @@ fn calls_carry_handles_payloads_and_flags_and_drop_closes() {
             Vec::new(),
         ),
         Request::Recv { .. } => (None, Reply::Bytes(5), b"hello".to_vec()),
-        Request::Send { .. } => (None, Reply::Bytes(3), Vec::new()),
+        Request::Send { .. } => (None, Reply::Bytes(6), Vec::new()),
         Request::Close { .. } => (None, Reply::Done, Vec::new()),
         _ => (None, Reply::Error(Errno::Invalid), Vec::new()),
     });
@@ -107,7 +107,7 @@ fn calls_carry_handles_payloads_and_flags_and_drop_closes() {
     assert_eq!(s.read(&mut buf), Ok(5));
     assert_eq!(&buf[..5], b"hello");
     s.set_nonblocking(true).unwrap();
-    assert_eq!(s.write(b"abcdef"), Ok(3));
+    assert_eq!(s.write(b"abcdef"), Ok(6), "queued: write-behind");
     drop(s);
     drop(l);
     server.join().unwrap();
@@ -130,7 +130,7 @@ fn calls_carry_handles_payloads_and_flags_and_drop_closes() {
     assert_eq!(seen[2].1, 0, "blocking by default");
     assert_eq!(
         (seen[3].0, seen[3].1),
-        (Request::Send { handle: 0x1_0004 }, FLAG_NONBLOCK)
+        (Request::Send { handle: 0x1_0004 }, FLAG_ALL)
     );
     assert_eq!(seen[3].2, b"abcdef");
     assert_eq!(seen[4].0, Request::Close { handle: 0x1_0004 });
@@ -176,4 +176,45 @@ fn errors_come_back_as_errnos_and_wait_returns_after_an_event() {
     assert_eq!(n.listen(0, 1).map(|_| ()), Err(Errno::Invalid));
     assert_eq!(n.listen(80, 1).map(|_| ()), Err(Errno::BadHandle));
     server.join().unwrap();
+}
+
+#[test]
+fn a_failed_write_behind_is_the_next_writes_error_and_shutdown_waits_for_writes() {
+    let (_mem, app, posix) = pair("net-behind");
+    let (tx, rx) = mpsc::channel();
+    let server = serve(posix, 4, tx, |r| match *r {
+        Request::Connect { .. } => (None, Reply::Handle(7), Vec::new()),
+        Request::Send { .. } => (None, Reply::Error(Errno::Pipe), Vec::new()),
+        _ => (None, Reply::Done, Vec::new()),
+    });
+    let mut n = net(app);
+    let mut s = n
+        .connect(Peer {
+            address: [198, 18, 0, 1],
+            port: 9,
+        })
+        .unwrap();
+    assert_eq!(s.write(b"one"), Ok(3));
+    assert_eq!(
+        s.shutdown(),
+        Err(Errno::Pipe),
+        "waited for the write, which failed"
+    );
+    assert_eq!(s.write(b"two"), Ok(3), "reported once");
+    drop(s);
+    server.join().unwrap();
+    let calls: Vec<_> = rx.iter().map(|(r, _, _)| r).collect();
+    assert_eq!(
+        calls,
+        [
+            Request::Connect {
+                address: [198, 18, 0, 1],
+                port: 9
+            },
+            Request::Send { handle: 7 },
+            Request::Send { handle: 7 },
+            Request::Close { handle: 7 },
+        ][..],
+        "no Shutdown after a failed write; the drop waits for the last write, then closes"
+    );
 }

@@ -14,8 +14,9 @@
 //!  SetOption 10      handle           option (OPT_*)                value       –
 //!  Stats     11      0                0                             0           –
 //!
-//!  inline[3] of any request: FLAG_NONBLOCK (bit 0) or 0; only an application sets it
-//!  (posix → tcp calls never block, so tcp refuses it).
+//!  inline[3] of any request: flags, FLAG_NONBLOCK (bit 0) and, on Send, FLAG_ALL
+//!  (bit 1); only an application sets them (posix → tcp calls never block, so tcp
+//!  refuses any).
 //!
 //!  reply (the request's opcode decides which)   status  inline[0]  inline[1]       inline[2]
 //!  Handle      Listen, Connect                  0       handle     0               0
@@ -64,6 +65,12 @@ pub const OP_STATS: u16 = 11;
 /// Request flag (inline word 3): answer `EAGAIN` at once instead of waiting (an
 /// application's non-blocking call; posix waits on tcp's events otherwise).
 pub const FLAG_NONBLOCK: u64 = 1;
+/// Request flag (inline word 3) of a `Send`: take all of the payload, waiting for room
+/// as long as it takes, before answering (an application's write-behind; posix keeps
+/// the sends of one connection in order).
+pub const FLAG_ALL: u64 = 2;
+/// Every request flag.
+pub const FLAGS: u64 = FLAG_NONBLOCK | FLAG_ALL;
 
 /// [`Request::SetOption`]: send segments at once (`TCP_NODELAY`, value 0 or 1).
 pub const OPT_NODELAY: u32 = 1;
@@ -244,7 +251,7 @@ impl Request {
     ) -> Result<(Request, u64), DecodeError> {
         zero(&w[4..])?;
         let flags = w[3];
-        if flags & !FLAG_NONBLOCK != 0 {
+        if flags & !FLAGS != 0 || (flags & FLAG_ALL != 0 && opcode != OP_SEND) {
             return Err(DecodeError::ReservedNotZero);
         }
         let req = match opcode {
@@ -569,10 +576,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn requests_round_trip(r in request(), flags in 0..=FLAG_NONBLOCK) {
+        fn requests_round_trip(r in request(), flags in 0..=FLAGS) {
             let (op, w) = r.encode();
             prop_assert_eq!(Request::decode(op, false, &w), Ok(r));
             prop_assert_eq!(Request::decode(op, true, &w), Err(DecodeError::WrongKind));
+            let flags = if matches!(r, Request::Send { .. }) { flags } else { flags & FLAG_NONBLOCK };
             let (op, w) = r.encode_flags(flags);
             prop_assert_eq!(Request::decode_flags(op, false, &w), Ok((r, flags)));
         }
@@ -659,7 +667,13 @@ mod tests {
             Err(DecodeError::ReservedNotZero)
         );
         let mut bad = w;
-        bad[3] = 2;
+        bad[3] = FLAG_ALL;
+        assert_eq!(
+            Request::decode_flags(op, false, &bad),
+            Err(DecodeError::ReservedNotZero),
+            "FLAG_ALL is a Send's only"
+        );
+        bad[3] = 4;
         assert_eq!(
             Request::decode_flags(op, false, &bad),
             Err(DecodeError::ReservedNotZero)

@@ -63,10 +63,10 @@ enum Turn {
 }
 
 impl<N: Net> Echo<N> {
-    /// Listen on `port`, serving up to `max_conns` connections at once (more wait in
-    /// the listener's backlog).
-    pub fn new(net: &mut N, port: u16, max_conns: usize) -> Result<Echo<N>> {
-        let mut listener = net.listen(port, 64)?;
+    /// Listen on `port` with `backlog`, serving up to `max_conns` connections at once
+    /// (more wait in the listener's backlog).
+    pub fn new(net: &mut N, port: u16, backlog: u32, max_conns: usize) -> Result<Echo<N>> {
+        let mut listener = net.listen(port, backlog)?;
         listener.set_nonblocking(true)?;
         Ok(Echo {
             listener,

@@ -3,8 +3,10 @@
 //!
 //! - `port=P` (default 7): the port it listens on.
 //! - `conns=N` (default 256): connections served at once (more wait in the backlog).
-//! - `exit_after=N`: end the guest, without closing anything, once N connections were
-//!   accepted (to show that posix closes a lost application's sockets).
+//! - `backlog=N` (default 256): handshakes completing at once (tcp may take fewer).
+//! - `exit_after=N`: end the guest at once (`exit`, no destructors: nothing is closed)
+//!   once N connections were accepted, to show that posix closes a lost application's
+//!   sockets.
 //! - `stats=MS` (default 1000): when idle and the counters changed, print them (with
 //!   posix's and tcp's, from a `Stats` call) at most once per MS milliseconds.
 #![no_std]
@@ -28,10 +30,11 @@ fn main(_info: &'static BootInfo) -> i32 {
     let args = cmdline::args();
     let port: u16 = arg(&args, "port").unwrap_or(7);
     let conns: usize = arg(&args, "conns").unwrap_or(256);
+    let backlog: u32 = arg(&args, "backlog").unwrap_or(256);
     let exit_after: Option<u64> = arg(&args, "exit_after");
     let stats_ms: u64 = arg(&args, "stats").unwrap_or(1000);
     let mut net = net::open();
-    let mut echo = Echo::new(&mut net, port, conns)
+    let mut echo = Echo::new(&mut net, port, backlog, conns)
         .unwrap_or_else(|e| panic!("echo: listen on port {port}: {e:?}"));
     println!("echo: serving port {port}, up to {conns} connections at once");
     let mut printed = echo.counters();
@@ -45,7 +48,8 @@ fn main(_info: &'static BootInfo) -> i32 {
                 c.accepted,
                 echo.connections()
             );
-            return 0;
+            // At once, as a crash would: no destructor runs, nothing is closed.
+            compart_firmware::exit(0);
         }
         if busy {
             continue;

@@ -44,7 +44,7 @@ fn serve(port: u16, max_conns: usize) -> (Arc<AtomicBool>, thread::JoinHandle<su
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let h = thread::spawn(move || {
         let mut net = StdNet::default();
-        let mut echo = Echo::new(&mut net, port, max_conns).unwrap();
+        let mut echo = Echo::new(&mut net, port, 64, max_conns).unwrap();
         ready_tx.send(()).unwrap();
         let until = Instant::now() + Duration::from_secs(60);
         echo.run(&mut net, |_| {

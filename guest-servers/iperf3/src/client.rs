@@ -15,7 +15,7 @@ use crate::proto::{
     TEST_END, TEST_RUNNING, TEST_START,
 };
 use crate::report::{self, Line};
-use crate::server::{busy_percent, drain, Reports};
+use crate::server::{busy_percent, drain, Reports, CONTROL_EVERY_MS};
 use crate::Error;
 
 /// What a finished test moved.
@@ -199,6 +199,7 @@ fn test<N: Net>(
     );
     let mut reports = Reports::new(cfg.interval_ms, counted_from);
     let mut last_progress = start;
+    let mut next_control = start;
     loop {
         let now = io.now();
         if end_at.is_some_and(|t| now >= t)
@@ -211,13 +212,16 @@ fn test<N: Net>(
         if pass.bytes > 0 {
             last_progress = now;
         }
-        if let Some(got) = io.poll_state(ctrl, "the test")? {
-            return Err(state_error(io, ctrl, got, "no message during the test"));
+        if pass.bytes == 0 || now >= next_control {
+            next_control = now + CONTROL_EVERY_MS;
+            if let Some(got) = io.poll_state(ctrl, "the test")? {
+                return Err(state_error(io, ctrl, got, "no message during the test"));
+            }
         }
         reports.maybe(now, &mut flows, out);
         let stall_at = last_progress + cfg.stall_ms;
         if now >= stall_at {
-            return Err(Error::Stalled(now - last_progress));
+            return Err(Error::Stalled(now.saturating_sub(last_progress)));
         }
         if pass.bytes == 0 {
             let deadline = [end_at, Some(stall_at), pass.paced_until, reports.next()]
@@ -229,7 +233,10 @@ fn test<N: Net>(
     }
     let end = io.now();
     reports.finish(end, &mut flows, out);
-    let busy = busy_percent(end - start, io.waited_ms() - waited_before);
+    let busy = busy_percent(
+        end.saturating_sub(start),
+        io.waited_ms().saturating_sub(waited_before),
+    );
     io.write_state(ctrl, TEST_END, end + timeout)?;
 
     // The server stops its streams and asks for the results; a receiver takes in what
@@ -394,7 +401,7 @@ fn print_summary(s: &ClientSummary, out: &mut dyn Write) {
     report::println(
         out,
         format_args!(
-            "CPU Utilization: local/{} {:.1}% (busy), remote/{} {:.1}% ({:.1}%u/{:.1}%s)",
+            "CPU Utilization: local/{} {:.1}% (awake), remote/{} {:.1}% ({:.1}%u/{:.1}%s)",
             if s.sending { "sender" } else { "receiver" },
             s.cpu,
             if s.sending { "receiver" } else { "sender" },

@@ -4,9 +4,10 @@
 //! and the data connections moved by a non-blocking pump ([`flow`]).
 //!
 //! - [`server::Server`]: `iperf3 -s`: one test at a time on its port, `-t`, `-n`/`-k`,
-//!   `-P`, `-R`, `-O`, `-b`, `-w`, `-N`, `--get-server-output`; UDP, SCTP and `--bidir`
-//!   are refused with iperf3's "not implemented" error, a second client while a test
-//!   runs with `ACCESS_DENIED`.
+//!   `-P`, `-R`, `-O`, `-b`, `-w`, `-N`, `-l`, `--get-server-output`; UDP, SCTP, MPTCP
+//!   and `--bidir` are refused with iperf3's "not implemented" error, `-M` and `-S`
+//!   (which the socket API cannot set) with its "unable to set" ones, a second client
+//!   while a test runs with `ACCESS_DENIED`.
 //! - [`client::run`]: `iperf3 -c`: the same options from the command line, the summary
 //!   printed as iperf3 prints it.
 //!
@@ -17,7 +18,9 @@
 //! deadline.
 //!
 //! CPU use in the results is the share of the test's time not spent asleep in
-//! `Net::wait` (this guest has one vCPU and sleeps there), reported as user time.
+//! `Net::wait`, reported as user time ("awake" on the console): time blocked inside a
+//! socket call counts as awake, so over posix, where every call waits for its reply,
+//! it reads near 100 %.
 #![no_std]
 #![forbid(unsafe_code)]
 

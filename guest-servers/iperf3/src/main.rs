@@ -48,8 +48,13 @@ fn main(info: &'static BootInfo) -> i32 {
                     return 1;
                 }
             };
-            server.run(&mut net, &mut Console);
-            0
+            match server.run(&mut net, &mut Console) {
+                Ok(()) => 0,
+                Err(e) => {
+                    println!("iperf3: {e}");
+                    1
+                }
+            }
         }
         Config::Client(cfg) => {
             // The cookie differs per run.

@@ -85,6 +85,12 @@ pub const IESTREAMCLOSE: i32 = 207;
 pub const IESTREAMREAD: i32 = 206;
 /// Writing a stream failed.
 pub const IESTREAMWRITE: i32 = 205;
+/// The MSS (`-M`) cannot be set.
+pub const IESETMSS: i32 = 123;
+/// The IP TOS (`-S`) cannot be set.
+pub const IESETTOS: i32 = 125;
+/// The socket buffer (`-w`) cannot be had.
+pub const IESETWINDOWSIZE: i32 = 130;
 /// Nothing arrived for too long.
 pub const IENOMSG: i32 = 144;
 
@@ -106,6 +112,9 @@ pub fn strerror(code: i32) -> Option<&'static str> {
         IERECVRESULTS => "unable to receive results",
         120 => "the server has terminated",
         121 => "the server is busy running a test. try again later",
+        IESETMSS => "unable to set TCP/SCTP MSS",
+        IESETTOS => "unable to set IP TOS",
+        IESETWINDOWSIZE => "unable to set socket window size",
         IENOMSG => "idle timeout for receiving data",
         160 => "server test duration expired",
         IESTREAMWRITE => "unable to write to stream socket",
@@ -168,6 +177,12 @@ pub struct Params {
     pub sctp: bool,
     /// Both directions at once asked for (not supported).
     pub bidirectional: bool,
+    /// Multipath TCP asked for (not supported).
+    pub mptcp: bool,
+    /// A maximum segment size asked for (`-M`; the stack's socket API cannot set it).
+    pub mss: u32,
+    /// An IP TOS asked for (`-S`; the stack's socket API cannot set it).
+    pub tos: u32,
 }
 
 impl Default for Params {
@@ -188,6 +203,9 @@ impl Default for Params {
             udp: false,
             sctp: false,
             bidirectional: false,
+            mptcp: false,
+            mss: 0,
+            tos: 0,
         }
     }
 }
@@ -216,7 +234,7 @@ fn flag(v: &Value, key: &str) -> Result<bool, Refusal> {
 impl Params {
     /// The parameters in `v`, refused when a value has the wrong type or is out of
     /// iperf3's ranges, or asks for what this server does not do (UDP, SCTP,
-    /// bidirectional), or for more than `max_streams` streams.
+    /// bidirectional, MPTCP, an MSS or a TOS), or for more than `max_streams` streams.
     pub fn from_json(v: &Value, max_streams: u32) -> Result<Params, Refusal> {
         if !matches!(v, Value::Object(_)) {
             return Err(Refusal(IERECVPARAMS));
@@ -241,9 +259,19 @@ impl Params {
             udp: flag(v, "udp")?,
             sctp: flag(v, "sctp")?,
             bidirectional: flag(v, "bidirectional")?,
+            mptcp: flag(v, "mptcp")?,
+            mss: num(v, "MSS", 0)?,
+            tos: num(v, "TOS", 0)?,
         };
-        if p.udp || p.sctp || p.bidirectional {
+        if p.udp || p.sctp || p.bidirectional || p.mptcp {
             return Err(Refusal(IEUNIMP));
+        }
+        // What this server cannot do is refused, not silently left out.
+        if p.mss != 0 {
+            return Err(Refusal(IESETMSS));
+        }
+        if p.tos != 0 {
+            return Err(Refusal(IESETTOS));
         }
         if p.parallel == 0 || p.parallel > max_streams.min(MAX_STREAMS) {
             return Err(Refusal(IENUMSTREAMS));

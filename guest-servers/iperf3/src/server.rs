@@ -32,6 +32,11 @@ use crate::Error;
 const GRACE_MS: u64 = 40_000;
 /// How often, during a test, other clients' connections are looked for (and refused).
 const REFUSE_EVERY_MS: u64 = 100;
+/// While data flows, how often the control connection is looked at (every pass that
+/// moved nothing looks too): each look is a socket call, as dear as a data one.
+pub(crate) const CONTROL_EVERY_MS: u64 = 5;
+/// What the listener was doing when it failed (which ends the server).
+const ACCEPTING: &str = "accepting a client";
 /// Connections that may complete at once on the port (the stack may allow fewer).
 const BACKLOG: u32 = 8;
 /// Connections being read for their cookie beyond the streams asked for.
@@ -89,18 +94,21 @@ impl<L: Listener> Server<L> {
     }
 
     /// Serve tests: forever, or as many as configured. A failed test is reported on
-    /// `out` and the next client served.
+    /// `out` and the next client served; only the listener failing ends the server
+    /// (with that error).
     pub fn run<N: Net<Listener = L, Stream = L::Stream>>(
         &mut self,
         net: &mut N,
         out: &mut dyn Write,
-    ) {
+    ) -> Result<(), Error> {
         report::println(out, format_args!("Server listening on {}", self.cfg.port));
         let mut done = 0u32;
         while self.cfg.tests.is_none_or(|n| done < n) {
             let mut io = Io::new(net);
-            if let Err(e) = self.serve_one(&mut io, out) {
-                report::println(out, format_args!("iperf3: error - {e}"));
+            match self.serve_one(&mut io, out) {
+                Ok(_) => {}
+                Err(e @ Error::Net(ACCEPTING, _)) => return Err(e),
+                Err(e) => report::println(out, format_args!("iperf3: error - {e}")),
             }
             done = done.saturating_add(1);
             report::println(
@@ -111,6 +119,7 @@ impl<L: Listener> Server<L> {
                 report::println(out, format_args!("Server listening on {}", self.cfg.port));
             }
         }
+        Ok(())
     }
 
     /// Wait for a client and run its test.
@@ -123,7 +132,7 @@ impl<L: Listener> Server<L> {
             match self.listener.accept() {
                 Ok(c) => break c,
                 Err(Errno::Again) => io.wait(None),
-                Err(e) => return Err(Error::Net("accepting a client", e)),
+                Err(e) => return Err(Error::Net(ACCEPTING, e)),
             }
         };
         report::println(out, format_args!("Accepted connection from {peer}"));
@@ -188,7 +197,9 @@ impl<L: Listener> Server<L> {
                 } else {
                     SockOpt::RecvBuffer(params.window)
                 };
-                s.set_option(opt).map_err(net_err("setting the window"))?;
+                // The stack refuses a window beyond its buffers: tell the client.
+                s.set_option(opt)
+                    .map_err(|_| Error::Refused("the window", proto::IESETWINDOWSIZE))?;
             }
             if params.nodelay {
                 s.set_option(SockOpt::NoDelay(true))
@@ -222,10 +233,13 @@ impl<L: Listener> Server<L> {
             counted_from,
             out,
         )?;
+        let busy = busy_percent(
+            end.saturating_sub(start),
+            io.waited_ms().saturating_sub(waited_before),
+        );
         if !sending {
             drain(io, &mut flows, &mut pump);
         }
-        let busy = busy_percent(end - start, io.waited_ms() - waited_before);
         for f in &mut flows {
             f.s = None;
         }
@@ -418,13 +432,22 @@ impl<L: Listener> Server<L> {
         let mut reports = Reports::new(interval, counted_from);
         let mut last_progress = start;
         let mut next_refuse = start + REFUSE_EVERY_MS;
+        let mut next_control = start;
         loop {
             let now = io.now();
             let pass = pump.pass(flows, now);
             if pass.bytes > 0 {
                 last_progress = now;
             }
-            match io.poll_state(ctrl, "TEST_END")? {
+            let look = pass.bytes == 0 || now >= next_control;
+            if look {
+                next_control = now + CONTROL_EVERY_MS;
+            }
+            match if look {
+                io.poll_state(ctrl, "TEST_END")?
+            } else {
+                None
+            } {
                 None => {}
                 Some(TEST_END) => {
                     let end = io.now();
@@ -446,7 +469,7 @@ impl<L: Listener> Server<L> {
             }
             let stall_at = (!pump.amount_done()).then(|| last_progress + self.cfg.stall_ms);
             if stall_at.is_some_and(|t| now >= t) {
-                return Err(Error::Stalled(now - last_progress));
+                return Err(Error::Stalled(now.saturating_sub(last_progress)));
             }
             if overrun.is_some_and(|t| now >= t) {
                 return Err(Error::Overran);
@@ -609,7 +632,7 @@ fn summary_text(s: &TestSummary, busy: f64) -> String {
     }
     let _ = writeln!(
         t,
-        "CPU Utilization: local/{role} {busy:.1}% (busy), remote/{} {:.1}% ({:.1}%u/{:.1}%s)",
+        "CPU Utilization: local/{role} {busy:.1}% (awake), remote/{} {:.1}% ({:.1}%u/{:.1}%s)",
         if s.sending { "receiver" } else { "sender" },
         s.client.cpu_util[0],
         s.client.cpu_util[1],

@@ -16,6 +16,7 @@ use crate::client::{self, ClientSummary};
 use crate::config::{ClientConfig, ServerConfig};
 use crate::io::Io;
 use crate::json::{self, Value};
+use crate::proto::CLIENT_TERMINATE;
 use crate::server::{Server, TestSummary};
 use crate::Error;
 
@@ -181,6 +182,9 @@ fn stock_client_sends_to_our_server() {
         "the client's results say what it sent"
     );
     assert!(out.contains("receiver"), "{out}");
+    // The -J report's CPU lines come from both sides' results.
+    assert!(num(&report, &["end", "cpu_utilization_percent", "remote_total"]) >= 0.0);
+    assert!(num(&report, &["end", "cpu_utilization_percent", "host_total"]) > 0.0);
     println!(
         "stock -c → our -s: {:.2} Gbit/s",
         gbits(received, ours.secs)
@@ -264,24 +268,36 @@ fn our_server_gives_stock_client_its_output_when_asked() {
 }
 
 #[test]
-fn our_server_refuses_udp_with_iperfs_error_and_serves_the_next_client() {
-    let server = spawn_server(25_207, 2);
-    let (ok, stdout, stderr) = Proc::spawn(&["-c", "127.0.0.1", "-p", "25207", "-u", "-t", "1"])
-        .finish(Duration::from_secs(20));
-    assert!(!ok, "UDP was accepted: {stdout}");
-    assert!(
-        format!("{stdout}{stderr}").contains("not implemented"),
-        "{stdout}{stderr}"
-    );
+fn our_server_refuses_what_it_cannot_do_with_iperfs_errors_and_serves_the_next_client() {
+    use crate::proto::{IESETMSS, IEUNIMP};
+    let refused: [(&[&str], &str, i32); 3] = [
+        (&["-u"], "not implemented", IEUNIMP),
+        (&["--bidir"], "not implemented", IEUNIMP),
+        (&["-M", "1200"], "MSS", IESETMSS),
+    ];
+    let server = spawn_server(25_207, refused.len() + 1);
+    for (extra, says, _) in refused {
+        let mut args = vec!["-c", "127.0.0.1", "-p", "25207", "-t", "1"];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = Proc::spawn(&args).finish(Duration::from_secs(20));
+        assert!(!ok, "{extra:?} was accepted: {stdout}");
+        assert!(
+            format!("{stdout}{stderr}").contains(says),
+            "{extra:?}: {stdout}{stderr}"
+        );
+    }
     let (ok, stdout, stderr) =
         Proc::spawn(&["-c", "127.0.0.1", "-p", "25207", "-t", "1"]).finish(Duration::from_secs(20));
     assert!(ok, "{stdout}{stderr}");
     let (results, _) = join(server, Duration::from_secs(10));
-    assert_eq!(
-        results[0].as_ref().unwrap_err(),
-        &Error::Refused("the parameters", crate::proto::IEUNIMP)
-    );
-    assert!(results[1].as_ref().unwrap().bytes() > 0);
+    for (r, (extra, _, code)) in results.iter().zip(refused) {
+        assert_eq!(
+            r.as_ref().unwrap_err(),
+            &Error::Refused("the parameters", code),
+            "{extra:?}"
+        );
+    }
+    assert!(results[refused.len()].as_ref().unwrap().bytes() > 0);
 }
 
 #[test]
@@ -500,4 +516,167 @@ fn our_client_is_told_the_test_is_refused() {
     );
     assert!(e.to_string().contains("parallel streams"));
     assert!(join(h, Duration::from_secs(10)).is_err());
+}
+
+#[test]
+fn our_server_paces_a_reverse_test_to_the_clients_bitrate() {
+    let (report, ours, _) = stock_client(25_217, &["-t", "2", "-R", "-b", "200M"]);
+    assert_eq!(ours.params.bandwidth, 200_000_000);
+    let bps = num(&report, &["end", "sum_received", "bits_per_second"]);
+    assert!(
+        (150e6..230e6).contains(&bps),
+        "{bps} bit/s for a 200 Mbit/s limit"
+    );
+}
+
+#[test]
+fn our_client_paces_to_its_bitrate() {
+    let (ours, _, _) = against_stock_server(25_218, "time=2 bitrate=200M interval=0");
+    let bps = ours.sent() as f64 * 8.0 / ours.secs;
+    assert!(
+        (150e6..230e6).contains(&bps),
+        "{bps} bit/s for a 200 Mbit/s limit"
+    );
+}
+
+#[test]
+fn our_server_takes_the_stock_clients_options_and_leaves_the_omitted_start_out() {
+    let (report, ours, _) = stock_client(
+        25_219,
+        &["-t", "2", "-O", "1", "-w", "256K", "-N", "-l", "64K"],
+    );
+    let p = &ours.params;
+    assert_eq!(
+        (p.time, p.omit, p.window, p.nodelay, p.len),
+        (2, 1, 262_144, true, 65_536)
+    );
+    // Counted: the 2 s after the omitted second.
+    assert!((1.9..2.5).contains(&ours.secs), "{} s counted", ours.secs);
+    let (_, received) = sums(&report);
+    assert_eq!(received, ours.bytes());
+    assert!(received > 0);
+}
+
+/// A one-connection-at-a-time fake server on `port`, running `script` on a listener.
+fn fake_server(
+    port: u16,
+    script: impl FnOnce(std::net::TcpListener) + Send + 'static,
+) -> thread::JoinHandle<()> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    thread::spawn(move || script(l))
+}
+
+fn client_against(port: u16, time: u32) -> Result<ClientSummary, Error> {
+    let mut cfg = ClientConfig::new(Peer {
+        address: [127, 0, 0, 1],
+        port,
+    });
+    cfg.params.time = time;
+    cfg.interval_ms = 0;
+    cfg.timeout_ms = 5000;
+    client::run(&mut StdNet::default(), &cfg, 7, &mut String::new())
+}
+
+#[test]
+fn our_client_reports_a_busy_server_and_one_that_breaks_the_protocol() {
+    use std::io::{Read, Write};
+    let reply_after_cookie = |byte: u8| {
+        move |l: std::net::TcpListener| {
+            let (mut c, _) = l.accept().unwrap();
+            let mut cookie = [0u8; 37];
+            c.read_exact(&mut cookie).unwrap();
+            assert_eq!(cookie[36], 0);
+            c.write_all(&[byte]).unwrap();
+        }
+    };
+    let h = fake_server(
+        25_220,
+        reply_after_cookie(crate::proto::ACCESS_DENIED as u8),
+    );
+    assert_eq!(client_against(25_220, 1).unwrap_err(), Error::AccessDenied);
+    h.join().unwrap();
+    let h = fake_server(25_221, reply_after_cookie(77));
+    assert_eq!(
+        client_against(25_221, 1).unwrap_err(),
+        Error::Unexpected {
+            expected: "PARAM_EXCHANGE",
+            got: 77
+        }
+    );
+    h.join().unwrap();
+
+    // A server that plays the test through, then announces 4 GiB of results.
+    let h = fake_server(25_222, |l| {
+        let (mut c, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; 37];
+        c.read_exact(&mut buf).unwrap();
+        c.write_all(&[crate::proto::PARAM_EXCHANGE as u8]).unwrap();
+        let mut len = [0u8; 4];
+        c.read_exact(&mut len).unwrap();
+        let mut params = vec![0u8; u32::from_be_bytes(len) as usize];
+        c.read_exact(&mut params).unwrap();
+        assert!(json::parse(&params).is_ok());
+        c.write_all(&[crate::proto::CREATE_STREAMS as u8]).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        s.read_exact(&mut buf).unwrap();
+        c.write_all(&[
+            crate::proto::TEST_START as u8,
+            crate::proto::TEST_RUNNING as u8,
+        ])
+        .unwrap();
+        let mut state = [0u8; 1];
+        c.read_exact(&mut state).unwrap();
+        assert_eq!(state[0] as i8, crate::proto::TEST_END);
+        c.write_all(&[crate::proto::EXCHANGE_RESULTS as u8])
+            .unwrap();
+        c.read_exact(&mut len).unwrap();
+        let mut results = vec![0u8; u32::from_be_bytes(len) as usize];
+        c.read_exact(&mut results).unwrap();
+        assert!(crate::proto::Results::from_json(&json::parse(&results).unwrap()).is_ok());
+        c.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        // Our client gives up on the test and says so.
+        c.read_exact(&mut state).unwrap();
+        assert_eq!(state[0] as i8, CLIENT_TERMINATE);
+        drop(s);
+    });
+    let e = client_against(25_222, 1).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TooLong {
+                what: "the server's results",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    h.join().unwrap();
+}
+
+#[test]
+fn a_client_interrupted_or_killed_mid_test_frees_our_server_at_once() {
+    let server = spawn_server(25_223, 2);
+    for signal in ["-INT", "-KILL"] {
+        let p = Proc::spawn(&["-c", "127.0.0.1", "-p", "25223", "-t", "30"]);
+        thread::sleep(Duration::from_millis(1500));
+        let pid = p.0.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+        let _ = p.finish(Duration::from_secs(5));
+    }
+    // Both tests ended within seconds, not at the 30 s they asked for.
+    let (results, out) = join(server, Duration::from_secs(10));
+    assert_eq!(
+        results[0].as_ref().unwrap_err(),
+        &Error::ClientTerminated,
+        "{out}"
+    );
+    assert!(
+        matches!(results[1], Err(Error::Closed(_) | Error::Net(..))),
+        "{:?}\n{out}",
+        results[1]
+    );
 }

@@ -208,7 +208,12 @@ fn tcp_core<N: Notifier>(ep: Endpoint<N>, c: packet::Config, args: &Args<'_>) ->
 }
 
 fn limits(args: &Args<'_>) -> Limits {
-    Limits::sized(arg(args, "sockets"), arg(args, "buf"))
+    Limits::from_args(
+        arg(args, "sockets"),
+        arg(args, "buf"),
+        arg(args, "backlog"),
+        arg(args, "handshake"),
+    )
 }
 
 fn local_peer(index: usize, name: &str, role: Role) -> Peer {
@@ -347,8 +352,9 @@ fn run<E: Engine>(mut net: LocalNet<E>, app: &str, port: Option<u16>) -> i32 {
     match app {
         "echo" => {
             let port = port.unwrap_or(7);
-            let mut echo = echo::Echo::new(&mut net, port, ECHO_CONNECTIONS)
-                .unwrap_or_else(|e| panic!("mono: echo on {port}: {e:?}"));
+            let mut echo =
+                echo::Echo::new(&mut net, port, ECHO_CONNECTIONS as u32, ECHO_CONNECTIONS)
+                    .unwrap_or_else(|e| panic!("mono: echo on {port}: {e:?}"));
             println!("mono: echo on port {port}");
             echo.run(&mut net, |_| false);
             0
@@ -370,8 +376,13 @@ fn run<E: Engine>(mut net: LocalNet<E>, app: &str, port: Option<u16>) -> i32 {
                     let mut server = iperf3::server::Server::listen(&mut net, cfg)
                         .unwrap_or_else(|e| panic!("mono: iperf3 on {port}: {e}"));
                     println!("mono: iperf3 on port {port}");
-                    server.run(&mut net, &mut Console);
-                    0
+                    match server.run(&mut net, &mut Console) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            println!("mono: iperf3: {e}");
+                            1
+                        }
+                    }
                 }
                 iperf3::Config::Client(cfg) => {
                     let seed = time::Instant::now().tsc();

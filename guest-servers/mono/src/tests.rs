@@ -257,7 +257,7 @@ fn a_connect_to_a_closed_port_is_refused_and_a_taken_port_cannot_be_listened_on(
 #[test]
 fn a_listener_accepts_and_the_echo_application_serves_a_peer_core() {
     let mut net = local_pair("accept");
-    let mut echo = Echo::new(&mut net, 5201, 4).unwrap();
+    let mut echo = Echo::new(&mut net, 5201, 4, 4).unwrap();
     let mut l2 = net.listen(5202, 1).unwrap();
     l2.set_nonblocking(true).unwrap();
     assert!(matches!(l2.accept(), Err(Errno::Again)));

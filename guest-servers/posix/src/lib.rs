@@ -10,14 +10,18 @@
 //! - Handles: each application has its own table; a handle names a slot and its
 //!   generation, so an application can only name its own sockets, and a stale or
 //!   forged handle is `EBADF`. posix maps each to tcp's handle.
-//! - Blocking: tcp never blocks (it answers `EAGAIN`). A blocking call (no
-//!   `FLAG_NONBLOCK`) that tcp answers `EAGAIN` is *parked* on its socket until tcp's
-//!   readiness `Event` says it can progress, then sent again; a blocking `Connect` is
-//!   answered once the connection is established (or refused). A non-blocking call is
-//!   answered `EAGAIN` at once. Nobody spins: posix and the application sleep.
-//! - Readiness: posix keeps each socket's readiness as tcp last told it; `Poll` is
-//!   answered from it, and every change is passed on to the application as a one-way
-//!   `Event` with its own handle (what `Net::wait` sleeps on).
+//! - Readiness: posix keeps each socket's readiness as tcp last told it (tcp sends an
+//!   `Event` whenever it changes, so the copy is exact but for events in flight);
+//!   `Poll` is answered from it, and a socket that becomes readier (gains a bit) is
+//!   told to its application as a one-way `Event` with its own handle (what
+//!   `Net::wait` sleeps on; an event that finds the application's queue full is sent
+//!   at a later pass, see [`Posix::backlogged`]).
+//! - Blocking: tcp never blocks (it answers `EAGAIN`). An `Accept`, `Recv` or `Send`
+//!   that the readiness says cannot progress is not sent to tcp: a non-blocking one
+//!   (`FLAG_NONBLOCK`) is answered `EAGAIN` at once, a blocking one is *parked* on its
+//!   socket until tcp's `Event` says it can progress, and then sent (so is one that tcp
+//!   answered `EAGAIN` after all). A blocking `Connect` is answered once the connection
+//!   is established (or refused). Nobody spins: posix and the application sleep.
 //! - Data: a `Send`'s payload goes from the application's pool buffer into tcp's with
 //!   one copy (`forward`), a `Recv`'s from tcp's reply into the application's request
 //!   buffer with one copy (`reply_from`); up to a pool buffer (64 KiB) per message.
@@ -41,8 +45,8 @@ use core::fmt::Write as _;
 
 use compart_channel::{ChannelError, Endpoint, Notifier, Request as ChannelRequest};
 use compart_proto::socket::{
-    Errno, Event, Reply, Request, FLAG_NONBLOCK, READY_ERROR, READY_HANGUP, READY_READABLE,
-    READY_WRITABLE,
+    Errno, Event, Reply, Request, FLAG_ALL, FLAG_NONBLOCK, READY_ERROR, READY_HANGUP,
+    READY_READABLE, READY_WRITABLE,
 };
 
 /// Requests taken from one application in one pass.
@@ -106,12 +110,25 @@ struct Sock {
     connecting: bool,
     /// Calls waiting for readiness.
     parked: Vec<Parked>,
+    /// A `Send` is in flight to tcp or parked: later ones wait in `sendq`, so that
+    /// the bytes go in order.
+    sending: bool,
+    /// `Send`s waiting for the one in progress.
+    sendq: VecDeque<Parked>,
 }
 
 #[derive(Debug)]
 struct Slot {
     generation: u16,
     sock: Option<Sock>,
+}
+
+/// How far a `Send` is: whether all of it must go (`FLAG_ALL`), and how much of its
+/// payload tcp took so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Progress {
+    all: bool,
+    taken: u32,
 }
 
 /// An application's call waiting for tcp (in tcp's handles).
@@ -121,6 +138,8 @@ struct Parked {
     call: Request,
     /// The `READY_*` bits it waits for (hangup and error always wake it).
     wants: u32,
+    nonblocking: bool,
+    progress: Progress,
 }
 
 #[derive(Debug)]
@@ -145,6 +164,7 @@ struct Pending {
     /// Sent again because the cached readiness said so, not a fresh event: if tcp
     /// answers `EAGAIN` once more, the call waits for an event.
     on_cache: bool,
+    progress: Progress,
 }
 
 /// A call ready to go to tcp (new, or parked and woken), already in tcp's handles.
@@ -156,6 +176,7 @@ struct Ready {
     nonblocking: bool,
     handle: Option<u32>,
     on_cache: bool,
+    progress: Progress,
 }
 
 /// The posix server over the channel to tcp and one channel per application.
@@ -180,6 +201,8 @@ pub struct Posix<N: Notifier> {
     doomed: Vec<u32>,
     /// Names of the applications dropped since [`Posix::take_lost`].
     lost: Vec<String>,
+    /// Some event found its application's queue full (see [`Posix::backlogged`]).
+    backlogged: bool,
     counters: Counters,
 }
 
@@ -237,6 +260,8 @@ fn new_sock(tcp: u32, listener: bool) -> Sock {
         told: 0,
         connecting: false,
         parked: Vec::new(),
+        sending: false,
+        sendq: VecDeque::new(),
     }
 }
 
@@ -264,6 +289,7 @@ impl<N: Notifier> Posix<N> {
             early: BTreeMap::new(),
             doomed: Vec::new(),
             lost: Vec::new(),
+            backlogged: false,
             counters: Counters::default(),
         }
     }
@@ -306,7 +332,7 @@ impl<N: Notifier> Posix<N> {
             .iter()
             .flat_map(|a| a.slots.iter())
             .filter_map(|s| s.sock.as_ref())
-            .map(|s| s.parked.len() + usize::from(s.connecting))
+            .map(|s| s.parked.len() + s.sendq.len())
             .sum()
     }
 }
@@ -318,6 +344,13 @@ fn answer<N: Notifier>(ep: &mut Endpoint<N>, req: ChannelRequest, r: Reply) -> b
 }
 
 impl<N: Notifier> Posix<N> {
+    /// Whether an event waits for room in its application's queue: the channel does
+    /// not wake posix when the application makes room, so the glue should poll again
+    /// soon (a short deadline) instead of sleeping until the next message.
+    pub fn backlogged(&self) -> bool {
+        self.backlogged
+    }
+
     /// Names of the applications dropped (their channel broke) since the last call.
     pub fn take_lost(&mut self) -> Vec<String> {
         core::mem::take(&mut self.lost)
@@ -469,14 +502,24 @@ impl<N: Notifier> Posix<N> {
                     app: id,
                     req: p.req,
                     call: p.call,
-                    nonblocking: false,
+                    nonblocking: p.nonblocking,
                     handle: Some(ah),
                     on_cache,
+                    progress: p.progress,
                 });
             } else {
                 k2 += 1;
             }
         }
+    }
+
+    /// Whether application `k`'s socket `ah` may let `call` progress, as tcp last
+    /// told its readiness (its events keep this exact but for those in flight, which
+    /// wake the call when they arrive).
+    fn may_progress(&mut self, k: usize, ah: u32, call: &Request) -> bool {
+        self.apps[k]
+            .sock(ah)
+            .is_some_and(|s| s.ready & (wants(call) | READY_HANGUP | READY_ERROR) != 0)
     }
 
     fn register(&mut self, k: usize, th: u32, listener: bool) -> Option<u32> {
@@ -535,6 +578,8 @@ impl<N: Notifier> Posix<N> {
                             req,
                             call: p.call,
                             wants: READY_WRITABLE,
+                            nonblocking: false,
+                            progress: Progress::default(),
                         });
                     }
                     self.counters.parked += 1;
@@ -562,6 +607,31 @@ impl<N: Notifier> Posix<N> {
                 };
                 self.answer(k, req, r);
             }
+            (Request::Send { .. }, Reply::Bytes(n)) => {
+                self.counters.bytes_out += u64::from(n);
+                let ah = p.handle.unwrap_or(u32::MAX);
+                let taken = p.progress.taken.saturating_add(n);
+                let len = u32::try_from(req.payload_len()).unwrap_or(u32::MAX);
+                if p.progress.all && taken < len && n > 0 {
+                    // The rest, as soon as tcp has room.
+                    let rest = Parked {
+                        req,
+                        call: p.call,
+                        wants: READY_WRITABLE,
+                        nonblocking: false,
+                        progress: Progress { all: true, taken },
+                    };
+                    self.start_send(k, ah, rest);
+                } else {
+                    let r = Reply::Bytes(if p.progress.all { taken } else { n });
+                    self.answer(k, req, r);
+                    self.next_send(k, ah);
+                }
+            }
+            (Request::Send { .. }, r) if p.nonblocking || r != Reply::Error(Errno::Again) => {
+                self.answer(k, req, r);
+                self.next_send(k, p.handle.unwrap_or(u32::MAX));
+            }
             (call, Reply::Error(Errno::Again)) if !p.nonblocking && wants(&call) != 0 => {
                 let ah = p.handle.unwrap_or(u32::MAX);
                 let Some(sock) = self.apps[k].sock(ah) else {
@@ -575,6 +645,8 @@ impl<N: Notifier> Posix<N> {
                     req,
                     call,
                     wants: wanted,
+                    nonblocking: false,
+                    progress: p.progress,
                 });
                 self.counters.parked += 1;
                 if retry {
@@ -598,10 +670,6 @@ impl<N: Notifier> Posix<N> {
                     let id = self.apps[k].id;
                     self.doom(id);
                 }
-            }
-            (Request::Send { .. }, Reply::Bytes(n)) => {
-                self.counters.bytes_out += u64::from(n);
-                self.answer(k, req, Reply::Bytes(n));
             }
             (Request::Stats, Reply::Bytes(_)) => {
                 let mut theirs = [0u8; 512];
@@ -684,7 +752,7 @@ impl<N: Notifier> Posix<N> {
                     continue;
                 }
                 match Request::decode_flags(req.opcode(), false, req.inline()) {
-                    Ok((call, flags)) => self.on_call(k, req, call, flags & FLAG_NONBLOCK != 0),
+                    Ok((call, flags)) => self.on_call(k, req, call, flags),
                     Err(_) => {
                         self.counters.refused += 1;
                         self.answer(k, req, Reply::Error(Errno::Protocol));
@@ -696,7 +764,8 @@ impl<N: Notifier> Posix<N> {
     }
 
     /// An application's call: checked against its table, put in tcp's handles.
-    fn on_call(&mut self, k: usize, req: ChannelRequest, call: Request, nonblocking: bool) {
+    fn on_call(&mut self, k: usize, req: ChannelRequest, call: Request, flags: u64) {
+        let nonblocking = flags & FLAG_NONBLOCK != 0;
         let id = self.apps[k].id;
         let tcp_buf = self.eps[0].buffer_size();
         let app_buf = self.eps[k + 1].buffer_size();
@@ -712,13 +781,24 @@ impl<N: Notifier> Posix<N> {
                 Some(s) if s.listener => Ok((Request::Accept { listener: s.tcp }, Some(listener))),
                 _ => Err(Errno::BadHandle),
             },
-            Request::Send { handle } => {
-                if req.payload_len() > tcp_buf {
-                    Err(Errno::Protocol)
-                } else {
-                    stream(app, handle).map(|t| (Request::Send { handle: t }, Some(handle)))
+            Request::Send { handle } => match stream(app, handle) {
+                Ok(_) if req.payload_len() > tcp_buf => Err(Errno::Protocol),
+                Ok(t) => {
+                    let p = Parked {
+                        req,
+                        call: Request::Send { handle: t },
+                        wants: READY_WRITABLE,
+                        nonblocking,
+                        progress: Progress {
+                            all: flags & FLAG_ALL != 0,
+                            taken: 0,
+                        },
+                    };
+                    self.submit_send(k, handle, p);
+                    return;
                 }
-            }
+                Err(e) => Err(e),
+            },
             Request::Recv { handle, max } => {
                 let max = (max as usize).min(tcp_buf).min(app_buf) as u32;
                 if max == 0 {
@@ -757,7 +837,7 @@ impl<N: Notifier> Posix<N> {
                     Some(sock) => {
                         self.by_tcp.remove(&sock.tcp);
                         self.closes.push_back(sock.tcp);
-                        for p in sock.parked {
+                        for p in sock.parked.into_iter().chain(sock.sendq) {
                             self.answer(k, p.req, Reply::Error(Errno::BadHandle));
                         }
                         Reply::Done
@@ -769,6 +849,22 @@ impl<N: Notifier> Posix<N> {
             }
         };
         match translated {
+            Ok((call, Some(ah))) if wants(&call) != 0 && !self.may_progress(k, ah, &call) => {
+                // tcp said it cannot progress, and will say when it can: answer or
+                // park without asking it.
+                if nonblocking {
+                    self.answer(k, req, Reply::Error(Errno::Again));
+                } else if let Some(sock) = self.apps[k].sock(ah) {
+                    sock.parked.push(Parked {
+                        req,
+                        call,
+                        wants: wants(&call),
+                        nonblocking: false,
+                        progress: Progress::default(),
+                    });
+                    self.counters.parked += 1;
+                }
+            }
             Ok((call, handle)) => self.queue.push_back(Ready {
                 app: id,
                 req,
@@ -776,11 +872,66 @@ impl<N: Notifier> Posix<N> {
                 nonblocking,
                 handle,
                 on_cache: false,
+                progress: Progress::default(),
             }),
             Err(e) => {
                 self.counters.refused += 1;
                 self.answer(k, req, Reply::Error(e));
             }
+        }
+    }
+
+    /// A `Send` of application `k` on its socket `ah`: started now, or after the one in
+    /// progress (bytes go in order).
+    fn submit_send(&mut self, k: usize, ah: u32, p: Parked) {
+        let Some(sock) = self.apps[k].sock(ah) else {
+            self.answer(k, p.req, Reply::Error(Errno::BadHandle));
+            return;
+        };
+        if sock.sending {
+            sock.sendq.push_back(p);
+            return;
+        }
+        sock.sending = true;
+        self.start_send(k, ah, p);
+    }
+
+    /// Send (the rest of) the `Send` in progress on `ah` to tcp if its readiness allows,
+    /// else park it or, non-blocking, answer `EAGAIN`.
+    fn start_send(&mut self, k: usize, ah: u32, p: Parked) {
+        let id = self.apps[k].id;
+        let Some(sock) = self.apps[k].sock(ah) else {
+            self.answer(k, p.req, Reply::Error(Errno::BadHandle));
+            return;
+        };
+        if sock.ready & (READY_WRITABLE | READY_HANGUP | READY_ERROR) != 0 {
+            self.queue.push_back(Ready {
+                app: id,
+                req: p.req,
+                call: p.call,
+                nonblocking: p.nonblocking,
+                handle: Some(ah),
+                on_cache: false,
+                progress: p.progress,
+            });
+        } else if p.nonblocking && !p.progress.all {
+            self.answer(k, p.req, Reply::Error(Errno::Again));
+            self.next_send(k, ah);
+        } else {
+            sock.parked.push(p);
+            self.counters.parked += 1;
+        }
+    }
+
+    /// The `Send` in progress on `ah` is answered: start the next.
+    fn next_send(&mut self, k: usize, ah: u32) {
+        let Some(sock) = self.apps[k].sock(ah) else {
+            return;
+        };
+        sock.sending = false;
+        if let Some(p) = sock.sendq.pop_front() {
+            sock.sending = true;
+            self.start_send(k, ah, p);
         }
     }
 
@@ -802,6 +953,7 @@ impl<N: Notifier> Posix<N> {
                                 nonblocking: true,
                                 handle: None,
                                 on_cache: false,
+                                progress: Progress::default(),
                             },
                         );
                         busy = true;
@@ -824,7 +976,7 @@ impl<N: Notifier> Posix<N> {
             let (tcp, apps) = self.eps.split_at_mut(1);
             let sent = if matches!(r.call, Request::Send { .. }) {
                 match apps[k].request_payload(&r.req) {
-                    Ok(data) => tcp[0].forward(op, w, &data),
+                    Ok(data) => tcp[0].forward(op, w, &data.tail(r.progress.taken as usize)),
                     Err(_) => {
                         self.doom(r.app);
                         continue;
@@ -845,6 +997,7 @@ impl<N: Notifier> Posix<N> {
                             nonblocking: r.nonblocking,
                             handle: r.handle,
                             on_cache: r.on_cache,
+                            progress: r.progress,
                         },
                     );
                 }
@@ -861,8 +1014,12 @@ impl<N: Notifier> Posix<N> {
         Ok(busy)
     }
 
+    /// Tell each application about its sockets that became readier (gained a
+    /// `READY_*` bit): what wakes its `Net::wait`. Lost bits are not worth a wake-up;
+    /// `Poll` tells them.
     fn tell_apps(&mut self) -> bool {
         let mut busy = false;
+        self.backlogged = false;
         let (_, eps) = self.eps.split_at_mut(1);
         for (app, ep) in self.apps.iter_mut().zip(eps.iter_mut()) {
             'app: for (k, slot) in app.slots.iter_mut().enumerate() {
@@ -870,6 +1027,10 @@ impl<N: Notifier> Posix<N> {
                     continue;
                 };
                 if sock.ready == sock.told || sock.connecting {
+                    continue;
+                }
+                if sock.ready & !sock.told == 0 {
+                    sock.told = sock.ready;
                     continue;
                 }
                 let (op, w) = Event {
@@ -883,7 +1044,10 @@ impl<N: Notifier> Posix<N> {
                         self.counters.events += 1;
                         busy = true;
                     }
-                    Err(ChannelError::Full) => break 'app,
+                    Err(ChannelError::Full) => {
+                        self.backlogged = true;
+                        break 'app;
+                    }
                     Err(_) => {
                         if !self.doomed.contains(&app.id) {
                             self.doomed.push(app.id);

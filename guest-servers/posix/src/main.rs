@@ -8,7 +8,7 @@
 //!   dropped because its channel broke. `poll=US` overrides the placement's poll
 //!   budget.
 //! - Idle: `channel::wait_for_any` on all the channels (no deadline: every change
-//!   comes as a message).
+//!   comes as a message; 1 ms while an application's queue is too full for an event).
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -77,11 +77,16 @@ fn main(_info: &'static BootInfo) -> i32 {
         let c = srv.counters();
         let now = time::Instant::now();
         if c != printed && now.duration_since(last_print) >= Duration::from_millis(stats_ms) {
-            println!("posix: counters: {}", srv.stats_text());
+            let text = srv.stats_text();
+            println!("posix: counters: {}", text.trim_start_matches("posix: "));
             printed = c;
             last_print = now;
         }
-        let deadline = (c != printed).then(|| now + Duration::from_millis(stats_ms));
+        let mut deadline = (c != printed).then(|| now + Duration::from_millis(stats_ms));
+        if srv.backlogged() {
+            // An application's queue is full of events: look again in 1 ms.
+            deadline = Some(now + Duration::from_millis(1));
+        }
         let set = srv.sleep_set();
         // A broken channel is found by the next poll.
         let _ = match poll {

@@ -10,7 +10,7 @@ use std::vec::Vec;
 use compart_channel::host::SharedMemory;
 use compart_channel::{initialize, Endpoint, NoKick, PairConfig, PairLayout, Side};
 use compart_proto::socket::{
-    Errno, Event, Reply, Request, FLAG_NONBLOCK, READY_READABLE, READY_WRITABLE,
+    Errno, Event, Reply, Request, FLAG_ALL, FLAG_NONBLOCK, READY_READABLE, READY_WRITABLE,
 };
 
 use super::{Limits, Posix};
@@ -32,6 +32,8 @@ struct FakeSock {
     backlog: usize,
     rx: Vec<u8>,
     tx: Vec<u8>,
+    /// Bytes a `Send` may still take (writable while > 0); unbounded when `None`.
+    room: Option<usize>,
     told: u32,
 }
 
@@ -52,10 +54,10 @@ impl FakeTcp {
             } else {
                 0
             }
-        } else if s.rx.is_empty() {
-            READY_WRITABLE
         } else {
-            READY_READABLE | READY_WRITABLE
+            let w = if s.room == Some(0) { 0 } else { READY_WRITABLE };
+            let r = if s.rx.is_empty() { 0 } else { READY_READABLE };
+            r | w
         }
     }
 
@@ -106,9 +108,12 @@ impl FakeTcp {
                     let mut buf = vec![0; req.payload_len()];
                     self.ep.read_request_payload(&req, &mut buf).unwrap();
                     match self.socks.get_mut(&handle) {
+                        Some(s) if s.room == Some(0) => Reply::Error(Errno::Again),
                         Some(s) => {
-                            s.tx.extend_from_slice(&buf);
-                            Reply::Bytes(buf.len() as u32)
+                            let n = s.room.map_or(buf.len(), |r| r.min(buf.len()));
+                            s.tx.extend_from_slice(&buf[..n]);
+                            s.room = s.room.map(|r| r - n);
+                            Reply::Bytes(n as u32)
                         }
                         None => Reply::Error(Errno::BadHandle),
                     }
@@ -275,14 +280,18 @@ fn a_blocking_recv_waits_for_tcps_event_and_then_gets_the_data() {
             .filter(|c| matches!(c, Request::Recv { .. }))
             .count()
     };
-    assert_eq!(recvs(&rig), 1, "asked tcp once, then waited");
+    assert_eq!(
+        recvs(&rig),
+        0,
+        "tcp said there is no data: parked without asking"
+    );
     rig.settle();
-    assert_eq!(recvs(&rig), 1, "no spinning while nothing changes");
+    assert_eq!(recvs(&rig), 0, "no spinning while nothing changes");
     rig.tcp.socks.get_mut(&ts).unwrap().rx = b"hello".to_vec();
     rig.settle();
     let (r, data) = rig.reply(0).expect("answered once the data came");
     assert_eq!((r, data.as_slice()), (Reply::Bytes(5), &b"hello"[..]));
-    assert_eq!(recvs(&rig), 2);
+    assert_eq!(recvs(&rig), 1, "asked once, when the data came");
     assert_eq!(
         rig.tcp.calls.last(),
         Some(&Request::Recv {
@@ -308,6 +317,22 @@ fn a_nonblocking_call_is_answered_again_at_once_and_readiness_reaches_the_app() 
     assert_eq!(r, Reply::Error(Errno::Again));
     let (r, _) = rig.call(0, Request::Accept { listener: l }, FLAG_NONBLOCK, &[]);
     assert_eq!(r, Reply::Error(Errno::Again));
+    let asked = rig.tcp.calls.len();
+    let (r, _) = rig.call(
+        0,
+        Request::Recv {
+            handle: s,
+            max: 100,
+        },
+        FLAG_NONBLOCK,
+        &[],
+    );
+    assert_eq!(r, Reply::Error(Errno::Again));
+    assert_eq!(
+        rig.tcp.calls.len(),
+        asked,
+        "answered from tcp's last readiness"
+    );
     let _ = rig.events(0);
     let ts = rig.tcp.next;
     rig.tcp.socks.get_mut(&ts).unwrap().rx = b"x".to_vec();
@@ -427,4 +452,76 @@ fn a_lost_application_has_its_sockets_closed_and_the_others_go_on() {
     assert_eq!(rig.tcp.socks.len(), 1, "only app1's listener is left");
     let (r, _) = rig.call(1, Request::Poll { handle: s1 }, 0, &[]);
     assert_eq!(r, Reply::Ready(0));
+}
+
+#[test]
+fn a_call_that_tcp_answers_again_after_all_is_parked_until_the_next_event() {
+    let mut rig = Rig::new("posix-again", 1);
+    let (_, s) = rig.connection(0);
+    let ts = rig.tcp.next;
+    // posix believes there is data (tcp's last event said so), but tcp has none by
+    // the time the call arrives.
+    rig.tcp.socks.get_mut(&ts).unwrap().rx = b"a".to_vec();
+    rig.settle();
+    rig.tcp.socks.get_mut(&ts).unwrap().rx.clear();
+    rig.send(0, Request::Recv { handle: s, max: 10 }, 0, &[]);
+    rig.settle();
+    assert_eq!(rig.reply(0), None, "parked after tcp's EAGAIN");
+    let recvs = |r: &Rig| {
+        r.tcp
+            .calls
+            .iter()
+            .filter(|c| matches!(c, Request::Recv { .. }))
+            .count()
+    };
+    let asked = recvs(&rig);
+    assert!((1..=2).contains(&asked), "{asked}");
+    rig.settle();
+    assert_eq!(recvs(&rig), asked, "no spinning");
+    rig.tcp.socks.get_mut(&ts).unwrap().rx = b"b".to_vec();
+    rig.settle();
+    assert_eq!(rig.reply(0), Some((Reply::Bytes(1), b"b".to_vec())));
+}
+
+#[test]
+fn sends_flagged_all_go_whole_and_in_order_as_tcp_makes_room() {
+    let mut rig = Rig::new("posix-all", 1);
+    let (_, s) = rig.connection(0);
+    let ts = rig.tcp.next;
+    rig.tcp.socks.get_mut(&ts).unwrap().room = Some(1000);
+    let a: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+    let b: Vec<u8> = (0..2000u32).map(|i| (i * 3 + 1) as u8).collect();
+    rig.send(0, Request::Send { handle: s }, FLAG_ALL, &a);
+    rig.send(0, Request::Send { handle: s }, FLAG_ALL, &b);
+    rig.settle();
+    assert_eq!(rig.reply(0), None, "waiting for room");
+    assert_eq!(rig.tcp.socks[&ts].tx, a[..1000]);
+    let sends = |r: &Rig| {
+        r.tcp
+            .calls
+            .iter()
+            .filter(|c| matches!(c, Request::Send { .. }))
+            .count()
+    };
+    let asked = sends(&rig);
+    rig.settle();
+    assert_eq!(sends(&rig), asked, "parked while tcp has no room");
+    for _ in 0..10 {
+        rig.tcp.socks.get_mut(&ts).unwrap().room = Some(700);
+        rig.settle();
+    }
+    let mut want = a.clone();
+    want.extend_from_slice(&b);
+    assert_eq!(rig.tcp.socks[&ts].tx, want, "all of a, then all of b");
+    assert_eq!(rig.reply(0), Some((Reply::Bytes(3000), Vec::new())));
+    assert_eq!(rig.reply(0), Some((Reply::Bytes(2000), Vec::new())));
+    // Without FLAG_ALL a send takes what tcp takes; non-blocking, none is EAGAIN.
+    rig.tcp.socks.get_mut(&ts).unwrap().room = Some(10);
+    rig.settle();
+    assert_eq!(
+        rig.call(0, Request::Send { handle: s }, 0, &a).0,
+        Reply::Bytes(10)
+    );
+    let (r, _) = rig.call(0, Request::Send { handle: s }, FLAG_NONBLOCK, &a);
+    assert_eq!(r, Reply::Error(Errno::Again));
 }

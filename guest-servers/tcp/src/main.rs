@@ -7,13 +7,17 @@
 //!   socket protocol (`compart_proto::socket`).
 //! - `echo=PORT`: a temporary echo service on PORT inside this server (until the posix
 //!   server and apps exist).
+//! - `connect=A.B.C.D:PORT`: a temporary test service: one connection from the stack to
+//!   that address, which sends `hello from compart` and then echoes what the peer sends.
+//! - `handshake=MS` (default 30000): how long a connection may take to complete its
+//!   handshake before it is given up.
 //! - Offloads: TCP checksums are left to the link when ip's `Config` says it has
 //!   `TX_CSUM`, and segments of up to 64 KiB go down whole with `TX_TSO4` too;
 //!   `offload=false` turns both off.
 //! - `sockets=N` (default 32) smoltcp sockets at most, `buf=KIB` (default 64) of
 //!   receive and of send buffer each: the heap needs about N × 2 × KIB KiB.
-//! - `sockets=N` (default 32) smoltcp sockets at most, `buf=KIB` (default 64) of
-//!   receive and of send buffer each: the heap needs about N × 2 × KIB KiB.
+//! - `backlog=N` (default 4): listening sockets a listener keeps at most (handshakes
+//!   completing at once; a SYN that finds none is answered RST).
 //! - `stats=MS` (default 1000): when idle and the device's counters changed, print them
 //!   at most once per MS milliseconds. `poll=US` overrides the placement's poll budget.
 //! - Idle: `channel::wait_for_any` on the channels until smoltcp's `poll_delay`.
@@ -137,12 +141,18 @@ fn main(info: &'static BootInfo) -> i32 {
             "MTU-sized segments"
         }
     );
-    let limits = Limits::sized(arg(&args, "sockets"), arg(&args, "buf"));
+    let limits = Limits::from_args(
+        arg(&args, "sockets"),
+        arg(&args, "buf"),
+        arg(&args, "backlog"),
+        arg(&args, "handshake"),
+    );
     println!(
-        "tcp: up to {} sockets of {} KiB + {} KiB",
+        "tcp: up to {} sockets of {} KiB + {} KiB, backlog {}",
         limits.sockets,
         limits.rx_buffer / 1024,
-        limits.tx_buffer / 1024
+        limits.tx_buffer / 1024,
+        limits.backlog
     );
     let mut tcp = Tcp::new(ch, iface, limits, now(), time::Instant::now().tsc());
     let mut posix = channel::open_by_role(Role::Posix).ok().map(|(peer, ep)| {
@@ -153,6 +163,14 @@ fn main(info: &'static BootInfo) -> i32 {
     let mut echo = echo_port.map(|p| {
         let e = Echo::new(&mut tcp, p).unwrap_or_else(|e| panic!("tcp: echo on {p}: {e:?}"));
         println!("tcp: echo service on port {p} (temporary, until posix and apps)");
+        e
+    });
+    let mut outbound = arg::<&str>(&args, "connect").map(|a| {
+        let (addr, port) = tcp::echo::parse_endpoint(a)
+            .unwrap_or_else(|| panic!("tcp: connect={a}: expected A.B.C.D:PORT"));
+        let e = Echo::connect(&mut tcp, addr, port)
+            .unwrap_or_else(|e| panic!("tcp: connect to {a}: {e:?}"));
+        println!("tcp: connecting to {a} (a temporary test service: greets, then echoes)");
         e
     });
     let mut printed = DeviceCounters::default();
@@ -172,6 +190,13 @@ fn main(info: &'static BootInfo) -> i32 {
         }
         if let Some(e) = echo.as_mut() {
             busy |= e.step(&mut tcp);
+        }
+        if let Some(e) = outbound.as_mut() {
+            busy |= e.step(&mut tcp);
+            if e.connections() == 0 {
+                println!("tcp: the outbound test connection ended");
+                outbound = None;
+            }
         }
         if let Some(e) = tcp.device().error() {
             println!(
@@ -199,9 +224,14 @@ fn main(info: &'static BootInfo) -> i32 {
             printed = counters;
             last_print = t;
         }
-        let deadline = tcp
-            .poll_delay(t)
-            .map(|d| time::Instant::now() + Duration::from_micros(d.total_micros()));
+        let mut delay = tcp.poll_delay(t);
+        if posix.as_ref().is_some_and(|(_, p)| p.backlogged) {
+            // posix's queue is full of events: look again in 1 ms.
+            let ms = tcp::Duration::from_millis(1);
+            delay = Some(delay.map_or(ms, |d| d.min(ms)));
+        }
+        let deadline =
+            delay.map(|d| time::Instant::now() + Duration::from_micros(d.total_micros()));
         wait(tcp.sleep_set(), poll, deadline);
     }
 }

@@ -48,6 +48,9 @@ pub struct Posix {
     pub malformed: u64,
     /// Events sent.
     pub events: u64,
+    /// An event found posix's queue full at the last pass: posix does not wake tcp
+    /// when it makes room, so the glue should look again soon.
+    pub backlogged: bool,
 }
 
 impl Posix {
@@ -58,6 +61,7 @@ impl Posix {
             held: BTreeMap::new(),
             malformed: 0,
             events: 0,
+            backlogged: false,
         }
     }
 
@@ -114,6 +118,7 @@ impl Posix {
         ep: &mut Endpoint<N>,
     ) -> Result<bool, ChannelError> {
         let mut sent = false;
+        self.backlogged = false;
         for (&h, told) in self.held.iter_mut() {
             let now = tcp
                 .ready(Handle(h))
@@ -132,7 +137,10 @@ impl Posix {
                     self.events += 1;
                     sent = true;
                 }
-                Err(ChannelError::Full) => break,
+                Err(ChannelError::Full) => {
+                    self.backlogged = true;
+                    break;
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -967,13 +967,38 @@ mod tests {
     }
 
     #[test]
-    fn shipped_default_topology_is_valid() {
+    fn shipped_default_topology_is_the_stack_with_http_and_iperf3_on_a_tap_in_netns_compart() {
         let text = include_str!("../../../topologies/default.toml");
-        let t = parse(text).unwrap();
+        let mut h = host();
+        h.builtin_images = ["driver", "ip", "pf", "tcp", "posix", "http", "iperf3"]
+            .map(String::from)
+            .to_vec();
+        let t = Topology::parse(text, Path::new("."), &h).unwrap();
+        let roles: Vec<Role> = t.guests.iter().map(|g| g.role).collect();
+        assert_eq!(
+            roles,
+            vec![
+                Role::Driver,
+                Role::Ip,
+                Role::Pf,
+                Role::Tcp,
+                Role::Posix,
+                Role::App,
+                Role::App
+            ]
+        );
+        assert_eq!(t.channels.len(), 6);
+        assert_eq!(t.nics[0].netns.as_deref(), Some("compart"));
+    }
+
+    #[test]
+    fn shipped_idle_topology_is_five_idle_roles() {
+        let t = parse(include_str!("../../../topologies/idle.toml")).unwrap();
         let roles: Vec<Role> = t.guests.iter().map(|g| g.role).collect();
         assert_eq!(
             roles,
             vec![Role::Driver, Role::Ip, Role::Pf, Role::Tcp, Role::Posix]
         );
+        assert!(t.nics.is_empty());
     }
 }
