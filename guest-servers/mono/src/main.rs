@@ -186,47 +186,34 @@ impl Engine for Upper {
 
 /// The tcp core's settings from ip's configuration and the command line.
 fn tcp_core<N: Notifier>(ep: Endpoint<N>, c: packet::Config, args: &Args<'_>) -> Tcp<N> {
-    let offload = arg::<bool>(args, "offload").unwrap_or(true);
-    let tx_csum = offload && c.offloads & packet::offload::TX_CSUM != 0;
-    let both = packet::offload::TX_CSUM | packet::offload::TX_TSO4;
-    let tso = offload && c.offloads & both == both;
+    let iface = Iface::from_config(&c, arg::<bool>(args, "offload").unwrap_or(true));
     let [a, b, cc, d] = c.address;
     println!(
         "mono: tcp at {a}.{b}.{cc}.{d}/{}, mtu {}, offloads {:#x}: checksums {}, {}",
         c.prefix_len,
         c.mtu,
         c.offloads,
-        if tx_csum {
+        if iface.tx_checksum_offload {
             "left to the link"
         } else {
             "computed here"
         },
-        if tso {
+        if iface.tso {
             "TSO (segments of up to 64 KiB)"
         } else {
             "MTU-sized segments"
         }
     );
-    let iface = Iface {
-        address: c.address,
-        prefix_len: c.prefix_len,
-        mtu: c.mtu,
-        tx_checksum_offload: tx_csum,
-        tso,
-    };
     Tcp::new(ep, iface, limits(args), now(), time::Instant::now().tsc())
 }
 
 fn limits(args: &Args<'_>) -> Limits {
-    let mut limits = Limits::default();
-    if let Some(n) = arg::<usize>(args, "sockets") {
-        limits.sockets = n.clamp(1, 1024);
-    }
-    if let Some(kib) = arg::<usize>(args, "buf") {
-        limits.rx_buffer = kib.clamp(4, 4096) * 1024;
-        limits.tx_buffer = limits.rx_buffer;
-    }
-    limits
+    Limits::from_args(
+        arg(args, "sockets"),
+        arg(args, "buf"),
+        arg(args, "backlog"),
+        arg(args, "handshake"),
+    )
 }
 
 fn local_peer(index: usize, name: &str, role: Role) -> Peer {

@@ -77,6 +77,49 @@ pub struct Iface {
     pub tso: bool,
 }
 
+impl Iface {
+    /// The interface ip's `Config` describes, with its link's offloads used only if
+    /// `offload`: checksums left to the link with `TX_CSUM`, TSO with `TX_TSO4` too.
+    pub fn from_config(c: &compart_proto::packet::Config, offload: bool) -> Iface {
+        use compart_proto::packet::offload::{TX_CSUM, TX_TSO4};
+        Iface {
+            address: c.address,
+            prefix_len: c.prefix_len,
+            mtu: c.mtu,
+            tx_checksum_offload: offload && c.offloads & TX_CSUM != 0,
+            tso: offload && c.offloads & (TX_CSUM | TX_TSO4) == TX_CSUM | TX_TSO4,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, with what the images' command line gives (`sockets=N` 1–1024,
+    /// `buf=KIB` 4–4096 of receive and of send buffer each, `backlog=N` up to the
+    /// sockets, `handshake=MS` at least 1).
+    pub fn from_args(
+        sockets: Option<usize>,
+        buf_kib: Option<usize>,
+        backlog: Option<usize>,
+        handshake_ms: Option<u64>,
+    ) -> Limits {
+        let mut l = Limits::default();
+        if let Some(n) = sockets {
+            l.sockets = n.clamp(1, 1024);
+        }
+        if let Some(kib) = buf_kib {
+            l.rx_buffer = kib.clamp(4, 4096) * 1024;
+            l.tx_buffer = l.rx_buffer;
+        }
+        if let Some(n) = backlog {
+            l.backlog = n.clamp(1, l.sockets);
+        }
+        if let Some(ms) = handshake_ms {
+            l.handshake_ms = ms.max(1);
+        }
+        l
+    }
+}
+
 /// What the core did, in all (for `Stats`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {

@@ -123,10 +123,8 @@ fn main(info: &'static BootInfo) -> i32 {
     println!("tcp: lower layer on {} ({})", peer, peer.role.name());
     let c = config(&mut ch, poll);
     let [a, b, cc, d] = c.address;
-    let offload = arg::<bool>(&args, "offload").unwrap_or(true);
-    let tx_csum = offload && c.offloads & packet::offload::TX_CSUM != 0;
-    let both = packet::offload::TX_CSUM | packet::offload::TX_TSO4;
-    let tso = offload && c.offloads & both == both;
+    let iface = Iface::from_config(&c, arg::<bool>(&args, "offload").unwrap_or(true));
+    let (tx_csum, tso) = (iface.tx_checksum_offload, iface.tso);
     println!(
         "tcp: address {a}.{b}.{cc}.{d}/{}, mtu {}, offloads {:#x}: {}, {}",
         c.prefix_len,
@@ -143,27 +141,12 @@ fn main(info: &'static BootInfo) -> i32 {
             "MTU-sized segments"
         }
     );
-    let iface = Iface {
-        address: c.address,
-        prefix_len: c.prefix_len,
-        mtu: c.mtu,
-        tx_checksum_offload: tx_csum,
-        tso,
-    };
-    let mut limits = Limits::default();
-    if let Some(n) = arg::<usize>(&args, "sockets") {
-        limits.sockets = n.clamp(1, 1024);
-    }
-    if let Some(n) = arg::<usize>(&args, "backlog") {
-        limits.backlog = n.clamp(1, limits.sockets);
-    }
-    if let Some(ms) = arg::<u64>(&args, "handshake") {
-        limits.handshake_ms = ms.max(1);
-    }
-    if let Some(kib) = arg::<usize>(&args, "buf") {
-        limits.rx_buffer = kib.clamp(4, 4096) * 1024;
-        limits.tx_buffer = limits.rx_buffer;
-    }
+    let limits = Limits::from_args(
+        arg(&args, "sockets"),
+        arg(&args, "buf"),
+        arg(&args, "backlog"),
+        arg(&args, "handshake"),
+    );
     println!(
         "tcp: up to {} sockets of {} KiB + {} KiB, backlog {}",
         limits.sockets,

@@ -1079,3 +1079,28 @@ proptest! {
         prop_assert_eq!(answered, reqs.len());
     }
 }
+
+#[test]
+fn the_interface_takes_the_links_offloads_only_when_asked_and_limits_are_clamped() {
+    use packet::offload::{TX_CSUM, TX_TSO4};
+    let c = |offloads| packet::Config {
+        address: A,
+        prefix_len: 24,
+        mtu: 1500,
+        offloads,
+    };
+    let both = Iface::from_config(&c(TX_CSUM | TX_TSO4), true);
+    assert_eq!((both.address, both.prefix_len, both.mtu), (A, 24, 1500));
+    assert!(both.tx_checksum_offload && both.tso);
+    let csum = Iface::from_config(&c(TX_CSUM), true);
+    assert!(csum.tx_checksum_offload && !csum.tso);
+    // TSO without checksum offload is not taken.
+    let tso_only = Iface::from_config(&c(TX_TSO4), true);
+    assert!(!tso_only.tx_checksum_offload && !tso_only.tso);
+    let off = Iface::from_config(&c(TX_CSUM | TX_TSO4), false);
+    assert!(!off.tx_checksum_offload && !off.tso);
+    assert_eq!(Limits::from_args(None, None, None, None), Limits::default());
+    let l = Limits::from_args(Some(5000), Some(1), Some(9999), Some(0));
+    assert_eq!((l.sockets, l.rx_buffer, l.tx_buffer), (1024, 4096, 4096));
+    assert_eq!((l.backlog, l.handshake_ms), (1024, 1));
+}
