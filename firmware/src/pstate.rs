@@ -65,10 +65,15 @@ pub fn set(n: usize) -> Result<(), PStateError> {
     Ok(())
 }
 
-/// The platform's limit now (`_PPC`): the placement page's live value, else the
-/// ACPI tables'. `None` when the page names a state `_PSS` does not have.
+/// The platform's limit now (`_PPC`): the placement page's live value, else (no page)
+/// the ACPI tables'. `None` when the page cannot be read now (the VMM kept rewriting
+/// it) or names a state `_PSS` does not have.
 fn limit_now(p: &acpi::ProcessorInfo) -> Option<usize> {
-    let ppc = placement::entry(0).map_or(p.ppc() as usize, |e| e.ppc as usize);
+    let ppc = if placement::present() {
+        placement::entry(0)?.ppc as usize
+    } else {
+        p.ppc() as usize
+    };
     (ppc < p.pstates().len()).then_some(ppc)
 }
 
@@ -124,9 +129,10 @@ pub fn follow_platform() {
     if generation == seen {
         return;
     }
-    SEEN.store(generation, Ordering::Relaxed);
     let Ok(p) = processor() else { return };
+    // Unreadable or invalid: look again next time.
     let Some(limit) = limit_now(p) else { return };
+    SEEN.store(generation, Ordering::Relaxed);
     if limit == LIMIT.swap(limit, Ordering::Relaxed) {
         return;
     }
