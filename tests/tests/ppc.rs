@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use compart_tests::{boot, kvm_test, poll, topology, Capture};
 use compart_vmm::control::{PStateReport, VcpuStatus};
-use compart_vmm::{ControlError, ControlRequest, ControlResponse, RunningVmm, VmmHandle};
+use compart_vmm::{
+    ControlError, ControlRequest, ControlResponse, GuestState, RunningVmm, VmmHandle,
+};
 
 const BOOT: Duration = Duration::from_secs(20);
 
@@ -177,5 +179,60 @@ kvm_test! {
         });
         vmm.handle().stop();
         vmm.wait();
+    }
+}
+
+kvm_test! {
+    fn servers_under_traffic_follow_a_new_limit_from_their_channel_wait() {
+        // A ping-pong pair exchanging round trips without pause: both wait on their
+        // channel (poll, then halt) and follow the limit there, with no code of their own.
+        let t = topology(&format!(
+            "{LADDER}
+            [[guest]]
+            name = \"ping\"
+            role = \"app\"
+            image = \"pingpong\"
+            cores = [0]
+            cmdline = \"role=ping n=100000000 phases=1 window=64 payload=8\"
+
+            [[guest]]
+            name = \"pong\"
+            role = \"app\"
+            image = \"pingpong\"
+            cores = [1]
+            cmdline = \"role=pong\"
+
+            [[channel]]
+            a = \"ping\"
+            b = \"pong\"
+            "
+        ));
+        let (vmm, capture) = boot(&t);
+        let control = vmm.handle();
+        let waiter = std::thread::spawn(move || vmm.wait());
+        for g in ["ping", "pong"] {
+            said(&capture, g, "pstate: _PPC P0 at boot, started in P0: requested P0, accepted, now P0");
+        }
+        let served = || match control.request(ControlRequest::Status, BOOT).unwrap() {
+            ControlResponse::Status(s) => s.guests[1].channels[0].totals.requests_received,
+            other => panic!("{other:?}"),
+        };
+        for (ppc, mhz) in [(4, 1200), (2, 1600), (0, 2000)] {
+            for g in ["pong", "ping"] {
+                let r = control.set_ppc(g, ppc).unwrap();
+                assert_eq!((r.vcpus[0].requested, r.vcpus[0].pstate, r.vcpus[0].mhz), (ppc, ppc, mhz), "{r}");
+                said(&capture, g, &format!("pstate: _PPC now P{ppc}: requested P{ppc}, accepted, now P{ppc}"));
+            }
+            let before = served();
+            poll(BOOT, "more round trips at the new state", || (served() > before).then_some(()));
+        }
+        control.stop();
+        let outcome = waiter.join().unwrap();
+        for g in ["ping", "pong"] {
+            assert!(
+                matches!(outcome.state(g), Some(GuestState::Stopped | GuestState::Exited(0))),
+                "{outcome:?}"
+            );
+        }
     }
 }
