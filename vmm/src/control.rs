@@ -655,6 +655,15 @@ mod tests {
     }
 
     #[test]
+    fn a_vcpu_status_without_request_and_ppc_reads_as_p0_unlimited() {
+        let v: VcpuStatus = serde_json::from_str(
+            r#"{"index":0,"tid":1,"cores":[0],"dedicated":true,"pstate":2,"mhz":1500,"backend":"soft","exits":3}"#,
+        )
+        .unwrap();
+        assert_eq!((v.pstate, v.requested, v.ppc), (2, 0, 0));
+    }
+
+    #[test]
     fn p_state_answers_read_as_sentences() {
         let mut r = PStateReport {
             guest: "tcp".into(),
