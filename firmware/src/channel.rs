@@ -311,6 +311,8 @@ fn wait(
     poll_us: u32,
     deadline: Option<Instant>,
 ) -> Result<Wake, ChannelError> {
+    // A busy guest may not halt for a while: the platform's limit is honoured here too.
+    crate::pstate::follow_platform();
     for c in channels.iter_mut() {
         c.flush()?;
     }

@@ -69,9 +69,9 @@ pub(crate) fn probe() {
     });
     lapic::send_self(TIMER_VECTOR);
     // Another interrupt (a kick) may end the halt first; halt until ours came.
-    ring0::halt();
+    ring0::halt_only();
     while lapic::pending(TIMER_VECTOR) {
-        ring0::halt();
+        ring0::halt_only();
     }
     let completes = !lapic::in_service(TIMER_VECTOR);
     if completes {

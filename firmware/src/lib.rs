@@ -85,7 +85,7 @@ pub fn exit(status: i32) -> ! {
     unsafe { outl(abi::ports::EXIT, status as u32) };
     // The VMM does not resume a guest that exited; halt if it ever does.
     loop {
-        ring0::halt();
+        ring0::halt_only();
     }
 }
 
@@ -127,12 +127,13 @@ extern "C" fn compart_rust_start(info: *const BootInfo, vcpu: u64) -> ! {
     if vcpu != 0 {
         // Secondary vCPUs have no work yet; they sleep until the guest is stopped.
         loop {
-            ring0::halt();
+            ring0::halt_only();
         }
     }
     heap::init(info);
     eoi::probe();
     acpi::report();
+    pstate::init();
     // SAFETY: `compart_main` is defined by the guest image through `entry!`.
     let status = unsafe { compart_main(info) };
     exit(status)

@@ -24,7 +24,7 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     // console page.
     unsafe { crate::outl(ports::PANIC, len as u32) };
     loop {
-        crate::ring0::halt();
+        crate::ring0::halt_only();
     }
 }
 
@@ -36,6 +36,6 @@ extern "C" fn rust_eh_personality() {}
 #[no_mangle]
 extern "C" fn _Unwind_Resume() -> ! {
     loop {
-        crate::ring0::halt();
+        crate::ring0::halt_only();
     }
 }

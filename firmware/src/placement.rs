@@ -16,6 +16,11 @@ fn page() -> Option<RawPage> {
     })
 }
 
+/// Whether the VMM gave this guest a placement page.
+pub fn present() -> bool {
+    boot_info().placement_page == PLACEMENT_GPA
+}
+
 /// The page's generation: changes whenever the VMM rewrites it (0 without a page).
 pub fn generation() -> u64 {
     page().map_or(0, |p| {

@@ -6,7 +6,15 @@
 //! off the fast path.
 
 /// Sleeps until an interrupt arrives (a doorbell, the timer, or the VMM's kick).
+/// Afterwards the P-state driver follows a new platform limit if the VMM announced
+/// one (see [`crate::pstate`]): every guest that waits honours it.
 pub fn halt() {
+    halt_only();
+    crate::pstate::follow_platform();
+}
+
+/// [`halt`] without looking at the platform's limit (secondary vCPUs, exit paths).
+pub(crate) fn halt_only() {
     // SAFETY: `int3` enters the halt gate, whose stub halts with interrupts enabled;
     // the interrupt returns to the next instruction with our registers, flags and
     // stack as they were (ring 0 runs on its own stack).

@@ -28,7 +28,7 @@ kvm_test! {
         let own: Vec<String> = capture
             .of("hello")
             .into_iter()
-            .filter(|l| !l.starts_with("acpi: "))
+            .filter(|l| !l.starts_with("acpi: ") && !l.starts_with("pstate: "))
             .collect();
         assert_eq!(
             own,
@@ -303,7 +303,7 @@ kvm_test! {
         let own: Vec<String> = capture
             .of("json")
             .into_iter()
-            .filter(|l| !l.starts_with("acpi: "))
+            .filter(|l| !l.starts_with("acpi: ") && !l.starts_with("pstate: "))
             .collect();
         assert_eq!(
             own,

@@ -8,6 +8,8 @@
 //! ```text
 //! → {"request":"move","guest":"tcp","cores":[0]}
 //! ← {"Ok":{"response":"moved","guest":"tcp","cores":[0],"dedicated":false}}
+//! → {"request":"set-ppc","guest":"tcp","ppc":3}
+//! ← {"Ok":{"response":"p-state","guest":"tcp","ppc":3,"vcpus":[{"index":0,"requested":3,"pstate":3,"mhz":1500,"followed":true}]}}
 //! ```
 //!
 //! People read the [`Display`](std::fmt::Display) of a response (`compart ctl … status`)
@@ -39,6 +41,16 @@ pub enum ControlRequest {
         /// Host cores.
         cores: Vec<HostCore>,
     },
+    /// Lower or raise a guest's performance limit (its `_PPC`: the fastest P-state it
+    /// may request) and notify it, as a platform does with `Notify(processor, 0x80)`:
+    /// the guest's P-state driver re-reads the limit and requests a state within it
+    /// through PERF_CTL. The answer waits (at most [`PPC_WAIT`]) for that request.
+    SetPpc {
+        /// Guest name.
+        guest: String,
+        /// The new limit, an index into the guest's `_PSS` (0 = no limit).
+        ppc: usize,
+    },
     /// Report every guest and vCPU: cores, placement, P-state, exits, queues, events.
     Status,
     /// Stop every guest.
@@ -58,6 +70,8 @@ pub enum ControlResponse {
         /// Whether each of its vCPUs now has its core to itself.
         dedicated: bool,
     },
+    /// A guest's `_PPC` now and the states its vCPUs requested within it.
+    PState(PStateReport),
     /// The status of every guest.
     Status(StatusReport),
     /// The VMM is stopping every guest.
@@ -95,6 +109,27 @@ pub enum ControlError {
         vcpu: u32,
         /// The system's message.
         reason: String,
+    },
+    /// The P-state limit asked for does not exist.
+    #[error("{reason}")]
+    InvalidPState {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The guest did not request a state within its new `_PPC` in time. The limit
+    /// stays set (the VMM refuses faster requests), but the guest runs where it was.
+    #[error(
+        "guest {guest} did not follow _PPC P{ppc} within {waited_ms} ms (the limit is set; {vcpus})"
+    )]
+    PpcNotFollowed {
+        /// Guest name.
+        guest: String,
+        /// The limit.
+        ppc: usize,
+        /// How long the VMM waited.
+        waited_ms: u64,
+        /// Where its vCPUs are, in words.
+        vcpus: String,
     },
     /// The VMM has stopped.
     #[error("the VMM has stopped")]
@@ -211,12 +246,88 @@ pub struct VcpuStatus {
     pub dedicated: bool,
     /// Its effective P-state.
     pub pstate: usize,
+    /// The P-state it requested last (through PERF_CTL, or the topology's at start).
+    #[serde(default)]
+    pub requested: usize,
+    /// Its guest's `_PPC` now: the fastest state it may request.
+    #[serde(default)]
+    pub ppc: usize,
     /// Its effective frequency in MHz.
     pub mhz: u32,
     /// The backend applying it.
     pub backend: String,
     /// Exits that reached the VMM (kicks included), in total.
     pub exits: u64,
+}
+
+/// How long a [`ControlRequest::SetPpc`] waits for the guest's request.
+pub const PPC_WAIT: Duration = Duration::from_secs(2);
+
+/// A guest's P-state limit and where its vCPUs are within it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PStateReport {
+    /// Guest name.
+    pub guest: String,
+    /// Its `_PPC` now.
+    pub ppc: usize,
+    /// Its vCPUs.
+    pub vcpus: Vec<VcpuPStateReport>,
+}
+
+/// One vCPU within its guest's `_PPC`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuPStateReport {
+    /// vCPU index.
+    pub index: u32,
+    /// The state it requested last.
+    pub requested: usize,
+    /// The state it runs at.
+    pub pstate: usize,
+    /// Its effective frequency in MHz.
+    pub mhz: u32,
+    /// Whether it has requested a state since `_PPC` last changed.
+    pub followed: bool,
+}
+
+impl PStateReport {
+    /// Whether every vCPU has requested a state since the limit last changed.
+    pub fn followed(&self) -> bool {
+        self.vcpus.iter().all(|v| v.followed)
+    }
+
+    /// Where the vCPUs are, in words (`vCPU 0 requests P3, runs at P3 (1500 MHz)`).
+    pub fn vcpu_summary(&self) -> String {
+        self.vcpus
+            .iter()
+            .map(|v| {
+                format!(
+                    "vCPU {} requests P{}, runs at P{} ({} MHz){}",
+                    v.index,
+                    v.requested,
+                    v.pstate,
+                    v.mhz,
+                    if v.followed {
+                        ""
+                    } else {
+                        ", has not requested since the limit changed"
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl fmt::Display for PStateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "guest {}: _PPC P{}; {}",
+            self.guest,
+            self.ppc,
+            self.vcpu_summary()
+        )
+    }
 }
 
 /// One channel as one of its guests sees it.
@@ -295,7 +406,7 @@ impl fmt::Display for StatusReport {
             for v in &g.vcpus {
                 writeln!(
                     f,
-                    "  vcpu {} tid {} cores {} {} P{} {} MHz ({}) exits {}",
+                    "  vcpu {} tid {} cores {} {} P{} {} MHz ({}; requested P{}, _PPC P{}) exits {}",
                     v.index,
                     v.tid,
                     core_list(&v.cores),
@@ -303,6 +414,8 @@ impl fmt::Display for StatusReport {
                     v.pstate,
                     v.mhz,
                     v.backend,
+                    v.requested,
+                    v.ppc,
                     v.exits
                 )?;
             }
@@ -381,6 +494,7 @@ impl fmt::Display for ControlResponse {
                 core_list(cores),
                 if *dedicated { "dedicated" } else { "shared" }
             ),
+            ControlResponse::PState(r) => write!(f, "{r}"),
             ControlResponse::Status(s) => write!(f, "{}", s.to_string().trim_end()),
             ControlResponse::Stopping => f.write_str("stopping"),
         }
@@ -476,6 +590,10 @@ mod tests {
                 guest: "tcp".into(),
                 cores: vec![HostCore(0), HostCore(1)],
             },
+            ControlRequest::SetPpc {
+                guest: "tcp".into(),
+                ppc: 3,
+            },
             ControlRequest::Status,
             ControlRequest::Stop,
         ];
@@ -491,7 +609,14 @@ mod tests {
             }),
             "{\"request\":\"move\",\"guest\":\"tcp\",\"cores\":[0]}\n"
         );
-        let answers: [Result<ControlResponse, ControlError>; 2] = [
+        assert_eq!(
+            encode(&ControlRequest::SetPpc {
+                guest: "tcp".into(),
+                ppc: 3
+            }),
+            "{\"request\":\"set-ppc\",\"guest\":\"tcp\",\"ppc\":3}\n"
+        );
+        let answers: [Result<ControlResponse, ControlError>; 5] = [
             Ok(ControlResponse::Moved {
                 guest: "tcp".into(),
                 cores: vec![HostCore(0)],
@@ -499,6 +624,26 @@ mod tests {
             }),
             Err(ControlError::NoSuchGuest {
                 guest: "nobody".into(),
+            }),
+            Ok(ControlResponse::PState(PStateReport {
+                guest: "tcp".into(),
+                ppc: 3,
+                vcpus: vec![VcpuPStateReport {
+                    index: 0,
+                    requested: 3,
+                    pstate: 3,
+                    mhz: 1500,
+                    followed: true,
+                }],
+            })),
+            Err(ControlError::InvalidPState {
+                reason: "_PPC 9 is out of range".into(),
+            }),
+            Err(ControlError::PpcNotFollowed {
+                guest: "tcp".into(),
+                ppc: 2,
+                waited_ms: 2000,
+                vcpus: "vCPU 0 requests P0".into(),
             }),
         ];
         for a in answers {
@@ -510,12 +655,57 @@ mod tests {
     }
 
     #[test]
+    fn a_vcpu_status_without_request_and_ppc_reads_as_p0_unlimited() {
+        let v: VcpuStatus = serde_json::from_str(
+            r#"{"index":0,"tid":1,"cores":[0],"dedicated":true,"pstate":2,"mhz":1500,"backend":"soft","exits":3}"#,
+        )
+        .unwrap();
+        assert_eq!((v.pstate, v.requested, v.ppc), (2, 0, 0));
+    }
+
+    #[test]
+    fn p_state_answers_read_as_sentences() {
+        let mut r = PStateReport {
+            guest: "tcp".into(),
+            ppc: 3,
+            vcpus: vec![VcpuPStateReport {
+                index: 0,
+                requested: 3,
+                pstate: 3,
+                mhz: 1500,
+                followed: true,
+            }],
+        };
+        assert!(r.followed());
+        assert_eq!(
+            ControlResponse::PState(r.clone()).to_string(),
+            "guest tcp: _PPC P3; vCPU 0 requests P3, runs at P3 (1500 MHz)"
+        );
+        r.vcpus[0].followed = false;
+        assert!(!r.followed());
+        assert_eq!(
+            ControlError::PpcNotFollowed {
+                guest: "tcp".into(),
+                ppc: 3,
+                waited_ms: 2000,
+                vcpus: r.vcpu_summary(),
+            }
+            .to_string(),
+            "guest tcp did not follow _PPC P3 within 2000 ms (the limit is set; vCPU 0 requests \
+             P3, runs at P3 (1500 MHz), has not requested since the limit changed)"
+        );
+    }
+
+    #[test]
     fn malformed_requests_are_protocol_errors() {
         for bad in [
             "move tcp 0",
             "{\"request\":\"reboot\"}",
             "{\"request\":\"move\",\"guest\":\"tcp\"}",
             "{\"request\":\"move\",\"guest\":\"tcp\",\"cores\":[-1]}",
+            "{\"request\":\"set-ppc\",\"guest\":\"tcp\"}",
+            "{\"request\":\"set-ppc\",\"guest\":\"tcp\",\"ppc\":-1}",
+            "{\"request\":\"set-ppc\",\"guest\":\"tcp\",\"ppc\":\"P3\"}",
         ] {
             assert!(
                 matches!(
@@ -540,6 +730,8 @@ mod tests {
                     cores: vec![HostCore(0), HostCore(1)],
                     dedicated: false,
                     pstate: 2,
+                    requested: 2,
+                    ppc: 1,
                     mhz: 1200,
                     backend: "soft".into(),
                     exits: 7,
@@ -593,7 +785,7 @@ mod tests {
         assert_eq!(
             report.to_string(),
             "guest tcp (tcp): running\n\
-             \x20 vcpu 0 tid 42 cores 0-1 shared P2 1200 MHz (soft) exits 7\n\
+             \x20 vcpu 0 tid 42 cores 0-1 shared P2 1200 MHz (soft; requested P2, _PPC P1) exits 7\n\
              \x20 channel to ip (side a): waiting now: requests in 1 out 2, replies in 3 out 4; \
              in total: requests sent 10 received 11, replies sent 12 received 13, sleeps 5, kicks 6\n\
              \x20 nic cpt0 (netns ns): active features 0x120000020 thread 43; tx 1 packets 2 bytes 3 dropped; \

@@ -59,6 +59,20 @@ enum CtlCommand {
         #[arg(long)]
         cores: String,
     },
+    /// Lower or raise a guest's performance limit `_PPC` (the fastest P-state it may
+    /// request) and notify it; its firmware's P-state driver requests a state within
+    /// the limit through PERF_CTL. Prints the state each vCPU then runs at; fails if
+    /// the guest does not follow within 2 s.
+    Pstate {
+        /// The guest.
+        guest: String,
+        /// The new limit: a P-state index (0 = P0, no limit).
+        #[arg(long)]
+        ppc: usize,
+        /// Print the answer as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Per guest and vCPU: thread, cores, placement, P-state, exits, channel queues
     /// (depth now and totals), events the guest caused.
     Status {
@@ -154,12 +168,18 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
                         })?;
                     (ControlRequest::Move { guest, cores }, false)
                 }
+                CtlCommand::Pstate { guest, ppc, json } => {
+                    (ControlRequest::SetPpc { guest, ppc }, json)
+                }
                 CtlCommand::Status { json } => (ControlRequest::Status, json),
                 CtlCommand::Stop => (ControlRequest::Stop, false),
             };
             let response = compart_vmm::control::send(&socket, &request)?;
             match (&response, json) {
                 (ControlResponse::Status(report), true) => {
+                    println!("{}", serde_json::to_string_pretty(report)?)
+                }
+                (ControlResponse::PState(report), true) => {
                     println!("{}", serde_json::to_string_pretty(report)?)
                 }
                 _ => println!("{response}"),

@@ -100,16 +100,23 @@ pub struct PlacedGuest<'a> {
     pub page: &'a Placement,
 }
 
-/// After a move: the entries `assignment` gives every guest now; each guest whose
-/// entries differ from `before` (and guest `moved` in any case) gets its page
-/// rewritten, its halt polling set, and a kick to read the page again.
+/// After a move: the entries `assignment` gives every guest now (with the `_PPC` limits
+/// of `before`); each guest whose entries differ from `before` (and guest `moved` in
+/// any case) gets its page rewritten, its halt polling set, and a kick to read the page
+/// again.
 pub fn apply(
     assignment: &Assignment,
     before: &[Vec<PlacementEntry>],
     moved: usize,
     guests: &[PlacedGuest<'_>],
 ) -> Vec<Vec<PlacementEntry>> {
-    let fresh = assignment.placement();
+    let mut fresh = assignment.placement();
+    // The `_PPC` limits are not placement's to change: they carry over.
+    for (entries, old) in fresh.iter_mut().zip(before) {
+        for (e, o) in entries.iter_mut().zip(old) {
+            e.ppc = o.ppc;
+        }
+    }
     for (i, (g, entries)) in guests.iter().zip(&fresh).enumerate() {
         let changed = i == moved
             || entries

@@ -157,7 +157,8 @@ pub const DOORBELLS_GPA: u64 = 0xF000_0000;
 /// The interrupt vector on which channel `i`'s peer kicks this guest: `DOORBELL_VECTOR
 /// + i`. It only wakes a halted vCPU 0; the firmware's handler just acknowledges it.
 pub const DOORBELL_VECTOR: u8 = 0x40;
-/// The vector on which the VMM kicks a guest after changing its placement entry.
+/// The vector on which the VMM kicks a guest after changing its placement entry (its
+/// cores or its `_PPC` limit).
 pub const PLACEMENT_VECTOR: u8 = 0x3f;
 
 /// Where NIC register files are mapped: NIC `i` of a guest (in boot-info order) has its
@@ -506,8 +507,12 @@ pub struct PlacementEntry {
     pub poll_us: u32,
     /// Number of valid entries in `host_cores`.
     pub host_core_count: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// The vCPU's performance limit now: the fastest P-state (an index into `_PSS`)
+    /// the platform allows, the live value of its `_PPC`. When the VMM changes it, it
+    /// rewrites the page and kicks the guest (the analogue of ACPI's
+    /// `Notify(processor, 0x80)`); the firmware's P-state driver then requests a state
+    /// within the new limit through PERF_CTL (see the firmware's `pstate` module).
+    pub ppc: u32,
     /// Host cores the vCPU may run on now.
     pub host_cores: [u32; MAX_CORES_LISTED],
 }
@@ -518,16 +523,16 @@ impl PlacementEntry {
         dedicated: 0,
         poll_us: 0,
         host_core_count: 0,
-        _reserved: 0,
+        ppc: 0,
         host_cores: [0; MAX_CORES_LISTED],
     };
 }
 
 /// The placement page: read-only to the guest (a read-only memory slot), rewritten by
-/// the VMM whenever it moves the guest's vCPUs, after which it kicks the guest on
-/// [`PLACEMENT_VECTOR`]. `generation` is a sequence lock: odd while the VMM writes;
-/// a reader retries until it reads the same even value before and after. Both halves
-/// are in [`placement`].
+/// the VMM whenever it moves the guest's vCPUs or changes their `_PPC` limit, after
+/// which it kicks the guest on [`PLACEMENT_VECTOR`]. `generation` is a sequence lock:
+/// odd while the VMM writes; a reader retries until it reads the same even value
+/// before and after. Both halves are in [`placement`].
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct PlacementPage {

@@ -12,6 +12,8 @@
 //!   only the contract's MSRs are accessed for ring 3) and report the outcome;
 //! - `heap`: allocate, use and free a vector, then exit 0;
 //! - `halt`: sleep in `hlt` until stopped;
+//! - `spin=MS`: compute for MS milliseconds without halting or waiting (a busy guest,
+//!   which follows a new `_PPC` only once it halts or waits);
 //! - `freq=A,B,…`: for each P-state index, set it, run a fixed compute loop and print
 //!   its wall time (TSC) and the APERF/MPERF ratio;
 //! - `switch=N`: time N P-state switches (P0 ↔ the slowest allowed state);
@@ -126,6 +128,15 @@ fn main(info: &'static BootInfo) -> i32 {
             "halt" => loop {
                 ring0::halt();
             },
+            "spin" => {
+                let ms = value.parse().unwrap_or(1000);
+                println!("spin: {ms} ms without halting");
+                let end = Instant::now() + Duration::from_millis(ms);
+                while Instant::now() < end {
+                    core::hint::spin_loop();
+                }
+                println!("spin: done");
+            }
             _ => match word.value {
                 Some(v) => println!("unknown command `{}={v}`", word.key),
                 None => println!("unknown command `{}`", word.key),

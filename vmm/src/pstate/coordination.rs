@@ -47,6 +47,19 @@ pub struct GuestPStates {
     psd: Vec<PsdDomain>,
     requested: Vec<usize>,
     effective: Vec<usize>,
+    /// Per vCPU: whether it has requested a state since `_PPC` last changed (its
+    /// acknowledgement of the new limit).
+    followed: Vec<bool>,
+}
+
+/// Why a new `_PPC` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("_PPC {ppc} is out of range: the guest's _PSS has P0 to P{last}")]
+pub struct PpcOutOfRange {
+    /// The limit asked for.
+    pub ppc: usize,
+    /// The slowest state.
+    pub last: usize,
 }
 
 impl GuestPStates {
@@ -63,7 +76,35 @@ impl GuestPStates {
             psd,
             requested: vec![initial; n],
             effective: vec![initial; n],
+            followed: vec![true; n],
         }
+    }
+
+    /// The fastest state the guest may request now (its `_PPC`).
+    pub fn ppc(&self) -> usize {
+        self.ppc
+    }
+
+    /// Lowers or raises the limit. Nothing changes until the guest requests a state
+    /// within it (the platform notifies it; it is not overruled): every vCPU counts as
+    /// not having followed until its next accepted request. Returns whether the limit
+    /// changed.
+    pub fn set_ppc(&mut self, ppc: usize) -> Result<bool, PpcOutOfRange> {
+        let last = self.ladder.len() - 1;
+        if ppc > last {
+            return Err(PpcOutOfRange { ppc, last });
+        }
+        if ppc == self.ppc {
+            return Ok(false);
+        }
+        self.ppc = ppc;
+        self.followed.fill(false);
+        Ok(true)
+    }
+
+    /// Whether vCPU `vcpu` has requested a state since `_PPC` last changed.
+    pub fn followed(&self, vcpu: usize) -> bool {
+        self.followed[vcpu]
     }
 
     /// The ladder.
@@ -107,6 +148,7 @@ impl GuestPStates {
     pub fn request(&mut self, vcpu: usize, control: u64) -> Result<Vec<Change>, Refusal> {
         let state = self.validate(control)?;
         self.requested[vcpu] = state;
+        self.followed[vcpu] = true;
         Ok(self.resolve(Some(vcpu)))
     }
 
@@ -196,6 +238,36 @@ mod tests {
         assert_eq!(g.effective(0), 2, "the start-up state is clamped to _PPC");
         assert_eq!(g.request(0, 1), Err(Refusal::AbovePpc { state: 1, ppc: 2 }));
         assert!(g.request(0, 3).is_ok());
+    }
+
+    #[test]
+    fn a_new_ppc_is_validated_and_followed_by_the_next_request_only() {
+        let mut g = guest(&[0], Coordination::HwAll, 0);
+        assert_eq!(g.set_ppc(5), Err(PpcOutOfRange { ppc: 5, last: 4 }));
+        assert_eq!(g.ppc(), 0);
+        assert_eq!(
+            g.set_ppc(0),
+            Ok(false),
+            "the same limit again changes nothing"
+        );
+        assert!(g.followed(0));
+        assert_eq!(g.set_ppc(3), Ok(true));
+        assert_eq!(g.ppc(), 3);
+        assert!(!g.followed(0));
+        assert_eq!(
+            g.effective(0),
+            0,
+            "the platform does not overrule the guest"
+        );
+        assert_eq!(g.request(0, 2), Err(Refusal::AbovePpc { state: 2, ppc: 3 }));
+        assert!(!g.followed(0), "a refused request is no acknowledgement");
+        g.request(0, 3).unwrap();
+        assert!(g.followed(0));
+        assert_eq!(g.effective(0), 3);
+        assert_eq!(g.set_ppc(1), Ok(true));
+        assert!(!g.followed(0));
+        assert!(g.request(0, 1).is_ok());
+        assert!(g.followed(0));
     }
 
     #[test]

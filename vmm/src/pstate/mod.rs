@@ -28,13 +28,15 @@ pub mod perf_counters;
 pub mod soft;
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use compart_acpi::{Coordination, Mhz};
 
 use crate::placement::Assignment;
 use crate::topology::{coordination_name, HostCore, Topology};
 use backend::FreqBackend;
+pub use coordination::PpcOutOfRange;
 use coordination::{Change, GuestPStates, Refusal};
 
 // The MSRs of the contract (compart_abi::msr), under the names the exit handling uses.
@@ -82,6 +84,10 @@ pub struct VcpuPState {
     pub mhz: u32,
     /// Backend applying it.
     pub backend: &'static str,
+    /// The guest's `_PPC` now: the fastest state it may request.
+    pub ppc: usize,
+    /// Whether the vCPU has requested a state since `_PPC` last changed.
+    pub followed: bool,
 }
 
 /// A vCPU whose effective state changed, as a log line tells it.
@@ -135,6 +141,8 @@ pub struct PStateController {
     soft_period: std::time::Duration,
     /// One lock per guest: a guest's requests never wait for another guest.
     guests: Vec<Mutex<GuestEntry>>,
+    /// Signalled (per guest) after every accepted request, for [`Self::wait_followed`].
+    requests: Vec<Condvar>,
     /// Each guest's vCPUs' effective frequencies (atomics, read without a lock).
     freqs: Vec<Vec<Arc<VcpuFreq>>>,
     /// Serialises applying frequencies to the host (real backends only).
@@ -183,6 +191,7 @@ impl PStateController {
         let c = PStateController {
             backend,
             soft_period: topology.soft_period,
+            requests: guests.iter().map(|_| Condvar::new()).collect(),
             guests,
             freqs,
             host: Mutex::new(()),
@@ -237,6 +246,7 @@ impl PStateController {
         let reports = {
             let mut g = self.guest(guest);
             let changes = g.states.request(vcpu, value)?;
+            self.requests[guest].notify_all();
             self.apply_changes(guest, &g, &changes)
         };
         if !reports.is_empty() {
@@ -313,22 +323,65 @@ impl PStateController {
         }
     }
 
+    /// The index of the guest named `name`.
+    pub fn guest_index(&self, name: &str) -> Option<usize> {
+        self.guests
+            .iter()
+            .position(|g| g.lock().unwrap().name == name)
+    }
+
+    /// Guest `guest`'s `_PPC` now.
+    pub fn ppc(&self, guest: usize) -> usize {
+        self.guest(guest).states.ppc()
+    }
+
+    /// Sets guest `guest`'s `_PPC` (the live limit; its ACPI `_PPC` is the start
+    /// value). Only the limit changes: the guest's vCPUs keep their states until they
+    /// request new ones, which the caller asks for by notifying the guest (the
+    /// placement page and its kick). Returns whether the limit changed.
+    pub fn set_ppc(&self, guest: usize, ppc: usize) -> Result<bool, PpcOutOfRange> {
+        self.guest(guest).states.set_ppc(ppc)
+    }
+
+    /// Waits until every vCPU of guest `guest` has requested a state since `_PPC`
+    /// last changed, or `timeout` passes; returns whether they all did.
+    pub fn wait_followed(&self, guest: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.guest(guest);
+        loop {
+            let n = self.freqs[guest].len();
+            if (0..n).all(|v| g.states.followed(v)) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = self.requests[guest].wait_timeout(g, left).unwrap().0;
+        }
+    }
+
+    /// Every vCPU of guest `guest`, as [`Self::status`] reports them.
+    pub fn guest_status(&self, guest: usize) -> Vec<VcpuPState> {
+        let g = self.guest(guest);
+        (0..self.freqs[guest].len())
+            .map(|v| VcpuPState {
+                guest: g.name.clone(),
+                vcpu: v,
+                requested: g.states.requested(v),
+                effective: g.states.effective(v),
+                mhz: self.freqs[guest][v].effective_mhz(),
+                backend: self.backend.name(),
+                ppc: g.states.ppc(),
+                followed: g.states.followed(v),
+            })
+            .collect()
+    }
+
     /// Every vCPU's current P-state.
     pub fn status(&self) -> Vec<VcpuPState> {
-        let mut out = Vec::new();
-        for (i, g) in self.guests.iter().enumerate() {
-            let g = g.lock().unwrap();
-            for v in 0..self.freqs[i].len() {
-                out.push(VcpuPState {
-                    guest: g.name.clone(),
-                    vcpu: v,
-                    requested: g.states.requested(v),
-                    effective: g.states.effective(v),
-                    mhz: self.freqs[i][v].effective_mhz(),
-                    backend: self.backend.name(),
-                });
-            }
-        }
-        out
+        (0..self.guests.len())
+            .flat_map(|i| self.guest_status(i))
+            .collect()
     }
 }

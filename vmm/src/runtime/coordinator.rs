@@ -111,6 +111,7 @@ impl RunningVmm {
             Msg::Control(request, reply) => {
                 let answer = match request {
                     ControlRequest::Move { guest, cores } => self.move_guest(&guest, cores),
+                    ControlRequest::SetPpc { guest, ppc } => self.set_ppc(&guest, ppc),
                     ControlRequest::Status => Ok(ControlResponse::Status(self.status())),
                     ControlRequest::Stop => {
                         log::info!("stopping all guests (control request)");

@@ -10,10 +10,13 @@
 //! - `coordinator.rs`: the coordinator loop ([`RunningVmm::wait`],
 //!   [`RunningVmm::serve_pending`]), the failure policy, stopping, and `Drop`;
 //! - `moves.rs`: live moves of a guest onto other cores (`ctl move`);
+//! - `ppc.rs`: live P-state limits (`ctl pstate --ppc`), and the handle's wait for the
+//!   guest to follow them;
 //! - `status.rs`: the status report behind `ctl status`.
 
 mod coordinator;
 mod moves;
+mod ppc;
 mod start;
 mod status;
 
@@ -126,7 +129,11 @@ enum Msg {
 /// Talks to a running VMM from other threads (a signal thread, the control socket, a
 /// test): stop it, or send it a [`ControlRequest`]. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct VmmHandle(Sender<Msg>);
+pub struct VmmHandle {
+    tx: Sender<Msg>,
+    /// For waiting on guests' P-state requests without the coordinator.
+    pstates: Arc<PStateController>,
+}
 
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -141,23 +148,30 @@ impl std::fmt::Debug for Msg {
 impl VmmHandle {
     /// Requests a clean stop; returns at once.
     pub fn stop(&self) {
-        let _ = self.0.send(Msg::Stop);
+        let _ = self.tx.send(Msg::Stop);
     }
 
-    /// Sends a control request and waits (at most `timeout`) for the answer.
+    /// Sends a control request and waits (at most `timeout`) for the answer. A
+    /// [`ControlRequest::SetPpc`] then waits (at most `timeout` and
+    /// [`crate::control::PPC_WAIT`] again) for the guest to request a state within the
+    /// new limit, and fails with [`ControlError::PpcNotFollowed`] if it does not.
     pub fn request(
         &self,
         request: ControlRequest,
         timeout: Duration,
     ) -> Result<ControlResponse, ControlError> {
         let (tx, rx) = channel();
-        self.0
+        self.tx
             .send(Msg::Control(request, tx))
             .map_err(|_| ControlError::Stopped)?;
-        rx.recv_timeout(timeout).map_err(|e| match e {
+        let answer = rx.recv_timeout(timeout).map_err(|e| match e {
             RecvTimeoutError::Timeout => ControlError::Timeout,
             RecvTimeoutError::Disconnected => ControlError::Stopped,
-        })?
+        })??;
+        match answer {
+            ControlResponse::PState(report) => self.follow_ppc(report, timeout),
+            other => Ok(other),
+        }
     }
 }
 
@@ -270,7 +284,10 @@ impl RunOutcome {
 impl RunningVmm {
     /// A handle that stops or controls this VMM from another thread.
     pub fn handle(&self) -> VmmHandle {
-        VmmHandle(self.tx.clone())
+        VmmHandle {
+            tx: self.tx.clone(),
+            pstates: self.pstates.clone(),
+        }
     }
 
     /// Hands side A of channel `index` to a host thread (benchmarks, tools): its region

@@ -56,7 +56,12 @@ pub fn start(topology: &Topology, sink: ConsoleSink) -> Result<RunningVmm, VmmEr
     let channels = Channels::create(topology)?;
     let (host_net, backends) = HostNet::open(topology)?;
     let nic_wirings = nic_wirings(topology, backends)?;
-    let placement_entries = assignment.read().unwrap().placement();
+    let mut placement_entries = assignment.read().unwrap().placement();
+    // Each vCPU's live `_PPC` starts as its ACPI `_PPC` (the controller's, clamped).
+    for (i, entries) in placement_entries.iter_mut().enumerate() {
+        let ppc = pstates.ppc(i) as u32;
+        entries.iter_mut().for_each(|e| e.ppc = ppc);
+    }
     let ctx = BuildContext {
         kvm: &kvm,
         cpuid: &cpuid,

@@ -36,6 +36,8 @@ impl RunningVmm {
                             cores: assignment.vcpu(i, v).to_vec(),
                             dedicated: self.placement[i][v].dedicated == 1,
                             pstate: p.map_or(0, |p| p.effective),
+                            requested: p.map_or(0, |p| p.requested),
+                            ppc: p.map_or(0, |p| p.ppc),
                             mhz: p.map_or(0, |p| p.mhz),
                             backend: p.map_or("?", |p| p.backend).to_string(),
                             exits: t.exits.load(Ordering::Relaxed),
