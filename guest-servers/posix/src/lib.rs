@@ -404,6 +404,16 @@ impl<N: Notifier> Posix<N> {
         }
     }
 
+    /// Answer application `k`'s `req` on socket `ah` with `EAGAIN`: the application
+    /// now waits for an event with one of `bits`, so the next time the socket has one
+    /// it is told, even if it had it when last told.
+    fn answer_again(&mut self, k: usize, ah: u32, req: ChannelRequest, bits: u32) {
+        if let Some(sock) = self.apps[k].sock(ah) {
+            sock.told &= !bits;
+        }
+        self.answer(k, req, Reply::Error(Errno::Again));
+    }
+
     /// Answer application `k`'s `req` with `r`.
     fn answer(&mut self, k: usize, req: ChannelRequest, r: Reply) {
         if !answer(&mut self.eps[k + 1], req, r) {
@@ -689,8 +699,16 @@ impl<N: Notifier> Posix<N> {
                 }
             }
             (Request::Send { .. }, r) if p.nonblocking || r != Reply::Error(Errno::Again) => {
-                self.answer(k, req, r);
-                self.next_send(k, p.handle.unwrap_or(u32::MAX));
+                let ah = p.handle.unwrap_or(u32::MAX);
+                if r == Reply::Error(Errno::Again) {
+                    self.answer_again(k, ah, req, READY_WRITABLE);
+                } else {
+                    self.answer(k, req, r);
+                }
+                self.next_send(k, ah);
+            }
+            (Request::Accept { .. }, Reply::Error(Errno::Again)) if p.nonblocking => {
+                self.answer_again(k, p.handle.unwrap_or(u32::MAX), req, READY_READABLE);
             }
             (call, Reply::Error(Errno::Again)) if !p.nonblocking && wants(&call) != 0 => {
                 let ah = p.handle.unwrap_or(u32::MAX);
@@ -902,7 +920,7 @@ impl<N: Notifier> Posix<N> {
                 // tcp said it cannot progress, and will say when it can: answer or
                 // park without asking it.
                 if nonblocking {
-                    self.answer(k, req, Reply::Error(Errno::Again));
+                    self.answer_again(k, ah, req, wants(&call));
                 } else if let Some(sock) = self.apps[k].sock(ah) {
                     sock.parked.push(Parked {
                         req,
@@ -948,7 +966,7 @@ impl<N: Notifier> Posix<N> {
         let can = sock.ready & (READY_READABLE | READY_HANGUP | READY_ERROR) != 0;
         let held = sock.ahead.is_some() || sock.ended.is_some();
         if !held && !sock.fetching && !can && nonblocking {
-            self.answer(k, req, Reply::Error(Errno::Again));
+            self.answer_again(k, ah, req, READY_READABLE);
             return;
         }
         sock.recvs.push_back((req, max, nonblocking));
@@ -1100,7 +1118,7 @@ impl<N: Notifier> Posix<N> {
                     }
                 }
                 for req in waiting.into_iter().flatten() {
-                    self.answer(k, req, Reply::Error(Errno::Again));
+                    self.answer_again(k, ah, req, READY_READABLE);
                 }
             }
             Ok(Reply::Error(e)) => sock.ended = Some(Reply::Error(e)),
@@ -1154,7 +1172,7 @@ impl<N: Notifier> Posix<N> {
                 progress: p.progress,
             });
         } else if p.nonblocking && !p.progress.all {
-            self.answer(k, p.req, Reply::Error(Errno::Again));
+            self.answer_again(k, ah, p.req, READY_WRITABLE);
             self.next_send(k, ah);
         } else {
             sock.parked.push(p);

@@ -573,3 +573,30 @@ fn sends_flagged_all_go_whole_and_in_order_as_tcp_makes_room() {
     let (r, _) = rig.call(0, Request::Send { handle: s }, FLAG_NONBLOCK, &a);
     assert_eq!(r, Reply::Error(Errno::Again));
 }
+
+#[test]
+fn after_eagain_the_application_is_told_when_the_socket_is_readable_even_if_it_was_before() {
+    let mut rig = Rig::new("posix-edge", 1);
+    let (_, s) = rig.connection(0);
+    let ts = rig.tcp.next;
+    rig.tcp.socks.get_mut(&ts).unwrap().rx = b"1".to_vec();
+    rig.settle();
+    let _ = rig.events(0);
+    // tcp loses the data without saying so yet: posix's copy says readable, tcp
+    // answers posix's Recv EAGAIN, then says "not readable" and, before posix looks,
+    // "readable" again.
+    rig.tcp.socks.get_mut(&ts).unwrap().rx.clear();
+    rig.send(0, Request::Recv { handle: s, max: 10 }, FLAG_NONBLOCK, &[]);
+    rig.posix.poll().unwrap();
+    rig.tcp.step();
+    rig.tcp.socks.get_mut(&ts).unwrap().rx = b"2".to_vec();
+    rig.tcp.step();
+    rig.posix.poll().unwrap();
+    assert_eq!(rig.reply(0), Some((Reply::Error(Errno::Again), Vec::new())));
+    let ev = rig.events(0);
+    assert!(
+        ev.iter()
+            .any(|e| e.handle == s && e.ready & READY_READABLE != 0),
+        "readable before, readable now, yet the application waits for the news: {ev:?}"
+    );
+}
