@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 # Debian packages: acpica-tools (iasl, acpiexec) checks the ACPI tables independently;
 # iproute2 (ip: network namespaces, TAP, veth, macvtap), iputils-ping, arping and
 # tcpdump for the network tests, which stay inside namespaces they create; procps
-# (sysctl) to quiet IPv6 in those namespaces; iperf3, curl and netcat-openbsd (nc) are
-# the stock peers the stack's applications are proven against.
+# (sysctl) to quiet IPv6 in those namespaces; iperf3, curl and netcat-openbsd (nc; also
+# the listener the stack connects out to) are the stock peers the stack is proven against.
 need=()
 command -v iasl >/dev/null 2>&1 && command -v acpiexec >/dev/null 2>&1 || need+=(acpica-tools)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
@@ -20,7 +20,7 @@ command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 command -v sysctl >/dev/null 2>&1 || need+=(procps)
 command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-command -v nc >/dev/null 2>&1 || need+=(netcat-openbsd)
+{ nc -h 2>&1 | grep -q OpenBSD; } || need+=(netcat-openbsd)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then
         echo "==> apt-get install ${need[*]}"

@@ -20,7 +20,10 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use core::time::Duration;
 
 use compart_abi::{ChannelInfo, ChannelSide, Role};
-use compart_channel::{ChannelError, Endpoint, Notifier, Region, Side, Waiter};
+use compart_channel::{
+    initialize, ChannelError, Endpoint, NoKick, Notifier, PairConfig, PairLayout, Region, Side,
+    Waiter,
+};
 use compart_kit::server::Peer;
 
 use crate::time::{self, Instant};
@@ -234,6 +237,34 @@ pub(crate) fn hang_up() {
 /// peer that tests the other side's defences by writing what no endpoint would.
 pub fn raw_region(index: usize) -> Option<Region> {
     region_of(boot_info().channels().get(index)?).ok()
+}
+
+/// A channel pair inside this guest's own memory, both ends here: for layers linked
+/// into one guest (the `mono` image) that talk through the same channel protocol as
+/// servers in separate guests, without doorbells (one loop polls both ends, so
+/// [`NoKick`]). The region is allocated from the heap, page-aligned and zeroed, and
+/// lives for the rest of the guest's life. Returns (side A, side B).
+pub fn local_pair(
+    config: &PairConfig,
+) -> Result<(Endpoint<NoKick>, Endpoint<NoKick>), ChannelError> {
+    let size = PairLayout::new(config)?.size().next_multiple_of(4096);
+    let layout = core::alloc::Layout::from_size_align(size, 4096)
+        .map_err(|_| ChannelError::InvalidConfig("region too large"))?;
+    // SAFETY: `layout` has a non-zero size (a pair layout is never empty).
+    let mem = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    if mem.is_null() {
+        return Err(ChannelError::InvalidConfig(
+            "no heap left for a local channel",
+        ));
+    }
+    // SAFETY: `mem` is `size` bytes of heap, never freed (leaked for the guest's life)
+    // and never reached through a Rust reference: only through the Region.
+    let region = unsafe { Region::from_raw(mem, size) }?;
+    initialize(&region, config)?;
+    Ok((
+        Endpoint::attach(region, Side::A, NoKick)?,
+        Endpoint::attach(region, Side::B, NoKick)?,
+    ))
 }
 
 /// Why [`wait_for_any`] returned.

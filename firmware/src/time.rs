@@ -127,13 +127,26 @@ fn timer_rate() -> u64 {
 
 /// Arms the APIC timer to interrupt at `deadline` (or as close before it as the
 /// timer's range allows: a halt it ends early is simply re-armed by the caller).
-/// One store, unless the timer is armed for exactly this deadline already.
+/// One store, unless the timer is still armed for exactly this deadline.
+///
+/// "Still armed" needs care: nothing clears [`ARMED`] when the timer fires, and a
+/// one-shot count can fire before its deadline (it is capped at `u32::MAX` ticks, and
+/// the rate was measured over 0.5 ms), so in one-shot mode the shortcut also asks the
+/// APIC whether the count is still running. Without that, a timer that fired early
+/// was never re-armed and the guest halted until some other interrupt (seen as pf
+/// expiring its entries only when the next packet came, and tcp asking ip for its
+/// configuration once and never again). A TSC deadline fires exactly at its deadline,
+/// so there a future deadline is still pending.
 fn arm(deadline: Instant) {
     let armed = ARMED.load(Ordering::Relaxed);
-    if armed == deadline.0 && armed > rdtsc() {
+    let user_apic = lapic_user_accessible(boot_info().vcpu_count);
+    if armed == deadline.0
+        && armed > rdtsc()
+        && (!user_apic || lapic::read(regs::TIMER_CURRENT_COUNT) != 0)
+    {
         return;
     }
-    if !lapic_user_accessible(boot_info().vcpu_count) {
+    if !user_apic {
         // Ring 3 cannot reach this guest's APIC page: the VMM left the timer in
         // TSC-deadline mode, armed through the stub's `wrmsr` (≈ 27 µs here).
         ring0::write_msr(msr::TSC_DEADLINE, deadline.0.max(1));

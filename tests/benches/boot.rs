@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use compart_tests::{default_topology, require_kvm, topology, Capture};
+use compart_tests::{idle_topology, require_kvm, topology, Capture};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
 
@@ -113,7 +113,7 @@ fn main() {
         .collect();
 
     // compart: default topology, time to every guest's first line.
-    let t = default_topology();
+    let t = idle_topology();
     let mut per_guest: Vec<f64> = Vec::new();
     let mut all_up: Vec<f64> = Vec::new();
     let mut single: Vec<f64> = Vec::new();

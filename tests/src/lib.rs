@@ -106,6 +106,85 @@ macro_rules! __kvm_tests {
     };
 }
 
+/// NIC 0 of guest 0 (the driver of a stack topology), from a typed status report.
+pub fn nic_status(handle: &compart_vmm::VmmHandle) -> compart_vmm::control::NicStatus {
+    match handle
+        .request(compart_vmm::ControlRequest::Status, Duration::from_secs(10))
+        .unwrap()
+    {
+        compart_vmm::ControlResponse::Status(r) => r.guests[0].nics[0].clone(),
+        other => panic!("not a status report: {other:?}"),
+    }
+}
+
+/// Sends `frames` through `sender` in batches of `batch`, each only once the VMM's NIC
+/// (see [`nic_status`]) has taken the last (received or dropped), within 10 s a batch or
+/// the test fails. Returns how many were sent.
+pub fn send_in_batches(
+    sender: &rawnet::RawSender,
+    handle: &compart_vmm::VmmHandle,
+    frames: impl IntoIterator<Item = Vec<u8>>,
+    batch: usize,
+) -> u64 {
+    let base = nic_status(handle);
+    let before = base.rx_packets + base.rx_drops;
+    let mut sent = 0u64;
+    let mut frames = frames.into_iter().peekable();
+    while frames.peek().is_some() {
+        for f in frames.by_ref().take(batch) {
+            sender
+                .send(&f)
+                .unwrap_or_else(|e| panic!("sending {} bytes: {e}", f.len()));
+            sent += 1;
+        }
+        let batch_start = Instant::now();
+        loop {
+            let nic = nic_status(handle);
+            if nic.rx_packets + nic.rx_drops >= before + sent {
+                break;
+            }
+            assert!(
+                batch_start.elapsed() < Duration::from_secs(10),
+                "after {sent} frames sent: {nic:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    sent
+}
+
+/// Waits until the last `pf: counters:` line shows an empty connection table
+/// (` conns=0 `), within 30 s, or the test fails. Every 2 s `peer` sends a stray ACK to
+/// port 7 from a forged address (passed by an `in:tcp:7` rule, it opens nothing): pf
+/// takes expired entries out at its deadline or, at the latest, at the next packet, and
+/// prints its counters after each packet.
+pub fn wait_for_empty_pf_table(capture: &Capture, peer: &rawnet::RawPeer) {
+    let start = Instant::now();
+    for probe in 0..15u16 {
+        if capture
+            .of("pf")
+            .last()
+            .is_some_and(|l| l.contains(" conns=0 "))
+        {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let ack = rawnet::flags::ACK;
+        let stray = peer.segment([198, 19, 9, 9], 1000 + probe, 7, 1, 1, ack, 512, &[]);
+        peer.send(&stray)
+            .unwrap_or_else(|e| panic!("sending a stray ACK: {e}"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let last = capture.of("pf").last().cloned();
+    assert!(
+        last.as_deref().is_some_and(|l| l.contains(" conns=0 ")),
+        "pf's table does not empty: {last:?}"
+    );
+}
+
 /// Starts the VMM on `topology` with every console line captured; panics if it
 /// cannot start.
 pub fn boot(topology: &Topology) -> (RunningVmm, Capture) {
@@ -124,10 +203,10 @@ pub fn topology(text: &str) -> Topology {
     }
 }
 
-/// The shipped default topology.
-pub fn default_topology() -> Topology {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
-    Topology::load(&path, &compart_vmm::host_facts()).expect("default topology loads")
+/// The shipped `topologies/idle.toml`: an idle stand-in for each of the five roles, no NIC.
+pub fn idle_topology() -> Topology {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/idle.toml");
+    Topology::load(&path, &compart_vmm::host_facts()).expect("idle topology loads")
 }
 
 /// Collects console lines and lets a test wait for them.

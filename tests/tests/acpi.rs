@@ -74,8 +74,8 @@ kvm_test! {
 }
 
 kvm_test! {
-    fn every_guest_of_the_default_topology_gets_the_host_ladder() {
-        let t = compart_tests::default_topology();
+    fn every_guest_of_the_idle_topology_gets_the_host_ladder() {
+        let t = compart_tests::idle_topology();
         let (vmm, capture) = boot(&t);
         for g in &t.guests {
             capture.wait_for(&g.name, "idle", Duration::from_secs(20));

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use compart_tests::{
-    boot, default_topology, kvm_test, poll, thread_affinity, thread_cpu_ns, topology, Capture,
+    boot, idle_topology, kvm_test, poll, thread_affinity, thread_cpu_ns, topology, Capture,
 };
 use compart_vmm::topology::{core_list, HostCore};
 use compart_vmm::vstate::exits::{Failure, FailureKind};
@@ -44,8 +44,8 @@ kvm_test! {
 }
 
 kvm_test! {
-    fn default_topology_boots_five_guests_pinned_as_asked() {
-        let t = default_topology();
+    fn idle_topology_boots_five_guests_pinned_as_asked() {
+        let t = idle_topology();
         let (vmm, capture) = boot(&t);
         for g in &t.guests {
             let cores = core_list(&g.vcpu_cores[0]);
@@ -93,7 +93,7 @@ kvm_test! {
 
 kvm_test! {
     fn idle_guests_use_under_one_percent_of_a_core() {
-        let t = default_topology();
+        let t = idle_topology();
         let (vmm, capture) = boot(&t);
         for g in &t.guests {
             capture.wait_for(&g.name, "idle", BOOT);

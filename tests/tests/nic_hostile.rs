@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use compart_tests::netns::{require_netns, NetNs};
 use compart_tests::rawnet::{FrameGen, RawSender, Target};
-use compart_tests::{kvm_test, topology, Capture};
-use compart_vmm::control::NicStatus;
-use compart_vmm::{ControlRequest, ControlResponse, GuestState, VmmHandle};
+use compart_tests::{kvm_test, nic_status, topology, Capture};
+use compart_vmm::{GuestState, VmmHandle};
 
 static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -37,17 +36,6 @@ fn install_logger() {
         log::set_boxed_logger(Box::new(Recorder)).unwrap();
         log::set_max_level(log::LevelFilter::Info);
     });
-}
-
-/// NIC 0 of guest 0, from a typed status report.
-fn nic_status(handle: &VmmHandle) -> NicStatus {
-    match handle
-        .request(ControlRequest::Status, Duration::from_secs(10))
-        .unwrap()
-    {
-        ControlResponse::Status(r) => r.guests[0].nics[0].clone(),
-        other => panic!("not a status report: {other:?}"),
-    }
 }
 
 /// The number just before `phrase` in `line`.
@@ -212,37 +200,15 @@ fn quiet_ipv6(ns: &NetNs) {
 }
 
 /// Sends [`FRAMES`] frames of `frames` through `sender`, [`BATCH`] at a time, each batch
-/// only once the device has taken the last (received or dropped, counted beyond `before`),
-/// within 10 s, or the test fails. Returns the frames sent and how many were longer than
-/// a 1500-byte MTU frame.
-fn send_in_batches(
-    sender: &RawSender,
-    handle: &VmmHandle,
-    frames: &mut FrameGen,
-    before: u64,
-) -> (u64, u64) {
-    let (mut sent, mut oversize) = (0u64, 0u64);
-    while (sent as usize) < FRAMES {
-        for f in frames.by_ref().take(BATCH) {
-            sender
-                .send(&f)
-                .unwrap_or_else(|e| panic!("sending {} bytes: {e}", f.len()));
-            sent += 1;
-            oversize += u64::from(f.len() > 14 + 1500);
-        }
-        let batch_start = Instant::now();
-        loop {
-            let nic = nic_status(handle);
-            if nic.rx_packets + nic.rx_drops >= before + sent {
-                break;
-            }
-            assert!(
-                batch_start.elapsed() < Duration::from_secs(10),
-                "after {sent} frames sent: {nic:?}"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
+/// only once the device has taken the last (`compart_tests::send_in_batches`). Returns
+/// the frames sent and how many were longer than a 1500-byte MTU frame.
+fn send_in_batches(sender: &RawSender, handle: &VmmHandle, frames: &mut FrameGen) -> (u64, u64) {
+    let mut oversize = 0u64;
+    let frames = frames
+        .by_ref()
+        .take(FRAMES)
+        .inspect(|f| oversize += u64::from(f.len() > 14 + 1500));
+    let sent = compart_tests::send_in_batches(sender, handle, frames, BATCH);
     (sent, oversize)
 }
 
@@ -286,7 +252,7 @@ kvm_test! {
         let start = Instant::now();
         let mut nic = nic_status(&handle);
         assert_eq!(nic.rx_packets + nic.rx_drops, 0, "nothing before the test's frames: {nic:?}");
-        let (sent, oversize) = send_in_batches(&sender, &handle, &mut frames, 0);
+        let (sent, oversize) = send_in_batches(&sender, &handle, &mut frames);
         let took = start.elapsed();
         // A last look: nothing more arrives.
         std::thread::sleep(Duration::from_millis(200));
@@ -341,7 +307,7 @@ kvm_test! {
         };
         let base = nic_status(&handle);
         let mut frames = FrameGen::new(7, target, 1500);
-        let (sent, _) = send_in_batches(&sender, &handle, &mut frames, base.rx_packets + base.rx_drops);
+        let (sent, _) = send_in_batches(&sender, &handle, &mut frames);
         let nic = nic_status(&handle);
         assert_eq!(
             nic.rx_packets + nic.rx_drops - base.rx_packets - base.rx_drops,

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::devices::virtio::tap::{if_index, NetBackend, Tap, TapError};
-use crate::topology::{NicBackend, NicConfig, Topology};
+use crate::topology::{ImageSource, NicBackend, NicConfig, Topology};
 
 /// Why a NIC's host side could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -223,5 +223,107 @@ fn run_ip(args: &[&str], nic: &str) -> Result<(), HostNetError> {
         Err(fail(
             String::from_utf8_lossy(&out.stderr).trim().to_string(),
         ))
+    }
+}
+
+/// `port=N` of a command line, if given and a port.
+fn cmdline_port(cmdline: &str) -> Option<u16> {
+    cmdline
+        .split_whitespace()
+        .rev()
+        .find_map(|w| w.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
+}
+
+/// Where the stack of each NIC with an `address` is, and how to reach it from the host,
+/// for `compart run` to print once the guests are up: one line per such NIC,
+/// `the stack is at 198.18.0.2 (netns compart) — try: ip netns exec compart curl
+/// http://198.18.0.2/status`. The commands are those of the topology's applications
+/// (the built-in `http` and `iperf3` images, at their `port=`), else `ping`.
+pub fn reach_hints(topology: &Topology) -> Vec<String> {
+    topology
+        .nics
+        .iter()
+        .filter_map(|nic| {
+            let a = nic.ipv4.as_ref()?.address.addr;
+            let (ns, prefix) = match &nic.netns {
+                Some(ns) => (format!(" (netns {ns})"), format!("ip netns exec {ns} ")),
+                None => (String::new(), String::new()),
+            };
+            let mut tries: Vec<String> = topology
+                .guests
+                .iter()
+                .filter_map(|g| {
+                    let ImageSource::BuiltIn(image) = &g.image else {
+                        return None;
+                    };
+                    let port = cmdline_port(&g.cmdline);
+                    match (image.as_str(), port) {
+                        ("http", Some(p)) if p != 80 => Some(format!("curl http://{a}:{p}/status")),
+                        ("http", _) => Some(format!("curl http://{a}/status")),
+                        ("iperf3", Some(p)) if p != 5201 => Some(format!("iperf3 -c {a} -p {p}")),
+                        ("iperf3", _) => Some(format!("iperf3 -c {a}")),
+                        _ => None,
+                    }
+                })
+                .map(|t| format!("{prefix}{t}"))
+                .collect();
+            if tries.is_empty() {
+                tries.push(format!("{prefix}ping {a}"));
+            }
+            Some(format!(
+                "the stack is at {a}{ns} — try: {}",
+                tries.join("; ")
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{HostCore, HostFacts};
+    use compart_acpi::{HostFreqDomains, Mhz};
+
+    fn topology(text: &str) -> Topology {
+        let host = HostFacts {
+            online_cores: vec![HostCore(0), HostCore(1)],
+            builtin_images: vec!["driver".into(), "http".into(), "iperf3".into()],
+            host_ladder: compart_acpi::ladder::default_ladder(Mhz(2000)),
+            freq_domains: HostFreqDomains::from_sets(vec![vec![0], vec![1]]),
+            interfaces: vec!["lo".into()],
+            netns: vec![],
+        };
+        Topology::parse(text, Path::new("."), &host).unwrap()
+    }
+
+    const DRIVER: &str = "[[guest]]\nname = \"d\"\nrole = \"driver\"\nimage = \"driver\"\n";
+    const NIC: &str =
+        "[[nic]]\nguest = \"d\"\ntap = \"t0\"\nnetns = \"ns\"\naddress = \"198.18.0.2/24\"\n";
+
+    #[test]
+    fn the_hint_names_the_address_the_namespace_and_the_apps_commands() {
+        let t = topology(&format!(
+            "{DRIVER}[[guest]]\nname = \"w\"\nrole = \"app\"\nimage = \"http\"\n\
+             [[guest]]\nname = \"i\"\nrole = \"app\"\nimage = \"iperf3\"\ncmdline = \"port=5300\"\n{NIC}"
+        ));
+        assert_eq!(
+            reach_hints(&t),
+            vec![
+                "the stack is at 198.18.0.2 (netns ns) — try: ip netns exec ns curl \
+                 http://198.18.0.2/status; ip netns exec ns iperf3 -c 198.18.0.2 -p 5300"
+            ]
+        );
+    }
+
+    #[test]
+    fn without_apps_the_hint_is_ping_and_a_nic_without_address_has_none() {
+        let t = topology(&format!("{DRIVER}{NIC}"));
+        assert_eq!(
+            reach_hints(&t),
+            vec!["the stack is at 198.18.0.2 (netns ns) — try: ip netns exec ns ping 198.18.0.2"]
+        );
+        let t = topology(&format!("{DRIVER}[[nic]]\nguest = \"d\"\ntap = \"t0\"\n"));
+        assert!(reach_hints(&t).is_empty());
     }
 }

@@ -206,6 +206,9 @@ fn run(path: PathBuf, control: Option<PathBuf>) -> Result<ExitCode> {
         topology.guests.len(),
         path.display()
     );
+    for hint in compart_vmm::host_net::reach_hints(&topology) {
+        eprintln!("compart: {hint}");
+    }
     let _control = match control {
         Some(p) => match compart_vmm::control::ControlServer::start(&p, vmm.handle()) {
             Ok(s) => {

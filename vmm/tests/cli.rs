@@ -33,11 +33,11 @@ kvm_test! {
 }
 
 kvm_test! {
-    fn sigterm_stops_the_default_topology_cleanly() {
-        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+    fn sigterm_stops_the_idle_topology_cleanly() {
+        let idle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/idle.toml");
         let mut child = Command::new(BIN)
             .arg("run")
-            .arg(default)
+            .arg(idle)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -120,7 +120,7 @@ fn validate_accepts_the_default_topology() {
     assert!(stdout.contains("valid"), "{stdout}");
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("guest ")).count(),
-        5,
+        7,
         "{stdout}"
     );
 }
@@ -195,10 +195,10 @@ kvm_test! {
     fn ctl_moves_reports_and_stops_a_running_vmm() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("ctl.sock");
-        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/default.toml");
+        let idle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/idle.toml");
         let mut child = Command::new(BIN)
             .arg("run")
-            .arg(default)
+            .arg(idle)
             .arg("--control")
             .arg(&sock)
             .stdout(Stdio::null())
@@ -258,5 +258,87 @@ kvm_test! {
         let status = wait_exit(&mut child, "`ctl stop`");
         assert_eq!(status.code(), Some(0));
         assert!(!sock.exists(), "the control socket is removed on exit");
+    }
+}
+
+kvm_test! {
+    fn run_on_the_default_topology_says_where_the_stack_is_and_the_hint_works() {
+        if !compart_tests::netns::require_netns() {
+            return;
+        }
+        // The shipped file with this process's namespace and TAP, so that it never
+        // meets a running `compart run topologies/default.toml`.
+        let pid = std::process::id() % 100_000;
+        let (ns, tap) = (format!("cpt-run-{pid}"), format!("crun{pid}"));
+        let shipped = include_str!("../../topologies/default.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let t = write_topology(
+            dir.path(),
+            &shipped
+                .replace("netns = \"compart\"", &format!("netns = \"{ns}\""))
+                .replace("tap = \"compart0\"", &format!("tap = \"{tap}\"")),
+        );
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg(&t)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let err = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for l in err.lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (up_tx, up_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if l.starts_with("[http] http: serving on port 80") {
+                    let _ = up_tx.send(());
+                }
+            }
+        });
+        let want = format!(
+            "compart: the stack is at 198.18.0.2 (netns {ns}) — try: ip netns exec {ns} curl \
+             http://198.18.0.2/status; ip netns exec {ns} iperf3 -c 198.18.0.2"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while !seen.contains(&want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("no line `{want}` in: {seen:#?}"),
+            }
+        }
+        up_rx.recv_timeout(Duration::from_secs(30)).expect("http listens");
+        // The hints, as a user types them (bounded by timeout).
+        let hint = want.split("try: ").nth(1).unwrap();
+        let (curl, iperf3) = hint.split_once("; ").unwrap();
+        let run = |cmd: &str, more: &[&str]| {
+            let out = Command::new("timeout")
+                .arg("30")
+                .args(cmd.split_whitespace())
+                .args(more)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{cmd}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let page = run(curl, &["--max-time", "20"]);
+        assert!(page.starts_with("compart http server\n"), "{page}");
+        let report = run(iperf3, &["-t", "2"]);
+        assert!(report.contains(" receiver"), "{report}");
+        // SAFETY: sending SIGTERM to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = wait_exit(&mut child, "SIGTERM");
+        assert_eq!(status.code(), Some(0));
+        assert!(
+            !Path::new("/run/netns").join(&ns).exists(),
+            "compart deletes the namespace it created"
+        );
     }
 }

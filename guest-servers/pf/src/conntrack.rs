@@ -5,7 +5,7 @@
 //! one pushed out. Every entry times out after a protocol- and state-dependent idleness.
 use alloc::collections::BTreeMap;
 
-use crate::flow::{Flow, Key, Kind, TcpFlags};
+use crate::flow::{Flow, Key, Kind, TcpFlags, TcpSeg};
 use crate::rules::Dir;
 use crate::{Instant, Limits};
 
@@ -33,6 +33,21 @@ pub enum State {
     Datagram,
 }
 
+/// What the table knows of one direction of a TCP connection: enough to tell a RST or
+/// FIN that lies in the window from one forged blind (RFC 5961's check, as loosely as
+/// Linux's conntrack: within one window either side of the sender's highest sequence
+/// number).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpSide {
+    /// The sequence number after the highest segment this direction sent (`None`: none
+    /// seen yet).
+    pub end: Option<u32>,
+    /// The largest window it advertised, scaled.
+    pub max_win: u32,
+    /// The window scale of its SYN, if it sent one with the option.
+    pub wscale: Option<u8>,
+}
+
 /// One tracked connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -44,6 +59,10 @@ pub struct Entry {
     pub reply_seen: bool,
     /// Whether each direction (origin's, then the reply's) sent a FIN.
     pub fin: [bool; 2],
+    /// TCP: each direction's sequence space and window (origin's, then the reply's).
+    pub tcp: [TcpSide; 2],
+    /// TCP RSTs and FINs outside the window, which changed nothing.
+    pub out_of_window: u32,
     /// When it goes, unless a packet comes first.
     pub expires: Instant,
 }
@@ -62,6 +81,7 @@ pub struct Conntrack {
     earliest: Option<Instant>,
     last_scan: Option<Instant>,
     expired: u64,
+    peak: usize,
 }
 
 impl Conntrack {
@@ -73,6 +93,7 @@ impl Conntrack {
             earliest: None,
             last_scan: None,
             expired: 0,
+            peak: 0,
         }
     }
 
@@ -89,6 +110,11 @@ impl Conntrack {
     /// Most entries it holds.
     pub fn capacity(&self) -> usize {
         self.limits.conntrack_entries
+    }
+
+    /// The most entries it ever held at once (never above [`capacity`](Self::capacity)).
+    pub fn peak(&self) -> usize {
+        self.peak
     }
 
     /// Entries taken out because they expired, so far.
@@ -125,9 +151,19 @@ impl Conntrack {
             }
         }
         let reply = dir != e.origin;
-        e.reply_seen |= reply;
         if let Kind::Tcp(f) = flow.kind {
+            if !advance_seq(e, reply, f, &flow.seg) {
+                // A forged RST or FIN (or one too stale to matter): it passes, for the
+                // end to answer as RFC 5961 says, but closes nothing here and keeps the
+                // entry no longer.
+                e.out_of_window = e.out_of_window.saturating_add(1);
+                e.reply_seen |= reply;
+                return true;
+            }
+            e.reply_seen |= reply;
             e.state = State::Tcp(next_tcp(e, reply, f));
+        } else {
+            e.reply_seen |= reply;
         }
         e.expires = now.after(timeout(&self.limits, e));
         // A connection closing may expire sooner than anything recorded so far.
@@ -159,11 +195,17 @@ impl Conntrack {
             origin: dir,
             reply_seen: false,
             fin: [false; 2],
+            tcp: [TcpSide::default(); 2],
+            out_of_window: 0,
             expires: now,
         };
+        if let Kind::Tcp(f) = flow.kind {
+            advance_seq(&mut e, false, f, &flow.seg);
+        }
         e.expires = now.after(timeout(&self.limits, &e));
         self.earliest = Some(self.earliest.map_or(e.expires, |t| t.min(e.expires)));
         self.map.insert(key, e);
+        self.peak = self.peak.max(self.map.len());
         Ok(())
     }
 
@@ -195,6 +237,51 @@ impl Conntrack {
         self.last_scan = Some(now);
         gone
     }
+}
+
+/// Whether `x` lies within `w` either side of `end` (modulo 2³²).
+fn near(x: u32, end: u32, w: u32) -> bool {
+    x.wrapping_sub(end).wrapping_add(w) <= w.saturating_mul(2)
+}
+
+/// Follows segment `seg` (flags `f`) of direction `reply` in the entry's sequence spaces.
+/// Returns false for a RST or FIN outside the window, which must change nothing; other
+/// segments always count (the end judges their data), but only those in the window move
+/// the sender's highest sequence number, so forged data cannot drag the window along.
+fn advance_seq(e: &mut Entry, reply: bool, f: TcpFlags, seg: &TcpSeg) -> bool {
+    let (i, j) = (usize::from(reply), usize::from(!reply));
+    // The receiver's window bounds where the sender may be; unknown yet, 64 KiB.
+    let w = match e.tcp[j].max_win {
+        0 => 65535,
+        w => w,
+    };
+    let in_window = match e.tcp[i].end {
+        None => true,
+        Some(end) => near(seg.seq, end, w),
+    };
+    if !in_window && (f.rst || f.fin) {
+        return false;
+    }
+    let side = &mut e.tcp[i];
+    if f.syn && side.end.is_none() {
+        // Its first SYN only: a later (retransmitted or forged) one changes nothing.
+        side.wscale = seg.wscale;
+    }
+    if in_window {
+        let seg_end = seg.seq.wrapping_add(seg.len);
+        side.end = Some(match side.end {
+            Some(end) if (seg_end.wrapping_sub(end) as i32) < 0 => end,
+            _ => seg_end,
+        });
+    }
+    // Windows scale only once both SYNs carried the option, and never on a SYN itself.
+    let scale = match (e.tcp[0].wscale, e.tcp[1].wscale) {
+        (Some(_), Some(_)) if !f.syn => u32::from(e.tcp[i].wscale.unwrap_or(0)),
+        _ => 0,
+    };
+    let win = u32::from(seg.window) << scale;
+    e.tcp[i].max_win = e.tcp[i].max_win.max(win);
+    true
 }
 
 fn next_tcp(e: &mut Entry, reply: bool, f: TcpFlags) -> TcpState {

@@ -18,6 +18,8 @@ compart_kit::counters! {
         related,
         /// Connections the table started tracking.
         conn_created,
+        /// Connections the table let go because they timed out.
+        conn_expired,
         /// Inbound packets refused by a rule or the default policy.
         in_denied_rule,
         /// Outbound packets refused by a rule or the default policy.

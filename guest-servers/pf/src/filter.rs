@@ -89,6 +89,7 @@ impl Filter {
     /// Take expired connections out (see [`Conntrack::expire`]).
     pub fn poll(&mut self, now: Instant) {
         self.table.expire(now);
+        self.counters.conn_expired = self.table.expired();
     }
 
     /// When [`poll`](Self::poll) next has work.
@@ -101,6 +102,7 @@ impl Filter {
     pub fn check(&mut self, dir: Dir, packet: &[u8], now: Instant) -> Verdict {
         let v = self.decide(dir, packet, now);
         let c = &mut self.counters;
+        c.conn_expired = self.table.expired();
         let n = match (v, dir) {
             (Verdict::Pass, Dir::In) => &mut c.in_passed,
             (Verdict::Pass, Dir::Out) => &mut c.out_passed,

@@ -1,6 +1,8 @@
 //! What the filter looks at in a packet, parsed from pf's private copy of it with
 //! `smoltcp::wire`'s zero-copy views; every length checked, never a panic.
-use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket};
+use smoltcp::wire::{
+    Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet, TcpOption, TcpPacket, UdpPacket,
+};
 
 use crate::rules::Dir;
 
@@ -22,6 +24,20 @@ pub struct TcpFlags {
     pub fin: bool,
     /// RST.
     pub rst: bool,
+}
+
+/// Where a TCP segment lies in its sender's sequence space, and the window it
+/// advertises (zero for other protocols).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpSeg {
+    /// Sequence number.
+    pub seq: u32,
+    /// Sequence space it takes: data, plus one for a SYN and one for a FIN.
+    pub len: u32,
+    /// The window field, as sent (not scaled).
+    pub window: u16,
+    /// The window scale option (a SYN's), if it has one.
+    pub wscale: Option<u8>,
 }
 
 /// What kind of packet, beyond its addresses and ports.
@@ -75,6 +91,8 @@ pub struct Flow {
     pub dport: u16,
     /// The rest.
     pub kind: Kind,
+    /// A TCP segment's sequence numbers and window (zero for other protocols).
+    pub seg: TcpSeg,
 }
 
 /// Why a packet could not be looked at.
@@ -154,6 +172,7 @@ pub fn parse(packet: &[u8]) -> Result<Flow, ParseError> {
     let src = ip.src_addr().octets();
     let dst = ip.dst_addr().octets();
     let payload = ip.payload();
+    let mut seg = TcpSeg::default();
     let (sport, dport, kind) = match ip.next_header() {
         IpProtocol::Tcp => {
             let t = TcpPacket::new_checked(payload).map_err(|_| ParseError::Malformed)?;
@@ -162,6 +181,13 @@ pub fn parse(packet: &[u8]) -> Result<Flow, ParseError> {
                 ack: t.ack(),
                 fin: t.fin(),
                 rst: t.rst(),
+            };
+            let data = t.payload().len() as u32;
+            seg = TcpSeg {
+                seq: t.seq_number().0 as u32,
+                len: data + u32::from(flags.syn) + u32::from(flags.fin),
+                window: t.window_len(),
+                wscale: if flags.syn { wscale(t.options()) } else { None },
             };
             (t.src_port(), t.dst_port(), Kind::Tcp(flags))
         }
@@ -193,7 +219,23 @@ pub fn parse(packet: &[u8]) -> Result<Flow, ParseError> {
         sport,
         dport,
         kind,
+        seg,
     })
+}
+
+/// The window scale option among a SYN's `options` (shifts above 14 count as 14, as
+/// RFC 7323 says); `None` without one or if the options do not parse.
+fn wscale(mut options: &[u8]) -> Option<u8> {
+    while !options.is_empty() {
+        let (rest, o) = TcpOption::parse(options).ok()?;
+        match o {
+            TcpOption::WindowScale(s) => return Some(s.min(14)),
+            TcpOption::EndOfList => return None,
+            _ => {}
+        }
+        options = rest;
+    }
+    None
 }
 
 /// The flow of the packet an ICMP error quotes (an IPv4 header and at least the 8 bytes

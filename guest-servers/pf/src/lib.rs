@@ -59,6 +59,35 @@ pub struct Limits {
     pub scan_interval_ms: u64,
 }
 
+impl Limits {
+    /// The command-line keys of the timeouts (each `KEY=MS`), the field names.
+    pub const TIMEOUT_KEYS: [&'static str; 8] = [
+        "tcp_opening_ms",
+        "tcp_established_ms",
+        "tcp_closing_ms",
+        "tcp_closed_ms",
+        "udp_first_ms",
+        "udp_ms",
+        "icmp_ms",
+        "scan_interval_ms",
+    ];
+
+    /// The timeout named `key` (one of [`TIMEOUT_KEYS`](Self::TIMEOUT_KEYS)).
+    pub fn timeout_mut(&mut self, key: &str) -> Option<&mut u64> {
+        Some(match key {
+            "tcp_opening_ms" => &mut self.tcp_opening_ms,
+            "tcp_established_ms" => &mut self.tcp_established_ms,
+            "tcp_closing_ms" => &mut self.tcp_closing_ms,
+            "tcp_closed_ms" => &mut self.tcp_closed_ms,
+            "udp_first_ms" => &mut self.udp_first_ms,
+            "udp_ms" => &mut self.udp_ms,
+            "icmp_ms" => &mut self.icmp_ms,
+            "scan_interval_ms" => &mut self.scan_interval_ms,
+            _ => return None,
+        })
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {

@@ -5,7 +5,11 @@
 //!   without tcp).
 //! - `rules=…` and `default=allow|deny` (see the library's `rules` module; default: no
 //!   rules, deny), `conns=N` the connection table's size (1–65536, default 4096; each
-//!   entry takes about 100 bytes of heap at most, so 65536 need a guest of ≥ 12 MiB).
+//!   entry takes about 180 bytes of heap at most, so 65536 need a guest of ≥ 16 MiB).
+//! - The connection timeouts and the scan interval, in milliseconds (1 or more), by the
+//!   names of [`Limits`]' fields: `tcp_opening_ms=`, `tcp_established_ms=`,
+//!   `tcp_closing_ms=`, `tcp_closed_ms=`, `udp_first_ms=`, `udp_ms=`, `icmp_ms=`,
+//!   `scan_interval_ms=` (defaults in `Limits::default`).
 //! - `stats=MS` (default 1000; 0: every time): when the server goes idle and its counters
 //!   changed, it prints them (`pf: counters: name=value …`), at most once per MS
 //!   milliseconds. `poll=US` overrides the placement's poll budget.
@@ -24,7 +28,7 @@ use pf::{Counters, Filter, Instant, Limits, PfServer, Rules};
 
 compart_firmware::entry!(main);
 
-/// Most entries `conns=` may ask for (about 100 bytes of heap each, at most).
+/// Most entries `conns=` may ask for (about 180 bytes of heap each, at most).
 const MAX_CONNS: usize = 65536;
 
 fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
@@ -39,10 +43,20 @@ fn main(_info: &'static BootInfo) -> i32 {
     if !(1..=MAX_CONNS).contains(&conns) {
         panic!("pf: conns={conns}: expected 1-{MAX_CONNS}");
     }
-    let limits = Limits {
+    let mut limits = Limits {
         conntrack_entries: conns,
         ..Limits::default()
     };
+    for key in Limits::TIMEOUT_KEYS {
+        if let Some(ms) = arg::<u64>(&args, key) {
+            if ms == 0 {
+                panic!("pf: {key}=0: expected 1 or more milliseconds");
+            }
+            if let Some(t) = limits.timeout_mut(key) {
+                *t = ms;
+            }
+        }
+    }
     let stats_ms: u64 = arg(&args, "stats").unwrap_or(1000);
     let poll: Option<u32> = arg(&args, "poll");
     println!(
@@ -71,9 +85,11 @@ fn main(_info: &'static BootInfo) -> i32 {
         }
         let counters = srv.filter().counters();
         if *counters != printed && t.millis() >= last_print.millis().saturating_add(stats_ms) {
+            let table = srv.filter().table();
             println!(
-                "pf: counters: {counters} conns={}",
-                srv.filter().table().len()
+                "pf: counters: {counters} conns={} conns_peak={}",
+                table.len(),
+                table.peak()
             );
             printed = counters.clone();
             last_print = t;

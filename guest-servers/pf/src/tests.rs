@@ -76,11 +76,28 @@ pub fn tcp(
     f: TcpFlags,
     data: usize,
 ) -> Vec<u8> {
+    tcp_at(src, sport, dst, dport, f, 0, 0, data)
+}
+
+/// A TCP segment with sequence number `seq` and window `window`.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_at(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    f: TcpFlags,
+    seq: u32,
+    window: u16,
+    data: usize,
+) -> Vec<u8> {
     let mut l4 = vec![0u8; 20 + data];
     l4[0..2].copy_from_slice(&sport.to_be_bytes());
     l4[2..4].copy_from_slice(&dport.to_be_bytes());
+    l4[4..8].copy_from_slice(&seq.to_be_bytes());
     l4[12] = 5 << 4;
     l4[13] = u8::from(f.fin) | u8::from(f.syn) << 1 | u8::from(f.rst) << 2 | u8::from(f.ack) << 4;
+    l4[14..16].copy_from_slice(&window.to_be_bytes());
     ipv4(PROTO_TCP, src, dst, &l4)
 }
 
@@ -352,6 +369,34 @@ fn entries_expire_per_protocol_and_state_and_scans_take_them_out() {
     assert!(f.table().is_empty());
     assert_eq!(f.next_deadline(), None);
     assert_eq!(f.table().expired(), 3);
+    assert_eq!(
+        f.counters().conn_expired,
+        3,
+        "counted, so the image prints it"
+    );
+    assert_eq!(f.table().peak(), 3);
+}
+
+#[test]
+fn every_timeout_has_its_command_line_key() {
+    let mut l = Limits::default();
+    for (k, key) in Limits::TIMEOUT_KEYS.iter().enumerate() {
+        *l.timeout_mut(key).unwrap() = 1 + k as u64;
+    }
+    let want = Limits {
+        conntrack_entries: l.conntrack_entries,
+        tcp_opening_ms: 1,
+        tcp_established_ms: 2,
+        tcp_closing_ms: 3,
+        tcp_closed_ms: 4,
+        udp_first_ms: 5,
+        udp_ms: 6,
+        icmp_ms: 7,
+        scan_interval_ms: 8,
+    };
+    assert_eq!(l, want);
+    assert_eq!(l.timeout_mut("conntrack_entries"), None);
+    assert_eq!(l.timeout_mut("tcp_opening"), None);
 }
 
 #[test]
@@ -384,6 +429,145 @@ fn a_full_table_refuses_new_connections_counts_them_and_keeps_the_old() {
     let later = Limits::default().udp_ms + 10;
     assert!(pass(&mut f, Dir::Out, &udp(US, 3000, FAR, 53), later));
     assert_eq!(f.table().len(), 1);
+    assert_eq!(f.table().peak(), 8, "never above its bound");
+    assert_eq!(f.counters().conn_expired, 8);
+}
+
+#[test]
+fn rsts_and_fins_outside_the_window_close_nothing_and_those_inside_do() {
+    let mut f = filter("in:tcp:7", None);
+    let key = Key::new(Dir::In, PROTO_TCP, FAR, 5000, US, 7);
+    let state = |f: &Filter, ms| f.table().get(&key, t(ms)).unwrap().state;
+    // FAR opens from 1000 (window 4096), we answer from 9000 (window 8192); 100 bytes
+    // each way.
+    let (isn, our) = (1000u32, 9000u32);
+    assert!(pass(
+        &mut f,
+        Dir::In,
+        &tcp_at(FAR, 5000, US, 7, SYN, isn, 4096, 0),
+        0
+    ));
+    assert!(pass(
+        &mut f,
+        Dir::Out,
+        &tcp_at(US, 7, FAR, 5000, SYNACK, our, 8192, 0),
+        1
+    ));
+    assert!(pass(
+        &mut f,
+        Dir::In,
+        &tcp_at(FAR, 5000, US, 7, ACK, isn + 1, 4096, 100),
+        2
+    ));
+    assert!(pass(
+        &mut f,
+        Dir::Out,
+        &tcp_at(US, 7, FAR, 5000, ACK, our + 1, 8192, 100),
+        3
+    ));
+    assert_eq!(state(&f, 3), State::Tcp(TcpState::Established));
+    // Blind RSTs and FINs, both ways, far from where either end is: they pass (each end
+    // answers them as RFC 5961 says) but the connection stays established, and a SYN
+    // after them does not start it over.
+    for k in 0..50u32 {
+        let far = isn.wrapping_add(0x8000_0000).wrapping_add(k * 7919);
+        assert!(pass(
+            &mut f,
+            Dir::In,
+            &tcp_at(FAR, 5000, US, 7, RST, far, 0, 0),
+            4
+        ));
+        assert!(pass(
+            &mut f,
+            Dir::In,
+            &tcp_at(FAR, 5000, US, 7, FINACK, far, 0, 0),
+            4
+        ));
+        let ours = our.wrapping_add(0x4000_0000).wrapping_add(k);
+        assert!(pass(
+            &mut f,
+            Dir::Out,
+            &tcp_at(US, 7, FAR, 5000, RST, ours, 0, 0),
+            4
+        ));
+        // Forged data far ahead does not drag the window along for a later RST.
+        assert!(pass(
+            &mut f,
+            Dir::In,
+            &tcp_at(FAR, 5000, US, 7, ACK, far, 0, 100),
+            4
+        ));
+    }
+    assert!(pass(
+        &mut f,
+        Dir::In,
+        &tcp_at(FAR, 5000, US, 7, SYN, isn + 0x9000_0000, 4096, 0),
+        5
+    ));
+    assert_eq!(state(&f, 5), State::Tcp(TcpState::Established));
+    assert_eq!(f.table().get(&key, t(5)).unwrap().out_of_window, 150);
+    assert_eq!(f.counters().conn_created, 1);
+    // A RST where the sender is (a little behind its highest byte, within the window)
+    // closes it.
+    assert!(pass(
+        &mut f,
+        Dir::In,
+        &tcp_at(FAR, 5000, US, 7, RST, isn + 51, 0, 0),
+        6
+    ));
+    assert_eq!(state(&f, 6), State::Tcp(TcpState::Closed));
+}
+
+#[test]
+fn fins_in_the_window_close_a_connection_with_scaled_windows_whatever_a_forged_syn_says() {
+    let mut f = filter("in:tcp:7", None);
+    let key = Key::new(Dir::In, PROTO_TCP, FAR, 5001, US, 7);
+    // SYNs with window scale 7 both ways: 1000 << 7 = 128000 of window.
+    let mut syn = tcp_at(FAR, 5001, US, 7, SYN, 10, 1000, 4);
+    let mut synack = tcp_at(US, 7, FAR, 5001, SYNACK, 20, 1000, 4);
+    for p in [&mut syn, &mut synack] {
+        p[32] = 6 << 4; // a 24-byte header: the option takes the 4 data bytes
+        p[40..44].copy_from_slice(&[3, 3, 7, 0]); // window scale 7, end of options
+    }
+    assert_eq!(flow::parse(&syn).unwrap().seg.wscale, Some(7));
+    assert!(pass(&mut f, Dir::In, &syn, 0));
+    assert!(pass(&mut f, Dir::Out, &synack, 1));
+    // A forged SYN without the option does not turn the scaling off.
+    let forged = tcp_at(FAR, 5001, US, 7, SYN, 0x8000_0000, 1000, 0);
+    assert!(pass(&mut f, Dir::In, &forged, 1));
+    assert!(pass(
+        &mut f,
+        Dir::In,
+        &tcp_at(FAR, 5001, US, 7, ACK, 11, 1000, 0),
+        2
+    ));
+    assert!(pass(
+        &mut f,
+        Dir::Out,
+        &tcp_at(US, 7, FAR, 5001, ACK, 21, 1000, 0),
+        3
+    ));
+    // 100 000 past the sender's highest byte: inside the scaled window, outside 64 KiB.
+    assert!(pass(
+        &mut f,
+        Dir::In,
+        &tcp_at(FAR, 5001, US, 7, FINACK, 100_011, 1000, 0),
+        4
+    ));
+    assert_eq!(
+        f.table().get(&key, t(4)).unwrap().state,
+        State::Tcp(TcpState::Closing)
+    );
+    assert!(pass(
+        &mut f,
+        Dir::Out,
+        &tcp_at(US, 7, FAR, 5001, FINACK, 21, 1000, 0),
+        5
+    ));
+    assert_eq!(
+        f.table().get(&key, t(5)).unwrap().state,
+        State::Tcp(TcpState::Closed)
+    );
 }
 
 #[test]
@@ -518,6 +702,7 @@ proptest! {
             let _ = f.check(dir, &p, t(now));
             f.poll(t(now));
             prop_assert!(f.table().len() <= 6);
+            prop_assert!(f.table().peak() <= 6);
             if let Some(d) = f.next_deadline() {
                 prop_assert!(f.table().iter(d).count() <= f.table().len());
             }

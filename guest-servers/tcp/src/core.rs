@@ -38,6 +38,12 @@ pub struct Limits {
     /// our FIN, the peer's FIN, TIME-WAIT) before it is aborted (RST) and freed, as
     /// Linux's orphan FIN-WAIT-2 timeout.
     pub linger_ms: u64,
+    /// How long a connection may take to complete its handshake (a listening socket
+    /// in SYN-RECEIVED whose SYN-ACK is never acknowledged, a connect never answered)
+    /// before smoltcp gives it up: the listening socket listens again, the connect
+    /// fails (`ECONNREFUSED`). Without it a few SYNs from addresses that never answer
+    /// would hold a listener's every socket for ever.
+    pub handshake_ms: u64,
 }
 
 impl Default for Limits {
@@ -49,6 +55,7 @@ impl Default for Limits {
             backlog: 4,
             ack_delay_ms: Some(1),
             linger_ms: 60_000,
+            handshake_ms: 30_000,
         }
     }
 }
@@ -68,6 +75,49 @@ pub struct Iface {
     /// Whether the link below segments TCP (ip's `TX_TSO4` with `TX_CSUM`): then
     /// segments of up to 64 KiB go down whole.
     pub tso: bool,
+}
+
+impl Iface {
+    /// The interface ip's `Config` describes, with its link's offloads used only if
+    /// `offload`: checksums left to the link with `TX_CSUM`, TSO with `TX_TSO4` too.
+    pub fn from_config(c: &compart_proto::packet::Config, offload: bool) -> Iface {
+        use compart_proto::packet::offload::{TX_CSUM, TX_TSO4};
+        Iface {
+            address: c.address,
+            prefix_len: c.prefix_len,
+            mtu: c.mtu,
+            tx_checksum_offload: offload && c.offloads & TX_CSUM != 0,
+            tso: offload && c.offloads & (TX_CSUM | TX_TSO4) == TX_CSUM | TX_TSO4,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults, with what the images' command line gives (`sockets=N` 1–1024,
+    /// `buf=KIB` 4–4096 of receive and of send buffer each, `backlog=N` up to the
+    /// sockets, `handshake=MS` at least 1).
+    pub fn from_args(
+        sockets: Option<usize>,
+        buf_kib: Option<usize>,
+        backlog: Option<usize>,
+        handshake_ms: Option<u64>,
+    ) -> Limits {
+        let mut l = Limits::default();
+        if let Some(n) = sockets {
+            l.sockets = n.clamp(1, 1024);
+        }
+        if let Some(kib) = buf_kib {
+            l.rx_buffer = kib.clamp(4, 4096) * 1024;
+            l.tx_buffer = l.rx_buffer;
+        }
+        if let Some(n) = backlog {
+            l.backlog = n.clamp(1, l.sockets);
+        }
+        if let Some(ms) = handshake_ms {
+            l.handshake_ms = ms.max(1);
+        }
+        l
+    }
 }
 
 /// What the core did, in all (for `Stats`).
@@ -203,6 +253,11 @@ impl<N: Notifier> core::fmt::Debug for Tcp<N> {
 }
 
 const EPHEMERAL: core::ops::RangeInclusive<u16> = 49152..=65535;
+
+/// Whether a socket in `s` is still opening its connection.
+fn handshaking(s: State) -> bool {
+    matches!(s, State::SynSent | State::SynReceived)
+}
 
 fn state_failed(last: State, now: State) -> Option<Error> {
     if now != State::Closed {
@@ -361,7 +416,13 @@ impl<N: Notifier> Tcp<N> {
     fn track(&mut self) {
         for slot in &mut self.slots {
             if let Some(Entry::Stream(s)) = &mut slot.entry {
-                let now = self.sockets.get::<tcp::Socket>(s.sh).state();
+                let sock = self.sockets.get_mut::<tcp::Socket>(s.sh);
+                let now = sock.state();
+                if handshaking(s.last) && !handshaking(now) {
+                    // Past its handshake: no more timeout (smoltcp's would also abort
+                    // an established connection whose peer is quiet for that long).
+                    sock.set_timeout(None);
+                }
                 if s.failed.is_none() {
                     s.failed = state_failed(s.last, now);
                 }
@@ -408,9 +469,16 @@ impl<N: Notifier> Tcp<N> {
             let (port, short) = (*port, *backlog - waiting.len().min(*backlog));
             for &sh in waiting.iter() {
                 let s = self.sockets.get_mut::<tcp::Socket>(sh);
-                if s.state() == State::Closed {
+                match s.state() {
                     // The port was free when the listener was made.
-                    let _ = s.listen(port);
+                    State::Closed => {
+                        s.set_timeout(Some(Duration::from_millis(self.limits.handshake_ms)));
+                        let _ = s.listen(port);
+                    }
+                    State::Listen | State::SynReceived => {}
+                    // Past its handshake, waiting to be accepted: it may wait as long as
+                    // the server takes (the timeout is set again when it listens anew).
+                    _ => s.set_timeout(None),
                 }
             }
             // A backlog that shrank while the table was full grows back.
@@ -434,6 +502,8 @@ impl<N: Notifier> Tcp<N> {
         let tx = tcp::SocketBuffer::new(alloc::vec![0; self.limits.tx_buffer]);
         let mut s = tcp::Socket::new(rx, tx);
         s.set_ack_delay(self.limits.ack_delay_ms.map(Duration::from_millis));
+        // Until the handshake completes (cleared in `track` and `accept`).
+        s.set_timeout(Some(Duration::from_millis(self.limits.handshake_ms)));
         self.live += 1;
         Ok(self.sockets.add(s))
     }
@@ -557,7 +627,9 @@ impl<N: Notifier> Tcp<N> {
                 }
             }
         }
-        let last = self.sockets.get::<tcp::Socket>(sh).state();
+        let s = self.sockets.get_mut::<tcp::Socket>(sh);
+        s.set_timeout(None);
+        let last = s.state();
         self.totals.accepted += 1;
         Ok(self.new_handle(Entry::Stream(Stream {
             sh,

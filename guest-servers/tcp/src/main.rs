@@ -7,6 +7,10 @@
 //!   socket protocol (`compart_proto::socket`).
 //! - `echo=PORT`: a temporary echo service on PORT inside this server (until the posix
 //!   server and apps exist).
+//! - `connect=A.B.C.D:PORT`: a temporary test service: one connection from the stack to
+//!   that address, which sends `hello from compart` and then echoes what the peer sends.
+//! - `handshake=MS` (default 30000): how long a connection may take to complete its
+//!   handshake before it is given up.
 //! - Offloads: TCP checksums are left to the link when ip's `Config` says it has
 //!   `TX_CSUM`, and segments of up to 64 KiB go down whole with `TX_TSO4` too;
 //!   `offload=false` turns both off.
@@ -119,10 +123,8 @@ fn main(info: &'static BootInfo) -> i32 {
     println!("tcp: lower layer on {} ({})", peer, peer.role.name());
     let c = config(&mut ch, poll);
     let [a, b, cc, d] = c.address;
-    let offload = arg::<bool>(&args, "offload").unwrap_or(true);
-    let tx_csum = offload && c.offloads & packet::offload::TX_CSUM != 0;
-    let both = packet::offload::TX_CSUM | packet::offload::TX_TSO4;
-    let tso = offload && c.offloads & both == both;
+    let iface = Iface::from_config(&c, arg::<bool>(&args, "offload").unwrap_or(true));
+    let (tx_csum, tso) = (iface.tx_checksum_offload, iface.tso);
     println!(
         "tcp: address {a}.{b}.{cc}.{d}/{}, mtu {}, offloads {:#x}: {}, {}",
         c.prefix_len,
@@ -139,24 +141,12 @@ fn main(info: &'static BootInfo) -> i32 {
             "MTU-sized segments"
         }
     );
-    let iface = Iface {
-        address: c.address,
-        prefix_len: c.prefix_len,
-        mtu: c.mtu,
-        tx_checksum_offload: tx_csum,
-        tso,
-    };
-    let mut limits = Limits::default();
-    if let Some(n) = arg::<usize>(&args, "sockets") {
-        limits.sockets = n.clamp(1, 1024);
-    }
-    if let Some(n) = arg::<usize>(&args, "backlog") {
-        limits.backlog = n.clamp(1, limits.sockets);
-    }
-    if let Some(kib) = arg::<usize>(&args, "buf") {
-        limits.rx_buffer = kib.clamp(4, 4096) * 1024;
-        limits.tx_buffer = limits.rx_buffer;
-    }
+    let limits = Limits::from_args(
+        arg(&args, "sockets"),
+        arg(&args, "buf"),
+        arg(&args, "backlog"),
+        arg(&args, "handshake"),
+    );
     println!(
         "tcp: up to {} sockets of {} KiB + {} KiB, backlog {}",
         limits.sockets,
@@ -173,6 +163,14 @@ fn main(info: &'static BootInfo) -> i32 {
     let mut echo = echo_port.map(|p| {
         let e = Echo::new(&mut tcp, p).unwrap_or_else(|e| panic!("tcp: echo on {p}: {e:?}"));
         println!("tcp: echo service on port {p} (temporary, until posix and apps)");
+        e
+    });
+    let mut outbound = arg::<&str>(&args, "connect").map(|a| {
+        let (addr, port) = tcp::echo::parse_endpoint(a)
+            .unwrap_or_else(|| panic!("tcp: connect={a}: expected A.B.C.D:PORT"));
+        let e = Echo::connect(&mut tcp, addr, port)
+            .unwrap_or_else(|e| panic!("tcp: connect to {a}: {e:?}"));
+        println!("tcp: connecting to {a} (a temporary test service: greets, then echoes)");
         e
     });
     let mut printed = DeviceCounters::default();
@@ -192,6 +190,13 @@ fn main(info: &'static BootInfo) -> i32 {
         }
         if let Some(e) = echo.as_mut() {
             busy |= e.step(&mut tcp);
+        }
+        if let Some(e) = outbound.as_mut() {
+            busy |= e.step(&mut tcp);
+            if e.connections() == 0 {
+                println!("tcp: the outbound test connection ended");
+                outbound = None;
+            }
         }
         if let Some(e) = tcp.device().error() {
             println!(

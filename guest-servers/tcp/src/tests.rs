@@ -536,6 +536,10 @@ fn a_backlog_that_shrank_while_the_table_was_full_grows_back() {
 }
 
 fn tcp_syn(src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
+    tcp_syn_from(src, 40000, dst, dport)
+}
+
+fn tcp_syn_from(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
     let mut p = vec![0u8; 40];
     let repr = Ipv4Repr {
         src_addr: Ipv4Address::from(src),
@@ -547,7 +551,7 @@ fn tcp_syn(src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
     let mut ip = Ipv4Packet::new_unchecked(&mut p[..]);
     repr.emit(&mut ip, &smoltcp::phy::ChecksumCapabilities::default());
     let mut t = TcpPacket::new_unchecked(&mut p[20..]);
-    t.set_src_port(40000);
+    t.set_src_port(sport);
     t.set_dst_port(dport);
     t.set_seq_number(smoltcp::wire::TcpSeqNumber(1000));
     t.set_header_len(20);
@@ -558,6 +562,202 @@ fn tcp_syn(src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
         &smoltcp::wire::IpAddress::from(Ipv4Address::from(dst)),
     );
     p
+}
+
+/// Connects core 1 to core 0's port 80; whether it is established within 100 rounds.
+fn connects(r: &mut Rig) -> bool {
+    let c = r.tcp[1].connect(A, 80).unwrap();
+    for _ in 0..100 {
+        r.round();
+        if r.tcp[1].state(c) == Ok(State::Established) {
+            let _ = r.tcp[1].close(c);
+            return true;
+        }
+    }
+    let _ = r.tcp[1].close(c);
+    false
+}
+
+#[test]
+fn half_open_connections_hold_a_listener_only_until_their_handshake_times_out() {
+    let limits = Limits {
+        handshake_ms: 5000,
+        ..Limits::default()
+    };
+    let mut r = rig_with(16, limits, false);
+    let l = r.tcp[0].listen(80, 2).unwrap();
+    assert!(connects(&mut r), "a first connection");
+    for _ in 0..5 {
+        r.round();
+    }
+    let _ = r.tcp[0].accept(l).unwrap();
+    // Two SYNs from an address that never answers (its SYN-ACKs go nowhere): both
+    // listening sockets wait in SYN-RECEIVED, and the next client is refused.
+    for sport in [40000, 40001] {
+        let syn = tcp_syn_from([198, 18, 0, 9], sport, A, 80);
+        let (op, w) = packet::Request::Deliver(PacketMeta::PLAIN).encode();
+        r.wire.ip[0].send_request(op, w, &syn).unwrap();
+    }
+    for _ in 0..10 {
+        r.round();
+    }
+    assert!(!connects(&mut r), "both listening sockets are half open");
+    // 4 s on, still held; past the handshake time both listen again.
+    for _ in 0..40 {
+        r.step(100);
+    }
+    assert!(!connects(&mut r), "still half open");
+    for _ in 0..20 {
+        r.step(100);
+    }
+    assert!(connects(&mut r), "the listener serves again");
+    for _ in 0..5 {
+        r.round();
+    }
+    assert!(r.tcp[0].accept(l).is_ok());
+    // An accepted connection has no handshake timeout: quiet for longer, it stays.
+    let c = r.tcp[1].connect(A, 80).unwrap();
+    let mut s = Err(Error::Again);
+    for _ in 0..100 {
+        r.round();
+        s = r.tcp[0].accept(l);
+        if s.is_ok() {
+            break;
+        }
+    }
+    let s = s.expect("accepted");
+    for _ in 0..100 {
+        r.step(100);
+    }
+    assert_eq!(r.tcp[0].state(s), Ok(State::Established));
+    assert_eq!(r.tcp[1].state(c), Ok(State::Established));
+    assert_eq!(r.tcp[1].send(c, b"still here"), Ok(10));
+    for _ in 0..20 {
+        r.round();
+    }
+    let mut buf = [0; 16];
+    assert_eq!(r.tcp[0].recv(s, &mut buf), Ok(10));
+}
+
+#[test]
+fn an_established_connection_waits_to_be_accepted_past_the_handshake_time() {
+    let limits = Limits {
+        handshake_ms: 2000,
+        ..Limits::default()
+    };
+    let mut r = rig_with(16, limits, false);
+    let l = r.tcp[0].listen(80, 1).unwrap();
+    let c = r.tcp[1].connect(A, 80).unwrap();
+    // 10 s, the client silent and the server not accepting.
+    for _ in 0..100 {
+        r.step(100);
+    }
+    assert_eq!(r.tcp[1].state(c), Ok(State::Established));
+    let s = r.tcp[0].accept(l).expect("still there to accept");
+    assert_eq!(r.tcp[0].state(s), Ok(State::Established));
+    // The listener's fresh socket still gives half-open connections up.
+    let syn = tcp_syn_from([198, 18, 0, 9], 40000, A, 80);
+    let (op, w) = packet::Request::Deliver(PacketMeta::PLAIN).encode();
+    r.wire.ip[0].send_request(op, w, &syn).unwrap();
+    for _ in 0..10 {
+        r.round();
+    }
+    assert!(!connects(&mut r), "the one listening socket is half open");
+    for _ in 0..30 {
+        r.step(100);
+    }
+    assert!(
+        connects(&mut r),
+        "and listens again after the handshake time"
+    );
+}
+
+#[test]
+fn a_connect_nobody_answers_is_given_up_after_the_handshake_time() {
+    let limits = Limits {
+        handshake_ms: 3000,
+        ..Limits::default()
+    };
+    let mut r = rig_with(16, limits, false);
+    let used = r.tcp[0].sockets_in_use();
+    // Core 0 connects to an address nobody has: its SYNs go nowhere.
+    let c = r.tcp[0].connect([198, 18, 0, 9], 80).unwrap();
+    for _ in 0..25 {
+        r.step(100);
+    }
+    assert_eq!(r.tcp[0].state(c), Ok(State::SynSent));
+    for _ in 0..10 {
+        r.step(100);
+    }
+    assert_eq!(r.tcp[0].send(c, b"x"), Err(Error::ConnRefused));
+    r.tcp[0].close(c).unwrap();
+    r.round();
+    assert_eq!(r.tcp[0].sockets_in_use(), used);
+}
+
+#[test]
+fn the_connect_test_service_greets_then_echoes_until_the_peer_closes() {
+    let mut r = rig(16);
+    let l = r.tcp[1].listen(7, 1).unwrap();
+    let mut out = Echo::connect(&mut r.tcp[0], B, 7).unwrap();
+    let mut s = Err(Error::Again);
+    for _ in 0..100 {
+        r.round();
+        out.step(&mut r.tcp[0]);
+        s = r.tcp[1].accept(l);
+        if s.is_ok() {
+            break;
+        }
+    }
+    let s = s.expect("accepted");
+    let mut got = Vec::new();
+    let mut buf = [0; 64];
+    for _ in 0..100 {
+        r.round();
+        out.step(&mut r.tcp[0]);
+        if let Ok(n) = r.tcp[1].recv(s, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert_eq!(got, crate::echo::GREETING);
+    assert_eq!(r.tcp[1].send(s, b"echo me"), Ok(7));
+    got.clear();
+    for _ in 0..100 {
+        r.round();
+        out.step(&mut r.tcp[0]);
+        if let Ok(n) = r.tcp[1].recv(s, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert_eq!(got, b"echo me");
+    assert_eq!(out.connections(), 1);
+    r.tcp[1].close(s).unwrap();
+    for _ in 0..100 {
+        r.round();
+        out.step(&mut r.tcp[0]);
+    }
+    assert_eq!(out.connections(), 0, "the peer closed: the service is done");
+}
+
+#[test]
+fn connect_endpoints_parse() {
+    use crate::echo::parse_endpoint;
+    assert_eq!(
+        parse_endpoint("198.18.0.1:9000"),
+        Some(([198, 18, 0, 1], 9000))
+    );
+    for bad in [
+        "",
+        "198.18.0.1",
+        "198.18.0.1:0",
+        "198.18.0:1",
+        "1.2.3.4.5:1",
+        "1.2.3.256:1",
+        "a.b.c.d:1",
+        "1.2.3.4:65536",
+    ] {
+        assert_eq!(parse_endpoint(bad), None, "{bad}");
+    }
 }
 
 #[test]
@@ -878,4 +1078,29 @@ proptest! {
         }
         prop_assert_eq!(answered, reqs.len());
     }
+}
+
+#[test]
+fn the_interface_takes_the_links_offloads_only_when_asked_and_limits_are_clamped() {
+    use packet::offload::{TX_CSUM, TX_TSO4};
+    let c = |offloads| packet::Config {
+        address: A,
+        prefix_len: 24,
+        mtu: 1500,
+        offloads,
+    };
+    let both = Iface::from_config(&c(TX_CSUM | TX_TSO4), true);
+    assert_eq!((both.address, both.prefix_len, both.mtu), (A, 24, 1500));
+    assert!(both.tx_checksum_offload && both.tso);
+    let csum = Iface::from_config(&c(TX_CSUM), true);
+    assert!(csum.tx_checksum_offload && !csum.tso);
+    // TSO without checksum offload is not taken.
+    let tso_only = Iface::from_config(&c(TX_TSO4), true);
+    assert!(!tso_only.tx_checksum_offload && !tso_only.tso);
+    let off = Iface::from_config(&c(TX_CSUM | TX_TSO4), false);
+    assert!(!off.tx_checksum_offload && !off.tso);
+    assert_eq!(Limits::from_args(None, None, None, None), Limits::default());
+    let l = Limits::from_args(Some(5000), Some(1), Some(9999), Some(0));
+    assert_eq!((l.sockets, l.rx_buffer, l.tx_buffer), (1024, 4096, 4096));
+    assert_eq!((l.backlog, l.handshake_ms), (1024, 1));
 }

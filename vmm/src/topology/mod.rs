@@ -389,9 +389,25 @@ impl Topology {
 
     /// The IPv4 configuration guest `guest` gets in its boot info: if it is an ip
     /// server, that of the first NIC with an address whose driver guest it has a
-    /// channel to.
+    /// channel to; if it drives NICs and has no channel to an ip server (a whole
+    /// stack in one guest, the `mono` image), that of its own first NIC with one.
     pub fn ipv4_of(&self, guest: usize) -> Option<&Ipv4Settings> {
-        if self.guests[guest].role != Role::Ip {
+        let role = self.guests[guest].role;
+        if role == Role::Driver {
+            let has_ip = self.channels.iter().any(|c| {
+                (c.a == guest && self.guests[c.b].role == Role::Ip)
+                    || (c.b == guest && self.guests[c.a].role == Role::Ip)
+            });
+            if has_ip {
+                return None;
+            }
+            return self
+                .nics
+                .iter()
+                .filter(|n| n.guest == guest)
+                .find_map(|n| n.ipv4.as_ref());
+        }
+        if role != Role::Ip {
             return None;
         }
         let peers: Vec<usize> = self
@@ -764,6 +780,19 @@ mod tests {
     }
 
     #[test]
+    fn a_driver_without_an_ip_server_gets_its_own_nics_address() {
+        let t = parse(
+            "[[guest]]\nname = \"mono\"\nrole = \"driver\"\nimage = \"idle\"\n\
+             [[nic]]\nguest = \"mono\"\ntap = \"cpt0\"\naddress = \"198.18.0.2/24\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            t.ipv4_of(0).map(|c| c.address.to_string()).as_deref(),
+            Some("198.18.0.2/24")
+        );
+    }
+
+    #[test]
     fn every_nic_problem_is_reported_with_its_key_path() {
         let p = problems(&format!(
             "{STACK}[[nic]]\nguest = \"app\"\ntap = \"a-name-far-too-long\"\n\
@@ -938,13 +967,38 @@ mod tests {
     }
 
     #[test]
-    fn shipped_default_topology_is_valid() {
+    fn shipped_default_topology_is_the_stack_with_http_and_iperf3_on_a_tap_in_netns_compart() {
         let text = include_str!("../../../topologies/default.toml");
-        let t = parse(text).unwrap();
+        let mut h = host();
+        h.builtin_images = ["driver", "ip", "pf", "tcp", "posix", "http", "iperf3"]
+            .map(String::from)
+            .to_vec();
+        let t = Topology::parse(text, Path::new("."), &h).unwrap();
+        let roles: Vec<Role> = t.guests.iter().map(|g| g.role).collect();
+        assert_eq!(
+            roles,
+            vec![
+                Role::Driver,
+                Role::Ip,
+                Role::Pf,
+                Role::Tcp,
+                Role::Posix,
+                Role::App,
+                Role::App
+            ]
+        );
+        assert_eq!(t.channels.len(), 6);
+        assert_eq!(t.nics[0].netns.as_deref(), Some("compart"));
+    }
+
+    #[test]
+    fn shipped_idle_topology_is_five_idle_roles() {
+        let t = parse(include_str!("../../../topologies/idle.toml")).unwrap();
         let roles: Vec<Role> = t.guests.iter().map(|g| g.role).collect();
         assert_eq!(
             roles,
             vec![Role::Driver, Role::Ip, Role::Pf, Role::Tcp, Role::Posix]
         );
+        assert!(t.nics.is_empty());
     }
 }
