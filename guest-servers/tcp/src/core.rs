@@ -383,6 +383,7 @@ impl<N: Notifier> Tcp<N> {
     /// whether anything happened.
     pub fn poll(&mut self, now: Instant) -> bool {
         let mut busy = self.dev.pump();
+        self.gate_syns();
         let before = self.dev.counters().clone();
         let r = self.iface.poll(now, &mut self.dev, &mut self.sockets);
         busy |= r == PollResult::SocketStateChanged || *self.dev.counters() != before;
@@ -410,6 +411,24 @@ impl<N: Notifier> Tcp<N> {
         } else {
             let second = Duration::from_secs(1);
             Some(d.map_or(second, |d| d.min(second)))
+        }
+    }
+
+    /// Tell the device how many SYNs each listener can take now (its sockets still
+    /// listening): one beyond would find none and be reset by smoltcp; the device drops
+    /// it instead, so the peer retries once the application accepts (as Linux does with
+    /// a full accept queue).
+    fn gate_syns(&mut self) {
+        let gate = self.dev.gate_syns();
+        gate.clear();
+        for slot in &self.slots {
+            if let Some(Entry::Listener { port, waiting, .. }) = &slot.entry {
+                let listening = waiting
+                    .iter()
+                    .filter(|&&sh| self.sockets.get::<tcp::Socket>(sh).state() == State::Listen)
+                    .count();
+                gate.push((*port, listening));
+            }
         }
     }
 

@@ -50,6 +50,10 @@ pub struct DeviceCounters {
     /// Packets smoltcp built larger than the channel's buffers (never with the MTU capped
     /// to them; counted, not sent).
     pub tx_too_big: u64,
+    /// SYNs dropped because their listener had no listening socket left (its backlog
+    /// is taken by handshakes and connections not yet accepted): as Linux does with a
+    /// full accept queue, the peer retries instead of being reset.
+    pub rx_syn_backlog_full: u64,
 }
 
 /// The device: the endpoint towards ip and two private buffers.
@@ -71,6 +75,8 @@ pub struct ChannelDevice<N: Notifier> {
     max_outstanding: u32,
     counters: DeviceCounters,
     error: Option<ChannelError>,
+    /// Listeners' ports and the SYNs each can take now ([`ChannelDevice::gate_syns`]).
+    syn_gate: Vec<(u16, usize)>,
 }
 
 impl<N: Notifier> ChannelDevice<N> {
@@ -92,6 +98,7 @@ impl<N: Notifier> ChannelDevice<N> {
             max_outstanding,
             counters: DeviceCounters::default(),
             error: None,
+            syn_gate: Vec::new(),
             eps: vec![ep],
         }
     }
@@ -101,7 +108,15 @@ impl<N: Notifier> ChannelDevice<N> {
         self.mtu
     }
 
-    /// The counters.
+    /// Listening ports and how many SYNs (without ACK) each may still take: the core
+    /// sets it before each pass to its listeners' sockets still listening. A SYN to a
+    /// port at 0 is dropped and counted (`rx_syn_backlog_full`) instead of handed to
+    /// smoltcp, which would reset it; other ports (closed ones) are not gated.
+    pub fn gate_syns(&mut self) -> &mut Vec<(u16, usize)> {
+        &mut self.syn_gate
+    }
+
+    /// The device's counters.
     pub fn counters(&self) -> &DeviceCounters {
         &self.counters
     }
@@ -248,13 +263,15 @@ impl<N: Notifier> ChannelDevice<N> {
                     }
                     Ok(packet::Request::Deliver(meta)) => {
                         match self.eps[0].read_request_payload(&req, &mut self.rx) {
-                            Ok(n) if complete_checksum(&meta, &mut self.rx[..n]) => {
-                                (packet::Reply::Done, Some(n))
-                            }
-                            Ok(_) => {
+                            Ok(n) if !complete_checksum(&meta, &mut self.rx[..n]) => {
                                 self.counters.rx_malformed += 1;
                                 (packet::Reply::Dropped(DropReason::Malformed), None)
                             }
+                            Ok(n) if !admit_syn(&self.rx[..n], &mut self.syn_gate) => {
+                                self.counters.rx_syn_backlog_full += 1;
+                                (packet::Reply::Dropped(DropReason::NoRoom), None)
+                            }
+                            Ok(n) => (packet::Reply::Done, Some(n)),
                             Err(e) => {
                                 self.fail(e);
                                 return None;
@@ -279,6 +296,31 @@ impl<N: Notifier> ChannelDevice<N> {
             }
         }
         None
+    }
+}
+
+/// Whether `packet` (an IPv4 packet whose checksums were checked) may go to smoltcp:
+/// anything but a TCP SYN without ACK to a port of `gate` whose count is 0; a SYN
+/// admitted to a gated port takes one from its count.
+pub fn admit_syn(packet: &[u8], gate: &mut [(u16, usize)]) -> bool {
+    if gate.is_empty() || packet.len() < 20 || packet[0] >> 4 != 4 || packet[9] != 6 {
+        return true;
+    }
+    let ihl = usize::from(packet[0] & 0xf) * 4;
+    let Some(tcp) = packet.get(ihl..ihl + 14) else {
+        return true;
+    };
+    let (port, flags) = (u16::from_be_bytes([tcp[2], tcp[3]]), tcp[13]);
+    if flags & 0x12 != 0x02 {
+        return true;
+    }
+    match gate.iter_mut().find(|(p, _)| *p == port) {
+        Some((_, 0)) => false,
+        Some((_, left)) => {
+            *left -= 1;
+            true
+        }
+        None => true,
     }
 }
 

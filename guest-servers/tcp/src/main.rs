@@ -211,7 +211,7 @@ fn main(info: &'static BootInfo) -> i32 {
         let counters = tcp.device().counters().clone();
         if counters != printed && t.total_millis() >= last_print.total_millis() + stats_ms as i64 {
             println!(
-                "tcp: counters: rx={} tx={} deferred={} rx_malformed={} rx_too_big={} tx_dropped_by_ip={} bad_replies={} sockets={}",
+                "tcp: counters: rx={} tx={} deferred={} rx_malformed={} rx_too_big={} tx_dropped_by_ip={} bad_replies={} syn_backlog_full={} sockets={}",
                 counters.rx_packets,
                 counters.tx_packets,
                 counters.tx_deferred,
@@ -219,6 +219,7 @@ fn main(info: &'static BootInfo) -> i32 {
                 counters.rx_too_big,
                 counters.tx_dropped_by_ip,
                 counters.bad_replies,
+                counters.rx_syn_backlog_full,
                 tcp.sockets_in_use()
             );
             printed = counters;

@@ -1104,3 +1104,42 @@ fn the_interface_takes_the_links_offloads_only_when_asked_and_limits_are_clamped
     assert_eq!((l.sockets, l.rx_buffer, l.tx_buffer), (1024, 4096, 4096));
     assert_eq!((l.backlog, l.handshake_ms), (1024, 1));
 }
+
+#[test]
+fn a_syn_beyond_the_backlog_is_dropped_not_reset_and_its_retry_is_served_after_accept() {
+    let mut r = rig(16);
+    let l = r.tcp[0].listen(80, 1).unwrap();
+    let first = r.tcp[1].connect(A, 80).unwrap();
+    for _ in 0..20 {
+        r.round();
+    }
+    assert_eq!(r.tcp[1].state(first), Ok(State::Established));
+    // The listener's one socket holds a connection not yet accepted: a second SYN
+    // finds none listening. Dropped, the client keeps trying (no RST, no refusal).
+    let second = r.tcp[1].connect(A, 80).unwrap();
+    for _ in 0..20 {
+        r.round();
+    }
+    assert_eq!(r.tcp[1].state(second), Ok(State::SynSent));
+    assert!(r.tcp[0].device().counters().rx_syn_backlog_full >= 1);
+    // Accepting re-arms the backlog; the client's retransmitted SYN (after its RTO)
+    // completes.
+    r.tcp[0].accept(l).unwrap();
+    for _ in 0..40 {
+        r.step(100);
+        if r.tcp[1].state(second) == Ok(State::Established) {
+            break;
+        }
+    }
+    assert_eq!(r.tcp[1].state(second), Ok(State::Established));
+    for _ in 0..5 {
+        r.round();
+    }
+    assert!(r.tcp[0].accept(l).is_ok());
+    // A closed port is still reset at once.
+    let closed = r.tcp[1].connect(A, 81).unwrap();
+    for _ in 0..20 {
+        r.round();
+    }
+    assert_eq!(r.tcp[1].send(closed, b"x"), Err(Error::ConnRefused));
+}
