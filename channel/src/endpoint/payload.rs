@@ -50,6 +50,15 @@ impl<'a> Payload<'a> {
         }
     }
 
+    /// The payload's first `len` bytes (all of it if it has fewer).
+    #[inline]
+    pub fn prefix(&self, len: usize) -> Payload<'a> {
+        Payload {
+            len: len.min(self.len),
+            ..*self
+        }
+    }
+
     /// Length in bytes.
     #[inline]
     pub fn len(&self) -> usize {

@@ -20,6 +20,8 @@
 //!   `EAGAIN` if non-blocking); a write that fails shows as the error of the stream's
 //!   next `write` or `shutdown`. `shutdown` and dropping wait for the stream's writes
 //!   (dropping at most [`DROP_FLUSH_MS`]).
+//! - A non-blocking `read` or `accept` that posix answered `EAGAIN` is answered
+//!   `EAGAIN` again without asking, until posix sends an event for that handle.
 //! - Dropping a stream or listener closes its handle (posix closes tcp's).
 //!
 //! The firmware supplies the clock and the sleep ([`Sleep`]) and opens the channel
@@ -29,7 +31,7 @@
 
 extern crate alloc;
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::rc::Rc;
 use core::cell::RefCell;
 
@@ -76,6 +78,12 @@ struct Client<N: Notifier, S> {
     behind_max: usize,
     /// The first failure of a stream's writes in flight, until reported.
     failed: BTreeMap<u32, Errno>,
+    /// Events received per handle.
+    handle_events: BTreeMap<u32, u64>,
+    /// Handles whose last non-blocking `Recv` or `Accept` was `EAGAIN` with no event
+    /// for them since: the next one is `EAGAIN` without asking posix (posix tells
+    /// every socket that becomes readable).
+    idle: BTreeSet<u32>,
 }
 
 /// What a broken channel to posix means to a caller: the server is gone (or wrote what
@@ -130,6 +138,31 @@ impl<N: Notifier, S: Sleep<N>> Client<N, S> {
         }
     }
 
+    /// A non-blocking `Recv` or `Accept` on `handle`: `EAGAIN` at once if posix said so
+    /// last time and has not told of a change since.
+    fn nonblocking_call(
+        &mut self,
+        handle: u32,
+        req: Request,
+        out: &mut [u8],
+    ) -> Result<(Reply, usize)> {
+        if self.idle.contains(&handle) {
+            return Err(Errno::Again);
+        }
+        let seen = self.handle_events.get(&handle).copied();
+        let r = self.call(req, true, &[], out);
+        if r == Err(Errno::Again) && self.handle_events.get(&handle).copied() == seen {
+            self.idle.insert(handle);
+        }
+        r
+    }
+
+    /// Forget `handle`'s readiness (it is being closed).
+    fn forget(&mut self, handle: u32) {
+        self.handle_events.remove(&handle);
+        self.idle.remove(&handle);
+    }
+
     /// The failure of one of `handle`'s earlier writes, once.
     fn take_failure(&mut self, handle: u32) -> Result<()> {
         match self.failed.remove(&handle) {
@@ -173,7 +206,11 @@ impl<N: Notifier, S: Sleep<N>> Client<N, S> {
     fn drain(&mut self) -> core::result::Result<(), ChannelError> {
         while let Some(req) = self.ep.poll_request()? {
             match Event::decode(req.opcode(), req.is_oneway(), req.inline()) {
-                Ok(_) => self.events += 1,
+                Ok(e) => {
+                    self.events += 1;
+                    *self.handle_events.entry(e.handle).or_insert(0) += 1;
+                    self.idle.remove(&e.handle);
+                }
                 Err(_) => self.malformed += 1,
             }
             if !req.is_oneway() {
@@ -282,6 +319,8 @@ impl<N: Notifier, S: Sleep<N>> PosixNet<N, S> {
                 behind: BTreeMap::new(),
                 behind_max: BEHIND.min(entries.saturating_sub(2)),
                 failed: BTreeMap::new(),
+                handle_events: BTreeMap::new(),
+                idle: BTreeSet::new(),
             })),
         }
     }
@@ -314,6 +353,7 @@ impl<N: Notifier, S: Sleep<N>> Drop for PosixStream<N, S> {
             // A channel gone is a handle gone: nothing to wait for.
             let _ = c.flush_writes(self.handle, Some(deadline));
             c.failed.remove(&self.handle);
+            c.forget(self.handle);
         }
         close(&self.c, self.handle);
     }
@@ -321,6 +361,7 @@ impl<N: Notifier, S: Sleep<N>> Drop for PosixStream<N, S> {
 
 impl<N: Notifier, S: Sleep<N>> Drop for PosixListener<N, S> {
     fn drop(&mut self) {
+        self.c.borrow_mut().forget(self.handle);
         close(&self.c, self.handle);
     }
 }
@@ -354,7 +395,11 @@ impl<N: Notifier, S: Sleep<N>> Stream for PosixStream<N, S> {
             handle: self.handle,
             max,
         };
-        let (reply, n) = c.call(req, self.nonblocking, &[], buf)?;
+        let (reply, n) = if self.nonblocking {
+            c.nonblocking_call(self.handle, req, buf)?
+        } else {
+            c.call(req, false, &[], buf)?
+        };
         drop(c);
         // The payload is what counts; a count beyond it is posix's error.
         match bytes(reply)? {
@@ -442,10 +487,13 @@ impl<N: Notifier, S: Sleep<N>> Listener for PosixListener<N, S> {
         let req = Request::Accept {
             listener: self.handle,
         };
-        let reply = self
-            .c
-            .borrow_mut()
-            .call(req, self.nonblocking, &[], &mut [])?;
+        let mut c = self.c.borrow_mut();
+        let reply = if self.nonblocking {
+            c.nonblocking_call(self.handle, req, &mut [])?
+        } else {
+            c.call(req, false, &[], &mut [])?
+        };
+        drop(c);
         match reply.0 {
             Reply::Accepted {
                 handle,

@@ -218,3 +218,42 @@ fn a_failed_write_behind_is_the_next_writes_error_and_shutdown_waits_for_writes(
         "no Shutdown after a failed write; the drop waits for the last write, then closes"
     );
 }
+
+#[test]
+fn a_nonblocking_read_after_eagain_asks_posix_again_only_after_an_event() {
+    let (_mem, app, posix) = pair("net-idle");
+    let (tx, rx) = mpsc::channel();
+    let server = serve(posix, 5, tx, |r| match *r {
+        Request::Connect { .. } => (None, Reply::Handle(7), Vec::new()),
+        Request::Recv { .. } => (None, Reply::Error(Errno::Again), Vec::new()),
+        Request::Stats => (
+            Some(Event {
+                handle: 7,
+                ready: READY_READABLE,
+            }),
+            Reply::Bytes(0),
+            Vec::new(),
+        ),
+        _ => (None, Reply::Done, Vec::new()),
+    });
+    let mut n = net(app);
+    let mut s = n
+        .connect(Peer {
+            address: [198, 18, 0, 1],
+            port: 9,
+        })
+        .unwrap();
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0; 8];
+    assert_eq!(s.read(&mut buf), Err(Errno::Again));
+    assert_eq!(s.read(&mut buf), Err(Errno::Again), "without asking");
+    assert_eq!(n.stats(&mut buf), Ok(0), "brings an event for the stream");
+    assert_eq!(s.read(&mut buf), Err(Errno::Again), "asked again");
+    drop(s);
+    server.join().unwrap();
+    let recvs = rx
+        .iter()
+        .filter(|(r, _, _)| matches!(r, Request::Recv { .. }))
+        .count();
+    assert_eq!(recvs, 2);
+}

@@ -23,8 +23,11 @@
 //!   answered `EAGAIN` after all). A blocking `Connect` is answered once the connection
 //!   is established (or refused). Nobody spins: posix and the application sleep.
 //! - Data: a `Send`'s payload goes from the application's pool buffer into tcp's with
-//!   one copy (`forward`), a `Recv`'s from tcp's reply into the application's request
-//!   buffer with one copy (`reply_from`); up to a pool buffer (64 KiB) per message.
+//!   one copy (`forward`). posix reads ahead: up to [`AHEAD`] `Recv`s of its own per
+//!   socket, whose replies stay in tcp's pool buffers until the application's `Recv`s
+//!   are answered from them with one copy (`reply_from`); up to a pool buffer (64 KiB)
+//!   per message. A `Send` flagged `FLAG_ALL` is sent again for its rest until tcp
+//!   took all of it, and one connection's sends go one at a time, in order.
 //! - Death: an application whose channel breaks (a corrupt region: it wrote what no
 //!   endpoint writes, or the VMM marked it gone) is dropped: its parked calls are
 //!   forgotten and tcp closes its sockets; replies still in flight for it are consumed
@@ -51,6 +54,10 @@ use compart_proto::socket::{
 
 /// Requests taken from one application in one pass.
 pub const BUDGET: usize = 32;
+
+/// posix's `Recv`s per socket at once (held or in flight): while the application
+/// takes one, tcp fills the next.
+pub const AHEAD: usize = 2;
 
 /// The server's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +122,26 @@ struct Sock {
     sending: bool,
     /// `Send`s waiting for the one in progress.
     sendq: VecDeque<Parked>,
+    /// Read ahead: tcp's answers to posix's own `Recv`s (at most [`AHEAD`]), their
+    /// data still in tcp's pool buffers, and how much of the first the application has
+    /// taken.
+    ahead: VecDeque<(compart_channel::Reply, usize)>,
+    /// How the stream ended, as tcp's `Recv` said (`Bytes(0)` or an error): every
+    /// later `Recv` gets it.
+    ended: Option<Reply>,
+    /// posix's `Recv`s queued or in flight to tcp.
+    fetching: usize,
+    /// The application's `Recv`s (request, most bytes, non-blocking) waiting for data.
+    recvs: VecDeque<(ChannelRequest, u32, bool)>,
+}
+
+impl Sock {
+    /// Readiness as the application sees it: tcp's, and readable while posix holds
+    /// data or the stream's end.
+    fn ready(&self) -> u32 {
+        let held = !self.ahead.is_empty() || self.ended.is_some();
+        self.ready | if held { READY_READABLE } else { 0 }
+    }
 }
 
 #[derive(Debug)]
@@ -165,6 +192,18 @@ struct Pending {
     /// answers `EAGAIN` once more, the call waits for an event.
     on_cache: bool,
     progress: Progress,
+    /// posix's own read-ahead `Recv` for `handle`.
+    ahead: bool,
+}
+
+/// A read-ahead `Recv` to send to tcp.
+#[derive(Debug, Clone, Copy)]
+struct Ahead {
+    app: u32,
+    handle: u32,
+    tcp: u32,
+    /// Not asked for by a waiting `Recv`: skipped while tcp's channel is half busy.
+    speculative: bool,
 }
 
 /// A call ready to go to tcp (new, or parked and woken), already in tcp's handles.
@@ -190,6 +229,8 @@ pub struct Posix<N: Notifier> {
     pending: BTreeMap<u64, Pending>,
     /// Calls to send to tcp, in order, as tcp's channel has room.
     queue: VecDeque<Ready>,
+    /// Read-ahead `Recv`s to send to tcp (before the queue).
+    aheads: VecDeque<Ahead>,
     /// tcp handles to close (of lost applications, orphaned accepts).
     closes: VecDeque<u32>,
     /// tcp handle → (application, its handle), for tcp's events.
@@ -262,6 +303,10 @@ fn new_sock(tcp: u32, listener: bool) -> Sock {
         parked: Vec::new(),
         sending: false,
         sendq: VecDeque::new(),
+        ahead: VecDeque::new(),
+        ended: None,
+        fetching: 0,
+        recvs: VecDeque::new(),
     }
 }
 
@@ -284,6 +329,7 @@ impl<N: Notifier> Posix<N> {
             limits,
             pending: BTreeMap::new(),
             queue: VecDeque::new(),
+            aheads: VecDeque::new(),
             closes: VecDeque::new(),
             by_tcp: BTreeMap::new(),
             early: BTreeMap::new(),
@@ -332,7 +378,7 @@ impl<N: Notifier> Posix<N> {
             .iter()
             .flat_map(|a| a.slots.iter())
             .filter_map(|s| s.sock.as_ref())
-            .map(|s| s.parked.len() + s.sendq.len())
+            .map(|s| s.parked.len() + s.sendq.len() + s.recvs.len())
             .sum()
     }
 }
@@ -364,6 +410,16 @@ impl<N: Notifier> Posix<N> {
         if !self.doomed.contains(&id) {
             self.doomed.push(id);
         }
+    }
+
+    /// Answer application `k`'s `req` on socket `ah` with `EAGAIN`: the application
+    /// now waits for an event with one of `bits`, so the next time the socket has one
+    /// it is told, even if it had it when last told.
+    fn answer_again(&mut self, k: usize, ah: u32, req: ChannelRequest, bits: u32) {
+        if let Some(sock) = self.apps[k].sock(ah) {
+            sock.told &= !bits;
+        }
+        self.answer(k, req, Reply::Error(Errno::Again));
     }
 
     /// Answer application `k`'s `req` with `r`.
@@ -402,11 +458,16 @@ impl<N: Notifier> Posix<N> {
         let app = self.apps.remove(k);
         self.eps.remove(k + 1);
         for sock in app.slots.into_iter().filter_map(|s| s.sock) {
+            for (rep, _) in sock.ahead {
+                // A broken tcp channel shows at the next poll.
+                let _ = self.eps[0].free(rep);
+            }
             self.by_tcp.remove(&sock.tcp);
             self.closes.push_back(sock.tcp);
             self.counters.closed_for_lost += 1;
         }
         self.queue.retain(|r| r.app != id);
+        self.aheads.retain(|a| a.app != id);
         self.counters.apps_lost += 1;
         self.lost.push(app.name);
     }
@@ -446,6 +507,10 @@ impl<N: Notifier> Posix<N> {
             any = true;
             let decoded = Reply::decode(rep.opcode(), rep.status(), rep.inline());
             if let Some(p) = self.pending.remove(&rep.id().0) {
+                if p.ahead {
+                    self.on_ahead(p, decoded, rep)?;
+                    continue;
+                }
                 self.on_reply(p, decoded, &rep)?;
             }
             self.eps[0].free(rep).map_err(TcpBroken)?;
@@ -493,6 +558,19 @@ impl<N: Notifier> Posix<N> {
             }
             return;
         }
+        if !sock.recvs.is_empty()
+            && sock.fetching == 0
+            && sock.ahead.is_empty()
+            && ready & (READY_READABLE | READY_HANGUP | READY_ERROR) != 0
+        {
+            sock.fetching += 1;
+            self.aheads.push_back(Ahead {
+                app: id,
+                handle: ah,
+                tcp: sock.tcp,
+                speculative: false,
+            });
+        }
         let mut k2 = 0;
         while k2 < sock.parked.len() {
             let p = &sock.parked[k2];
@@ -519,7 +597,7 @@ impl<N: Notifier> Posix<N> {
     fn may_progress(&mut self, k: usize, ah: u32, call: &Request) -> bool {
         self.apps[k]
             .sock(ah)
-            .is_some_and(|s| s.ready & (wants(call) | READY_HANGUP | READY_ERROR) != 0)
+            .is_some_and(|s| s.ready() & (wants(call) | READY_HANGUP | READY_ERROR) != 0)
     }
 
     fn register(&mut self, k: usize, th: u32, listener: bool) -> Option<u32> {
@@ -629,8 +707,16 @@ impl<N: Notifier> Posix<N> {
                 }
             }
             (Request::Send { .. }, r) if p.nonblocking || r != Reply::Error(Errno::Again) => {
-                self.answer(k, req, r);
-                self.next_send(k, p.handle.unwrap_or(u32::MAX));
+                let ah = p.handle.unwrap_or(u32::MAX);
+                if r == Reply::Error(Errno::Again) {
+                    self.answer_again(k, ah, req, READY_WRITABLE);
+                } else {
+                    self.answer(k, req, r);
+                }
+                self.next_send(k, ah);
+            }
+            (Request::Accept { .. }, Reply::Error(Errno::Again)) if p.nonblocking => {
+                self.answer_again(k, p.handle.unwrap_or(u32::MAX), req, READY_READABLE);
             }
             (call, Reply::Error(Errno::Again)) if !p.nonblocking && wants(&call) != 0 => {
                 let ah = p.handle.unwrap_or(u32::MAX);
@@ -651,24 +737,6 @@ impl<N: Notifier> Posix<N> {
                 self.counters.parked += 1;
                 if retry {
                     self.wake(k, ah, true);
-                }
-            }
-            (Request::Recv { .. }, Reply::Bytes(n)) => {
-                let (tcp, apps) = self.eps.split_at_mut(1);
-                let ok = match tcp[0].reply_payload(rep) {
-                    Ok(data) if data.len() == n as usize => {
-                        self.counters.bytes_in += u64::from(n);
-                        let (s, w) = Reply::Bytes(n).encode();
-                        apps[k].reply_from(req, s, w, &data).is_ok()
-                    }
-                    _ => {
-                        self.counters.tcp_malformed += 1;
-                        answer(&mut apps[k], req, Reply::Error(Errno::Protocol))
-                    }
-                };
-                if !ok {
-                    let id = self.apps[k].id;
-                    self.doom(id);
                 }
             }
             (Request::Stats, Reply::Bytes(_)) => {
@@ -799,14 +867,14 @@ impl<N: Notifier> Posix<N> {
                 }
                 Err(e) => Err(e),
             },
-            Request::Recv { handle, max } => {
-                let max = (max as usize).min(tcp_buf).min(app_buf) as u32;
-                if max == 0 {
-                    Err(Errno::Protocol)
-                } else {
-                    stream(app, handle).map(|t| (Request::Recv { handle: t, max }, Some(handle)))
+            Request::Recv { handle, max } => match stream(app, handle) {
+                Ok(_) => {
+                    let max = max.min(u32::try_from(app_buf).unwrap_or(u32::MAX));
+                    self.on_recv(k, handle, req, max, nonblocking);
+                    return;
                 }
-            }
+                Err(e) => Err(e),
+            },
             Request::Shutdown { handle } => {
                 stream(app, handle).map(|t| (Request::Shutdown { handle: t }, Some(handle)))
             }
@@ -826,7 +894,7 @@ impl<N: Notifier> Posix<N> {
             }),
             Request::Poll { handle } => {
                 let r = match app.sock(handle) {
-                    Some(s) => Reply::Ready(s.ready),
+                    Some(s) => Reply::Ready(s.ready()),
                     None => Reply::Error(Errno::BadHandle),
                 };
                 self.answer(k, req, r);
@@ -839,6 +907,13 @@ impl<N: Notifier> Posix<N> {
                         self.closes.push_back(sock.tcp);
                         for p in sock.parked.into_iter().chain(sock.sendq) {
                             self.answer(k, p.req, Reply::Error(Errno::BadHandle));
+                        }
+                        for (r, _, _) in sock.recvs {
+                            self.answer(k, r, Reply::Error(Errno::BadHandle));
+                        }
+                        for (rep, _) in sock.ahead {
+                            // A broken tcp channel shows at the next poll.
+                            let _ = self.eps[0].free(rep);
                         }
                         Reply::Done
                     }
@@ -853,7 +928,7 @@ impl<N: Notifier> Posix<N> {
                 // tcp said it cannot progress, and will say when it can: answer or
                 // park without asking it.
                 if nonblocking {
-                    self.answer(k, req, Reply::Error(Errno::Again));
+                    self.answer_again(k, ah, req, wants(&call));
                 } else if let Some(sock) = self.apps[k].sock(ah) {
                     sock.parked.push(Parked {
                         req,
@@ -879,6 +954,204 @@ impl<N: Notifier> Posix<N> {
                 self.answer(k, req, Reply::Error(e));
             }
         }
+    }
+
+    /// An application's `Recv` of at most `max` bytes: answered from what posix read
+    /// ahead, or it waits for posix's `Recv` to tcp (started now if tcp said it has
+    /// data; when it says so otherwise). Non-blocking and with nothing on the way, it is
+    /// answered `EAGAIN`. posix's `Recv`s to tcp are one at a time per socket, and every
+    /// application `Recv` is served from them, so the bytes stay in order.
+    fn on_recv(&mut self, k: usize, ah: u32, req: ChannelRequest, max: u32, nonblocking: bool) {
+        let id = self.apps[k].id;
+        let Some(sock) = self.apps[k].sock(ah) else {
+            self.answer(k, req, Reply::Error(Errno::BadHandle));
+            return;
+        };
+        if max == 0 {
+            self.answer(k, req, Reply::Error(Errno::Protocol));
+            return;
+        }
+        let can = sock.ready & (READY_READABLE | READY_HANGUP | READY_ERROR) != 0;
+        let held = !sock.ahead.is_empty() || sock.ended.is_some();
+        let fetching = sock.fetching > 0;
+        if !held && !fetching && !can && nonblocking {
+            self.answer_again(k, ah, req, READY_READABLE);
+            return;
+        }
+        sock.recvs.push_back((req, max, nonblocking));
+        if !held && !fetching && can {
+            sock.fetching += 1;
+            self.aheads.push_back(Ahead {
+                app: id,
+                handle: ah,
+                tcp: sock.tcp,
+                speculative: false,
+            });
+        } else if !held && !fetching {
+            self.counters.parked += 1;
+        }
+        self.serve_recvs(k, ah);
+    }
+
+    /// Answer application `k`'s waiting `Recv`s on `ah` from the data read ahead, and
+    /// read ahead again when it is used up and tcp has more.
+    fn serve_recvs(&mut self, k: usize, ah: u32) {
+        let id = self.apps[k].id;
+        let (tcp, apps) = self.eps.split_at_mut(1);
+        let Some(sock) = self.apps[k].sock(ah) else {
+            return;
+        };
+        let mut broke = false;
+        while !sock.recvs.is_empty() {
+            let Some((rep, off)) = sock.ahead.front_mut() else {
+                // The data first, then how the stream ended.
+                let Some(end) = sock.ended else {
+                    break;
+                };
+                let Some((req, _, _)) = sock.recvs.pop_front() else {
+                    break;
+                };
+                broke |= !answer(&mut apps[k], req, end);
+                continue;
+            };
+            let Some((req, max, _)) = sock.recvs.pop_front() else {
+                break;
+            };
+            let Ok(data) = tcp[0].reply_payload(rep) else {
+                broke |= !answer(&mut apps[k], req, Reply::Error(Errno::Protocol));
+                continue;
+            };
+            let part = data.tail(*off).prefix(max as usize);
+            let n = part.len();
+            let (status, w) = Reply::Bytes(n as u32).encode();
+            broke |= apps[k].reply_from(req, status, w, &part).is_err();
+            self.counters.bytes_in += n as u64;
+            *off += n;
+            if *off >= data.len() {
+                if let Some((rep, _)) = sock.ahead.pop_front() {
+                    // A broken tcp channel shows at the next poll.
+                    let _ = tcp[0].free(rep);
+                }
+            }
+        }
+        // Read ahead while tcp says it has more, so that the next `Recv` finds it here.
+        while sock.ahead.len() + sock.fetching < AHEAD
+            && sock.ended.is_none()
+            && sock.ready & (READY_READABLE | READY_HANGUP | READY_ERROR) != 0
+        {
+            let speculative = !sock.ahead.is_empty() || sock.fetching > 0 || sock.recvs.is_empty();
+            sock.fetching += 1;
+            self.aheads.push_back(Ahead {
+                app: id,
+                handle: ah,
+                tcp: sock.tcp,
+                speculative,
+            });
+        }
+        if broke {
+            self.doom(id);
+        }
+    }
+
+    /// Send a read-ahead `Recv` to tcp (unless its socket is gone, or it is speculative
+    /// and tcp's channel is half busy). Returns whether it was sent.
+    fn send_ahead(&mut self, a: Ahead, cap: u32) -> Result<bool, ChannelError> {
+        let Some(k) = self.app_index(a.app) else {
+            return Ok(false);
+        };
+        let max = self.eps[0].buffer_size().min(self.eps[k + 1].buffer_size());
+        let busy = self.eps[0].outstanding_count() >= cap / 2;
+        let Some(sock) = self.apps[k].sock(a.handle) else {
+            return Ok(false);
+        };
+        if a.speculative && busy {
+            sock.fetching = sock.fetching.saturating_sub(1);
+            return Ok(false);
+        }
+        let call = Request::Recv {
+            handle: a.tcp,
+            max: u32::try_from(max).unwrap_or(u32::MAX).max(1),
+        };
+        let (op, w) = call.encode();
+        let id = self.eps[0].send_request(op, w, &[])?;
+        self.pending.insert(
+            id.0,
+            Pending {
+                app: a.app,
+                req: None,
+                call,
+                nonblocking: false,
+                handle: Some(a.handle),
+                on_cache: false,
+                progress: Progress::default(),
+                ahead: true,
+            },
+        );
+        Ok(true)
+    }
+
+    /// tcp's answer to a read-ahead `Recv`: held for the application's `Recv`s.
+    fn on_ahead(
+        &mut self,
+        p: Pending,
+        decoded: Result<Reply, compart_proto::DecodeError>,
+        rep: compart_channel::Reply,
+    ) -> Result<(), TcpBroken> {
+        let ah = p.handle.unwrap_or(u32::MAX);
+        let k = self.app_index(p.app);
+        let sock = match k {
+            Some(k) => self.apps[k].sock(ah),
+            None => None,
+        };
+        let (Some(k), Some(sock)) = (k, sock) else {
+            return self.eps[0].free(rep).map_err(TcpBroken);
+        };
+        sock.fetching = sock.fetching.saturating_sub(1);
+        if decoded == Ok(Reply::Error(Errno::Again)) {
+            // Fresher than the last event: no data now (tcp's next event says when).
+            sock.ready &= !READY_READABLE;
+        }
+        let len = self.eps[0]
+            .reply_payload(&rep)
+            .map(|d| d.len())
+            .map_err(TcpBroken)?;
+        let mut keep = false;
+        match decoded {
+            Ok(Reply::Bytes(n)) if n > 0 && n as usize == len => keep = true,
+            Ok(Reply::Bytes(0)) => sock.ended = Some(Reply::Bytes(0)),
+            Ok(Reply::Error(Errno::Again)) if sock.ahead.is_empty() && sock.fetching == 0 => {
+                // tcp's readiness was stale: non-blocking callers learn it now, the
+                // others wait for tcp's next event.
+                let mut waiting = VecDeque::new();
+                for (req, max, nonblocking) in core::mem::take(&mut sock.recvs) {
+                    if nonblocking {
+                        waiting.push_back(Some(req));
+                    } else {
+                        sock.recvs.push_back((req, max, nonblocking));
+                        waiting.push_back(None);
+                    }
+                }
+                for req in waiting.into_iter().flatten() {
+                    self.answer_again(k, ah, req, READY_READABLE);
+                }
+            }
+            // Data is held or on its way: the waiting calls get it.
+            Ok(Reply::Error(Errno::Again)) => {}
+            Ok(Reply::Error(e)) => sock.ended = Some(Reply::Error(e)),
+            _ => {
+                self.counters.tcp_malformed += 1;
+                sock.ended = Some(Reply::Error(Errno::Protocol));
+            }
+        }
+        if keep {
+            if let Some(sock) = self.apps[k].sock(ah) {
+                sock.ahead.push_back((rep, 0));
+            }
+        } else {
+            self.eps[0].free(rep).map_err(TcpBroken)?;
+        }
+        self.serve_recvs(k, ah);
+        Ok(())
     }
 
     /// A `Send` of application `k` on its socket `ah`: started now, or after the one in
@@ -915,7 +1188,7 @@ impl<N: Notifier> Posix<N> {
                 progress: p.progress,
             });
         } else if p.nonblocking && !p.progress.all {
-            self.answer(k, p.req, Reply::Error(Errno::Again));
+            self.answer_again(k, ah, p.req, READY_WRITABLE);
             self.next_send(k, ah);
         } else {
             sock.parked.push(p);
@@ -954,6 +1227,7 @@ impl<N: Notifier> Posix<N> {
                                 handle: None,
                                 on_cache: false,
                                 progress: Progress::default(),
+                                ahead: false,
                             },
                         );
                         busy = true;
@@ -965,6 +1239,18 @@ impl<N: Notifier> Posix<N> {
                     }
                     Err(e) => return Err(TcpBroken(e)),
                 }
+            }
+            if let Some(a) = self.aheads.pop_front() {
+                match self.send_ahead(a, cap) {
+                    Ok(true) => busy = true,
+                    Ok(false) => {}
+                    Err(ChannelError::Full | ChannelError::NoFreeRequest) => {
+                        self.aheads.push_front(a);
+                        break;
+                    }
+                    Err(e) => return Err(TcpBroken(e)),
+                }
+                continue;
             }
             let Some(r) = self.queue.pop_front() else {
                 break;
@@ -998,6 +1284,7 @@ impl<N: Notifier> Posix<N> {
                             handle: r.handle,
                             on_cache: r.on_cache,
                             progress: r.progress,
+                            ahead: false,
                         },
                     );
                 }
@@ -1026,21 +1313,22 @@ impl<N: Notifier> Posix<N> {
                 let Some(sock) = slot.sock.as_mut() else {
                     continue;
                 };
-                if sock.ready == sock.told || sock.connecting {
+                let ready = sock.ready();
+                if ready == sock.told || sock.connecting {
                     continue;
                 }
-                if sock.ready & !sock.told == 0 {
-                    sock.told = sock.ready;
+                if ready & !sock.told == 0 {
+                    sock.told = ready;
                     continue;
                 }
                 let (op, w) = Event {
                     handle: handle_of(k, slot.generation),
-                    ready: sock.ready,
+                    ready,
                 }
                 .encode();
                 match ep.send_oneway(op, w) {
                     Ok(()) => {
-                        sock.told = sock.ready;
+                        sock.told = ready;
                         self.counters.events += 1;
                         busy = true;
                     }
