@@ -1,7 +1,8 @@
 //! The packet filter in the path: `driver`, `ip`, `pf`, `tcp`, `posix` and the echo
 //! application (`guest-servers/echo`, port 7) on the VMM's virtio-net device, bash's
 //! `/dev/tcp` and `ping` in a network namespace as the Linux peer. An allowed port is
-//! served and its replies come back through the connection table; a denied one gets no
+//! served and its replies come back through the connection table (also in the shipped
+//! `topologies/filter.toml`); a denied one gets no
 //! connection, and pf counts what it refused; a connection the stack opens (the
 //! `stream` client application, to `nc -l` in the namespace) gets its replies back
 //! through its entry, which expires after the close; a SYN flood (raw frames from forged sources) fills the table to its
@@ -89,6 +90,32 @@ kvm_test! {
         assert!(capture.counter("pf", "in_passed") >= 2, "{:?}", capture.of("pf"));
         assert!(capture.counter("pf", "out_tracked") >= 1, "replies on the tracked connection: {:?}", capture.of("pf"));
         assert_eq!(capture.counter("pf", "in_denied_rule"), 0, "{:?}", capture.of("pf"));
+        vmm.handle().stop();
+        vmm.wait();
+    }
+}
+
+kvm_test! {
+    /// The shipped `topologies/filter.toml` (on a TAP and namespace of this test): the
+    /// echo application on port 7 served through pf, and ping answered.
+    fn the_shipped_filter_topology_echoes_through_pf() {
+        if !require_netns() {
+            return;
+        }
+        let (ns, tap) = names("pfs");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/filter.toml");
+        let text = std::fs::read_to_string(path).expect("topologies/filter.toml");
+        let text = text
+            .replace("tap = \"cpt2\"", &format!("tap = \"{tap}\""))
+            .replace("netns = \"cpt-filter\"", &format!("netns = \"{ns}\""));
+        assert!(text.contains(&tap) && text.contains(&ns), "the topology changed");
+        let (vmm, capture) = boot(&topology(&text));
+        capture.wait_for("echo", "echo: serving port 7", UP);
+        capture.wait_for("ip", "gratuitous ARP sent", UP);
+        let (ok, out) = echo_line(&ns);
+        assert!(ok && out.contains("[through pf]"), "{out}");
+        let (ok, out) = exec_in(&ns, "ping", &["-c", "3", "-w", "10", STACK]);
+        assert!(ok && ping_received(&out) == 3, "{out}");
         vmm.handle().stop();
         vmm.wait();
     }
