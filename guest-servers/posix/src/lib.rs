@@ -23,8 +23,11 @@
 //!   answered `EAGAIN` after all). A blocking `Connect` is answered once the connection
 //!   is established (or refused). Nobody spins: posix and the application sleep.
 //! - Data: a `Send`'s payload goes from the application's pool buffer into tcp's with
-//!   one copy (`forward`), a `Recv`'s from tcp's reply into the application's request
-//!   buffer with one copy (`reply_from`); up to a pool buffer (64 KiB) per message.
+//!   one copy (`forward`). posix reads ahead: up to [`AHEAD`] `Recv`s of its own per
+//!   socket, whose replies stay in tcp's pool buffers until the application's `Recv`s
+//!   are answered from them with one copy (`reply_from`); up to a pool buffer (64 KiB)
+//!   per message. A `Send` flagged `FLAG_ALL` is sent again for its rest until tcp
+//!   took all of it, and one connection's sends go one at a time, in order.
 //! - Death: an application whose channel breaks (a corrupt region: it wrote what no
 //!   endpoint writes, or the VMM marked it gone) is dropped: its parked calls are
 //!   forgotten and tcp closes its sockets; replies still in flight for it are consumed
@@ -51,6 +54,10 @@ use compart_proto::socket::{
 
 /// Requests taken from one application in one pass.
 pub const BUDGET: usize = 32;
+
+/// posix's `Recv`s per socket at once (held or in flight): while the application
+/// takes one, tcp fills the next.
+pub const AHEAD: usize = 2;
 
 /// The server's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,14 +122,15 @@ struct Sock {
     sending: bool,
     /// `Send`s waiting for the one in progress.
     sendq: VecDeque<Parked>,
-    /// Read ahead: tcp's answer to posix's own `Recv`, its data still in tcp's pool
-    /// buffer, and how much of it the application has taken.
-    ahead: Option<(compart_channel::Reply, usize)>,
+    /// Read ahead: tcp's answers to posix's own `Recv`s (at most [`AHEAD`]), their
+    /// data still in tcp's pool buffers, and how much of the first the application has
+    /// taken.
+    ahead: VecDeque<(compart_channel::Reply, usize)>,
     /// How the stream ended, as tcp's `Recv` said (`Bytes(0)` or an error): every
     /// later `Recv` gets it.
     ended: Option<Reply>,
-    /// posix's `Recv` is queued or in flight to tcp.
-    fetching: bool,
+    /// posix's `Recv`s queued or in flight to tcp.
+    fetching: usize,
     /// The application's `Recv`s (request, most bytes, non-blocking) waiting for data.
     recvs: VecDeque<(ChannelRequest, u32, bool)>,
 }
@@ -131,7 +139,7 @@ impl Sock {
     /// Readiness as the application sees it: tcp's, and readable while posix holds
     /// data or the stream's end.
     fn ready(&self) -> u32 {
-        let held = self.ahead.is_some() || self.ended.is_some();
+        let held = !self.ahead.is_empty() || self.ended.is_some();
         self.ready | if held { READY_READABLE } else { 0 }
     }
 }
@@ -295,9 +303,9 @@ fn new_sock(tcp: u32, listener: bool) -> Sock {
         parked: Vec::new(),
         sending: false,
         sendq: VecDeque::new(),
-        ahead: None,
+        ahead: VecDeque::new(),
         ended: None,
-        fetching: false,
+        fetching: 0,
         recvs: VecDeque::new(),
     }
 }
@@ -450,7 +458,7 @@ impl<N: Notifier> Posix<N> {
         let app = self.apps.remove(k);
         self.eps.remove(k + 1);
         for sock in app.slots.into_iter().filter_map(|s| s.sock) {
-            if let Some((rep, _)) = sock.ahead {
+            for (rep, _) in sock.ahead {
                 // A broken tcp channel shows at the next poll.
                 let _ = self.eps[0].free(rep);
             }
@@ -551,11 +559,11 @@ impl<N: Notifier> Posix<N> {
             return;
         }
         if !sock.recvs.is_empty()
-            && !sock.fetching
-            && sock.ahead.is_none()
+            && sock.fetching == 0
+            && sock.ahead.is_empty()
             && ready & (READY_READABLE | READY_HANGUP | READY_ERROR) != 0
         {
-            sock.fetching = true;
+            sock.fetching += 1;
             self.aheads.push_back(Ahead {
                 app: id,
                 handle: ah,
@@ -903,7 +911,7 @@ impl<N: Notifier> Posix<N> {
                         for (r, _, _) in sock.recvs {
                             self.answer(k, r, Reply::Error(Errno::BadHandle));
                         }
-                        if let Some((rep, _)) = sock.ahead {
+                        for (rep, _) in sock.ahead {
                             // A broken tcp channel shows at the next poll.
                             let _ = self.eps[0].free(rep);
                         }
@@ -964,21 +972,22 @@ impl<N: Notifier> Posix<N> {
             return;
         }
         let can = sock.ready & (READY_READABLE | READY_HANGUP | READY_ERROR) != 0;
-        let held = sock.ahead.is_some() || sock.ended.is_some();
-        if !held && !sock.fetching && !can && nonblocking {
+        let held = !sock.ahead.is_empty() || sock.ended.is_some();
+        let fetching = sock.fetching > 0;
+        if !held && !fetching && !can && nonblocking {
             self.answer_again(k, ah, req, READY_READABLE);
             return;
         }
         sock.recvs.push_back((req, max, nonblocking));
-        if !held && !sock.fetching && can {
-            sock.fetching = true;
+        if !held && !fetching && can {
+            sock.fetching += 1;
             self.aheads.push_back(Ahead {
                 app: id,
                 handle: ah,
                 tcp: sock.tcp,
                 speculative: false,
             });
-        } else if !held && !sock.fetching {
+        } else if !held && !fetching {
             self.counters.parked += 1;
         }
         self.serve_recvs(k, ah);
@@ -994,15 +1003,16 @@ impl<N: Notifier> Posix<N> {
         };
         let mut broke = false;
         while !sock.recvs.is_empty() {
-            if let Some(end) = sock.ended {
+            let Some((rep, off)) = sock.ahead.front_mut() else {
+                // The data first, then how the stream ended.
+                let Some(end) = sock.ended else {
+                    break;
+                };
                 let Some((req, _, _)) = sock.recvs.pop_front() else {
                     break;
                 };
                 broke |= !answer(&mut apps[k], req, end);
                 continue;
-            }
-            let Some((rep, off)) = sock.ahead.as_mut() else {
-                break;
             };
             let Some((req, max, _)) = sock.recvs.pop_front() else {
                 break;
@@ -1018,24 +1028,24 @@ impl<N: Notifier> Posix<N> {
             self.counters.bytes_in += n as u64;
             *off += n;
             if *off >= data.len() {
-                if let Some((rep, _)) = sock.ahead.take() {
+                if let Some((rep, _)) = sock.ahead.pop_front() {
                     // A broken tcp channel shows at the next poll.
                     let _ = tcp[0].free(rep);
                 }
             }
         }
         // Read ahead while tcp says it has more, so that the next `Recv` finds it here.
-        if sock.ahead.is_none()
+        while sock.ahead.len() + sock.fetching < AHEAD
             && sock.ended.is_none()
-            && !sock.fetching
             && sock.ready & (READY_READABLE | READY_HANGUP | READY_ERROR) != 0
         {
-            sock.fetching = true;
+            let speculative = !sock.ahead.is_empty() || sock.fetching > 0 || sock.recvs.is_empty();
+            sock.fetching += 1;
             self.aheads.push_back(Ahead {
                 app: id,
                 handle: ah,
                 tcp: sock.tcp,
-                speculative: sock.recvs.is_empty(),
+                speculative,
             });
         }
         if broke {
@@ -1055,7 +1065,7 @@ impl<N: Notifier> Posix<N> {
             return Ok(false);
         };
         if a.speculative && busy {
-            sock.fetching = false;
+            sock.fetching = sock.fetching.saturating_sub(1);
             return Ok(false);
         }
         let call = Request::Recv {
@@ -1096,7 +1106,11 @@ impl<N: Notifier> Posix<N> {
         let (Some(k), Some(sock)) = (k, sock) else {
             return self.eps[0].free(rep).map_err(TcpBroken);
         };
-        sock.fetching = false;
+        sock.fetching = sock.fetching.saturating_sub(1);
+        if decoded == Ok(Reply::Error(Errno::Again)) {
+            // Fresher than the last event: no data now (tcp's next event says when).
+            sock.ready &= !READY_READABLE;
+        }
         let len = self.eps[0]
             .reply_payload(&rep)
             .map(|d| d.len())
@@ -1105,7 +1119,7 @@ impl<N: Notifier> Posix<N> {
         match decoded {
             Ok(Reply::Bytes(n)) if n > 0 && n as usize == len => keep = true,
             Ok(Reply::Bytes(0)) => sock.ended = Some(Reply::Bytes(0)),
-            Ok(Reply::Error(Errno::Again)) => {
+            Ok(Reply::Error(Errno::Again)) if sock.ahead.is_empty() && sock.fetching == 0 => {
                 // tcp's readiness was stale: non-blocking callers learn it now, the
                 // others wait for tcp's next event.
                 let mut waiting = VecDeque::new();
@@ -1121,6 +1135,8 @@ impl<N: Notifier> Posix<N> {
                     self.answer_again(k, ah, req, READY_READABLE);
                 }
             }
+            // Data is held or on its way: the waiting calls get it.
+            Ok(Reply::Error(Errno::Again)) => {}
             Ok(Reply::Error(e)) => sock.ended = Some(Reply::Error(e)),
             _ => {
                 self.counters.tcp_malformed += 1;
@@ -1129,7 +1145,7 @@ impl<N: Notifier> Posix<N> {
         }
         if keep {
             if let Some(sock) = self.apps[k].sock(ah) {
-                sock.ahead = Some((rep, 0));
+                sock.ahead.push_back((rep, 0));
             }
         } else {
             self.eps[0].free(rep).map_err(TcpBroken)?;
