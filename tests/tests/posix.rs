@@ -1,9 +1,9 @@
 //! The whole stack to an application: `topologies/echo.toml` (driver → ip → pf → tcp →
 //! posix → the echo application on port 7) on the VMM's virtio-net device, with stock
 //! `nc` in a network namespace as the Linux peer: 100 MB echoed back identical through
-//! posix (its rate printed), 200 connections open at once all served, and an application that
-//! ends with connections open has them closed by posix. Every command is bounded by
-//! `timeout`.
+//! posix (its rate printed), 200 connections open at once all served, and an
+//! application that ends with connections open has them closed by posix. Every command
+//! is bounded by `timeout`.
 
 use std::time::Duration;
 
