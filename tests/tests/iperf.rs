@@ -30,22 +30,20 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// The stack with the iperf3 image on `app`'s command line, its NIC a TAP in `ns`
 /// (as `topologies/iperf.toml`).
 fn stack(tap: &str, ns: &str, app: &str) -> String {
-    let text = topology_text(
+    topology_text(
         &[
             DRIVER,
             IP,
             Server::new("pf", 16, 1).with(PF_RULES),
             Server::new("tcp", 64, 1).with("sockets=32 buf=256"),
             Server::new("posix", 16, 0),
-            Server::new("iperf3", 32, 0).with(app),
+            Server::app("iperf3", 32, 0).with(app),
         ],
         &format!(
             "mac = \"02:00:00:00:00:02\"\naddress = \"{STACK}/24\"\ngateway = \"{PEER}\"\n\
              tap = \"{tap}\"\nnetns = \"{ns}\"\npeer_address = \"{PEER}/24\""
         ),
-    );
-    // topology_text gives each server its name as role; an application's is `app`.
-    text.replace("role = \"iperf3\"", "role = \"app\"")
+    )
 }
 
 /// The rate in Mbit/s of the last `role` line (`sender`/`receiver`) of an iperf3

@@ -1,13 +1,15 @@
-//! The packet filter in the path: `driver`, `ip`, `pf` and `tcp` (its temporary echo
-//! service on port 7) on the VMM's virtio-net device, bash's `/dev/tcp` and `ping` in a
-//! network namespace as the Linux peer. An allowed port is served and its replies come
-//! back through the connection table; a denied one gets no connection, and pf counts
-//! what it refused; a connection the stack opens (tcp's `connect=` test service, to
-//! `nc -l` in the namespace) gets its replies back through its entry, which expires
-//! after the close; a SYN flood (raw frames from forged sources) fills the table to its
+//! The packet filter in the path: `driver`, `ip`, `pf`, `tcp`, `posix` and the echo
+//! application (`guest-servers/echo`, port 7) on the VMM's virtio-net device, bash's
+//! `/dev/tcp` and `ping` in a network namespace as the Linux peer. An allowed port is
+//! served and its replies come back through the connection table (also in the shipped
+//! `topologies/filter.toml`); a denied one gets no
+//! connection, and pf counts what it refused; a connection the stack opens (the
+//! `stream` client application, to `nc -l` in the namespace) gets its replies back
+//! through its entry, which expires after the close; a SYN flood (raw frames from forged sources) fills the table to its
 //! limit and no further, and service resumes once it stops. Every command is bounded
 //! by `timeout` or its own deadline, every loop in count and time.
 
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,8 +21,12 @@ use compart_vmm::GuestState;
 
 const UP: Duration = Duration::from_secs(20);
 const STACK: &str = "198.18.0.2";
+/// The posix server and the echo application on port 7 above tcp, on core 0.
+const POSIX: Server<'static> = Server::new("posix", 16, 0);
+const ECHO: Server<'static> = Server::app("echo", 32, 0).with("port=7");
 
-/// The stack with `pf` between ip and tcp, filtering with `rules`.
+/// The stack with `pf` between ip and tcp, filtering with `rules`, and the echo
+/// application on port 7.
 fn stack(tap: &str, ns: &str, rules: &str) -> String {
     let pf_cmdline = format!("{rules} stats=0");
     topology_text(
@@ -28,7 +34,9 @@ fn stack(tap: &str, ns: &str, rules: &str) -> String {
             DRIVER,
             IP,
             Server::new("pf", 16, 1).with(&pf_cmdline),
-            Server::new("tcp", 32, 1).with("echo=7 sockets=8 buf=256"),
+            Server::new("tcp", 32, 1).with("sockets=8 buf=256"),
+            POSIX,
+            ECHO,
         ],
         &format!(
             "tap = \"{tap}\"\nnetns = \"{ns}\"\npeer_address = \"198.18.0.1/24\"\n\
@@ -70,7 +78,7 @@ kvm_test! {
             &ns,
             "rules=in:tcp:7,in:icmp default=deny",
         )));
-        capture.wait_for("tcp", "echo service on port 7", UP);
+        capture.wait_for("echo", "echo: serving port 7", UP);
         capture.wait_for("ip", "gratuitous ARP sent", UP);
         let (ok, out) = echo_line(&ns);
         assert!(ok && out.contains("[through pf]"), "{out}");
@@ -88,15 +96,41 @@ kvm_test! {
 }
 
 kvm_test! {
+    /// The shipped `topologies/filter.toml` (on a TAP and namespace of this test): the
+    /// echo application on port 7 served through pf, and ping answered.
+    fn the_shipped_filter_topology_echoes_through_pf() {
+        if !require_netns() {
+            return;
+        }
+        let (ns, tap) = names("pfs");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topologies/filter.toml");
+        let text = std::fs::read_to_string(path).expect("topologies/filter.toml");
+        let text = text
+            .replace("tap = \"cpt2\"", &format!("tap = \"{tap}\""))
+            .replace("netns = \"cpt-filter\"", &format!("netns = \"{ns}\""));
+        assert!(text.contains(&tap) && text.contains(&ns), "the topology changed");
+        let (vmm, capture) = boot(&topology(&text));
+        capture.wait_for("echo", "echo: serving port 7", UP);
+        capture.wait_for("ip", "gratuitous ARP sent", UP);
+        let (ok, out) = echo_line(&ns);
+        assert!(ok && out.contains("[through pf]"), "{out}");
+        let (ok, out) = exec_in(&ns, "ping", &["-c", "3", "-w", "10", STACK]);
+        assert!(ok && ping_received(&out) == 3, "{out}");
+        vmm.handle().stop();
+        vmm.wait();
+    }
+}
+
+kvm_test! {
     fn pf_refuses_a_denied_port_and_counts_it() {
         if !require_netns() {
             return;
         }
         let (ns, tap) = names("pfd");
         let (vmm, capture) = boot(&topology(&stack(&tap, &ns, "rules=in:icmp default=deny")));
-        capture.wait_for("tcp", "echo service on port 7", UP);
+        capture.wait_for("echo", "echo: serving port 7", UP);
         capture.wait_for("ip", "gratuitous ARP sent", UP);
-        // tcp listens on 7, but pf lets no TCP in: the SYNs go unanswered.
+        // The echo application listens on 7, but pf lets no TCP in: the SYNs go unanswered.
         let (ok, out) = echo_line(&ns);
         assert!(!ok && !out.contains("[through pf]"), "a denied port was served: {out}");
         // ICMP is allowed, so the stack still answers ping.
@@ -111,16 +145,27 @@ kvm_test! {
     }
 }
 
-/// The stack with pf filtering by `pf_cmdline` and tcp running `tcp_cmdline`, on a
-/// TAP in namespace `ns` (made by the test), the namespace as gateway.
-fn stack_in(tap: &str, ns: &str, pf_cmdline: &str, tcp_cmdline: &str) -> String {
+/// The stack with pf filtering by `pf_cmdline`, tcp running `tcp_cmdline`, posix and
+/// the echo application on port 7 and the applications `apps`, on a TAP in namespace
+/// `ns` (made by the test), the namespace as gateway.
+fn stack_in(
+    tap: &str,
+    ns: &str,
+    pf_cmdline: &str,
+    tcp_cmdline: &str,
+    apps: &[Server<'_>],
+) -> String {
+    let mut servers = vec![
+        DRIVER,
+        IP,
+        Server::new("pf", 16, 1).with(pf_cmdline),
+        Server::new("tcp", 32, 1).with(tcp_cmdline),
+        POSIX,
+        ECHO,
+    ];
+    servers.extend_from_slice(apps);
     topology_text(
-        &[
-            DRIVER,
-            IP,
-            Server::new("pf", 16, 1).with(pf_cmdline),
-            Server::new("tcp", 32, 1).with(tcp_cmdline),
-        ],
+        &servers,
         &format!(
             "tap = \"{tap}\"\nnetns = \"{ns}\"\npeer_address = \"198.18.0.1/24\"\n\
              gateway = \"198.18.0.1\"\nmac = \"02:00:00:00:00:02\"\naddress = \"{STACK}/24\""
@@ -128,51 +173,70 @@ fn stack_in(tap: &str, ns: &str, pf_cmdline: &str, tcp_cmdline: &str) -> String 
     )
 }
 
+/// Bytes the `stream` client sends out through pf.
+const OUT_BYTES: u64 = 1_000_000;
+
 kvm_test! {
-    /// tcp's outbound test service connects to `nc -l` in the namespace through pf,
-    /// whose rules let only outbound TCP to port 9000 out (and nothing TCP in): the
-    /// connection's replies come back through its table entry (the greeting, then a line
-    /// echoed), an inbound connection is still refused, and the entry expires once the
-    /// connection has closed.
+    /// The `stream` client application connects to `nc -l` in the namespace through
+    /// pf, whose rules let only outbound TCP to port 9000 out (and nothing TCP in), and
+    /// sends it 1 MB: the connection's replies come back through its table entry (the
+    /// SYN-ACK, the ACKs, nc's FIN after the last byte), an inbound connection to the
+    /// echo application is still refused, and the entry expires once the connection has
+    /// closed.
     fn pf_lets_the_replies_of_an_outbound_connection_in_and_its_entry_expires() {
         if !require_netns() {
             return;
         }
         let ns = NetNs::new("pfo").unwrap();
         let tap = format!("cfo{}", std::process::id() % 100_000);
-        // The listener first (on any address: the TAP's comes with the stack).
-        let script = "coproc nc -N -l 9000; read -r -t 30 g <&\"${COPROC[0]}\"; \
-             echo \"greeting [$g]\"; echo through pf >&\"${COPROC[1]}\"; \
-             read -r -t 10 e <&\"${COPROC[0]}\"; echo \"echoed [$e]\"; \
-             eval \"exec ${COPROC[1]}>&-\"; wait";
-        let listener = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "timeout", "60", "bash", "-c", script])
+        // The listener first (on any address: the TAP's comes with the stack); the
+        // client does not retry.
+        let mut nc = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "timeout", "60", "nc", "-l", "9000"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        let mut out = nc.stdout.take().unwrap();
+        let counter = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut n = 0u64;
+            while let Ok(k @ 1..) = out.read(&mut buf) {
+                n += k as u64;
+            }
+            n
+        });
+        compart_tests::poll(Duration::from_secs(10), "nc listening", || {
+            let (_, ss) = exec_in(ns.name(), "ss", &["-ltn"]);
+            ss.contains(":9000").then_some(())
+        });
+        let stream = format!("server=198.18.0.1 port=9000 bytes={OUT_BYTES}");
         let (vmm, capture) = boot(&topology(&stack_in(
             &tap,
             ns.name(),
             "rules=out:tcp:9000,in:icmp default=deny tcp_closing_ms=2000 tcp_closed_ms=1000 stats=0",
-            "echo=7 connect=198.18.0.1:9000 stats=0 sockets=8 buf=64",
+            "stats=0 sockets=8 buf=64",
+            &[Server::app("stream", 16, 0).with(&stream)],
         )));
-        let out = listener.wait_with_output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        capture.wait_for("stream", "stream: sent ", Duration::from_secs(60));
+        let report = capture
+            .of("stream")
+            .into_iter()
+            .find(|l| l.starts_with("stream: sent "))
+            .unwrap_or_default();
         assert!(
-            text.contains("greeting [hello from compart]") && text.contains("echoed [through pf]"),
-            "{text}; tcp: {:?}; pf: {:?}",
+            report.starts_with(&format!("stream: sent {OUT_BYTES} bytes in "))
+                && report.contains("(the server closed after the last byte)"),
+            "{report}; tcp: {:?}; pf: {:?}",
             capture.of("tcp"),
             capture.of("pf")
         );
-        capture.wait_for("tcp", "the outbound test connection ended", UP);
+        assert_eq!(counter.join().unwrap(), OUT_BYTES);
+        let _ = nc.wait();
+        compart_tests::poll(UP, "pf's counters", || {
+            (capture.counter("pf", "conn_created") >= 1).then_some(())
+        });
         assert_eq!(capture.counter("pf", "conn_created"), 1, "{:?}", capture.of("pf").last());
-        assert!(capture.counter("pf", "in_tracked") >= 3, "SYN-ACK, greeting's ACK, the line: {:?}", capture.of("pf").last());
+        assert!(capture.counter("pf", "in_tracked") >= 3, "SYN-ACK, ACKs, FIN: {:?}", capture.of("pf").last());
         assert_eq!(capture.counter("pf", "in_denied_rule"), 0, "{:?}", capture.of("pf").last());
         // The entry lets only that connection in: a connection to the echo port is not.
         std::thread::sleep(Duration::from_millis(1500));
@@ -204,11 +268,12 @@ kvm_test! {
             &tap,
             ns.name(),
             "rules=in:tcp:7,in:icmp default=deny conns=64 tcp_opening_ms=2000 tcp_closed_ms=1000 stats=0",
-            "echo=7 stats=0 sockets=8 buf=64 handshake=2000",
+            "stats=0 sockets=8 buf=64 handshake=2000",
+            &[],
         )));
         let handle = vmm.handle();
         let waiter = std::thread::spawn(move || vmm.wait());
-        capture.wait_for("tcp", "echo service on port 7", UP);
+        capture.wait_for("echo", "echo: serving port 7", UP);
         capture.wait_for("ip", "gratuitous ARP sent", UP);
         let mac = mac_of(ns.name(), &tap).unwrap();
         let peer = ns
@@ -267,12 +332,12 @@ kvm_test! {
         eprintln!("echo served again {served:?} after the flood");
         wait_for_empty_pf_table(&capture, &peer);
         assert!(capture.counter("pf", "conn_expired") >= 64, "{:?}", capture.of("pf").last());
-        for g in ["driver", "ip", "pf", "tcp"] {
+        for g in ["driver", "ip", "pf", "tcp", "posix", "echo"] {
             assert!(!capture.of(g).iter().any(|l| l.contains("panicked")), "{g}: {:?}", capture.of(g));
         }
         handle.stop();
         let outcome = waiter.join().unwrap();
-        for g in ["driver", "ip", "pf", "tcp"] {
+        for g in ["driver", "ip", "pf", "tcp", "posix", "echo"] {
             assert_eq!(outcome.state(g), Some(&GuestState::Stopped), "{g}: {outcome:?}");
         }
     }

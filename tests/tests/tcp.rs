@@ -1,10 +1,10 @@
-//! The tcp server end to end: `driver`, `ip` and `tcp` (its temporary echo service on
-//! port 7) on the VMM's virtio-net device, and bash's `/dev/tcp` in a network namespace
-//! as the Linux peer: a line and 4 MiB echoed back intact (in TSO super-segments), and a connect to a closed
-//! port refused (smoltcp's RST); and hostile TCP from raw frames (forged segments on a
-//! connection, a zero window, RST and SYN storms, 10⁴ half-open connections, random
-//! segments), through ip alone and through pf, after which every server is up and every
-//! table within its bound. Every command is bounded by `timeout`, every loop in count
+//! The tcp server end to end: `driver`, `ip`, `tcp`, `posix` and the echo application
+//! (`guest-servers/echo`, port 7) on the VMM's virtio-net device, and bash's `/dev/tcp`
+//! in a network namespace as the Linux peer: a line and 4 MiB echoed back intact (tcp
+//! sending TSO super-segments), and a connect to a closed port refused (smoltcp's RST);
+//! and hostile TCP from raw frames (forged segments on a connection, a zero window, RST
+//! and SYN storms, 10⁴ half-open connections, random segments), through ip alone and
+//! through pf, after which every server is up and every table within its bound. Every command is bounded by `timeout`, every loop in count
 //! and time.
 
 use std::time::Duration;
@@ -20,13 +20,18 @@ use compart_vmm::GuestState;
 const UP: Duration = Duration::from_secs(20);
 const STACK: &str = "198.18.0.2";
 const PEER: &str = "198.18.0.1";
+/// The posix server and the echo application on port 7 above tcp, on core 0.
+const POSIX: Server<'static> = Server::new("posix", 16, 0);
+const ECHO: Server<'static> = Server::app("echo", 32, 0).with("port=7");
 
 fn stack(tap: &str, ns: &str) -> String {
     topology_text(
         &[
             DRIVER,
             IP,
-            Server::new("tcp", 32, 1).with("echo=7 stats=0 sockets=8 buf=256"),
+            Server::new("tcp", 32, 1).with("stats=0 sockets=8 buf=256"),
+            POSIX,
+            ECHO,
         ],
         &format!(
             "mac = \"02:00:00:00:00:02\"\naddress = \"{STACK}/24\"\ngateway = \"{PEER}\"\n\
@@ -41,14 +46,14 @@ fn bash_in(ns: &str, script: &str) -> (bool, String) {
 }
 
 kvm_test! {
-    fn the_echo_service_returns_a_line_and_4_mib_with_offloads_and_a_closed_port_is_refused() {
+    fn the_echo_application_returns_a_line_and_4_mib_with_offloads_and_a_closed_port_is_refused() {
         if !require_netns() {
             return;
         }
         let pid = std::process::id() % 100_000;
         let (ns, tap) = (format!("cpt-tcp-{pid}"), format!("cttcp{pid}"));
         let (vmm, capture) = boot(&topology(&stack(&tap, &ns)));
-        capture.wait_for("tcp", "tcp: echo service on port 7", UP);
+        capture.wait_for("echo", "echo: serving port 7", UP);
         // The TAP takes checksum and segmentation offloads: tcp uses both.
         let offloads = capture
             .of("tcp")
@@ -100,19 +105,19 @@ kvm_test! {
 }
 
 /// The stack for the hostile tests: driver, ip, optionally pf (TCP to port 7 and ICMP
-/// in, a table of 256 connections, short timeouts), and tcp (echo on 7, 8 sockets, a
-/// 2 s handshake time), on a TAP in namespace `ns`, with a gateway (the namespace) so
+/// in, a table of 256 connections, short timeouts), tcp (8 sockets, a 2 s handshake
+/// time), posix and the echo application on port 7, on a TAP in namespace `ns`, with a gateway (the namespace) so
 /// that forged sources off the link are answered through it.
 fn hostile_stack(tap: &str, ns: &str, with_pf: bool) -> String {
     let pf = Server::new("pf", 16, 1).with(
         "rules=in:tcp:7,in:icmp default=deny conns=256 tcp_opening_ms=3000 \
          tcp_closing_ms=2000 tcp_closed_ms=1000 stats=0",
     );
-    let tcp = Server::new("tcp", 32, 1).with("echo=7 stats=0 sockets=8 buf=64 handshake=2000");
+    let tcp = Server::new("tcp", 32, 1).with("stats=0 sockets=8 buf=64 handshake=2000");
     let servers: &[Server<'_>] = if with_pf {
-        &[DRIVER, IP, pf, tcp]
+        &[DRIVER, IP, pf, tcp, POSIX, ECHO]
     } else {
-        &[DRIVER, IP, tcp]
+        &[DRIVER, IP, tcp, POSIX, ECHO]
     };
     topology_text(
         servers,
@@ -170,7 +175,7 @@ fn hostile_tcp(tag: &str, with_pf: bool) {
     let handle = vmm.handle();
     // The thread that waits for the VMM also serves its status requests.
     let waiter = std::thread::spawn(move || vmm.wait());
-    capture.wait_for("tcp", "tcp: echo service on port 7", UP);
+    capture.wait_for("echo", "echo: serving port 7", UP);
     capture.wait_for("ip", "gratuitous ARP sent", UP);
     let mac = mac_of(ns.name(), &tap).unwrap();
     let peer = ns
@@ -349,8 +354,8 @@ fn hostile_tcp(tag: &str, with_pf: bool) {
         capture.of("tcp")
     );
 
-    // Nothing past its limit: tcp's socket table (8), pf's connection table (256, and
-    // filled to it by the SYNs).
+    // Nothing past its limit: tcp's socket table (8, the echo application's listening
+    // sockets among them), pf's connection table (256, and filled to it by the SYNs).
     let nic = nic_status(&handle);
     let tcp_lines = capture.of("tcp");
     let most_sockets = tcp_lines
@@ -393,7 +398,7 @@ fn hostile_tcp(tag: &str, with_pf: bool) {
         eprintln!("pf: {:?}", capture.of("pf").last());
         assert!(capture.counter("pf", "conn_expired") > 0);
     }
-    for g in ["driver", "ip", "pf", "tcp"] {
+    for g in ["driver", "ip", "pf", "tcp", "posix", "echo"] {
         assert!(
             !capture.of(g).iter().any(|l| l.contains("panicked")),
             "{g}: {:?}",
@@ -402,7 +407,7 @@ fn hostile_tcp(tag: &str, with_pf: bool) {
     }
     handle.stop();
     let outcome = waiter.join().unwrap();
-    for g in ["driver", "ip", "tcp"]
+    for g in ["driver", "ip", "tcp", "posix", "echo"]
         .into_iter()
         .chain(with_pf.then_some("pf"))
     {

@@ -8,7 +8,6 @@
 //!   connect, send, recv, shutdown, close, readiness; errno-style [`Error`]s.
 //! - [`posix`]: the socket protocol (`compart_proto::socket`) served to the posix
 //!   server over its channel, on the core's calls.
-//! - [`echo`]: a temporary echo service on the core's calls (until posix and apps).
 //!
 //! Time is a parameter (`smoltcp::time::Instant` from the glue's clock), so all of it
 //! is tested here on the host; the image (`main.rs`) is the glue.
@@ -19,7 +18,6 @@ extern crate alloc;
 
 pub mod core;
 pub mod device;
-pub mod echo;
 pub mod posix;
 
 pub use crate::core::{Error, Handle, Iface, Limits, Ready, SockOpt, Tcp, Totals};

@@ -5,10 +5,6 @@
 //!   link is down).
 //! - The posix server, if there is a channel to one (role `posix`), is served the
 //!   socket protocol (`compart_proto::socket`).
-//! - `echo=PORT`: a temporary echo service on PORT inside this server (until the posix
-//!   server and apps exist).
-//! - `connect=A.B.C.D:PORT`: a temporary test service: one connection from the stack to
-//!   that address, which sends `hello from compart` and then echoes what the peer sends.
 //! - `handshake=MS` (default 30000): how long a connection may take to complete its
 //!   handshake before it is given up.
 //! - Offloads: TCP checksums are left to the link when ip's `Config` says it has
@@ -36,7 +32,6 @@ use compart_firmware::time;
 use compart_firmware::{println, BootInfo};
 use compart_proto::packet::{self, DropReason};
 use tcp::device::DeviceCounters;
-use tcp::echo::Echo;
 use tcp::{Iface, Instant, Limits, Tcp};
 
 compart_firmware::entry!(main);
@@ -113,7 +108,6 @@ fn config(ch: &mut Channel, poll: Option<u32>) -> packet::Config {
 fn main(info: &'static BootInfo) -> i32 {
     let _ = info;
     let args = cmdline::args();
-    let echo_port: Option<u16> = arg(&args, "echo");
     let stats_ms: u64 = arg(&args, "stats").unwrap_or(1000);
     let poll: Option<u32> = arg(&args, "poll");
     let (peer, mut ch) = [Role::Pf, Role::Ip]
@@ -160,19 +154,6 @@ fn main(info: &'static BootInfo) -> i32 {
         let p = tcp::posix::Posix::new(ep.buffer_size());
         (tcp.attach(ep), p)
     });
-    let mut echo = echo_port.map(|p| {
-        let e = Echo::new(&mut tcp, p).unwrap_or_else(|e| panic!("tcp: echo on {p}: {e:?}"));
-        println!("tcp: echo service on port {p} (temporary, until posix and apps)");
-        e
-    });
-    let mut outbound = arg::<&str>(&args, "connect").map(|a| {
-        let (addr, port) = tcp::echo::parse_endpoint(a)
-            .unwrap_or_else(|| panic!("tcp: connect={a}: expected A.B.C.D:PORT"));
-        let e = Echo::connect(&mut tcp, addr, port)
-            .unwrap_or_else(|e| panic!("tcp: connect to {a}: {e:?}"));
-        println!("tcp: connecting to {a} (a temporary test service: greets, then echoes)");
-        e
-    });
     let mut printed = DeviceCounters::default();
     let mut last_print = Instant::from_millis(0);
     loop {
@@ -186,16 +167,6 @@ fn main(info: &'static BootInfo) -> i32 {
                     posix = None;
                     busy = true;
                 }
-            }
-        }
-        if let Some(e) = echo.as_mut() {
-            busy |= e.step(&mut tcp);
-        }
-        if let Some(e) = outbound.as_mut() {
-            busy |= e.step(&mut tcp);
-            if e.connections() == 0 {
-                println!("tcp: the outbound test connection ended");
-                outbound = None;
             }
         }
         if let Some(e) = tcp.device().error() {

@@ -13,8 +13,7 @@ use proptest::prelude::*;
 use smoltcp::socket::tcp::State;
 use smoltcp::wire::{IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpPacket};
 
-use crate::echo::Echo;
-use crate::{Error, Iface, Instant, Limits, Tcp};
+use crate::{Error, Handle, Iface, Instant, Limits, Tcp};
 
 const A: [u8; 4] = [198, 18, 0, 2];
 const B: [u8; 4] = [198, 18, 0, 3];
@@ -236,6 +235,63 @@ fn a_closed_connection_whose_peer_never_closes_is_aborted_after_its_linger_time(
     assert!(r.tcp[0].ready(s).unwrap().error);
 }
 
+/// The test's echo on one core's calls: accepts on a port, sends back what each
+/// connection sends, and closes a connection once its peer has.
+struct EchoPeer {
+    listener: Handle,
+    /// Connections, and bytes read but not yet sent back.
+    conns: Vec<(Handle, Vec<u8>)>,
+    buf: Vec<u8>,
+}
+
+impl EchoPeer {
+    fn new(tcp: &mut Tcp<NoKick>, port: u16) -> EchoPeer {
+        EchoPeer {
+            listener: tcp.listen(port, 2).unwrap(),
+            conns: Vec::new(),
+            buf: vec![0; 16 * 1024],
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn step(&mut self, tcp: &mut Tcp<NoKick>) {
+        while let Ok(h) = tcp.accept(self.listener) {
+            self.conns.push((h, Vec::new()));
+        }
+        let mut k = 0;
+        while k < self.conns.len() {
+            let (h, held) = &mut self.conns[k];
+            let done = loop {
+                if !held.is_empty() {
+                    match tcp.send(*h, held) {
+                        Ok(n) => drop(held.drain(..n)),
+                        Err(Error::Again) => break false,
+                        Err(_) => break true,
+                    }
+                    if !held.is_empty() {
+                        break false;
+                    }
+                }
+                match tcp.recv(*h, &mut self.buf) {
+                    Ok(0) => break true,
+                    Ok(n) => held.extend_from_slice(&self.buf[..n]),
+                    Err(Error::Again) => break false,
+                    Err(_) => break true,
+                }
+            };
+            if done {
+                let _ = tcp.close(*h);
+                self.conns.swap_remove(k);
+            } else {
+                k += 1;
+            }
+        }
+    }
+}
+
 fn pattern(i: usize) -> u8 {
     (i.wrapping_mul(7) ^ (i >> 11)) as u8
 }
@@ -244,7 +300,7 @@ fn pattern(i: usize) -> u8 {
 fn a_few_mib_stream_through_an_echo_comes_back_intact() {
     const LEN: usize = 3 * 1024 * 1024;
     let mut r = rig(16);
-    let mut echo = Echo::new(&mut r.tcp[0], 7).unwrap();
+    let mut echo = EchoPeer::new(&mut r.tcp[0], 7);
     let c = r.tcp[1].connect(A, 7).unwrap();
     let (mut sent, mut got) = (0usize, 0usize);
     let mut buf = vec![0; 8192];
@@ -317,7 +373,7 @@ fn a_few_mib_stream_through_an_echo_comes_back_intact() {
 fn with_transmit_checksums_offloaded_segments_go_partial_and_are_completed_on_receipt() {
     const LEN: usize = 1024 * 1024;
     let mut r = rig_with(16, Limits::default(), true);
-    let mut echo = Echo::new(&mut r.tcp[0], 7).unwrap();
+    let mut echo = EchoPeer::new(&mut r.tcp[0], 7);
     let c = r.tcp[1].connect(A, 7).unwrap();
     let data: Vec<u8> = (0..LEN).map(pattern).collect();
     let (mut sent, mut back) = (0, Vec::new());
@@ -436,7 +492,7 @@ fn a_connect_to_a_closed_port_is_refused_by_rst() {
 fn a_small_window_of_credit_slows_the_stream_but_loses_nothing() {
     // Two outstanding requests per side: the devices run out of credit all the time.
     let mut r = rig(2);
-    let mut echo = Echo::new(&mut r.tcp[0], 7).unwrap();
+    let mut echo = EchoPeer::new(&mut r.tcp[0], 7);
     let c = r.tcp[1].connect(A, 7).unwrap();
     let data: Vec<u8> = (0..200_000).map(pattern).collect();
     let (mut sent, mut back) = (0, Vec::new());
@@ -696,68 +752,38 @@ fn a_connect_nobody_answers_is_given_up_after_the_handshake_time() {
 }
 
 #[test]
-fn the_connect_test_service_greets_then_echoes_until_the_peer_closes() {
+fn an_outbound_connection_carries_data_both_ways_until_it_is_closed() {
     let mut r = rig(16);
-    let l = r.tcp[1].listen(7, 1).unwrap();
-    let mut out = Echo::connect(&mut r.tcp[0], B, 7).unwrap();
-    let mut s = Err(Error::Again);
-    for _ in 0..100 {
+    let mut echo = EchoPeer::new(&mut r.tcp[1], 7);
+    let c = r.tcp[0].connect(B, 7).unwrap();
+    let mut sent = false;
+    let mut got = Vec::new();
+    let mut buf = [0; 64];
+    for _ in 0..200 {
         r.round();
-        out.step(&mut r.tcp[0]);
-        s = r.tcp[1].accept(l);
-        if s.is_ok() {
+        echo.step(&mut r.tcp[1]);
+        if !sent {
+            sent = r.tcp[0].send(c, b"hello from the stack") == Ok(20);
+        }
+        if let Ok(n) = r.tcp[0].recv(c, &mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert_eq!(got, b"hello from the stack");
+    assert_eq!(echo.connections(), 1);
+    r.tcp[0].shutdown(c).unwrap();
+    let mut eof = false;
+    for _ in 0..200 {
+        r.round();
+        echo.step(&mut r.tcp[1]);
+        if r.tcp[0].recv(c, &mut buf) == Ok(0) {
+            eof = true;
             break;
         }
     }
-    let s = s.expect("accepted");
-    let mut got = Vec::new();
-    let mut buf = [0; 64];
-    for _ in 0..100 {
-        r.round();
-        out.step(&mut r.tcp[0]);
-        if let Ok(n) = r.tcp[1].recv(s, &mut buf) {
-            got.extend_from_slice(&buf[..n]);
-        }
-    }
-    assert_eq!(got, crate::echo::GREETING);
-    assert_eq!(r.tcp[1].send(s, b"echo me"), Ok(7));
-    got.clear();
-    for _ in 0..100 {
-        r.round();
-        out.step(&mut r.tcp[0]);
-        if let Ok(n) = r.tcp[1].recv(s, &mut buf) {
-            got.extend_from_slice(&buf[..n]);
-        }
-    }
-    assert_eq!(got, b"echo me");
-    assert_eq!(out.connections(), 1);
-    r.tcp[1].close(s).unwrap();
-    for _ in 0..100 {
-        r.round();
-        out.step(&mut r.tcp[0]);
-    }
-    assert_eq!(out.connections(), 0, "the peer closed: the service is done");
-}
-
-#[test]
-fn connect_endpoints_parse() {
-    use crate::echo::parse_endpoint;
-    assert_eq!(
-        parse_endpoint("198.18.0.1:9000"),
-        Some(([198, 18, 0, 1], 9000))
-    );
-    for bad in [
-        "",
-        "198.18.0.1",
-        "198.18.0.1:0",
-        "198.18.0:1",
-        "1.2.3.4.5:1",
-        "1.2.3.256:1",
-        "a.b.c.d:1",
-        "1.2.3.4:65536",
-    ] {
-        assert_eq!(parse_endpoint(bad), None, "{bad}");
-    }
+    assert!(eof, "the peer closes after our FIN");
+    assert_eq!(echo.connections(), 0);
+    r.tcp[0].close(c).unwrap();
 }
 
 #[test]
