@@ -128,7 +128,7 @@ kvm_test! {
             let (ok, out) = exec_in(
                 &ns,
                 "timeout",
-                &["20", "bash", "-c", &format!("iperf3 -c {STACK} -t 1 {extra} -f m")],
+                &["30", "bash", "-c", &format!("iperf3 -c {STACK} -t 3 {extra} -f m")],
             );
             // The receiver's line (iperf3 prints sender and receiver summaries).
             let receiver = out

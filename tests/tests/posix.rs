@@ -129,15 +129,15 @@ kvm_test! {
         let (vmm, capture) = boot(&topology(&text));
         up(&capture);
         let dir = Scratch::new("pc");
-        // Each client sends 20 kB, holds its side open for 8 s (so that all 200 are
+        // Each client sends 20 kB, holds its side open for 15 s (so that all 200 are
         // open together), then half-closes and reads to the end.
         let (ok, out) = bash_in(
             &ns,
-            90,
+            120,
             &format!(
                 "cd {d}; head -c 20000 /dev/urandom > sent; \
                  for i in $(seq 1 200); do \
-                   ( (cat sent; sleep 8) | nc -N -w 40 {STACK} 7 > back.$i ) & \
+                   ( (cat sent; sleep 15) | nc -N -w 60 {STACK} 7 > back.$i ) & \
                  done; wait; n=0; \
                  for i in $(seq 1 200); do cmp -s sent back.$i && n=$((n+1)); done; \
                  echo \"identical=$n\"",
