@@ -16,10 +16,7 @@ use alloc::rc::Rc;
 use core::cell::RefCell;
 
 use compart_channel::Notifier;
-use compart_sockets::{
-    Errno, Listener, Net, Peer, Result, SockOpt, Stream, READY_ERROR, READY_HANGUP, READY_READABLE,
-    READY_WRITABLE,
-};
+use compart_sockets::{Listener, Net, Peer, Result, SockOpt, Stream, READY_ERROR, READY_HANGUP};
 use tcp::{Error, Handle, Ready, Tcp};
 
 /// The stack under a [`LocalNet`]: the tcp core and whatever runs below it.
@@ -42,37 +39,6 @@ pub trait Engine {
     fn now_ms(&self) -> u64;
 }
 
-/// The errno a core error stands for.
-pub fn errno(e: Error) -> Errno {
-    match e {
-        Error::Again => Errno::Again,
-        Error::BadHandle => Errno::BadHandle,
-        Error::NoBuffers => Errno::NoBuffers,
-        Error::AddrInUse => Errno::AddrInUse,
-        Error::Invalid => Errno::Invalid,
-        Error::ConnRefused => Errno::ConnRefused,
-        Error::ConnReset => Errno::ConnReset,
-        Error::NotConnected => Errno::NotConnected,
-        Error::Pipe => Errno::Pipe,
-    }
-}
-
-/// The `READY_*` bits of a core readiness.
-pub fn ready_bits(r: Ready) -> u32 {
-    let mut bits = 0;
-    for (on, bit) in [
-        (r.readable, READY_READABLE),
-        (r.writable, READY_WRITABLE),
-        (r.hangup, READY_HANGUP),
-        (r.error, READY_ERROR),
-    ] {
-        if on {
-            bits |= bit;
-        }
-    }
-    bits
-}
-
 /// Run the stack once: a pass, and a sleep if it found nothing to do.
 fn run_once<E: Engine>(e: &mut E, deadline_ms: Option<u64>) {
     if !e.step() {
@@ -91,7 +57,7 @@ fn call<E: Engine, T>(
     loop {
         match f(e.tcp()) {
             Err(Error::Again) if !nonblocking => run_once(&mut *e, None),
-            r => return r.map_err(errno),
+            r => return r.map_err(Error::errno),
         }
     }
 }
@@ -208,7 +174,7 @@ impl<E: Engine> Stream for LocalStream<E> {
 
     fn ready(&mut self) -> Result<u32> {
         let h = self.handle;
-        call(&self.engine, true, |t| t.ready(h)).map(ready_bits)
+        call(&self.engine, true, |t| t.ready(h)).map(Ready::bits)
     }
 
     fn peer(&self) -> Peer {
@@ -219,7 +185,7 @@ impl<E: Engine> Stream for LocalStream<E> {
         let h = self.handle;
         let want = bits | READY_HANGUP | READY_ERROR;
         call(&self.engine, false, |t| {
-            if ready_bits(t.ready(h)?) & want != 0 {
+            if t.ready(h)?.bits() & want != 0 {
                 Ok(())
             } else {
                 Err(Error::Again)
@@ -281,7 +247,7 @@ impl<E: Engine> Listener for LocalListener<E> {
 
     fn ready(&mut self) -> Result<u32> {
         let l = self.handle;
-        call(&self.engine, true, |t| t.ready(l)).map(ready_bits)
+        call(&self.engine, true, |t| t.ready(l)).map(Ready::bits)
     }
 }
 

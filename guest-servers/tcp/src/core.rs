@@ -172,18 +172,19 @@ pub enum Error {
 }
 
 impl Error {
-    /// The Linux errno value.
-    pub fn errno(self) -> u32 {
+    /// The errno of the socket protocol it stands for.
+    pub fn errno(self) -> compart_proto::socket::Errno {
+        use compart_proto::socket::Errno;
         match self {
-            Error::Again => 11,
-            Error::BadHandle => 9,
-            Error::NoBuffers => 105,
-            Error::AddrInUse => 98,
-            Error::Invalid => 22,
-            Error::ConnRefused => 111,
-            Error::ConnReset => 104,
-            Error::NotConnected => 107,
-            Error::Pipe => 32,
+            Error::Again => Errno::Again,
+            Error::BadHandle => Errno::BadHandle,
+            Error::NoBuffers => Errno::NoBuffers,
+            Error::AddrInUse => Errno::AddrInUse,
+            Error::Invalid => Errno::Invalid,
+            Error::ConnRefused => Errno::ConnRefused,
+            Error::ConnReset => Errno::ConnReset,
+            Error::NotConnected => Errno::NotConnected,
+            Error::Pipe => Errno::Pipe,
         }
     }
 }
@@ -199,6 +200,18 @@ pub struct Ready {
     pub hangup: bool,
     /// The connection was refused or reset.
     pub error: bool,
+}
+
+impl Ready {
+    /// The socket protocol's `READY_*` bits.
+    pub fn bits(self) -> u32 {
+        use compart_proto::socket::{READY_ERROR, READY_HANGUP, READY_READABLE, READY_WRITABLE};
+        let bit = |b: bool, v: u32| if b { v } else { 0 };
+        bit(self.readable, READY_READABLE)
+            | bit(self.writable, READY_WRITABLE)
+            | bit(self.hangup, READY_HANGUP)
+            | bit(self.error, READY_ERROR)
+    }
 }
 
 #[derive(Debug)]

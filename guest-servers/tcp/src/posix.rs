@@ -20,22 +20,7 @@ use compart_proto::socket::{self, Errno, Event, Reply, Request};
 
 use core::fmt::Write as _;
 
-use crate::core::{Error, Handle, SockOpt, Tcp};
-
-/// The errno a core error stands for.
-pub fn errno(e: Error) -> Errno {
-    match e {
-        Error::Again => Errno::Again,
-        Error::BadHandle => Errno::BadHandle,
-        Error::NoBuffers => Errno::NoBuffers,
-        Error::AddrInUse => Errno::AddrInUse,
-        Error::Invalid => Errno::Invalid,
-        Error::ConnRefused => Errno::ConnRefused,
-        Error::ConnReset => Errno::ConnReset,
-        Error::NotConnected => Errno::NotConnected,
-        Error::Pipe => Errno::Pipe,
-    }
-}
+use crate::core::{Error, Handle, Ready, SockOpt, Tcp};
 
 /// The socket protocol's side in the tcp server, for one posix channel.
 #[derive(Debug)]
@@ -122,7 +107,7 @@ impl Posix {
         for (&h, told) in self.held.iter_mut() {
             let now = tcp
                 .ready(Handle(h))
-                .map_or(socket::READY_ERROR | socket::READY_HANGUP, bits);
+                .map_or(socket::READY_ERROR | socket::READY_HANGUP, Ready::bits);
             if now == *told {
                 continue;
             }
@@ -148,14 +133,6 @@ impl Posix {
     }
 }
 
-fn bits(r: crate::core::Ready) -> u32 {
-    let bit = |b: bool, v: u32| if b { v } else { 0 };
-    bit(r.readable, socket::READY_READABLE)
-        | bit(r.writable, socket::READY_WRITABLE)
-        | bit(r.hangup, socket::READY_HANGUP)
-        | bit(r.error, socket::READY_ERROR)
-}
-
 impl Posix {
     fn call<N: Notifier, M: Notifier>(
         &mut self,
@@ -165,7 +142,7 @@ impl Posix {
         r: Request,
         data: &mut usize,
     ) -> Result<Reply, ChannelError> {
-        let or_errno = |r: Result<Reply, Error>| r.unwrap_or_else(|e| Reply::Error(errno(e)));
+        let or_errno = |r: Result<Reply, Error>| r.unwrap_or_else(|e| Reply::Error(e.errno()));
         Ok(match r {
             Request::Listen { port, backlog } => or_errno(
                 tcp.listen(port, backlog as usize)
@@ -200,7 +177,7 @@ impl Posix {
                         *data = n;
                         Reply::Bytes(n as u32)
                     }
-                    Err(e) => Reply::Error(errno(e)),
+                    Err(e) => Reply::Error(e.errno()),
                 }
             }
             Request::Shutdown { handle } => {
@@ -208,7 +185,7 @@ impl Posix {
             }
             Request::Close { handle } => or_errno(tcp.close(Handle(handle)).map(|()| Reply::Done)),
             Request::Poll { handle } => {
-                or_errno(tcp.ready(Handle(handle)).map(|r| Reply::Ready(bits(r))))
+                or_errno(tcp.ready(Handle(handle)).map(|r| Reply::Ready(r.bits())))
             }
             Request::SetOption {
                 handle,
