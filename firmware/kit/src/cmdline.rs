@@ -151,6 +151,13 @@ impl<'a> Args<'a> {
         self.find(key).map(|a| a.parse()).transpose()
     }
 
+    /// `key`'s value as a `T` (`None` when absent), for an image's `main`: a value
+    /// that does not parse is fatal, and the panic (which the VMM reports with the
+    /// guest's name) says which argument and why.
+    pub fn value<T: FromArg<'a>>(&self, key: &str) -> Option<T> {
+        self.get(key).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// `key`'s value as a `T`, or `default` when the key is absent.
     pub fn get_or<T: FromArg<'a>>(&self, key: &str, default: T) -> Result<T, ArgError<'a>> {
         Ok(self.get(key)?.unwrap_or(default))

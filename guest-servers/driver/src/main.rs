@@ -18,7 +18,7 @@
 extern crate alloc;
 
 use ::driver::Driver;
-use compart_firmware::cmdline::{self, Args};
+use compart_firmware::cmdline;
 use compart_firmware::server::{self, Event, Server};
 use compart_firmware::virtio::{self, net::RX_BUFFER_SIZE};
 use compart_firmware::{abi, channel, println, BootInfo};
@@ -28,15 +28,11 @@ compart_firmware::entry!(main);
 /// Heap left to everything but the device's arena.
 const KEEP_FREE: u64 = 1 << 20;
 
-fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
-    args.get(key).unwrap_or_else(|e| panic!("driver: {e}"))
-}
-
 fn main(info: &'static BootInfo) -> i32 {
     let args = cmdline::args();
-    let rx: Option<u16> = arg(&args, "rx");
-    let tx: Option<u16> = arg(&args, "tx");
-    let poll: Option<u32> = arg(&args, "poll");
+    let rx: Option<u16> = args.value("rx");
+    let tx: Option<u16> = args.value("tx");
+    let poll: Option<u32> = args.value("poll");
     let Some(nic) = info.nics().first() else {
         panic!("driver: the topology gives this guest no NIC");
     };

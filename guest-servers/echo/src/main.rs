@@ -15,24 +15,20 @@
 
 extern crate alloc;
 
-use compart_firmware::cmdline::{self, Args};
+use compart_firmware::cmdline;
 use compart_firmware::{net, println, BootInfo};
 use compart_sockets::Net;
 use echo::Echo;
 
 compart_firmware::entry!(main);
 
-fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
-    args.get(key).unwrap_or_else(|e| panic!("echo: {e}"))
-}
-
 fn main(_info: &'static BootInfo) -> i32 {
     let args = cmdline::args();
-    let port: u16 = arg(&args, "port").unwrap_or(7);
-    let conns: usize = arg(&args, "conns").unwrap_or(256);
-    let backlog: u32 = arg(&args, "backlog").unwrap_or(256);
-    let exit_after: Option<u64> = arg(&args, "exit_after");
-    let stats_ms: u64 = arg(&args, "stats").unwrap_or(1000);
+    let port: u16 = args.value("port").unwrap_or(7);
+    let conns: usize = args.value("conns").unwrap_or(256);
+    let backlog: u32 = args.value("backlog").unwrap_or(256);
+    let exit_after: Option<u64> = args.value("exit_after");
+    let stats_ms: u64 = args.value("stats").unwrap_or(1000);
     let mut net = net::open();
     let mut echo = Echo::new(&mut net, port, backlog, conns)
         .unwrap_or_else(|e| panic!("echo: listen on port {port}: {e:?}"));

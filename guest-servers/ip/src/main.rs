@@ -15,7 +15,7 @@
 extern crate alloc;
 
 use compart_firmware::channel;
-use compart_firmware::cmdline::{self, Args};
+use compart_firmware::cmdline;
 use compart_firmware::server::Role;
 use compart_firmware::time;
 use compart_firmware::{println, BootInfo};
@@ -24,20 +24,16 @@ use ip::{Counters, Instant, Ip, IpServer, Limits, Settings};
 
 compart_firmware::entry!(main);
 
-fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
-    args.get(key).unwrap_or_else(|e| panic!("ip: {e}"))
-}
-
 fn main(info: &'static BootInfo) -> i32 {
     let args = cmdline::args();
     let settings = Settings::with_override(
         Settings::from_boot_info(&info.ipv4),
-        arg(&args, "addr"),
-        arg(&args, "gw"),
+        args.value("addr"),
+        args.value("gw"),
     )
     .unwrap_or_else(|e| panic!("ip: {e}"));
-    let stats_ms: u64 = arg(&args, "stats").unwrap_or(1000);
-    let poll: Option<u32> = arg(&args, "poll");
+    let stats_ms: u64 = args.value("stats").unwrap_or(1000);
+    let poll: Option<u32> = args.value("poll");
     println!(
         "ip: address {}/{}, gateway {}, {} static route(s)",
         settings.address(),

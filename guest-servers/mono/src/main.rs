@@ -43,10 +43,6 @@ fn now() -> Instant {
     Instant::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
 }
 
-fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
-    args.get(key).unwrap_or_else(|e| panic!("mono: {e}"))
-}
-
 /// A deadline of the application's millisecond clock ([`Engine::now_ms`]).
 fn at_ms(ms: u64) -> time::Instant {
     time::at(compart_kit::clock::Instant::from_millis(ms))
@@ -186,7 +182,7 @@ impl Engine for Upper {
 
 /// The tcp core's settings from ip's configuration and the command line.
 fn tcp_core<N: Notifier>(ep: Endpoint<N>, c: packet::Config, args: &Args<'_>) -> Tcp<N> {
-    let iface = Iface::from_config(&c, arg::<bool>(args, "offload").unwrap_or(true));
+    let iface = Iface::from_config(&c, args.value::<bool>("offload").unwrap_or(true));
     let [a, b, cc, d] = c.address;
     println!(
         "mono: tcp at {a}.{b}.{cc}.{d}/{}, mtu {}, offloads {:#x}: checksums {}, {}",
@@ -209,10 +205,10 @@ fn tcp_core<N: Notifier>(ep: Endpoint<N>, c: packet::Config, args: &Args<'_>) ->
 
 fn limits(args: &Args<'_>) -> Limits {
     Limits::from_args(
-        arg(args, "sockets"),
-        arg(args, "buf"),
-        arg(args, "backlog"),
-        arg(args, "handshake"),
+        args.value("sockets"),
+        args.value("buf"),
+        args.value("backlog"),
+        args.value("handshake"),
     )
 }
 
@@ -227,11 +223,11 @@ fn local_peer(index: usize, name: &str, role: Role) -> Peer {
 /// The whole stack on the guest's first NIC.
 fn whole(info: &'static BootInfo, args: &Args<'_>) -> Whole {
     let nic = &info.nics()[0];
-    let poll_us: Option<u32> = arg(args, "poll");
+    let poll_us: Option<u32> = args.value("poll");
     let settings = Settings::with_override(
         Settings::from_boot_info(&info.ipv4),
-        arg(args, "addr"),
-        arg(args, "gw"),
+        args.value("addr"),
+        args.value("gw"),
     )
     .unwrap_or_else(|e| panic!("mono: ip settings (addr=A/LEN gw=G): {e}"));
     // The channels between the layers: as the topologies give them between guests.
@@ -244,7 +240,7 @@ fn whole(info: &'static BootInfo, args: &Args<'_>) -> Whole {
     let l = limits(args);
     let keep_free = (l.sockets * (l.rx_buffer + l.tx_buffer)) as u64 + (2 << 20);
     let window = u16::try_from(config.max_outstanding).unwrap_or(u16::MAX);
-    let rx: Option<u16> = arg(args, "rx");
+    let rx: Option<u16> = args.value("rx");
     let net = virtio::open_net(nic, rx, window, keep_free)
         .unwrap_or_else(|e| panic!("mono: NIC at {:#x}: {e}", nic.mmio_gpa));
     let (rx_bufs, tx_slots) = net.buffers();
@@ -293,7 +289,7 @@ fn whole(info: &'static BootInfo, args: &Args<'_>) -> Whole {
 
 /// The tcp core over the pf or ip server of another guest.
 fn upper(args: &Args<'_>) -> Upper {
-    let poll_us: Option<u32> = arg(args, "poll");
+    let poll_us: Option<u32> = args.value("poll");
     let (peer, mut ep) = [Role::Pf, Role::Ip]
         .into_iter()
         .find_map(|r| channel::open_by_role(r).ok())
@@ -319,8 +315,8 @@ fn upper(args: &Args<'_>) -> Upper {
 
 fn main(info: &'static BootInfo) -> i32 {
     let args = cmdline::args();
-    let app: &str = arg(&args, "app").unwrap_or("echo");
-    let port: Option<u16> = arg(&args, "port");
+    let app: &str = args.value("app").unwrap_or("echo");
+    let port: Option<u16> = args.value("port");
     let l = limits(&args);
     println!(
         "mono: app {app}, up to {} sockets of {} KiB + {} KiB",

@@ -20,7 +20,7 @@
 extern crate alloc;
 
 use compart_firmware::channel;
-use compart_firmware::cmdline::{self, Args};
+use compart_firmware::cmdline;
 use compart_firmware::server::Role;
 use compart_firmware::time;
 use compart_firmware::{println, BootInfo};
@@ -31,15 +31,13 @@ compart_firmware::entry!(main);
 /// Most entries `conns=` may ask for (about 180 bytes of heap each, at most).
 const MAX_CONNS: usize = 65536;
 
-fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
-    args.get(key).unwrap_or_else(|e| panic!("pf: {e}"))
-}
-
 fn main(_info: &'static BootInfo) -> i32 {
     let args = cmdline::args();
-    let rules = Rules::parse(arg(&args, "rules").unwrap_or(""), arg(&args, "default"))
+    let rules = Rules::parse(args.value("rules").unwrap_or(""), args.value("default"))
         .unwrap_or_else(|e| panic!("pf: {e}"));
-    let conns: usize = arg(&args, "conns").unwrap_or(Limits::default().conntrack_entries);
+    let conns: usize = args
+        .value("conns")
+        .unwrap_or(Limits::default().conntrack_entries);
     if !(1..=MAX_CONNS).contains(&conns) {
         panic!("pf: conns={conns}: expected 1-{MAX_CONNS}");
     }
@@ -48,7 +46,7 @@ fn main(_info: &'static BootInfo) -> i32 {
         ..Limits::default()
     };
     for key in Limits::TIMEOUT_KEYS {
-        if let Some(ms) = arg::<u64>(&args, key) {
+        if let Some(ms) = args.value::<u64>(key) {
             if ms == 0 {
                 panic!("pf: {key}=0: expected 1 or more milliseconds");
             }
@@ -57,8 +55,8 @@ fn main(_info: &'static BootInfo) -> i32 {
             }
         }
     }
-    let stats_ms: u64 = arg(&args, "stats").unwrap_or(1000);
-    let poll: Option<u32> = arg(&args, "poll");
+    let stats_ms: u64 = args.value("stats").unwrap_or(1000);
+    let poll: Option<u32> = args.value("poll");
     println!(
         "pf: {rules}, table of {} connections",
         limits.conntrack_entries

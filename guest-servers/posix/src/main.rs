@@ -18,7 +18,7 @@ extern crate alloc;
 use core::time::Duration;
 
 use compart_firmware::channel;
-use compart_firmware::cmdline::{self, Args};
+use compart_firmware::cmdline;
 use compart_firmware::server::Role;
 use compart_firmware::time;
 use compart_firmware::{println, BootInfo};
@@ -26,18 +26,14 @@ use posix::{Limits, Posix};
 
 compart_firmware::entry!(main);
 
-fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
-    args.get(key).unwrap_or_else(|e| panic!("posix: {e}"))
-}
-
 fn main(_info: &'static BootInfo) -> i32 {
     let args = cmdline::args();
     let mut limits = Limits::default();
-    if let Some(n) = arg::<usize>(&args, "sockets") {
+    if let Some(n) = args.value::<usize>("sockets") {
         limits.sockets_per_app = n.clamp(1, 65535);
     }
-    let stats_ms: u64 = arg(&args, "stats").unwrap_or(1000);
-    let poll: Option<u32> = arg(&args, "poll");
+    let stats_ms: u64 = args.value("stats").unwrap_or(1000);
+    let poll: Option<u32> = args.value("poll");
     let (peer, tcp) = channel::open_by_role(Role::Tcp)
         .unwrap_or_else(|e| panic!("posix: no channel to a tcp server: {e:?}"));
     println!("posix: tcp on {peer}");

@@ -26,7 +26,7 @@ extern crate alloc;
 use core::time::Duration;
 
 use compart_firmware::channel::{self, Channel};
-use compart_firmware::cmdline::{self, Args};
+use compart_firmware::cmdline;
 use compart_firmware::server::Role;
 use compart_firmware::time;
 use compart_firmware::{println, BootInfo};
@@ -41,10 +41,6 @@ compart_firmware::entry!(main);
 fn now() -> Instant {
     let us = u128::from(time::Instant::now().tsc()) * 1000 / u128::from(time::tsc_khz());
     Instant::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
-}
-
-fn arg<'a, T: cmdline::FromArg<'a>>(args: &Args<'a>, key: &str) -> Option<T> {
-    args.get(key).unwrap_or_else(|e| panic!("tcp: {e}"))
 }
 
 fn wait(chans: &mut [Channel], poll: Option<u32>, deadline: Option<time::Instant>) {
@@ -108,8 +104,8 @@ fn config(ch: &mut Channel, poll: Option<u32>) -> packet::Config {
 fn main(info: &'static BootInfo) -> i32 {
     let _ = info;
     let args = cmdline::args();
-    let stats_ms: u64 = arg(&args, "stats").unwrap_or(1000);
-    let poll: Option<u32> = arg(&args, "poll");
+    let stats_ms: u64 = args.value("stats").unwrap_or(1000);
+    let poll: Option<u32> = args.value("poll");
     let (peer, mut ch) = [Role::Pf, Role::Ip]
         .into_iter()
         .find_map(|r| channel::open_by_role(r).ok())
@@ -117,7 +113,7 @@ fn main(info: &'static BootInfo) -> i32 {
     println!("tcp: lower layer on {} ({})", peer, peer.role.name());
     let c = config(&mut ch, poll);
     let [a, b, cc, d] = c.address;
-    let iface = Iface::from_config(&c, arg::<bool>(&args, "offload").unwrap_or(true));
+    let iface = Iface::from_config(&c, args.value::<bool>("offload").unwrap_or(true));
     let (tx_csum, tso) = (iface.tx_checksum_offload, iface.tso);
     println!(
         "tcp: address {a}.{b}.{cc}.{d}/{}, mtu {}, offloads {:#x}: {}, {}",
@@ -136,10 +132,10 @@ fn main(info: &'static BootInfo) -> i32 {
         }
     );
     let limits = Limits::from_args(
-        arg(&args, "sockets"),
-        arg(&args, "buf"),
-        arg(&args, "backlog"),
-        arg(&args, "handshake"),
+        args.value("sockets"),
+        args.value("buf"),
+        args.value("backlog"),
+        args.value("handshake"),
     );
     println!(
         "tcp: up to {} sockets of {} KiB + {} KiB, backlog {}",
