@@ -191,6 +191,20 @@ mod tests {
     }
 
     #[test]
+    fn value_gives_the_value_or_none_and_panics_naming_a_bad_one() {
+        let a = Args::new("port=80 n=12x");
+        assert_eq!(a.value::<u16>("port"), Some(80));
+        assert_eq!(a.value::<u16>("absent"), None);
+        extern crate std;
+        let e = std::panic::catch_unwind(|| a.value::<u64>("n")).unwrap_err();
+        let msg = e
+            .downcast_ref::<alloc::string::String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(msg.contains("`n=12x`"), "{msg}");
+    }
+
+    #[test]
     fn a_bad_value_names_its_key_and_what_was_expected() {
         let a = Args::new("n=12x exit=-3 small=300 flag");
         let e = a.get::<u64>("n").unwrap_err();
