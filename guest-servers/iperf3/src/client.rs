@@ -10,7 +10,7 @@ use crate::config::ClientConfig;
 use crate::flow::{Flow, Pump};
 use crate::io::Io;
 use crate::proto::{
-    self, Results, StreamResult, ACCESS_DENIED, CLIENT_TERMINATE, CREATE_STREAMS, DISPLAY_RESULTS,
+    self, Results, ACCESS_DENIED, CLIENT_TERMINATE, CREATE_STREAMS, DISPLAY_RESULTS,
     EXCHANGE_RESULTS, IPERF_DONE, MAX_RESULTS_JSON, PARAM_EXCHANGE, SERVER_ERROR, SERVER_TERMINATE,
     TEST_END, TEST_RUNNING, TEST_START,
 };
@@ -264,25 +264,13 @@ fn test<N: Net>(
     }
     #[allow(clippy::cast_precision_loss)]
     let secs = end.saturating_sub(counted_from) as f64 / 1000.0;
-    let own = Results {
-        cpu_util: [busy, busy, 0.0],
-        sender_has_retransmits: if sending { 0 } else { -1 },
-        congestion_used: None,
-        server_output_text: None,
-        streams: flows
-            .iter()
-            .map(|f| StreamResult {
-                id: f.id,
-                bytes: f.bytes,
-                retransmits: -1,
-                jitter: 0.0,
-                errors: 0,
-                packets: 0,
-                start_time: 0.0,
-                end_time: secs,
-            })
-            .collect(),
-    };
+    let own = Results::measured(
+        flows.iter().map(|f| (f.id, f.bytes)),
+        secs,
+        busy,
+        sending,
+        None,
+    );
     io.write_json(
         ctrl,
         &own.to_json(),

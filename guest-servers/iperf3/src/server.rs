@@ -20,9 +20,9 @@ use crate::config::ServerConfig;
 use crate::flow::{Flow, Pump};
 use crate::io::Io;
 use crate::proto::{
-    self, Params, Results, StreamResult, ACCESS_DENIED, CLIENT_TERMINATE, COOKIE_SIZE,
-    CREATE_STREAMS, DISPLAY_RESULTS, EXCHANGE_RESULTS, IPERF_DONE, MAX_PARAMS_JSON,
-    MAX_RESULTS_JSON, PARAM_EXCHANGE, TEST_END, TEST_RUNNING, TEST_START,
+    self, Params, Results, ACCESS_DENIED, CLIENT_TERMINATE, COOKIE_SIZE, CREATE_STREAMS,
+    DISPLAY_RESULTS, EXCHANGE_RESULTS, IPERF_DONE, MAX_PARAMS_JSON, MAX_RESULTS_JSON,
+    PARAM_EXCHANGE, TEST_END, TEST_RUNNING, TEST_START,
 };
 use crate::report::{self, Line};
 use crate::Error;
@@ -264,26 +264,13 @@ impl<L: Listener> Server<L> {
             client,
         };
         let text = summary_text(&summary, busy);
-        let own = Results {
-            cpu_util: [busy, busy, 0.0],
-            // This side cannot see retransmits; a receiver says -1, as iperf3.
-            sender_has_retransmits: if sending { 0 } else { -1 },
-            congestion_used: None,
-            server_output_text: summary.params.get_server_output.then(|| text.clone()),
-            streams: flows
-                .iter()
-                .map(|f| StreamResult {
-                    id: f.id,
-                    bytes: f.bytes,
-                    retransmits: -1,
-                    jitter: 0.0,
-                    errors: 0,
-                    packets: 0,
-                    start_time: 0.0,
-                    end_time: secs,
-                })
-                .collect(),
-        };
+        let own = Results::measured(
+            flows.iter().map(|f| (f.id, f.bytes)),
+            secs,
+            busy,
+            sending,
+            summary.params.get_server_output.then(|| text.clone()),
+        );
         io.write_json(
             ctrl,
             &own.to_json(),
