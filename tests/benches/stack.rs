@@ -224,12 +224,10 @@ fn status(handle: &VmmHandle) -> StatusReport {
 }
 
 /// Nanoseconds thread `tid` of this process ran, and waited on a run queue
-/// (`/proc/self/task/TID/schedstat`).
+/// (`/proc/self/task/TID/schedstat`, read as `compart eval` reads it).
 fn schedstat(tid: i32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-        .unwrap_or_else(|e| panic!("reading schedstat of thread {tid}: {e}"));
-    let mut v = s.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
-    (v.next().unwrap_or(0), v.next().unwrap_or(0))
+    compart_vmm::eval::measure::schedstat(tid)
+        .unwrap_or_else(|| panic!("reading schedstat of thread {tid}"))
 }
 
 /// The threads whose CPU time is counted: (name, tid, is a vCPU).
