@@ -238,7 +238,7 @@ pub fn bar_plot(
         .max()
         .unwrap_or(10) as f64
         * 6.6;
-    let left = (label_w + 20.0).clamp(120.0, 420.0);
+    let left = (label_w + 20.0).max(120.0);
     let plot_w = 520.0;
     let right = left + plot_w;
     let top = 60.0;
