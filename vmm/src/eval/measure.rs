@@ -11,6 +11,41 @@ pub fn schedstat(tid: i32) -> Option<(u64, u64)> {
     Some((v.next()??, v.next()??))
 }
 
+/// (busy, total) jiffies of all host CPUs (`/proc/stat`'s first line; idle and iowait
+/// are not busy).
+pub fn host_jiffies() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = s
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let total: u64 = v.iter().take(8).sum();
+    Some((total.saturating_sub(idle), total))
+}
+
+/// CPU time of this process in jiffies (`/proc/self/stat` utime + stime), with that of
+/// its waited-for children (cutime + cstime) if `children`.
+pub fn own_jiffies(children: bool) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = &s[s.rfind(')')? + 2..];
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 14–17 of stat; `after` starts at field 3.
+    let own = f.get(11)? + f.get(12)?;
+    Some(if children {
+        own + f.get(13)? + f.get(14)?
+    } else {
+        own
+    })
+}
+
 /// Fraction of one core a thread was busy: `ran_ns` of CPU time over `wall`.
 pub fn busy_fraction(ran_ns: u64, wall: Duration) -> f64 {
     let w = wall.as_secs_f64();
@@ -101,5 +136,8 @@ mod tests {
         assert!(schedstat(-5).is_none());
         assert_eq!(busy_fraction(500_000_000, Duration::from_secs(1)), 0.5);
         assert_eq!(busy_fraction(1, Duration::ZERO), 0.0);
+        let (busy, total) = host_jiffies().unwrap();
+        assert!(busy <= total && total > 0);
+        assert!(own_jiffies(true).unwrap() >= own_jiffies(false).unwrap());
     }
 }

@@ -28,9 +28,10 @@ pub const TOLERANCE: f64 = 0.05;
 /// The CSV header. `busy`: per guest, the mean ± sd over repetitions of the fraction of
 /// one full-speed core its vCPU threads ran; `busy_of_scaled_core`: the same over what
 /// its soft-scaled core offers (f/fmax of a core), the analogue of the CPU use a core
-/// at that frequency would show.
+/// at that frequency would show; `others_load`: cores busy with other processes
+/// meanwhile (the machine is shared).
 pub const CSV_HEADER: &str = "figure,point,series,x,label,placement,tuple_order,tuple_mhz,\
-reps,gbps_mean,gbps_sd,gbps_min,gbps_max,gbps_runs,retransmits,busy,busy_of_scaled_core,failure,wall_s";
+reps,gbps_mean,gbps_sd,gbps_min,gbps_max,gbps_runs,retransmits,busy,busy_of_scaled_core,others_load,failure,wall_s";
 
 /// Quotes a CSV field where it must be.
 pub fn csv_field(s: &str) -> String {
@@ -83,6 +84,6 @@ mod tests {
         assert_eq!(csv_field("a"), "a");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
-        assert_eq!(CSV_HEADER.split(',').count(), 19);
+        assert_eq!(CSV_HEADER.split(',').count(), 20);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::measure::{busy_fraction, parse_iperf3_json, schedstat};
+use super::measure::{busy_fraction, host_jiffies, own_jiffies, parse_iperf3_json, schedstat};
 use crate::console::{ConsoleLine, ConsoleSink};
 
 /// How points are measured.
@@ -35,6 +35,9 @@ pub struct Measured {
     pub retransmits: u64,
     /// Per guest, the fraction of one core its vCPU threads were busy, per repetition.
     pub busy: Vec<(String, Vec<f64>)>,
+    /// Cores busy with other processes than this one and its iperf3 clients while
+    /// iperf3 ran (from `/proc/stat`): the machine's noise.
+    pub others_load: f64,
     /// Why the point has no throughput, if it failed.
     pub failure: Option<String>,
     /// Seconds the point took, boot to stop.
@@ -164,6 +167,12 @@ impl Runner {
         what: &str,
     ) -> Result<Measured, EvalError> {
         if let Some(m) = self.memo.get(text) {
+            // Planned as a point of its own, it costs nothing.
+            self.progress.total = self
+                .progress
+                .total
+                .saturating_sub(1)
+                .max(self.progress.done);
             return Ok(m.clone());
         }
         if self.stopped() {
@@ -185,6 +194,39 @@ impl Runner {
         self.progress.done += 1;
         self.progress.total = self.progress.total.max(self.progress.done);
         self.progress.show(what, guess);
+        self.memo.insert(text.to_string(), m.clone());
+        Ok(m)
+    }
+
+    /// Measures `text` again and pools the new repetitions with those it had (the base
+    /// of a figure, measured at its start and its end, spans the machine's changing
+    /// load).
+    pub fn measure_more(
+        &mut self,
+        text: &str,
+        netns: &str,
+        addr: &str,
+        port: u16,
+        what: &str,
+    ) -> Result<Measured, EvalError> {
+        let Some(old) = self.memo.remove(text) else {
+            return self.measure(text, netns, addr, port, what);
+        };
+        self.progress.total += 1;
+        let new = self.measure(text, netns, addr, port, what)?;
+        let mut m = old.clone();
+        if new.failure.is_none() {
+            m.gbps.extend(&new.gbps);
+            m.retransmits += new.retransmits;
+            for (g, v) in &mut m.busy {
+                if let Some((_, w)) = new.busy.iter().find(|(h, _)| h == g) {
+                    v.extend(w);
+                }
+            }
+            let (n0, n1) = (old.gbps.len() as f64, new.gbps.len() as f64);
+            m.others_load = (old.others_load * n0 + new.others_load * n1) / (n0 + n1).max(1.0);
+            m.wall_s += new.wall_s;
+        }
         self.memo.insert(text.to_string(), m.clone());
         Ok(m)
     }
@@ -293,6 +335,8 @@ impl Runner {
         let mut names: Vec<String> = threads.iter().map(|t| t.guest.clone()).collect();
         names.dedup();
         m.busy = names.iter().map(|n| (n.clone(), Vec::new())).collect();
+        let load0 = (host_jiffies(), own_jiffies(true));
+        let started = Instant::now();
         for _ in 0..self.opts.reps {
             let before: Vec<Option<(u64, u64)>> =
                 threads.iter().map(|t| schedstat(t.tid)).collect();
@@ -310,6 +354,14 @@ impl Runner {
                     .sum();
                 v.push(busy_fraction(ran, wall));
             }
+        }
+        if let ((Some((b0, t0)), Some(o0)), Some((b1, t1)), Some(o1)) =
+            (load0, host_jiffies(), own_jiffies(true))
+        {
+            // Jiffies are 1/100 s (USER_HZ); total jiffies over wall time = host cores.
+            let cores = (t1 - t0) as f64 / 100.0 / started.elapsed().as_secs_f64().max(1e-3);
+            let others = (b1 - b0).saturating_sub(o1 - o0) as f64 / (t1 - t0).max(1) as f64;
+            m.others_load = others * cores;
         }
         Ok(m)
     }
