@@ -944,7 +944,7 @@ fn threads(ctx: &mut Ctx) -> Result<(), EvalError> {
             "Figure 4.8 (no hardware threads on this host): ip and tcp sharing one core vs on separate cores".to_string(),
             vec![
                 ("ip and tcp share one core", Config::base().placed(&[(&["ip", "tcp"], b), (&rest, a)])),
-                ("ip and tcp on separate cores", Config::base().placed(&[(&["ip"], a), (&["tcp"], b), (&rest, a)])),
+                ("ip and tcp on separate cores, ip with the rest", Config::base().placed(&[(&["ip"], a), (&["tcp"], b), (&rest, a)])),
             ],
         ),
     };
