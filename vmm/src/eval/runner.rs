@@ -13,6 +13,13 @@ use std::time::{Duration, Instant};
 use super::measure::{busy_fraction, host_jiffies, own_jiffies, parse_iperf3_json, schedstat};
 use crate::console::{ConsoleLine, ConsoleSink};
 
+/// Cores other processes may keep busy during a point before it is measured again
+/// (quiet, this host measures ≈ 0.2: the kernel's network work that no process is
+/// charged for).
+pub const BUSY_LIMIT: f64 = 0.6;
+/// Times a point is measured again while others keep the machine busy.
+pub const BUSY_RETRIES: u32 = 2;
+
 /// How points are measured.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -188,6 +195,22 @@ impl Runner {
                 m.failure.as_deref().unwrap_or("")
             );
             m = self.measure_once(text, netns, addr, port)?;
+        }
+        // A point measured while other processes kept the machine busy is measured
+        // again after a pause, twice at most; the quietest measurement is kept.
+        for _ in 0..BUSY_RETRIES {
+            if m.failure.is_some() || m.others_load <= BUSY_LIMIT || self.stopped() {
+                break;
+            }
+            log::warn!(
+                "{what}: other processes kept {:.1} cores busy; measuring again",
+                m.others_load
+            );
+            std::thread::sleep(Duration::from_secs(5));
+            let again = self.measure_once(text, netns, addr, port)?;
+            if again.failure.is_none() && again.others_load < m.others_load {
+                m = again;
+            }
         }
         m.wall_s = start.elapsed().as_secs_f64();
         self.progress.spent += m.wall_s;
