@@ -20,6 +20,9 @@ pub const BUSY_LIMIT: f64 = 0.6;
 /// Times a point is measured again while others keep the machine busy.
 pub const BUSY_RETRIES: u32 = 2;
 
+/// Re-measurements a whole run may spend on a busy machine (bounds its wall time).
+pub const MAX_BUSY_RETRIES: u32 = 15;
+
 /// How points are measured.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -126,6 +129,7 @@ pub struct Runner {
     opts: Options,
     stop: Arc<AtomicBool>,
     memo: HashMap<String, Measured>,
+    retries: u32,
     /// The progress line.
     pub progress: Progress,
 }
@@ -144,6 +148,7 @@ impl Runner {
             opts,
             stop,
             memo: HashMap::new(),
+            retries: 0,
             progress: Progress::new(planned),
         }
     }
@@ -199,9 +204,14 @@ impl Runner {
         // A point measured while other processes kept the machine busy is measured
         // again after a pause, twice at most; the quietest measurement is kept.
         for _ in 0..BUSY_RETRIES {
-            if m.failure.is_some() || m.others_load <= BUSY_LIMIT || self.stopped() {
+            if m.failure.is_some()
+                || m.others_load <= BUSY_LIMIT
+                || self.stopped()
+                || self.retries >= MAX_BUSY_RETRIES
+            {
                 break;
             }
+            self.retries += 1;
             log::warn!(
                 "{what}: other processes kept {:.1} cores busy; measuring again",
                 m.others_load

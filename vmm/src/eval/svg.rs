@@ -237,7 +237,7 @@ pub fn bar_plot(
         .map(|c| c.label.chars().count())
         .max()
         .unwrap_or(10) as f64
-        * 6.6;
+        * 7.2;
     let left = (label_w + 20.0).max(120.0);
     let plot_w = 520.0;
     let right = left + plot_w;
