@@ -78,28 +78,12 @@ struct Figures {
 
 /// (busy, total) jiffies of all host CPUs (`/proc/stat`).
 fn host_jiffies() -> (u64, u64) {
-    let s = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let v: Vec<u64> = s
-        .lines()
-        .next()
-        .expect("the cpu line")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal …
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    let total: u64 = v.iter().take(8).sum();
-    (total - idle, total)
+    compart_vmm::eval::measure::host_jiffies().expect("/proc/stat")
 }
 
 /// CPU time of this process in jiffies (`/proc/self/stat` utime + stime).
 fn own_jiffies() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    let after = &s[s.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat; `after` starts at field 3.
-    f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0)
+    compart_vmm::eval::measure::own_jiffies(false).expect("/proc/self/stat")
 }
 
 /// `f()` with the host's and this process's load over it filled in.
@@ -224,12 +208,10 @@ fn status(handle: &VmmHandle) -> StatusReport {
 }
 
 /// Nanoseconds thread `tid` of this process ran, and waited on a run queue
-/// (`/proc/self/task/TID/schedstat`).
+/// (`/proc/self/task/TID/schedstat`, read as `compart eval` reads it).
 fn schedstat(tid: i32) -> (u64, u64) {
-    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-        .unwrap_or_else(|e| panic!("reading schedstat of thread {tid}: {e}"));
-    let mut v = s.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
-    (v.next().unwrap_or(0), v.next().unwrap_or(0))
+    compart_vmm::eval::measure::schedstat(tid)
+        .unwrap_or_else(|| panic!("reading schedstat of thread {tid}"))
 }
 
 /// The threads whose CPU time is counted: (name, tid, is a vCPU).

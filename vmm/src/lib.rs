@@ -19,7 +19,8 @@
 //!   guests, and the page that tells each guest whether it owns its core;
 //! - [`console`]: guest output as prefixed, sanitised lines;
 //! - [`runtime`]: start a topology, coordinate failures and stops, moves, report outcomes;
-//! - [`control`]: the control socket behind `compart ctl`.
+//! - [`control`]: the control socket behind `compart ctl`;
+//! - [`eval`]: `compart eval`, the thesis's figures measured on this host.
 //!
 //! `docs/ARCHITECTURE.md` describes how they fit together.
 
@@ -29,6 +30,7 @@ pub mod channels;
 pub mod console;
 pub mod control;
 pub mod devices;
+pub mod eval;
 pub mod guest_events;
 pub mod guest_ports;
 pub mod host;

@@ -41,6 +41,31 @@ enum Command {
     },
     /// List the guest images built into this binary.
     Images,
+    /// Run the experiment behind a figure of the thesis (4.1 … 4.8, or `all`) on this
+    /// host: writes FIGURE.csv, FIGURE.svg and summary.txt.
+    Eval {
+        /// 4.1 … 4.8, or all.
+        figure: String,
+        /// Directory for the CSV and SVG files (created if missing).
+        #[arg(long, default_value = "eval-out")]
+        out: PathBuf,
+        /// Two points a figure, 2-second runs, one repetition (for CI).
+        #[arg(long)]
+        quick: bool,
+        /// A base topology instead of the built-in stacks (needs an iperf3 server app
+        /// and a NIC in a netns).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Repetitions of each point (default 3, --quick 1).
+        #[arg(long)]
+        reps: Option<u32>,
+        /// Seconds of each iperf3 run (default 3, --quick 2).
+        #[arg(long)]
+        secs: Option<u32>,
+        /// P-states in the ladder, fmax down to 0.42·fmax (default 5; --quick 2).
+        #[arg(long, default_value_t = 5)]
+        steps: u32,
+    },
     /// Inspect the ACPI tables the VMM gives its guests.
     Acpi {
         #[command(subcommand)]
@@ -158,6 +183,15 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { topology, control } => run(topology, control),
+        Command::Eval {
+            figure,
+            out,
+            quick,
+            topology,
+            reps,
+            secs,
+            steps,
+        } => eval(&figure, out, quick, topology, reps, secs, steps),
         Command::Ctl { socket, command } => {
             let (request, json) = match command {
                 CtlCommand::Move { guest, cores } => {
@@ -194,6 +228,63 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
                     out,
                 },
         } => acpi_dump(&topology, &guest, &out),
+    }
+}
+
+fn eval(
+    figure: &str,
+    out: PathBuf,
+    quick: bool,
+    topology: Option<PathBuf>,
+    reps: Option<u32>,
+    secs: Option<u32>,
+    steps: u32,
+) -> Result<ExitCode> {
+    use compart_vmm::eval;
+    if std::env::var_os("COMPART_LOG").is_none() {
+        // Each point starts and stops a stack; its info lines would bury the progress.
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+    let figures = eval::Plan::figures_of(figure).ok_or_else(|| {
+        let ids: Vec<&str> = eval::FIGURES.iter().map(|f| f.0).collect();
+        Message(format!(
+            "no figure `{figure}` (figures: {}, or all)",
+            ids.join(", ")
+        ))
+    })?;
+    if !(2..=16).contains(&steps) {
+        return Err(Message(format!("--steps {steps}: a ladder has 2 to 16 P-states")).into());
+    }
+    let base_topology = match &topology {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| Message(format!("reading {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    let plan = eval::Plan {
+        figures,
+        quick,
+        base_topology,
+        steps,
+    };
+    let opts = eval::Options {
+        secs: secs.unwrap_or(if quick { 2 } else { 3 }).max(1),
+        omit: 1,
+        reps: reps.unwrap_or(if quick { 1 } else { 3 }).max(1),
+        out,
+    };
+    let stop = eval::stop_flag()?;
+    match eval::run(&plan, opts, stop) {
+        Ok(summary) => {
+            print!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(eval::EvalError::Interrupted) => {
+            eprintln!("compart eval: interrupted; the CSVs hold the points measured so far");
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
