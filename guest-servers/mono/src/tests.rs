@@ -11,7 +11,8 @@ use compart_channel::host::SharedMemory;
 use compart_channel::{initialize, ChannelError, Endpoint, NoKick, PairConfig, PairLayout, Side};
 use compart_proto::packet::{self, DropReason, PacketMeta};
 use compart_sockets::{Errno, Listener, Net, Peer, SockOpt, Stream, READY_WRITABLE};
-use tcp::{Error, Handle, Iface, Instant, Limits, Tcp};
+use tcp::testing::EchoPeer;
+use tcp::{Iface, Instant, Limits, Tcp};
 
 use crate::{ConfigQuery, Engine, LocalNet};
 use echo::Echo;
@@ -95,77 +96,13 @@ impl Wire {
     }
 }
 
-/// The peer core's echo, on its own calls: accepts on a port, sends back what each
-/// connection sends, and closes a connection once its peer has.
-struct PeerEcho {
-    listener: Handle,
-    /// Connections, and bytes read but not yet sent back.
-    conns: Vec<(Handle, Vec<u8>)>,
-    buf: Vec<u8>,
-}
-
-impl PeerEcho {
-    fn new(tcp: &mut Tcp<NoKick>, port: u16) -> PeerEcho {
-        PeerEcho {
-            listener: tcp.listen(port, 2).unwrap(),
-            conns: Vec::new(),
-            buf: vec![0; 16 * 1024],
-        }
-    }
-
-    /// Accept, echo and close; whether anything moved.
-    fn step(&mut self, tcp: &mut Tcp<NoKick>) -> bool {
-        let mut busy = false;
-        while let Ok(h) = tcp.accept(self.listener) {
-            self.conns.push((h, Vec::new()));
-            busy = true;
-        }
-        let mut k = 0;
-        while k < self.conns.len() {
-            let (h, held) = &mut self.conns[k];
-            let done = loop {
-                if !held.is_empty() {
-                    match tcp.send(*h, held) {
-                        Ok(n) => {
-                            held.drain(..n);
-                            busy |= n > 0;
-                        }
-                        Err(Error::Again) => break false,
-                        Err(_) => break true,
-                    }
-                    if !held.is_empty() {
-                        break false;
-                    }
-                }
-                match tcp.recv(*h, &mut self.buf) {
-                    Ok(0) => break true,
-                    Ok(n) => {
-                        held.extend_from_slice(&self.buf[..n]);
-                        busy = true;
-                    }
-                    Err(Error::Again) => break false,
-                    Err(_) => break true,
-                }
-            };
-            if done {
-                let _ = tcp.close(*h);
-                self.conns.swap_remove(k);
-                busy = true;
-            } else {
-                k += 1;
-            }
-        }
-        busy
-    }
-}
-
-/// Core A under the `LocalNet`, core B beside it with the test's echo ([`PeerEcho`]) on
+/// Core A under the `LocalNet`, core B beside it with the test's echo ([`EchoPeer`]) on
 /// port 7; time advances 1 ms per idle.
 struct Pair {
     a: Tcp<NoKick>,
     b: Tcp<NoKick>,
     wire: Wire,
-    echo: PeerEcho,
+    echo: EchoPeer,
     now: u64,
     idles: u64,
 }
@@ -208,7 +145,7 @@ fn local_pair(tag: &str) -> LocalNet<Pair> {
     let (m0, ip0, t0) = pair(&format!("mono-{tag}-a"));
     let (m1, ip1, t1) = pair(&format!("mono-{tag}-b"));
     let mut b = core(t1, B, 2);
-    let echo = PeerEcho::new(&mut b, 7);
+    let echo = EchoPeer::new(&mut b, 7);
     LocalNet::new(Pair {
         a: core(t0, A, 1),
         b,

@@ -24,5 +24,7 @@ pub use crate::core::{Error, Handle, Iface, Limits, Ready, SockOpt, Tcp, Totals}
 pub use device::ChannelDevice;
 pub use smoltcp::time::{Duration, Instant};
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,8 @@ use proptest::prelude::*;
 use smoltcp::socket::tcp::State;
 use smoltcp::wire::{IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpPacket};
 
-use crate::{Error, Handle, Iface, Instant, Limits, Tcp};
+use crate::testing::EchoPeer;
+use crate::{Error, Iface, Instant, Limits, Tcp};
 
 const A: [u8; 4] = [198, 18, 0, 2];
 const B: [u8; 4] = [198, 18, 0, 3];
@@ -233,63 +234,6 @@ fn a_closed_connection_whose_peer_never_closes_is_aborted_after_its_linger_time(
     assert_eq!(r.tcp[1].sockets_in_use(), in_use - 1);
     assert_eq!(r.tcp[0].send(s, b"x"), Err(Error::ConnReset));
     assert!(r.tcp[0].ready(s).unwrap().error);
-}
-
-/// The test's echo on one core's calls: accepts on a port, sends back what each
-/// connection sends, and closes a connection once its peer has.
-struct EchoPeer {
-    listener: Handle,
-    /// Connections, and bytes read but not yet sent back.
-    conns: Vec<(Handle, Vec<u8>)>,
-    buf: Vec<u8>,
-}
-
-impl EchoPeer {
-    fn new(tcp: &mut Tcp<NoKick>, port: u16) -> EchoPeer {
-        EchoPeer {
-            listener: tcp.listen(port, 2).unwrap(),
-            conns: Vec::new(),
-            buf: vec![0; 16 * 1024],
-        }
-    }
-
-    fn connections(&self) -> usize {
-        self.conns.len()
-    }
-
-    fn step(&mut self, tcp: &mut Tcp<NoKick>) {
-        while let Ok(h) = tcp.accept(self.listener) {
-            self.conns.push((h, Vec::new()));
-        }
-        let mut k = 0;
-        while k < self.conns.len() {
-            let (h, held) = &mut self.conns[k];
-            let done = loop {
-                if !held.is_empty() {
-                    match tcp.send(*h, held) {
-                        Ok(n) => drop(held.drain(..n)),
-                        Err(Error::Again) => break false,
-                        Err(_) => break true,
-                    }
-                    if !held.is_empty() {
-                        break false;
-                    }
-                }
-                match tcp.recv(*h, &mut self.buf) {
-                    Ok(0) => break true,
-                    Ok(n) => held.extend_from_slice(&self.buf[..n]),
-                    Err(Error::Again) => break false,
-                    Err(_) => break true,
-                }
-            };
-            if done {
-                let _ = tcp.close(*h);
-                self.conns.swap_remove(k);
-            } else {
-                k += 1;
-            }
-        }
-    }
 }
 
 fn pattern(i: usize) -> u8 {
