@@ -7,8 +7,6 @@
 //!   core ([`LocalNet`]): a blocking call that cannot progress runs the stack (one
 //!   pass over every layer, or a sleep when none has work) and tries again, so an
 //!   application written against `Net` runs here unchanged.
-//! - [`config`]: asking ip for the interface's configuration over the tcp channel, as
-//!   the tcp server does, without blocking the loop that runs ip ([`ConfigQuery`]).
 //!
 //! The applications are the same crates the decomposed stack runs over the posix
 //! server (`guest-servers/echo`, `guest-servers/iperf3`), unchanged.
@@ -21,10 +19,8 @@
 
 extern crate alloc;
 
-pub mod config;
 pub mod net;
 
-pub use config::ConfigQuery;
 pub use net::{Engine, LocalListener, LocalNet, LocalStream};
 
 #[cfg(test)]

@@ -32,8 +32,8 @@ use compart_firmware::virtio::{self, GuestRam, MmioWindow};
 use compart_firmware::{placement, ring0, time, BootInfo};
 use compart_proto::packet;
 use ip::{IpServer, Settings};
-use mono::{ConfigQuery, Engine, LocalNet};
-use tcp::{Iface, Instant, Limits, Tcp};
+use mono::{Engine, LocalNet};
+use tcp::{ConfigQuery, Iface, Instant, Limits, Tcp};
 
 compart_firmware::entry!(main);
 

@@ -9,12 +9,12 @@ use alloc::vec::Vec;
 
 use compart_channel::host::SharedMemory;
 use compart_channel::{initialize, ChannelError, Endpoint, NoKick, PairConfig, PairLayout, Side};
-use compart_proto::packet::{self, DropReason, PacketMeta};
+use compart_proto::packet::{self, PacketMeta};
 use compart_sockets::{Errno, Listener, Net, Peer, SockOpt, Stream, READY_WRITABLE};
 use tcp::testing::EchoPeer;
 use tcp::{Iface, Instant, Limits, Tcp};
 
-use crate::{ConfigQuery, Engine, LocalNet};
+use crate::{Engine, LocalNet};
 use echo::Echo;
 
 const A: [u8; 4] = [198, 18, 0, 2];
@@ -309,47 +309,4 @@ fn a_listener_accepts_and_the_echo_application_serves_a_peer_core() {
         }
     }
     assert_eq!((echo.counters().finished, echo.connections()), (1, 0));
-}
-
-#[test]
-fn the_config_query_refuses_early_packets_retries_link_down_and_returns_the_config() {
-    let (_m, mut ip, mut t) = pair("mono-config");
-    let mut q = ConfigQuery::new();
-    // A packet delivered before there is a socket is refused.
-    let (op, w) = packet::Request::Deliver(PacketMeta::PLAIN).encode();
-    ip.send_request(op, w, &[0; 20]).unwrap();
-    assert_eq!(q.poll(&mut t, 0).unwrap(), None);
-    let r = ip.poll_reply().unwrap().expect("refused");
-    assert_eq!(
-        packet::Reply::decode(r.status(), r.inline()),
-        Ok(packet::Reply::Dropped(DropReason::Refused))
-    );
-    ip.free(r).unwrap();
-    // ip: link down; the query asks again only after RETRY_MS.
-    let answer = |ip: &mut Endpoint<NoKick>, reply: packet::Reply| {
-        let req = ip.poll_request().unwrap().expect("a Config request");
-        assert_eq!(
-            packet::Request::decode(req.opcode(), req.is_oneway(), req.inline()),
-            Ok(packet::Request::Config)
-        );
-        let (s, w) = reply.encode();
-        ip.reply(req, s, w, &[]).unwrap();
-    };
-    answer(&mut ip, packet::Reply::Dropped(DropReason::LinkDown));
-    assert_eq!(q.poll(&mut t, 1).unwrap(), None);
-    assert_eq!(q.poll(&mut t, 50).unwrap(), None);
-    assert!(
-        ip.poll_request().unwrap().is_none(),
-        "no retry before 100 ms"
-    );
-    assert_eq!(q.poll(&mut t, 101).unwrap(), None);
-    let c = packet::Config {
-        address: A,
-        prefix_len: 24,
-        mtu: 1500,
-        offloads: packet::offload::TX_CSUM,
-    };
-    answer(&mut ip, packet::Reply::Config(c));
-    assert_eq!(q.poll(&mut t, 102).unwrap(), Some(c));
-    assert!(q.odd_answer.is_none());
 }

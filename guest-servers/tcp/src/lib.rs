@@ -16,10 +16,12 @@
 
 extern crate alloc;
 
+pub mod config;
 pub mod core;
 pub mod device;
 pub mod posix;
 
+pub use crate::config::ConfigQuery;
 pub use crate::core::{Error, Handle, Iface, Limits, Ready, SockOpt, Tcp, Totals};
 pub use device::ChannelDevice;
 pub use smoltcp::time::{Duration, Instant};

@@ -30,9 +30,9 @@ use compart_firmware::cmdline;
 use compart_firmware::server::Role;
 use compart_firmware::time;
 use compart_firmware::{println, BootInfo};
-use compart_proto::packet::{self, DropReason};
+use compart_proto::packet;
 use tcp::device::DeviceCounters;
-use tcp::{Iface, Instant, Limits, Tcp};
+use tcp::{ConfigQuery, Iface, Instant, Limits, Tcp};
 
 compart_firmware::entry!(main);
 
@@ -51,53 +51,26 @@ fn wait(chans: &mut [Channel], poll: Option<u32>, deadline: Option<time::Instant
     };
 }
 
-/// Refuse what ip delivers before there is a socket (while ip's reply queue has room).
-fn refuse_requests(ch: &mut Channel) -> Result<(), compart_channel::ChannelError> {
-    while ch.can_reply()? {
-        let Some(req) = ch.poll_request()? else {
-            break;
-        };
-        if !req.is_oneway() {
-            let (s, w) = packet::Reply::Dropped(DropReason::Refused).encode();
-            ch.reply(req, s, w, &[])?;
-        }
-    }
-    Ok(())
-}
-
 /// Ask ip for the interface's configuration until it has one (the link is up), again
-/// every 100 ms while it answers anything else. Packets ip delivers meanwhile are
-/// refused: there is no socket yet.
+/// every [`tcp::config::RETRY_MS`] while it answers anything else; packets ip delivers
+/// meanwhile are refused (there is no socket yet). Sleeps on the channel in between.
 fn config(ch: &mut Channel, poll: Option<u32>) -> packet::Config {
-    let fatal = |e| -> ! { panic!("tcp: channel to ip broke: {e:?}") };
+    let mut q = ConfigQuery::new();
     let mut said = false;
     loop {
-        let (op, w) = packet::Request::Config.encode();
-        ch.send_request(op, w, &[]).unwrap_or_else(|e| fatal(e));
-        ch.flush().unwrap_or_else(|e| fatal(e));
-        let answer = loop {
-            refuse_requests(ch).unwrap_or_else(|e| fatal(e));
-            if let Some(r) = ch.poll_reply().unwrap_or_else(|e| fatal(e)) {
-                let a = packet::Reply::decode(r.status(), r.inline());
-                ch.free(r).unwrap_or_else(|e| fatal(e));
-                break a;
-            }
-            wait(core::slice::from_mut(ch), poll, None);
-        };
-        match answer {
-            Ok(packet::Reply::Config(c)) => return c,
-            Ok(packet::Reply::Dropped(DropReason::LinkDown)) => {}
-            other if !said => {
-                println!("tcp: ip answered Config with {other:?}; asking again");
-                said = true;
-            }
-            _ => {}
+        match q.poll(ch, time::clock().millis()) {
+            Ok(Some(c)) => return c,
+            Ok(None) => {}
+            Err(e) => panic!("tcp: channel to ip broke: {e:?}"),
         }
-        let retry = time::Instant::now() + Duration::from_millis(100);
-        while time::Instant::now().tsc() < retry.tsc() {
-            refuse_requests(ch).unwrap_or_else(|e| fatal(e));
-            wait(core::slice::from_mut(ch), poll, Some(retry));
+        if let (Some(other), false) = (&q.odd_answer, said) {
+            println!("tcp: ip answered Config with {other:?}; asking again");
+            said = true;
         }
+        let retry = q
+            .retry_at_ms()
+            .map(|ms| time::at(compart_kit::clock::Instant::from_millis(ms)));
+        wait(core::slice::from_mut(ch), poll, retry);
     }
 }
 

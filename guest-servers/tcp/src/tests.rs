@@ -8,13 +8,13 @@ use alloc::vec::Vec;
 
 use compart_channel::host::SharedMemory;
 use compart_channel::{initialize, ChannelError, Endpoint, NoKick, PairConfig, PairLayout, Side};
-use compart_proto::packet::{self, PacketMeta};
+use compart_proto::packet::{self, DropReason, PacketMeta};
 use proptest::prelude::*;
 use smoltcp::socket::tcp::State;
 use smoltcp::wire::{IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpPacket};
 
 use crate::testing::EchoPeer;
-use crate::{Error, Iface, Instant, Limits, Tcp};
+use crate::{ConfigQuery, Error, Iface, Instant, Limits, Tcp};
 
 const A: [u8; 4] = [198, 18, 0, 2];
 const B: [u8; 4] = [198, 18, 0, 3];
@@ -1112,4 +1112,47 @@ fn a_syn_beyond_the_backlog_is_dropped_not_reset_and_its_retry_is_served_after_a
         r.round();
     }
     assert_eq!(r.tcp[1].send(closed, b"x"), Err(Error::ConnRefused));
+}
+
+#[test]
+fn the_config_query_refuses_early_packets_retries_link_down_and_returns_the_config() {
+    let (_m, mut ip, mut t) = pair("tcp-config", 16);
+    let mut q = ConfigQuery::new();
+    // A packet delivered before there is a socket is refused.
+    let (op, w) = packet::Request::Deliver(PacketMeta::PLAIN).encode();
+    ip.send_request(op, w, &[0; 20]).unwrap();
+    assert_eq!(q.poll(&mut t, 0).unwrap(), None);
+    let r = ip.poll_reply().unwrap().expect("refused");
+    assert_eq!(
+        packet::Reply::decode(r.status(), r.inline()),
+        Ok(packet::Reply::Dropped(DropReason::Refused))
+    );
+    ip.free(r).unwrap();
+    // ip: link down; the query asks again only after RETRY_MS.
+    let answer = |ip: &mut Endpoint<NoKick>, reply: packet::Reply| {
+        let req = ip.poll_request().unwrap().expect("a Config request");
+        assert_eq!(
+            packet::Request::decode(req.opcode(), req.is_oneway(), req.inline()),
+            Ok(packet::Request::Config)
+        );
+        let (s, w) = reply.encode();
+        ip.reply(req, s, w, &[]).unwrap();
+    };
+    answer(&mut ip, packet::Reply::Dropped(DropReason::LinkDown));
+    assert_eq!(q.poll(&mut t, 1).unwrap(), None);
+    assert_eq!(q.poll(&mut t, 50).unwrap(), None);
+    assert!(
+        ip.poll_request().unwrap().is_none(),
+        "no retry before 100 ms"
+    );
+    assert_eq!(q.poll(&mut t, 101).unwrap(), None);
+    let c = packet::Config {
+        address: A,
+        prefix_len: 24,
+        mtu: 1500,
+        offloads: packet::offload::TX_CSUM,
+    };
+    answer(&mut ip, packet::Reply::Config(c));
+    assert_eq!(q.poll(&mut t, 102).unwrap(), Some(c));
+    assert!(q.odd_answer.is_none());
 }

@@ -1,7 +1,8 @@
 //! The tcp layer's first exchange with ip: the interface's configuration (address,
 //! MTU, offloads), asked again every [`RETRY_MS`] while ip answers anything else (the
-//! link is not up yet). One step at a time, so that the loop that also runs ip and the
-//! driver keeps running them while it waits.
+//! link is not up yet). One step at a time, so that a loop that also runs ip and the
+//! driver (the `mono` image) keeps running them while it waits; the tcp image waits on
+//! its channel between steps.
 use compart_channel::{ChannelError, Endpoint, Notifier};
 use compart_proto::packet::{self, DropReason};
 
@@ -21,6 +22,12 @@ impl ConfigQuery {
     /// A query not sent yet.
     pub fn new() -> ConfigQuery {
         ConfigQuery::default()
+    }
+
+    /// When the next question is due, while there is none outstanding (`None`: an
+    /// answer is awaited, which the channel's doorbell announces).
+    pub fn retry_at_ms(&self) -> Option<u64> {
+        (!self.asked).then_some(self.retry_at_ms)
     }
 
     /// One step at `now_ms`: refuse what ip delivers (there is no socket yet), ask if it
