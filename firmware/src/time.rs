@@ -92,6 +92,12 @@ pub fn clock() -> compart_kit::clock::Instant {
     compart_kit::clock::Instant::from_millis(Instant::now().0 / tsc_khz())
 }
 
+/// Now, in microseconds of this clock (for logic with a finer clock than [`clock`]'s,
+/// such as smoltcp's).
+pub fn micros() -> u64 {
+    u64::try_from(u128::from(Instant::now().0) * 1000 / u128::from(tsc_khz())).unwrap_or(u64::MAX)
+}
+
 /// The instant of this clock that [`clock`] reads as `t` (for a wait until a deadline
 /// of the logic).
 pub fn at(t: compart_kit::clock::Instant) -> Instant {

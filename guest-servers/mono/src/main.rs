@@ -39,8 +39,7 @@ compart_firmware::entry!(main);
 
 /// The stack's clock for smoltcp: microseconds of the firmware's monotonic clock.
 fn now() -> Instant {
-    let us = u128::from(time::Instant::now().tsc()) * 1000 / u128::from(time::tsc_khz());
-    Instant::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
+    Instant::from_micros(i64::try_from(time::micros()).unwrap_or(i64::MAX))
 }
 
 /// A deadline of the application's millisecond clock ([`Engine::now_ms`]).

@@ -39,8 +39,7 @@ compart_firmware::entry!(main);
 /// The stack's clock: microseconds of the firmware's monotonic clock (the TSC). The one
 /// place time is read.
 fn now() -> Instant {
-    let us = u128::from(time::Instant::now().tsc()) * 1000 / u128::from(time::tsc_khz());
-    Instant::from_micros(i64::try_from(us).unwrap_or(i64::MAX))
+    Instant::from_micros(i64::try_from(time::micros()).unwrap_or(i64::MAX))
 }
 
 fn wait(chans: &mut [Channel], poll: Option<u32>, deadline: Option<time::Instant>) {
